@@ -1,0 +1,53 @@
+"""The ``qscale`` command line.
+
+Each concern owns its commands in ``qscale/<package>/cli.py``; this module only registers them and
+turns :class:`~qscale.errors.QscaleError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from qscale.errors import QscaleError
+
+app = typer.Typer(
+    name="qscale",
+    help="Quantize language models (QAT, PTQ) and fit scaling laws of quantization-induced degradation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+study_app = typer.Typer(help="Run a study grid: train, quantize, evaluate, store, fit, report.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+# --- command registrations (one line per command; keep this block sorted) ---
+# --- end of registrations ---
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI; bad input exits 2 with one line, no traceback."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="qscale", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("qscale: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except QscaleError as e:
+        print(f"qscale: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qscale: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""qscale.export"""

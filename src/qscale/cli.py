@@ -24,6 +24,16 @@ study_app = typer.Typer(help="Run a study grid: train, quantize, evaluate, store
 app.add_typer(study_app, name="study")
 
 # --- command registrations (one line per command; keep this block sorted) ---
+from qscale.evaluate.cli import eval_command  # noqa: E402
+from qscale.laws.cli import fit_command, predict_command  # noqa: E402
+from qscale.study.cli import qid_command  # noqa: E402
+from qscale.train.cli import train_command  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("fit")(fit_command)
+app.command("predict")(predict_command)
+study_app.command("qid")(qid_command)
+app.command("train")(train_command)
 # --- end of registrations ---
 
 

@@ -1,0 +1,45 @@
+"""Configuration of a post-training quantization run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qscale.errors import require
+from qscale.quant import QuantSpec
+
+
+@dataclass(frozen=True)
+class PTQConfig:
+    """Which PTQ method, which quantizer, and how to calibrate.
+
+    method:        a name in ``qscale.ptq.PTQ_METHODS`` ("rtn", "gptq").
+    spec:          the weight quantizer (granularity "tensor", "channel" or "group").
+    n_calib, calib_seq_len: how many calibration windows of how many tokens the caller should draw
+                   from the TRAIN split (``qscale.data.batches.calibration_windows``); recorded here so a
+                   result names its calibration.
+    damp:          GPTQ dampening, λ = damp·mean(diag H).
+    block_size:    GPTQ lazy-batch block width (columns).
+    act_order:     GPTQ: quantize columns by decreasing Hessian diagonal.
+    skip:          modules left in full precision: any whose qualified name or lowercased class name
+                   contains one of these strings ("embed" matches every ``nn.Embedding``).
+    """
+
+    method: str
+    spec: QuantSpec
+    n_calib: int = 128
+    calib_seq_len: int = 256
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
+    skip: tuple[str, ...] = ("lm_head", "embed")
+
+    def __post_init__(self) -> None:
+        from qscale.ptq.registry import PTQ_METHODS
+
+        require(self.method in PTQ_METHODS, f"unknown PTQ method {self.method!r}; choose from {', '.join(PTQ_METHODS)}")
+        require(isinstance(self.spec, QuantSpec), "spec must be a qscale.quant.QuantSpec")
+        require(self.spec.granularity != "token", "PTQ quantizes weights: granularity 'token' is for activations")
+        require(self.n_calib > 0 and self.calib_seq_len > 0, "n_calib and calib_seq_len must be positive")
+        require(self.damp > 0, f"damp must be positive, got {self.damp}")
+        require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
+        require(all(isinstance(s, str) and s for s in self.skip), "skip must be a tuple of non-empty strings")

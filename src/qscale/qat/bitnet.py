@@ -1,0 +1,61 @@
+"""``bitnet``: BitNet b1.58 (Ma et al. 2024, arXiv 2402.17764, eqs. 1-3; SPEC §6).
+
+Weights: ternary absmean, ``W̃ = RoundClip(W/(γ + ε), −1, 1) · γ`` with ``γ = mean|W|`` over the whole
+matrix (one scale per layer) and the straight-through estimator (identity gradient, as in the paper's
+training recipe). Activations: absmax per token to 8 bits (``a_bits``; the shared core's symmetric
+per-token quantizer) with the STE. Frozen form: int8 codes in {−1, 0, 1} and the scalar ``γ``
+(2 bits per weight in storage, hence ``w_bits = 2``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qscale.errors import require
+from qscale.qat.linear import WeightQuantizer
+from qscale.qat.registry import Recipe, register
+from qscale.qat.ste import STEActQuantizer, act_spec, straight_through
+
+BITNET_EPS = 1e-5
+
+
+def ternary_codes(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Codes ``RoundClip(W/(γ+ε), −1, 1)`` (float) and ``γ = mean|W|`` (shape ``[1, 1]``), in float32."""
+    wf = w.float()
+    gamma = wf.abs().mean().reshape(1, 1)
+    return torch.clamp(torch.round(wf / (gamma + BITNET_EPS)), -1, 1), gamma
+
+
+class TernaryWeightQuantizer(WeightQuantizer):
+    """BitNet b1.58 absmean ternary weights with the STE."""
+
+    def forward(self, w: Tensor) -> Tensor:
+        codes, gamma = ternary_codes(w.detach())
+        return straight_through(w, (codes * gamma).to(w.dtype))
+
+    def freeze(self, w: Tensor) -> dict[str, Tensor]:
+        codes, gamma = ternary_codes(w)
+        return {"codes": codes.to(torch.int8), "scale": gamma}
+
+    def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
+        return frozen["codes"].to(frozen["scale"].dtype) * frozen["scale"]
+
+    def describe(self) -> dict:
+        return {"format": "ternary", "bits": 2, "levels": [-1, 0, 1], "granularity": "tensor"}
+
+
+@register
+class BitNetRecipe(Recipe):
+    name = "bitnet"
+    uses_group_size = False
+    default_bits = (2, 8)
+
+    def check_bits(self, w_bits: int, a_bits: int) -> None:
+        require(w_bits in (2, 16), f"bitnet weights are ternary (w_bits 2) or unquantized (16), got {w_bits}")
+
+    def weight_quantizer(self, weight, bits, cfg):
+        return TernaryWeightQuantizer()
+
+    def act_quantizer(self, in_features, bits, cfg):
+        return STEActQuantizer(act_spec(bits, None))

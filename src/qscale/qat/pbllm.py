@@ -1,0 +1,91 @@
+"""``pbllm``: partially binarized weights (PB-LLM, Shang et al. 2023, arXiv 2310.00034; SPEC §6).
+
+At ``prepare`` a fraction ``r`` of each layer's weights, the largest by magnitude (exactly
+``round(r · numel)`` entries), is marked salient: those are kept at 8 bits (symmetric absmax per output
+row, the shared core) and frozen — their values come from a buffer taken at ``prepare``, so neither the
+gradient nor weight decay can move them (the paper's gradient mask). The rest is binarized,
+``α · sign(w)`` with the per-row optimal scale ``α = mean|w|`` over the row's non-salient weights
+(the L2-optimal scale of a sign quantizer, as in PB-LLM and XNOR-Net), trained with the straight-through estimator.
+Activations are left unquantized by default (``a_bits`` 16; otherwise absmax per token with the STE).
+Frozen form: int8 codes (8-bit codes where salient, ±1 elsewhere), the salient mask, the per-row 8-bit
+scale and the per-row ``α``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qscale.errors import require
+from qscale.qat.linear import WeightQuantizer
+from qscale.qat.registry import Recipe, register
+from qscale.qat.ste import STEActQuantizer, act_spec, straight_through
+from qscale.quant import QTensor, QuantSpec, dequantize, quantize
+
+SALIENT_SPEC = QuantSpec(8, symmetric=True, granularity="channel", group_size=None)
+
+
+def salient_mask(w: Tensor, fraction: float) -> Tensor:
+    """Boolean mask of exactly ``round(fraction · numel)`` entries of largest ``|w|``."""
+    k = round(fraction * w.numel())
+    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+    if k:
+        mask[torch.topk(w.detach().abs().flatten(), k).indices] = True
+    return mask.reshape(w.shape)
+
+
+def _binary_part(w: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Sign codes (±1, sign(0) = +1) and per-row ``α = mean|w|`` over non-salient entries (float32)."""
+    wf = w.float()
+    keep = (~mask).float()
+    alpha = (wf.abs() * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True).clamp_min(1)
+    return torch.where(wf >= 0, 1.0, -1.0), alpha
+
+
+class PartialBinaryWeightQuantizer(WeightQuantizer):
+    """Salient weights frozen at 8 bits, the rest ``α·sign(w)`` with the STE."""
+
+    def __init__(self, weight: Tensor, fraction: float):
+        super().__init__()
+        mask = salient_mask(weight, fraction)
+        self.register_buffer("mask", mask)
+        self.register_buffer("salient", torch.where(mask, weight.detach(), 0.0))
+
+    def _codes(self, w: Tensor) -> dict[str, Tensor]:
+        sal = quantize(self.salient, SALIENT_SPEC)
+        sign, alpha = _binary_part(w, self.mask)
+        codes = torch.where(self.mask, sal.codes.float(), sign).to(torch.int8)
+        return {"codes": codes, "mask": self.mask, "scale": sal.scale, "alpha": alpha}
+
+    def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
+        codes, mask = frozen["codes"], frozen["mask"]
+        sal = dequantize(QTensor(codes=codes, scale=frozen["scale"], zero=torch.zeros_like(frozen["scale"]),
+                                 spec=SALIENT_SPEC, shape=codes.shape))
+        return torch.where(mask, sal, codes.float() * frozen["alpha"])
+
+    def forward(self, w: Tensor) -> Tensor:
+        w_hat = self.dequantize(self._codes(w.detach())).to(w.dtype)
+        return straight_through(w, w_hat, ~self.mask)
+
+    def freeze(self, w: Tensor) -> dict[str, Tensor]:
+        return self._codes(w)
+
+    def describe(self) -> dict:
+        return {"format": "partial-binary", "salient_bits": 8, "salient_granularity": "channel",
+                "binary_granularity": "channel"}
+
+
+@register
+class PBLLMRecipe(Recipe):
+    name = "pbllm"
+    uses_group_size = False
+    default_bits = (1, 16)
+
+    def check_bits(self, w_bits: int, a_bits: int) -> None:
+        require(w_bits in (1, 16), f"pbllm binarizes weights (w_bits 1) or leaves them (16), got {w_bits}")
+
+    def weight_quantizer(self, weight, bits, cfg):
+        return PartialBinaryWeightQuantizer(weight, cfg.salient_fraction)
+
+    def act_quantizer(self, in_features, bits, cfg):
+        return STEActQuantizer(act_spec(bits, None))

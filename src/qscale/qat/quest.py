@@ -1,0 +1,111 @@
+"""``quest``: QuEST (Panferov et al. 2025, arXiv 2502.05003; SPEC §4).
+
+Both operands of every quantized linear layer are rotated by an orthonormal Hadamard matrix in groups of
+128 along the matmul dimension (``QuantLinear`` with ``hadamard_group``), which makes their rows close to
+Gaussian. Each rotated row ``x_h`` is quantized to ``2^b`` uniform levels with no zero level,
+``±step/2, ±3·step/2, …, ±scale``, with ``scale = α*(b) · RMS(x_h)`` (α* = the MSE-optimal clipping for
+N(0, 1), table below) and ``step = 2·scale/(2^b − 1)``. On the shared core (``qscale.quant``) this is the
+asymmetric grid ``q ∈ [0, 2^b − 1]`` with scale ``step`` and the half-integer zero ``(2^b − 1)/2``.
+
+Backward, the trust estimator: with ``T = step/2`` and ``M = 1[|x̂_h − x_h| <= T]``,
+``∂L/∂x = Hᵀ(M ⊙ ∂L/∂x̂_h)`` — gradients of values clipped further than half a step outside the grid are
+dropped; ``Hᵀ`` is applied by autograd through the rotation. Scales are not trained.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qscale.errors import require
+from qscale.qat.linear import ActQuantizer, WeightQuantizer
+from qscale.qat.registry import Recipe, register
+from qscale.qat.ste import straight_through
+from qscale.quant import QTensor, QuantSpec, dequantize, grid_codes, round_to_grid
+
+# MSE-optimal clipping scale α*(b) of a b-bit uniform quantizer for N(0, 1) (QuEST, SPEC §4).
+QUEST_ALPHA: dict[int, float] = {
+    1: 0.79788, 2: 1.49353, 3: 2.05107, 4: 2.51393, 5: 2.91609, 6: 3.27660, 7: 3.60105, 8: 3.88494,
+}
+_EPS = 1e-8
+
+
+def quest_spec(bits: int) -> QuantSpec:
+    """The core spec of QuEST's grid: codes ``0 … 2^b − 1`` per row (zero point given separately)."""
+    return QuantSpec(bits, symmetric=False, granularity="token", group_size=None)
+
+
+def quest_qparams(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Per-row ``step = 2·α*(b)·RMS(x)/(2^b − 1)`` and zero ``(2^b − 1)/2`` (float32, shape ``[..., 1]``)."""
+    xf = x.float()
+    rms = xf.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    levels = 2**bits - 1
+    step = (2.0 * QUEST_ALPHA[bits] / levels) * rms.clamp_min(_EPS)
+    return step, torch.full_like(step, levels / 2)
+
+
+def quest_fake_quantize(x: Tensor, bits: int) -> Tensor:
+    """QuEST quantization of the (already rotated) rows of ``x`` with the trust-estimator gradient."""
+    xd = x.detach()
+    xf = xd.float()
+    step, zero = quest_qparams(xd, bits)
+    x_hat = round_to_grid(xf, step, zero, quest_spec(bits))
+    trust = (x_hat - xf).abs() <= step / 2
+    return straight_through(x, x_hat.to(x.dtype), trust)
+
+
+class QuestWeightQuantizer(WeightQuantizer):
+    """QuEST on the rows of the Hadamard-rotated weight; freezes to uint8 codes, per-row step, zero."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, w: Tensor) -> Tensor:
+        return quest_fake_quantize(w, self.bits)
+
+    def freeze(self, w: Tensor) -> dict[str, Tensor]:
+        step, zero = quest_qparams(w, self.bits)
+        codes = grid_codes(w.float(), step, zero, quest_spec(self.bits)).to(torch.uint8)
+        return {"codes": codes, "scale": step, "zero": zero}
+
+    def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
+        codes = frozen["codes"]
+        spec = quest_spec(self.bits)
+        return dequantize(QTensor(codes=codes, scale=frozen["scale"], zero=frozen["zero"], spec=spec, shape=codes.shape))
+
+    def describe(self) -> dict:
+        return {"format": "quest", "bits": self.bits, "granularity": "channel", "rotated": "hadamard",
+                "zero": "half-integer (2^b-1)/2"}
+
+
+class QuestActQuantizer(ActQuantizer):
+    """QuEST on each token of the rotated input (dynamic: RMS of the token)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, x: Tensor) -> Tensor:
+        return quest_fake_quantize(x, self.bits)
+
+    def describe(self) -> dict:
+        return {"format": "quest", "bits": self.bits, "granularity": "token", "rotated": "hadamard"}
+
+
+@register
+class QuestRecipe(Recipe):
+    name = "quest"
+    uses_group_size = False
+    default_bits = (4, 4)
+    hadamard = True
+
+    def check_bits(self, w_bits: int, a_bits: int) -> None:
+        for b in (w_bits, a_bits):
+            require(b in QUEST_ALPHA or b == 16, f"quest supports 1..8 or 16 bits, got {b}")
+
+    def weight_quantizer(self, weight, bits, cfg):
+        return QuestWeightQuantizer(bits)
+
+    def act_quantizer(self, in_features, bits, cfg):
+        return QuestActQuantizer(bits)

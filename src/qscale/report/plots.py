@@ -1,0 +1,107 @@
+"""PNG plots of a QiD study: QiD vs D per model size at each bit width (with the fitted law), and
+observed vs predicted. Rendered with matplotlib's Agg backend to bytes, so files are written atomically.
+
+Points kept by the noise policy are filled; excluded points with QiD > 0 are hollow; QiD <= 0 cannot
+sit on a log axis and is counted in each panel's title instead.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from qscale.study.noise import NoisePolicy
+
+
+def _figure(nrows: int, ncols: int, size: tuple[float, float]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+    return plt, fig, axes
+
+
+def _log_axes(ax) -> None:
+    """Log-log axes with labels on the decades only (minor labels overlap on short ranges)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> bytes:
+    """One panel per bit width: QiD against training tokens D, one colour per model size, fitted curves."""
+    from qscale.report.qid import predict_qid
+
+    bits = sorted({int(r["P"]) for r in rows})
+    models = sorted({(int(r["N"]), r["model"]) for r in rows})
+    plt, fig, axes = _figure(1, len(bits), (4.2 * len(bits), 3.8))
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(models), 1)))
+    for ax, p in zip(axes[0], bits):
+        n_nonpos = 0
+        for color, (n, name) in zip(colors, models):
+            pts = sorted((r for r in rows if int(r["P"]) == p and r["model"] == name), key=lambda r: r["D"])
+            if not pts:
+                continue
+            d = np.array([r["D"] for r in pts], dtype=float)
+            q = np.array([r["qid"] for r in pts], dtype=float)
+            keep = policy.keep(q, np.array([r["qid_se"] for r in pts], dtype=float))
+            pos = q > 0
+            n_nonpos += int((~pos).sum())
+            ax.scatter(d[keep], q[keep], color=color, s=18, label=f"{name} (N={n:.2g})")
+            ax.scatter(d[pos & ~keep], q[pos & ~keep], facecolors="none", edgecolors=color, s=18)
+            if fit.params is not None:
+                grid = np.geomspace(d.min(), d.max(), 50)
+                ax.plot(grid, predict_qid(fit.params, n, grid, p), color=color, lw=1)
+        _log_axes(ax)
+        ax.set_xlabel("training tokens D")
+        ax.set_ylabel("QiD (nats)")
+        ax.set_title(f"{method}, {p} bits" + (f" ({n_nonpos} pts <= 0 not shown)" if n_nonpos else ""), fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    return _png(plt, fig)
+
+
+def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, policy: NoisePolicy) -> bytes:
+    """One panel per method: observed QiD against the fitted law's prediction, with the y = x line."""
+    from qscale.report.qid import predict_qid
+
+    methods = list(by_method)
+    plt, fig, axes = _figure(1, len(methods), (4.2 * len(methods), 4.0))
+    for ax, m in zip(axes[0], methods):
+        rows, fit = by_method[m], fits[m]
+        ax.set_title(f"{m}" + ("" if fit.params is not None else " (not fitted)"), fontsize=9)
+        if fit.params is None:
+            ax.text(0.5, 0.5, fit.error, ha="center", va="center", wrap=True, fontsize=8, transform=ax.transAxes)
+            ax.axis("off")
+            continue
+        q = np.array([r["qid"] for r in rows], dtype=float)
+        se = np.array([r["qid_se"] for r in rows], dtype=float)
+        pred = predict_qid(fit.params, *(np.array([r[c] for r in rows], dtype=float) for c in ("N", "D", "P")))
+        keep, pos = policy.keep(q, se), q > 0
+        bits = np.array([r["P"] for r in rows])
+        for p in sorted(set(bits.tolist())):
+            s = bits == p
+            pts = ax.scatter(pred[s & keep], q[s & keep], s=16, label=f"{p} bits")
+            ax.scatter(pred[s & pos & ~keep], q[s & pos & ~keep], s=16, facecolors="none",
+                       edgecolors=pts.get_facecolor())
+        lo, hi = min(pred.min(), q[pos].min(initial=pred.min())), max(pred.max(), q.max())
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        _log_axes(ax)
+        ax.set_xlabel("predicted QiD")
+        ax.set_ylabel("observed QiD")
+        ax.legend(fontsize=7)
+    return _png(plt, fig)

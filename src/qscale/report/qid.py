@@ -1,0 +1,231 @@
+"""Fit and report a QiD study: the unified law per method, its inversion, trends, plots, JSON and Markdown.
+
+The law is Ouyang et al. 2024 (arXiv 2411.17691, SPEC §1), QiD = k · D^β / (N^α · P^γ), fitted per
+PTQ method in log space by the laws engine (Huber loss, SPEC §5) on the points above the noise floor
+(:mod:`qscale.study.noise`). Inverting it gives the training tokens at which a model of N parameters
+reaches a given QiD at P bits: D* = (QiD · N^α · P^γ / k)^(1/β).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qscale.errors import QscaleError
+from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
+from qscale.study.noise import NoisePolicy, NoiseSummary, summarize_noise
+
+LAW_NAME = "qid"
+LAW_TEXT = "QiD = k * D^beta / (N^alpha * P^gamma)"
+# Tiny models lose a lot at 2 bits and little at 4; these QiD levels are reached inside a small suite.
+DEFAULT_THRESHOLDS = (0.05, 0.1, 0.2)
+MIN_FIT_POINTS = 6
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report computes: inversion thresholds and bit widths, noise policy, bootstrap size."""
+
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    inversion_bits: tuple[int, ...] = (2, 3, 4)
+    noise: NoisePolicy = field(default_factory=NoisePolicy)
+    n_boot: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.thresholds or any(not (t > 0) for t in self.thresholds):
+            raise QscaleError(f"QiD thresholds must be positive numbers, got {self.thresholds}")
+        if self.n_boot < 0:
+            raise QscaleError(f"bootstrap size must be >= 0, got {self.n_boot}")
+
+
+@dataclass
+class MethodFit:
+    """The unified law fitted to one method's points, or the reason it could not be."""
+
+    method: str
+    n_rows: int
+    excluded: dict
+    noise: NoiseSummary
+    params: dict[str, float] | None = None
+    ci: dict[str, tuple[float, float]] | None = None
+    stats: dict | None = None
+    extrapolation: dict | None = None
+    error: str | None = None
+
+
+def predict_qid(params: dict[str, float], N, D, P) -> np.ndarray:
+    """The unified law QiD = k·D^β/(N^α·P^γ) (SPEC §1)."""
+    N, D, P = (np.asarray(x, dtype=np.float64) for x in (N, D, P))
+    return params["k"] * D ** params["beta"] / (N ** params["alpha"] * P ** params["gamma"])
+
+
+def tokens_for_qid(params: dict[str, float], qid: float, N: float, P: float) -> float:
+    """Training tokens D* at which the fitted law reaches ``qid`` for N parameters at P bits.
+
+    D* = (qid·N^α·P^γ/k)^(1/β), solved by the laws engine. NaN when β <= 0: QiD then does not grow
+    with D, so no amount of training makes it reach the threshold from below.
+    """
+    from qscale.laws import invert
+
+    if not (params["beta"] > 0 and qid > 0):
+        return float("nan")
+    return float(invert(LAW_NAME, params, {"N": N, "P": P}, qid, solve_for="D"))
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    cols = {c: np.array([r[c] for r in rows], dtype=np.float64) for c in ("N", "D", "P", "G", "qid", "qid_se")}
+    cols["model"] = np.array([r["model"] for r in rows], dtype=object)
+    return cols
+
+
+def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict, dict, dict]:
+    """Params, bootstrap CIs, fit stats and held-out extrapolation errors from the laws engine (SPEC §5)."""
+    from qscale.laws import bootstrap_ci, extrapolation_check, fit_law
+
+    res = fit_law(LAW_NAME, data, target="qid")
+    ci = bootstrap_ci(LAW_NAME, data, "qid", n_boot=cfg.n_boot, seed=cfg.seed, fit=res) if cfg.n_boot else {}
+    extrap = {}
+    for hold in ("N", "D"):
+        try:
+            e = extrapolation_check(LAW_NAME, data, "qid", hold_out=hold)
+        except QscaleError as err:  # e.g. no points left above the noise floor at the smaller values
+            e = {"error": str(err)}
+        extrap[hold] = {k: v for k, v in e.items() if k not in ("params", "rel_errors")}
+    return dict(res.params), {k: tuple(v) for k, v in ci.items()}, res.stats(), extrap
+
+
+def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
+    """Apply the noise policy to one method's rows and fit the unified law on the kept points."""
+    c = _columns(rows)
+    keep = cfg.noise.keep(c["qid"], c["qid_se"])
+    by_bits = {int(p): int(((~keep) & (c["P"] == p)).sum()) for p in sorted(set(c["P"].tolist()))}
+    excluded = {"total": int((~keep).sum()), "nonpositive": int((c["qid"] <= 0).sum()), "by_bits": by_bits}
+    out = MethodFit(method, len(rows), excluded, summarize_noise(c["qid"], c["qid_se"], c["P"], cfg.noise))
+    data = {k: c[k][keep] for k in ("N", "D", "P", "qid")}
+    varying = [k for k in ("N", "D", "P") if len(np.unique(data[k])) < 2]
+    if keep.sum() < MIN_FIT_POINTS or varying:
+        why = f"only {int(keep.sum())} points above the noise floor" if keep.sum() < MIN_FIT_POINTS else \
+            f"the points above the noise floor have a single value of {', '.join(varying)}"
+        out.error = f"not fitted: {why}"
+        return out
+    out.params, out.ci, out.stats, out.extrapolation = _fit_law(data, cfg)
+    return out
+
+
+def inversion_table(fit: MethodFit, sizes: dict[str, int], cfg: ReportConfig) -> list[dict]:
+    """Tokens D* for each model size, bit width and threshold by inverting the fitted law."""
+    if fit.params is None:
+        return []
+    return [
+        {"model": m, "N": n, "P": p, "qid": q, "tokens": tokens_for_qid(fit.params, q, n, p)}
+        for m, n in sizes.items() for p in cfg.inversion_bits for q in cfg.thresholds
+    ]
+
+
+def _rank_corr(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def trends(rows: list[dict]) -> dict:
+    """Model-free directions, counted over the raw points (no noise policy, no fit).
+
+    D: per (P, model) series, sign of the rank correlation of QiD with D.
+    N: per (P, D) with >= 2 sizes, whether QiD at the largest N is below that at the smallest N.
+    P: per (model, D) and each pair of consecutive bit widths, whether QiD falls with more bits.
+    """
+    c = _columns(rows)
+    out = {"D": {"grows": 0, "falls": 0, "flat": 0}, "N": {"falls": 0, "grows": 0}, "P": {"falls": 0, "grows": 0}}
+    for p in np.unique(c["P"]):
+        for m in np.unique(c["model"]):
+            s = (c["P"] == p) & (c["model"] == m)
+            rho = _rank_corr(c["D"][s], c["qid"][s])
+            out["D"]["flat" if not np.isfinite(rho) or rho == 0 else ("grows" if rho > 0 else "falls")] += 1
+        for d in np.unique(c["D"][c["P"] == p]):
+            s = (c["P"] == p) & (c["D"] == d)
+            if len(np.unique(c["N"][s])) >= 2:
+                lo, hi = np.argmin(c["N"][s]), np.argmax(c["N"][s])
+                out["N"]["falls" if c["qid"][s][hi] < c["qid"][s][lo] else "grows"] += 1
+    for m in np.unique(c["model"]):
+        for d in np.unique(c["D"][c["model"] == m]):
+            s = (c["model"] == m) & (c["D"] == d)
+            order = np.argsort(c["P"][s])
+            q = c["qid"][s][order]
+            for a, b in zip(q[:-1], q[1:]):
+                out["P"]["falls" if b < a else "grows"] += 1
+    return out
+
+
+def _strict_json(obj):
+    """Non-finite floats (undefined inversions, missing intervals) as null, so fit.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict_json(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where a written report lies and what it found."""
+
+    folder: Path
+    fits: dict[str, MethodFit]
+    files: tuple[Path, ...]
+
+
+def write_qid_report(rows: list[dict], out_dir: str | Path, cfg: ReportConfig | None = None,
+                     title: str = "QiD study", context: dict | None = None) -> Report:
+    """Fit every method in ``rows`` and write ``fit.json``, ``summary.md`` and PNG plots to ``out_dir``."""
+    from qscale.report.markdown import summary_markdown
+    from qscale.report.plots import plot_observed_vs_predicted, plot_qid_vs_d
+
+    cfg = cfg or ReportConfig()
+    if not rows:
+        raise QscaleError("no QiD rows to report: the study has not measured any cell yet")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = sorted({r["method"] for r in rows})
+    by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
+    fits = {m: fit_method(m, by_method[m], cfg) for m in methods}
+    sizes = dict(sorted({r["model"]: int(r["N"]) for r in rows}.items(), key=lambda kv: kv[1]))
+    inversions = {m: inversion_table(fits[m], sizes, cfg) for m in methods}
+    trend = {m: trends(by_method[m]) for m in methods}
+    d_range = (min(r["D"] for r in rows), max(r["D"] for r in rows))
+
+    files = []
+    for m in methods:
+        path = out / f"qid_vs_D_{m}.png"
+        atomic_write_bytes(path, plot_qid_vs_d(by_method[m], fits[m], cfg.noise, m))
+        files.append(path)
+    path = out / "observed_vs_predicted.png"
+    atomic_write_bytes(path, plot_observed_vs_predicted(by_method, fits, cfg.noise))
+    files.append(path)
+
+    doc = {
+        "title": title,
+        "law": LAW_TEXT,
+        "noise_policy": cfg.noise.describe(),
+        "n_rows": len(rows),
+        "sizes": sizes,
+        "measured_D_range": list(d_range),
+        "context": context or {},
+        "methods": {m: fits[m] for m in methods},
+        "inversion": inversions,
+        "trends": trend,
+    }
+    atomic_write_json(out / "fit.json", _strict_json(to_jsonable(doc)))
+    files.append(out / "fit.json")
+    md = summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, context or {})
+    atomic_write_bytes(out / "summary.md", md.encode())
+    files.append(out / "summary.md")
+    return Report(out, fits, tuple(files))

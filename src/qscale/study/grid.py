@@ -1,0 +1,112 @@
+"""The QiD study grid and its presets: which suite to train, which PTQ cells to measure on each checkpoint.
+
+A cell is (model size, checkpoint D, method, bits P, group size G, seed). Evaluation windows are
+fixed (evenly spaced over the validation split) and shared by the full-precision and quantized
+models, so QiD's noise is that of paired differences (:mod:`qscale.study.noise`); calibration windows
+come from the training split with a fixed seed (Frantar et al. 2022; SPEC §1 protocol, §6 GPTQ).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qscale.errors import QscaleError, require
+from qscale.report.qid import DEFAULT_THRESHOLDS, ReportConfig
+
+
+@dataclass(frozen=True)
+class QidGrid:
+    """PTQ cells measured on every checkpoint, and how losses are measured.
+
+    group_size: G input columns per scale; 0 means one scale per output channel.
+    eval_windows x eval_seq_len held-out tokens per loss; n_calib x calib_seq_len calibration tokens.
+    """
+
+    methods: tuple[str, ...] = ("rtn", "gptq")
+    bits: tuple[int, ...] = (2, 3, 4, 8)
+    group_size: int = 128
+    eval_windows: int = 64
+    eval_seq_len: int = 256
+    eval_batch_size: int = 16
+    n_calib: int = 32
+    calib_seq_len: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(len(self.methods) > 0, "at least one PTQ method is needed")
+        require(len(set(self.methods)) == len(self.methods), f"repeated PTQ method in {self.methods}")
+        require(len(self.bits) > 0 and all(isinstance(b, int) and 1 <= b <= 8 for b in self.bits),
+                f"bit widths must be integers in 1..8, got {self.bits}")
+        require(len(set(self.bits)) == len(self.bits), f"repeated bit width in {self.bits}")
+        require(self.group_size >= 0, f"group size must be >= 0 (0 = per channel), got {self.group_size}")
+        require(self.eval_windows >= 2, f"need >= 2 evaluation windows for a noise estimate, got {self.eval_windows}")
+        require(self.eval_seq_len >= 2, f"evaluation sequence length must be >= 2, got {self.eval_seq_len}")
+        require(self.eval_batch_size >= 1, f"evaluation batch size must be >= 1, got {self.eval_batch_size}")
+        require(self.n_calib >= 1, f"need >= 1 calibration window, got {self.n_calib}")
+        require(self.calib_seq_len >= 2, f"calibration sequence length must be >= 2, got {self.calib_seq_len}")
+
+    def check_methods(self) -> None:
+        """Fail early, naming the problem, if a method is not in the PTQ registry."""
+        from qscale.ptq import PTQ_METHODS
+
+        unknown = [m for m in self.methods if m not in PTQ_METHODS]
+        if unknown:
+            raise QscaleError(f"unknown PTQ method(s) {', '.join(unknown)} (choose from {', '.join(PTQ_METHODS)})")
+
+    def ptq_config(self, method: str, bits: int):
+        """The :class:`qscale.ptq.PTQConfig` of one cell (symmetric, per group or per channel)."""
+        from qscale.ptq import PTQConfig
+        from qscale.quant import QuantSpec
+
+        if self.group_size:
+            spec = QuantSpec(bits=bits, symmetric=True, granularity="group", group_size=self.group_size)
+        else:
+            spec = QuantSpec(bits=bits, symmetric=True, granularity="channel", group_size=None)
+        return PTQConfig(method=method, spec=spec, n_calib=self.n_calib, calib_seq_len=self.calib_seq_len)
+
+    @property
+    def eval_tokens(self) -> int:
+        return self.eval_windows * self.eval_seq_len
+
+
+@dataclass(frozen=True)
+class QidPreset:
+    """A named study: the training suite preset, the PTQ grid, the report settings, the tokenizer size."""
+
+    suite: str
+    grid: QidGrid
+    report: ReportConfig = field(default_factory=ReportConfig)
+    vocab_size: int = 4096
+    max_files: int | None = None
+
+
+QID_PRESETS: dict[str, QidPreset] = {
+    # tests: seconds on one core; a capped corpus with a small vocabulary
+    "tiny": QidPreset(
+        suite="tiny",
+        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 4), group_size=32, eval_windows=8, eval_seq_len=32,
+                     n_calib=4, calib_seq_len=32),
+        report=ReportConfig(thresholds=DEFAULT_THRESHOLDS, inversion_bits=(2, 4), n_boot=20),
+        vocab_size=512,
+        max_files=60,
+    ),
+    # the README's main command: < 15 minutes on 2 CPU cores, >= 100 (N, D, P) points per method
+    "quick": QidPreset(
+        suite="quick",
+        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 3, 4, 8), group_size=128, eval_windows=64,
+                     eval_seq_len=128, eval_batch_size=32, n_calib=32, calib_seq_len=128),
+        report=ReportConfig(n_boot=200),
+    ),
+    # the device: larger models, longer training, more held-out tokens
+    "gpu": QidPreset(
+        suite="gpu",
+        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 3, 4, 8), group_size=128, eval_windows=256,
+                     eval_seq_len=256, eval_batch_size=32, n_calib=128, calib_seq_len=256),
+        report=ReportConfig(n_boot=500),
+    ),
+}
+
+
+def get_preset(name: str) -> QidPreset:
+    require(name in QID_PRESETS, f"unknown study preset {name!r} (choose from {', '.join(QID_PRESETS)})")
+    return QID_PRESETS[name]

@@ -1,0 +1,74 @@
+"""``qscale train``: train one model (or a whole preset suite) with log-spaced checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qscale.data import DataConfig, load_token_streams
+from qscale.train.checkpoint import CheckpointInfo
+from qscale.train.config import TrainConfig
+from qscale.train.loop import train
+from qscale.train.suite import SUITE_PRESETS, get_preset, train_suite
+
+_DEFAULT = SUITE_PRESETS["quick"].base
+
+
+def loss_table(runs: dict[str, list[CheckpointInfo]], title: str) -> Table:
+    """Validation loss (nats/token) of every checkpoint: one row per step, one column per run."""
+    table = Table(title=title)
+    table.add_column("step", justify="right")
+    table.add_column("tokens D", justify="right")
+    for name, ckpts in runs.items():
+        n = ckpts[0].meta.get("N") if ckpts else None
+        table.add_column(f"{name} (N={n:,})" if n else name, justify="right")
+    by_step = {name: {c.step: c for c in ckpts} for name, ckpts in runs.items()}
+    for step in sorted({c.step for ckpts in runs.values() for c in ckpts}):
+        tokens = next(c.tokens for ckpts in runs.values() for c in ckpts if c.step == step)
+        cells = [f"{by_step[n][step].meta['val_loss']:.4f}" if step in by_step[n] else "" for n in runs]
+        table.add_row(str(step), f"{tokens:,}", *cells)
+    return table
+
+
+def train_command(
+    size: str = typer.Option(_DEFAULT.size, help="Model size from the ladder: xs, s, m, l, xl."),
+    tokens: int = typer.Option(_DEFAULT.tokens, help="Training tokens (rounded up to whole steps)."),
+    out: Path = typer.Option(None, help="Run folder for checkpoints [default: runs/train-SIZE or runs/suite-PRESET]."),
+    data: Path = typer.Option(None, help="Text data: .txt, .jsonl (text field), .parquet (text column) or a folder "
+                                         "[default: the Python standard library sources]."),
+    tokenizer: Path = typer.Option(None, help="tokenizer.json file or HF tokenizer folder [default: train a BPE]."),
+    model: Path = typer.Option(None, help="Continue training from this local Hugging Face checkpoint folder."),
+    vocab_size: int = typer.Option(4096, help="Vocabulary size of the trained BPE tokenizer (>= 256)."),
+    seed: int = typer.Option(None, help="Random seed for initialisation and data order [default: 0]."),
+    batch_size: int = typer.Option(_DEFAULT.batch_size, help="Sequences per optimiser step."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per step (gradient accumulation)."),
+    seq_len: int = typer.Option(_DEFAULT.seq_len, help="Tokens per training sequence."),
+    lr: float = typer.Option(_DEFAULT.lr, help="Peak learning rate (AdamW)."),
+    schedule: str = typer.Option("cosine", help="LR schedule: cosine (warmup + cosine) or wsd (warmup-stable-decay)."),
+    warmup_steps: int = typer.Option(_DEFAULT.warmup_steps, help="Linear warmup steps."),
+    ckpt_every: int = typer.Option(None, help="After the log-spaced checkpoints, save one every this many steps."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on cuda)."),
+    preset: str = typer.Option(None, help="Train a whole suite preset (tiny, quick, gpu) instead of one model; "
+                                          "only --seed and the data options apply then."),
+    max_files: int = typer.Option(None, help="Use at most this many documents of the corpus (quick trials)."),
+) -> None:
+    """Train a Llama model (or a preset suite) with Pythia-style log-spaced checkpoints; re-run to resume."""
+    console = Console()
+    data_cfg = DataConfig(data=data, tokenizer=tokenizer, vocab_size=vocab_size, max_files=max_files)
+    if preset is not None:
+        suite = get_preset(preset)
+        if seed is not None:
+            suite = replace(suite, base=replace(suite.base, seed=seed))
+        runs = train_suite(suite, load_token_streams(data_cfg), out or Path("runs") / f"suite-{preset}")
+        console.print(loss_table(runs, f"validation loss (nats/token), suite {preset!r}"))
+        return
+    cfg = TrainConfig(size=size, tokens=tokens, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len,
+                      lr=lr, schedule=schedule, warmup_steps=warmup_steps, seed=seed or 0, ckpt_every=ckpt_every,
+                      model=model, device=device)
+    name = size if model is None else model.name
+    ckpts = train(cfg, load_token_streams(data_cfg), out or Path("runs") / f"train-{name}")
+    console.print(loss_table({name: ckpts}, "validation loss (nats/token)"))

@@ -1,0 +1,198 @@
+"""The training loop: AdamW, scheduled LR, grad clipping and accumulation, checkpoint suite, resume.
+
+Deterministic on CPU: data batches are a pure function of ``(seed, step)``, the LR a pure function of
+the step, and the resume state (weights, AdamW moments, RNG) is restored exactly, so a killed and
+re-run training ends with the same weights, bit for bit, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model as load_safetensors
+from safetensors.torch import save_model as save_safetensors
+from transformers.utils import logging as hf_logging
+
+from qscale.data.batches import eval_windows, train_batch
+from qscale.errors import QscaleError, require
+from qscale.evaluate.loss import evaluate
+from qscale.models import build_model, count_params, load_model
+from qscale.provenance import atomic_write_json, config_hash, to_jsonable, versions
+from qscale.train.checkpoint import META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints
+from qscale.train.config import TrainConfig
+from qscale.train.schedule import lr_at
+
+STATE_EVERY = 200  # also save resume state every this many steps between checkpoints
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    require(cfg.device != "cuda" or torch.cuda.is_available(), "device 'cuda' requested but CUDA is not available")
+    return torch.device(cfg.device)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA, plain fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _init_model(cfg: TrainConfig, vocab_size: int):
+    if cfg.model is None:
+        return build_model(cfg.size, vocab_size, max_seq_len=max(1024, cfg.seq_len), seed=cfg.seed)
+    model = load_model(cfg.model)
+    n_emb = model.get_input_embeddings().num_embeddings
+    require(n_emb >= vocab_size, f"model {cfg.model} has {n_emb} token embeddings but the tokenizer has {vocab_size} tokens")
+    return model
+
+
+def _optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms and biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def _run_meta(cfg: TrainConfig, streams) -> dict:
+    return {"config": to_jsonable(cfg), "config_hash": config_hash(cfg), "tokenizer_hash": streams.tokenizer_hash}
+
+
+def _check_run(out_dir: Path, meta: dict) -> None:
+    path = out_dir / "run.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        require(
+            (old.get("config_hash"), old.get("tokenizer_hash")) == (meta["config_hash"], meta["tokenizer_hash"]),
+            f"{out_dir} holds a run with a different config or tokenizer; use another --out folder",
+        )
+    else:
+        atomic_write_json(path, meta)
+
+
+def _save_state(out_dir: Path, model, opt, step: int) -> None:
+    def write(tmp: Path) -> None:
+        save_safetensors(model, str(tmp / "model.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                   tmp / "rng.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"step": step}))
+
+    atomic_folder(out_dir / "state", write)
+
+
+def _load_state(out_dir: Path, model, opt) -> int:
+    folder = out_dir / "state"
+    if not (folder / "trainer.json").is_file():
+        return 0
+    try:
+        load_safetensors(model, str(folder / "model.safetensors"))
+        opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        rng = torch.load(folder / "rng.pt", weights_only=False)
+        step = int(json.loads((folder / "trainer.json").read_text())["step"])
+    except Exception as e:
+        raise QscaleError(f"cannot resume from {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    return step
+
+
+def _save_checkpoint(out_dir: Path, model, streams, cfg: TrainConfig, step: int, extra: dict) -> None:
+    counts = count_params(model)
+    meta = {
+        "N": counts.non_embedding,
+        "total_params": counts.total,
+        "tokens": step * cfg.tokens_per_step,
+        "step": step,
+        "size": cfg.size if cfg.model is None else str(cfg.model),
+        "config": to_jsonable(cfg),
+        "tokenizer_hash": streams.tokenizer_hash,
+        "vocab_size": streams.vocab_size,
+        "seed": cfg.seed,
+        "versions": versions(),
+        **extra,
+    }
+
+    def write(tmp: Path) -> None:
+        hf_logging.disable_progress_bar()  # transformers' per-shard bar would interleave with ours
+        model.save_pretrained(tmp)
+        streams.tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    atomic_folder(checkpoint_dir(out_dir, step), write)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[info]}"), disable=not enabled, transient=False)
+
+
+def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
+          stop_after_steps: int | None = None) -> list[CheckpointInfo]:
+    """Train per ``cfg`` on ``streams``, writing checkpoints to ``out_dir``; resume from its state if any.
+
+    ``stop_after_steps`` ends the process-local run after that global step without saving anything
+    extra, i.e. it simulates a kill (used by tests of resume).
+    """
+    out_dir = Path(out_dir)
+    device = _device(cfg)
+    _check_run(out_dir, _run_meta(cfg, streams))
+    torch.manual_seed(cfg.seed)
+    model = _init_model(cfg, streams.vocab_size).to(device)
+    opt = _optimizer(model, cfg, device)
+    start = _load_state(out_dir, model, opt)
+    total, ckpts = cfg.total_steps, set(cfg.checkpoint_steps())
+    end = total if stop_after_steps is None else min(total, stop_after_steps)
+    forward = torch.compile(model) if cfg.compile else model
+    val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
+    micro = cfg.batch_size // cfg.grad_accum
+    model.train()
+    recent: list[float] = []
+    with _progress(progress) as bar:
+        task = bar.add_task(f"train {cfg.size if cfg.model is None else cfg.model.name}", total=total,
+                            completed=start, info="")
+        t0 = time.perf_counter()
+        for step in range(start, end):
+            lr = lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed).to(device)
+            loss_sum = 0.0
+            for chunk in batch.split(micro):
+                with _autocast(device):
+                    logits = forward(input_ids=chunk[:, :-1], use_cache=False).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten())
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            recent = (recent + [loss_sum])[-20:]
+            done = step + 1
+            tps = (done - start) * cfg.tokens_per_step / (time.perf_counter() - t0)
+            bar.update(task, completed=done, info=f"loss {loss_sum:.3f}  {tps:,.0f} tok/s")
+            if done in ckpts:
+                with _autocast(device):
+                    val_loss = evaluate(model, val, batch_size=16).loss
+                model.train()
+                extra = {"val_loss": val_loss, "train_loss": float(np.mean(recent)), "lr": lr}
+                _save_checkpoint(out_dir, model, streams, cfg, done, extra)
+                bar.update(task, info=f"loss {loss_sum:.3f}  val {val_loss:.3f}  {tps:,.0f} tok/s")
+            if done in ckpts or done % STATE_EVERY == 0:
+                _save_state(out_dir, model, opt, done)
+    return list_checkpoints(out_dir)

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from qscale.data.corpus import VAL_PERCENT, _is_val, load_corpus
+from qscale.errors import QscaleError
+
+
+def test_embedded_split_is_by_file_and_disjoint():
+    corpus = load_corpus(max_files=60)
+    assert corpus.train and corpus.val
+    assert not set(corpus.train) & set(corpus.val)
+    assert len(corpus.train) + len(corpus.val) == 60
+    assert load_corpus(max_files=60).fingerprint == corpus.fingerprint
+
+
+def test_hash_split_fraction_is_close_to_val_percent():
+    keys = [f"pkg/mod{i}.py" for i in range(4000)]
+    frac = sum(map(_is_val, keys)) / len(keys)
+    assert abs(frac - VAL_PERCENT / 100) < 0.015
+
+
+def test_user_formats_folder(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    (tmp_path / "a.txt").write_text("hello world " * 50)
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": f"line {i} text"}) for i in range(100)))
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(50)]}), tmp_path / "c.parquet")
+    corpus = load_corpus(tmp_path)
+    docs = corpus.train + corpus.val
+    assert len(docs) == 151 and "row 7" in docs and "line 3 text" in docs
+    assert corpus.val
+
+
+def test_single_text_file_gets_a_val_tail(tmp_path):
+    f = tmp_path / "one.txt"
+    f.write_text("abcdefghij" * 100)
+    corpus = load_corpus(f)
+    assert corpus.train[0] + corpus.val[0] == "abcdefghij" * 100
+    assert len(corpus.val[0]) == 50
+
+
+@pytest.mark.parametrize("setup, match", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "empty.txt").write_text("  \n") and p / "empty.txt", "no text"),
+    (lambda p: (p / "x.csv").write_text("a,b") and p / "x.csv", "unsupported"),
+    (lambda p: (p / "bad.jsonl").write_text('{"body": "x"}') and p / "bad.jsonl", "text"),
+    (lambda p: p, "no .txt"),
+])
+def test_bad_data_raises(tmp_path, setup, match):
+    with pytest.raises(QscaleError, match=match):
+        load_corpus(setup(tmp_path))

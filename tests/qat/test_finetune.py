@@ -1,0 +1,50 @@
+import copy
+
+import pytest
+import torch
+
+from qscale.qat import DistillConfig, QATRecipeConfig, distill_loss, qat_finetune
+from qscale.qat.finetune import cosine_lr
+
+RUNS = [
+    QATRecipeConfig("ste", w_bits=4, a_bits=4, group_size=32),
+    QATRecipeConfig("lsq", w_bits=4, a_bits=4, group_size=32),
+    QATRecipeConfig("lsq", w_bits=4, a_bits=4, group_size=32, lsq_plus=True),
+    QATRecipeConfig("quest", w_bits=4, a_bits=4),
+    QATRecipeConfig("bitnet"),
+    QATRecipeConfig("pbllm", salient_fraction=0.1),
+    QATRecipeConfig("ste", w_bits=4, a_bits=8, group_size=32, distill=DistillConfig(temperature=1.0, ce_weight=0.5)),
+]
+
+
+@pytest.mark.parametrize("cfg", RUNS, ids=lambda c: c.label + ("-distill" if c.distill else ""))
+def test_tiny_qat_run_lowers_training_loss(llama, batches, cfg):
+    losses = qat_finetune(llama, cfg, batches, steps=30, lr=3e-3, warmup_steps=3)
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
+
+
+def test_distill_loss_definition():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    ce = torch.nn.functional.cross_entropy(s.reshape(-1, 11), labels.reshape(-1))
+    assert torch.allclose(distill_loss(s, s, labels, DistillConfig(ce_weight=1.0)), ce, atol=1e-6)  # KL(p||p) = 0
+    temp = 2.0
+    p_t, p_s = torch.softmax(t / temp, -1), torch.softmax(s / temp, -1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
+    assert torch.allclose(distill_loss(s, t, labels, DistillConfig(temperature=temp, ce_weight=0.0)), kl * temp**2, atol=1e-6)
+
+
+def test_distill_uses_the_teacher(llama, batches):
+    teacher = copy.deepcopy(llama)
+    cfg = QATRecipeConfig("ste", distill=DistillConfig(ce_weight=0.0))
+    losses = qat_finetune(llama, cfg, batches, steps=1, lr=1e-9, teacher=teacher)
+    assert 0 < losses[0] < 0.5  # a tiny quantization gap to the copy of itself, not a CE of ~ln 64
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.1)

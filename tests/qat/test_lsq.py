@@ -1,0 +1,99 @@
+"""LSQ / LSQ+ gradients against the paper's formula and against finite differences of the surrogate.
+
+LSQ's step gradient is not the derivative of the quantizer (which is piecewise linear in s with jumps);
+it is the exact derivative of the straight-through surrogate ``v̂(s) = s·(clip(v/s) + r)`` in which the
+rounding residual ``r = round(clip(v/s)) − clip(v/s)`` is held at its value at the current s. Central
+differences of that surrogate, times the gradient scale g, must reproduce autograd.
+"""
+
+import math
+
+import pytest
+import torch
+
+from qscale.errors import QscaleError
+from qscale.qat.lsq import LSQActQuantizer, LSQWeightQuantizer, lsq_fake_quantize
+from qscale.quant import QuantSpec, dequantize, quantize
+
+SPEC = QuantSpec(3, granularity="tensor", group_size=None)  # Q_N = 4, Q_P = 3
+
+
+def _data():
+    torch.manual_seed(0)
+    v = torch.randn(4000, dtype=torch.float64) * 0.6
+    w = torch.randn(4000, dtype=torch.float64)  # upstream gradient dL/dv̂
+    return v, w
+
+
+def _surrogate(v, s, s0, beta, beta0, spec):
+    """v̂ as a function of (s, β) with the rounding residual frozen at (s0, β0)."""
+    c0 = ((v - beta0) / s0).clamp(spec.qmin, spec.qmax)
+    r = torch.round(c0) - c0
+    return s * (((v - beta) / s).clamp(spec.qmin, spec.qmax) + r) + beta
+
+
+@pytest.mark.parametrize("s0", [0.1, 0.25, 0.6])
+def test_step_gradient_matches_formula_and_finite_differences(s0):
+    v, w = _data()
+    g = 1 / math.sqrt(v.numel() * SPEC.qmax)
+    s = torch.tensor([[s0]], dtype=torch.float64, requires_grad=True)
+    vv = v.clone().requires_grad_()
+    (lsq_fake_quantize(vv, SPEC, s, g) * w).sum().backward()
+    u = v / s0
+    formula = torch.where(u < SPEC.qmin, float(SPEC.qmin), torch.where(u > SPEC.qmax, float(SPEC.qmax), torch.round(u) - u))
+    assert torch.allclose(s.grad.squeeze(), (w * formula).sum() * g, rtol=1e-10)
+    h = 1e-6
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    fd = ((_surrogate(v, s0 + h, s0, zero, zero, SPEC) - _surrogate(v, s0 - h, s0, zero, zero, SPEC)) * w).sum() / (2 * h)
+    assert torch.allclose(s.grad.squeeze(), fd * g, rtol=1e-6, atol=1e-9)
+    # dv̂/dv: 1 inside the clipping range, 0 outside (and some values are outside for s0 <= 0.25)
+    inside = (u >= SPEC.qmin) & (u <= SPEC.qmax)
+    assert torch.equal(vv.grad, torch.where(inside, w, 0.0))
+
+
+def test_offset_gradient_lsq_plus_matches_finite_differences():
+    v, w = _data()
+    s0, b0 = 0.2, 0.15
+    s = torch.tensor([[s0]], dtype=torch.float64, requires_grad=True)
+    beta = torch.tensor([[b0]], dtype=torch.float64, requires_grad=True)
+    (lsq_fake_quantize(v, SPEC, s, 1.0, beta) * w).sum().backward()
+    h = 1e-6
+    b = torch.tensor(b0, dtype=torch.float64)
+    fd_b = ((_surrogate(v, s0, s0, b + h, b, SPEC) - _surrogate(v, s0, s0, b - h, b, SPEC)) * w).sum() / (2 * h)
+    fd_s = ((_surrogate(v, s0 + h, s0, b, b, SPEC) - _surrogate(v, s0 - h, s0, b, b, SPEC)) * w).sum() / (2 * h)
+    assert torch.allclose(beta.grad.squeeze(), fd_b, rtol=1e-6)
+    assert torch.allclose(s.grad.squeeze(), fd_s, rtol=1e-6, atol=1e-9)
+    outside = ((v - b0) / s0 < SPEC.qmin) | ((v - b0) / s0 > SPEC.qmax)
+    assert torch.allclose(beta.grad.squeeze(), w[outside].sum())  # SPEC: dv̂/dβ = 1 outside, 0 inside
+
+
+def test_weight_init_grad_scale_and_freeze():
+    torch.manual_seed(0)
+    wt = torch.randn(8, 64)
+    spec = QuantSpec(4, granularity="group", group_size=16)
+    q = LSQWeightQuantizer(wt, spec)
+    expected = 2 * wt.abs().reshape(8, 4, 16).mean(-1, keepdim=True) / math.sqrt(spec.qmax)  # LSQ init, SPEC §6
+    assert torch.allclose(q.step, expected)
+    assert q.grad_scale == pytest.approx(1 / math.sqrt(16 * 7))
+    frozen = q.freeze(wt)
+    assert torch.equal(q(wt), q.dequantize(frozen))
+    qt = quantize(wt, spec, scale=q.step.detach())
+    assert torch.equal(q(wt), dequantize(qt))
+
+
+def test_activation_init_from_first_batch_and_bits():
+    x = torch.randn(4, 10, 32)
+    a = LSQActQuantizer(32, 4, offset=False)
+    a(x)
+    assert a.step.item() == pytest.approx(2 * x.abs().mean().item() / math.sqrt(7), rel=1e-6)
+    a2 = LSQActQuantizer(32, 4, offset=True)
+    a2(x)
+    lo, hi = x.min().item(), x.max().item()
+    assert a2.step.item() == pytest.approx((hi - lo) / 15, rel=1e-5)
+    assert a2.offset.item() == pytest.approx(lo + 8 * (hi - lo) / 15, rel=1e-5, abs=1e-6)
+    a3 = LSQActQuantizer(32, 4, offset=False)
+    a3.load_state_dict(a.state_dict())
+    a3(x * 10)  # restored: no re-initialization from this batch
+    assert a3.step.item() == a.step.item()
+    with pytest.raises(QscaleError):
+        LSQActQuantizer(32, 1, offset=False)

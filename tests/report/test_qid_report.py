@@ -1,0 +1,68 @@
+"""QiD report: fit on points drawn from a known law, noise policy counts, inversion, files written."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from qscale.report.markdown import _tokens
+from qscale.report.qid import ReportConfig, predict_qid, tokens_for_qid, trends, write_qid_report
+
+TRUE = {"k": 0.05, "alpha": 0.3, "beta": 0.5, "gamma": 2.0}
+SIZES = {"xs": 100_000, "s": 300_000, "m": 1_000_000}
+
+
+def _rows(seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model, n in SIZES.items():
+        for d in np.geomspace(1e5, 1e8, 6).round():
+            for p in (2, 3, 4, 8):
+                q = float(predict_qid(TRUE, n, d, p)) * math.exp(rng.normal(0, 0.02))
+                se = 0.002
+                if p == 8 and d < 1e6:  # measurement noise swamps the tiny 8-bit QiD of early checkpoints
+                    q = -0.001 if d < 3e5 else 0.0
+                rows.append({"model": model, "method": "gptq", "N": n, "D": d, "P": p, "G": 128, "qid": q,
+                             "qid_se": se, "loss_fp": 3.0, "loss_q": 3.0 + q})
+    return rows
+
+
+def test_tokens_for_qid_inverts_the_law():
+    d = tokens_for_qid(TRUE, 0.1, 1e6, 3)
+    assert float(predict_qid(TRUE, 1e6, d, 3)) == pytest.approx(0.1, rel=1e-9)
+    assert math.isnan(tokens_for_qid({**TRUE, "beta": -0.1}, 0.1, 1e6, 3))
+
+
+def test_trends_count_directions():
+    t = trends([r for r in _rows() if r["P"] != 8])
+    assert t["D"] == {"grows": 9, "falls": 0, "flat": 0}
+    assert t["N"]["falls"] > 0 and t["N"]["grows"] == 0
+    assert t["P"]["falls"] > 0 and t["P"]["grows"] == 0
+
+
+def test_report_fits_known_law_counts_exclusions_and_inverts(tmp_path):
+    rows = _rows()
+    n_under = sum(1 for r in rows if r["qid"] <= 2 * r["qid_se"])
+    cfg = ReportConfig(thresholds=(0.05, 0.1), inversion_bits=(2, 4), n_boot=20)
+    rep = write_qid_report(rows, tmp_path / "report", cfg)
+    fit = rep.fits["gptq"]
+    for name, value in TRUE.items():
+        assert fit.params[name] == pytest.approx(value, rel=0.1), name
+    assert fit.excluded["total"] == n_under and fit.excluded["nonpositive"] == 6
+    assert fit.stats["n_points"] == len(rows) - n_under
+    for name in ("alpha", "beta", "gamma"):
+        lo, hi = fit.ci[name]
+        assert lo <= fit.params[name] <= hi
+
+    for f in ("fit.json", "summary.md", "qid_vs_D_gptq.png", "observed_vs_predicted.png"):
+        assert (tmp_path / "report" / f).stat().st_size > 0
+    doc = json.loads((tmp_path / "report" / "fit.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    inv = doc["inversion"]["gptq"]
+    assert len(inv) == len(SIZES) * 2 * 2
+    for r in inv:  # the tokens in the report reproduce the threshold under the fitted law
+        assert float(predict_qid(fit.params, r["N"], r["tokens"], r["P"])) == pytest.approx(r["qid"], rel=1e-6)
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "QiD grows with D? yes" in md and "excluded" in md
+    for r in inv:
+        assert _tokens(r["tokens"]) in md

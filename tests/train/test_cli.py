@@ -1,0 +1,55 @@
+import json
+import math
+
+import pytest
+
+from qscale.cli import main
+
+
+@pytest.fixture()
+def cache_env(data_cfg, monkeypatch):
+    monkeypatch.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))
+
+
+def test_train_then_eval_cli(cache_env, streams, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--size", "xs", "--tokens", str(4 * 8 * 32), "--batch-size", "8", "--seq-len", "32",
+               "--vocab-size", "512", "--max-files", "40", "--warmup-steps", "1", "--out", str(out)])
+    assert rc == 0
+    assert "validation loss" in capsys.readouterr().out
+    rc = main(["eval", str(out / "step-000004"), "--max-files", "40", "--windows", "4", "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    meta = json.loads((out / "step-000004" / "qscale.json").read_text())
+    assert result["seq_len"] == 32 and result["n_tokens"] == 4 * 32
+    assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
+    assert abs(result["loss"] - meta["val_loss"]) < 0.5  # 4 windows vs the 32 used in training
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--size", "huge"], "unknown model size"),
+    (["train", "--tokens", "-3", "--max-files", "40", "--vocab-size", "512"], "tokens must be >= 1"),
+    (["train", "--vocab-size", "100"], "vocab size must be >= 256"),
+    (["train", "--data", "/nonexistent/corpus.txt"], "does not exist"),
+    (["train", "--tokenizer", "{tmp}/bad.json", "--max-files", "40"], "cannot read tokenizer"),
+    (["train", "--preset", "nope", "--max-files", "40", "--vocab-size", "512"], "unknown suite preset"),
+    (["eval", "{tmp}/missing"], "does not exist"),
+    (["eval", "{tmp}/corrupt", "--max-files", "40"], "cannot load checkpoint"),
+    (["eval", "{tmp}", "--windows", "0"], "--windows must be >= 1"),
+])
+def test_bad_input_is_one_line_exit_2(cache_env, tmp_path, capsys, args, message):
+    (tmp_path / "bad.json").write_text("not a tokenizer")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text('{"model_type": "llama", "vocab_size": 512}')
+    (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"\x00\x01truncated")
+    rc = main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_empty_data_file_exit_2(cache_env, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["train", "--data", str(tmp_path / "empty.txt")]) == 2
+    assert "no text" in capsys.readouterr().err

@@ -41,13 +41,24 @@ def test_single_text_file_gets_a_val_tail(tmp_path):
     assert len(corpus.val[0]) == 50
 
 
-@pytest.mark.parametrize("setup, match", [
-    (lambda p: p / "missing", "does not exist"),
-    (lambda p: (p / "empty.txt").write_text("  \n") and p / "empty.txt", "no text"),
-    (lambda p: (p / "x.csv").write_text("a,b") and p / "x.csv", "unsupported"),
-    (lambda p: (p / "bad.jsonl").write_text('{"body": "x"}') and p / "bad.jsonl", "text"),
-    (lambda p: p, "no .txt"),
-])
-def test_bad_data_raises(tmp_path, setup, match):
+BAD_DATA = {  # file name -> (content or None for "do not create", expected message)
+    "missing": (None, "does not exist"),
+    "empty.txt": ("  \n", "no text"),
+    "x.csv": ("a,b", "unsupported"),
+    "bad.jsonl": ('{"body": "x"}', "text"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_DATA)
+def test_bad_data_raises(tmp_path, name):
+    content, match = BAD_DATA[name]
+    if content is not None:
+        (tmp_path / name).write_text(content)
     with pytest.raises(QscaleError, match=match):
-        load_corpus(setup(tmp_path))
+        load_corpus(tmp_path / name)
+
+
+def test_folder_without_data_files_raises(tmp_path):
+    (tmp_path / "notes.md").write_text("# not a data file")
+    with pytest.raises(QscaleError, match="no .txt"):
+        load_corpus(tmp_path)

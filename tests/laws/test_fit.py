@@ -28,14 +28,23 @@ def test_bootstrap_intervals_cover_true_parameters(qid_data, qid_true):
     assert covered >= 9
 
 
-def test_bootstrap_is_seeded_and_per_label(qid_data):
+def test_bootstrap_is_seeded(qid_data):
     from qscale.laws import bootstrap_ci
 
-    data = qid_data(3, 40)
+    data = qid_data(3, 30)
+    a = bootstrap_ci("qid", data, n_boot=200, seed=5)
+    assert a == bootstrap_ci("qid", data, n_boot=200, seed=5)
+    assert a != bootstrap_ci("qid", data, n_boot=200, seed=6)
+    assert all(lo < hi for lo, hi in a.values())
+
+
+def test_bootstrap_per_label_intervals(qid_data):
+    data = qid_data(4, 24)
     data["P"] = np.where(data["P"] > 3, 4.0, 3.0)
-    a = bootstrap_ci("qid_per_bit", data, n_boot=200, seed=5)
-    b = bootstrap_ci("qid_per_bit", data, n_boot=200, seed=5)
-    assert a == b and set(a["k"]) == {"3", "4"} and a["alpha"][0] < a["alpha"][1]
+    problem = make_problem("qid_per_bit", data)
+    boot = bootstrap_problem(problem, fit_problem(problem), n_boot=200, seed=0)
+    ci = boot.ci()
+    assert set(ci["k"]) == {"3", "4"} and all(lo < hi for lo, hi in ci["k"].values())
 
 
 def test_chinchilla_known_parameters():
@@ -48,12 +57,14 @@ def test_chinchilla_known_parameters():
         assert fit.params[name] == pytest.approx(value, rel=1e-3)
 
 
-def test_extrapolation_check_holds_out_largest(qid_data):
+def test_extrapolation_check_holds_out_largest(qid_data, qid_true):
     data = qid_data(2, 80, noise=0.02)
     data["N"] = np.where(data["N"] > 5e9, 1e10, data["N"])
+    data["qid"] = get_law("qid").predict(qid_true, data) * np.exp(0.02 * np.random.default_rng(0).standard_normal(80))
     out = extrapolation_check("qid", data, hold_out="N")
     assert out["held_out_value"] == 1e10 and out["n_test"] == int((data["N"] == 1e10).sum()) > 0
     assert out["n_train"] + out["n_test"] == 80 and out["mean_abs_rel_error"] < 0.05
+    assert len(out["rel_errors"]) == out["n_test"]
     with pytest.raises(QscaleError, match="hold_out"):
         extrapolation_check("qid", data, hold_out="G")
 

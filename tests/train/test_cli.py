@@ -53,3 +53,21 @@ def test_empty_data_file_exit_2(cache_env, tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     assert main(["train", "--data", str(tmp_path / "empty.txt")]) == 2
     assert "no text" in capsys.readouterr().err
+
+
+def test_train_and_eval_a_local_hf_folder(cache_env, streams, tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path / "gpt2")
+    streams.tokenizer.save(str(tmp_path / "tok.json"))
+    common = ["--max-files", "40", "--tokenizer", str(tmp_path / "tok.json")]
+    assert main(["eval", str(tmp_path / "gpt2"), "--windows", "2", "--seq-len", "16", "--json", *common]) == 0
+    before = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss"]
+    assert main(["train", "--model", str(tmp_path / "gpt2"), "--tokens", str(6 * 8 * 16), "--batch-size", "8",
+                 "--seq-len", "16", "--warmup-steps", "1", "--out", str(tmp_path / "run"), *common]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run" / "step-000006"), "--windows", "2", "--seq-len", "16", "--json",
+                 "--max-files", "40"]) == 0
+    after = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss"]
+    assert after < before

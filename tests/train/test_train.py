@@ -52,6 +52,7 @@ def test_killed_and_resumed_run_is_bit_identical(streams, tmp_path):
     for a, b in zip(full, resumed):
         wa, wb = _weights(a.path), _weights(b.path)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert (a.meta["val_loss"], a.meta["train_loss"]) == (b.meta["val_loss"], b.meta["train_loss"])
     with pytest.raises(QscaleError, match="different config"):
         train(TrainConfig(size="xs", **{**TINY, "lr": 1e-3}), streams, tmp_path / "full", progress=False)
 

@@ -88,7 +88,11 @@ def _build(corpus, tok: Tokenizer, folder: Path, dtype: np.dtype, progress: bool
                 for split, texts in (("train", corpus.train), ("val", corpus.val))
             }
         (tmp / "meta.json").write_text(json.dumps({"dtype": dtype.name, **sizes}))
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():  # not just another process finishing first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

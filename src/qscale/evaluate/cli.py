@@ -26,11 +26,11 @@ def _checkpoint_seq_len(ckpt: Path) -> int:
 
 def eval_command(
     ckpt: Path = typer.Argument(..., help="Checkpoint folder (qscale or any local Hugging Face causal LM)."),
-    data: Path = typer.Option(None, help="Text data (.txt/.jsonl/.parquet or folder) [default: the stdlib corpus]."),
-    tokenizer: Path = typer.Option(None, help="Tokenizer [default: CKPT/tokenizer.json, else a BPE trained on the data]."),
+    data: Path = typer.Option(None, help="Text data (.txt/.jsonl/.parquet or folder) (default: the stdlib corpus)."),
+    tokenizer: Path = typer.Option(None, help="Tokenizer (default: CKPT/tokenizer.json, else a BPE trained on the data)."),
     vocab_size: int = typer.Option(4096, help="Vocabulary size when a BPE has to be trained (>= 256)."),
     windows: int = typer.Option(64, help="Number of fixed, evenly spaced validation windows."),
-    seq_len: int = typer.Option(None, help="Tokens per window [default: the checkpoint's training length, else 128]."),
+    seq_len: int = typer.Option(None, help="Tokens per window (default: the checkpoint's training length, else 128)."),
     batch_size: int = typer.Option(16, help="Windows per forward pass."),
     max_files: int = typer.Option(None, help="Use at most this many documents of the corpus."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),

@@ -100,7 +100,7 @@ def minimise(problem: Problem, start: np.ndarray, weights: np.ndarray | None = N
     bounds = problem.form.bounds()
     lo, hi = np.array(bounds).T
     x0 = np.clip(start, lo, hi)
-    options = {"maxiter": maxiter, "ftol": 1e-13, "gtol": 1e-9, "maxcor": 20}
+    options = {"maxiter": maxiter, "ftol": 1e-11, "gtol": 1e-9, "maxcor": 20}
     res = minimize(problem.objective, x0, args=(weights,), jac=True, method="L-BFGS-B", bounds=bounds,
                    options=options)
     message = str(res.message)

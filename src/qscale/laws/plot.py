@@ -35,9 +35,10 @@ def _x_axis(form: LawForm) -> str:
 
 
 def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path: str | Path | None = None,
-                               x: str | None = None, n_curve: int = 64):
+                               x: str | None = None, n_curve: int = 64, max_groups: int = 12):
     """Observed points and the fitted law (log-log) against ``x`` (default D), one line per group
-    of the other inputs (e.g. per N, or per N and P); returns the figure, saved to ``path`` if given."""
+    of the other inputs (e.g. per N, or per N and P); with more than ``max_groups`` groups (no grid),
+    fitted vs observed. Returns the figure, saved to ``path`` if given."""
     plt = _pyplot()
     form = fit.law
     x = x or _x_axis(form)
@@ -47,11 +48,19 @@ def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path:
     keys = [tuple(labels_of(data[c])[i] for c in others) for i in range(len(xs))]
     groups = sorted(set(keys), key=lambda k: [_num(v) for v in k])
     fig, ax = plt.subplots(figsize=(7, 5))
+    if len(groups) > max_groups:  # no grid structure to draw lines through: a parity plot instead
+        pred = fit.predict(data)
+        ax.scatter(y, pred, s=12)
+        lims = [min(y.min(), pred.min()), max(y.max(), pred.max())]
+        ax.plot(lims, lims, color="k", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel=f"observed {fit.target}", ylabel=f"fitted {fit.target}",
+               title=f"{form.name}: fitted vs observed, R²(log) = {fit.r2_log:.3f}")
+        return _save(fig, path)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(groups), 1)))
     for color, key in zip(colors, groups):
         rows = np.array([k == key for k in keys])
         label = ", ".join(f"{c}={v}" for c, v in zip(others, key)) or fit.target
-        ax.scatter(xs[rows], y[rows], s=14, color=color, label=label if len(groups) <= 12 else None)
+        ax.scatter(xs[rows], y[rows], s=14, color=color, label=label)
         grid = np.geomspace(xs[rows].min(), xs[rows].max(), n_curve) if xs[rows].min() > 0 else np.sort(xs[rows])
         inputs = {c: np.asarray(data[c], dtype=object)[rows][0] for c in others}
         ax.plot(grid, fit.predict({**inputs, x: grid}), color=color, lw=1.2)
@@ -60,8 +69,7 @@ def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path:
     ax.set_xlabel(x)
     ax.set_ylabel(fit.target)
     ax.set_title(f"{form.name}: observed (points) vs fitted (lines), R²(log) = {fit.r2_log:.3f}")
-    if len(groups) <= 12:
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -49,7 +49,8 @@ class _Moments:
         m = s1 / n
         var = s2 / n - m * m
         m4 = s4 / n - 4 * m * s3 / n + 6 * m * m * s2 / n - 3 * m**4
-        return InputStats(mse=self.err / n, rel_mse=self.err / max(s2, 1e-300), kurtosis=m4 / var**2 if var > 0 else float("nan"), n=int(n))
+        kurt = m4 / var**2 if var > 0 else float("nan")
+        return InputStats(mse=self.err / n, rel_mse=self.err / max(s2, 1e-300), kurtosis=kurt, n=int(n))
 
 
 def kurtosis(x: Tensor) -> float:

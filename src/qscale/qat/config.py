@@ -124,7 +124,8 @@ class QATRecipeConfig:
         for p in self.exclude:
             _check_pattern(p)
         require(all(isinstance(r, LayerRule) for r in self.rules), "rules must be LayerRule objects")
-        require(self.distill is None or isinstance(self.distill, DistillConfig), "distill must be a DistillConfig or None")
+        require(self.distill is None or isinstance(self.distill, DistillConfig),
+                "distill must be a DistillConfig or None")
         RECIPES[self.recipe].check_bits(*self.default_bits)
 
     @property

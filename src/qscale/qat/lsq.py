@@ -23,15 +23,15 @@ from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import act_spec, weight_spec
 from qscale.quant import QTensor, QuantSpec, dequantize, grid_codes, round_to_grid
-from qscale.quant.core import _grouped, _ungrouped
+from qscale.quant import grouped, ungrouped
 
 
 class _LSQ(torch.autograd.Function):
     """Grouped-view LSQ(+) quantizer with the gradients of LSQ eq. 3 (and LSQ+'s offset gradient).
 
     With codes ``q = round(clip(u))``, ``u = (v − β)/s``, the per-element step gradient is
-    ``q − u·1[inside]`` (both cases of eq. 3 at once), so per step ``Σ g·∂v̂/∂s = (Σ g·(v̂ − β) − Σ g_v·(v − β))/s``
-    with ``g_v = g·1[inside]`` the input gradient: two multiply-reduce passes, no per-element temporaries.
+    ``q − u·1[inside]`` (both cases of eq. 3 at once), so per step
+    ``Σ g·∂v̂/∂s = (Σ g·(v̂ − β) − Σ g_v·(v − β))/s`` with ``g_v = g·1[inside]`` the input gradient: two multiply-reduce passes, no per-element temporaries.
     """
 
     @staticmethod
@@ -72,10 +72,12 @@ def _sum_prod(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
     return _reduce_to(a * b, shape)
 
 
-def lsq_fake_quantize(v: Tensor, spec: QuantSpec, step: Tensor, grad_scale: float, offset: Tensor | None = None) -> Tensor:
+def lsq_fake_quantize(
+    v: Tensor, spec: QuantSpec, step: Tensor, grad_scale: float, offset: Tensor | None = None
+) -> Tensor:
     """LSQ(+) fake quantization of ``v`` with step ``step`` (grouped-view shape of ``spec``)."""
-    vg = _grouped(v, spec)
-    return _ungrouped(_LSQ.apply(vg, step, offset, spec, grad_scale), spec, v.shape)
+    vg = grouped(v, spec)
+    return ungrouped(_LSQ.apply(vg, step, offset, spec, grad_scale), spec, v.shape)
 
 
 def _check_lsq_bits(bits: int) -> None:
@@ -90,8 +92,8 @@ class LSQWeightQuantizer(WeightQuantizer):
         _check_lsq_bits(spec.bits)
         self.spec = spec
         with torch.no_grad():
-            wg = _grouped(weight.detach(), spec)
-            count = _grouped(torch.ones_like(weight), spec).sum(-1, keepdim=True)
+            wg = grouped(weight.detach(), spec)
+            count = grouped(torch.ones_like(weight), spec).sum(-1, keepdim=True)
             mean_abs = wg.abs().sum(-1, keepdim=True) / count
             step = (2 * mean_abs / math.sqrt(spec.qmax)).clamp_min(1e-8)
         self.step = nn.Parameter(step)
@@ -103,7 +105,7 @@ class LSQWeightQuantizer(WeightQuantizer):
     def freeze(self, w: Tensor) -> dict[str, Tensor]:
         step = self.step.detach()
         zero = torch.zeros_like(step)
-        codes = _ungrouped(grid_codes(_grouped(w, self.spec), step, zero, self.spec), self.spec, w.shape)
+        codes = ungrouped(grid_codes(grouped(w, self.spec), step, zero, self.spec), self.spec, w.shape)
         return {"codes": codes.to(torch.int8), "scale": step, "zero": zero}
 
     def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:

@@ -72,7 +72,8 @@ class QuestWeightQuantizer(WeightQuantizer):
     def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
         codes = frozen["codes"]
         spec = quest_spec(self.bits)
-        return dequantize(QTensor(codes=codes, scale=frozen["scale"], zero=frozen["zero"], spec=spec, shape=codes.shape))
+        qt = QTensor(codes=codes, scale=frozen["scale"], zero=frozen["zero"], spec=spec, shape=codes.shape)
+        return dequantize(qt)
 
     def describe(self) -> dict:
         return {"format": "quest", "bits": self.bits, "granularity": "channel", "rotated": "hadamard",

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from qscale.quant import QTensor, QuantSpec, dequantize, fake_quantize, quantize, round_to_grid
-from qscale.quant.core import _grouped, _ungrouped
+from qscale.quant import grouped, ungrouped
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 
@@ -49,14 +49,14 @@ def ste_fake_quantize(x: Tensor, spec: QuantSpec, scale: Tensor | None = None, z
     if scale is None:
         return straight_through(x, fake_quantize(x.detach(), spec))
     xd = x.detach()
-    xg = _grouped(xd.to(torch.promote_types(xd.dtype, torch.float32)), spec)
+    xg = grouped(xd.to(torch.promote_types(xd.dtype, torch.float32)), spec)
     if zero is None:
         zero = torch.full_like(scale, -0.5 if spec.bits == 1 and spec.symmetric else 0.0)
     scale, zero = scale.to(xg.dtype), zero.to(xg.dtype)
     u = xg / scale + zero
     inside = (u >= spec.qmin - 0.5) & (u <= spec.qmax + 0.5)
-    x_hat = _ungrouped(round_to_grid(xg, scale, zero, spec), spec, x.shape).to(x.dtype)
-    return straight_through(x, x_hat, _ungrouped(inside, spec, x.shape))
+    x_hat = ungrouped(round_to_grid(xg, scale, zero, spec), spec, x.shape).to(x.dtype)
+    return straight_through(x, x_hat, ungrouped(inside, spec, x.shape))
 
 
 def weight_spec(bits: int, group_size: int | None) -> QuantSpec:

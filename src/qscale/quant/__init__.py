@@ -1,6 +1,16 @@
 """qscale.quant: the uniform integer quantizer shared by PTQ, QAT and export (SPEC §6)."""
 
-from qscale.quant.core import QTensor, compute_qparams, dequantize, fake_quantize, grid_codes, quantize, round_to_grid
+from qscale.quant.core import (
+    QTensor,
+    compute_qparams,
+    dequantize,
+    fake_quantize,
+    grid_codes,
+    grouped,
+    quantize,
+    round_to_grid,
+    ungrouped,
+)
 from qscale.quant.spec import GRANULARITIES, QuantSpec
 
 __all__ = [
@@ -11,6 +21,8 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "grid_codes",
+    "grouped",
     "quantize",
     "round_to_grid",
+    "ungrouped",
 ]

@@ -48,7 +48,7 @@ def _work_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _grouped(x: Tensor, spec: QuantSpec) -> Tensor:
+def grouped(x: Tensor, spec: QuantSpec) -> Tensor:
     """View of ``x`` whose last dimension is the set of values sharing one scale."""
     g = spec.granularity
     if g == "tensor":
@@ -66,7 +66,8 @@ def _grouped(x: Tensor, spec: QuantSpec) -> Tensor:
     return x.reshape(*x.shape[:-1], (n + pad) // G, G)
 
 
-def _ungrouped(xg: Tensor, spec: QuantSpec, shape: torch.Size) -> Tensor:
+def ungrouped(xg: Tensor, spec: QuantSpec, shape: torch.Size) -> Tensor:
+    """Inverse of :func:`grouped`: back to ``shape`` (dropping the padding of a ragged last group)."""
     if spec.granularity == "group":
         return xg.reshape(*shape[:-1], -1)[..., : shape[-1]]
     return xg.reshape(shape)
@@ -90,7 +91,7 @@ def _params(xg: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
 
 def compute_qparams(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
     """Round-to-nearest scale and zero point of ``x`` for ``spec`` (shapes: see module docstring)."""
-    return _params(_grouped(x.to(_work_dtype(x)), spec), spec)
+    return _params(grouped(x.to(_work_dtype(x)), spec), spec)
 
 
 def grid_codes(x: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> Tensor:
@@ -117,25 +118,25 @@ def _given_params(scale: Tensor, zero: Tensor | None, spec: QuantSpec, dtype: to
 def quantize(x: Tensor, spec: QuantSpec, scale: Tensor | None = None, zero: Tensor | None = None) -> QTensor:
     """Integer codes of ``x``; parameters from ``compute_qparams`` unless given (grouped-view shapes)."""
     dtype = _work_dtype(x)
-    xg = _grouped(x.to(dtype), spec)
+    xg = grouped(x.to(dtype), spec)
     if scale is None:
         require(zero is None, "a zero point was given without a scale")
         scale, zero = _params(xg, spec)
     else:
         scale, zero = _given_params(scale, zero, spec, dtype)
-    codes = _ungrouped(grid_codes(xg, scale, zero, spec), spec, x.shape)
+    codes = ungrouped(grid_codes(xg, scale, zero, spec), spec, x.shape)
     code_dtype = torch.int8 if spec.symmetric else torch.uint8
     return QTensor(codes=codes.to(code_dtype), scale=scale, zero=zero, spec=spec, shape=x.shape)
 
 
 def dequantize(qt: QTensor) -> Tensor:
     """``(q - z)·s`` in ``qt.shape`` (float32, or float64 if the scale is)."""
-    qg = _grouped(qt.codes.to(qt.scale.dtype), qt.spec)
-    return _ungrouped((qg - qt.zero) * qt.scale, qt.spec, qt.shape)
+    qg = grouped(qt.codes.to(qt.scale.dtype), qt.spec)
+    return ungrouped((qg - qt.zero) * qt.scale, qt.spec, qt.shape)
 
 
 def fake_quantize(x: Tensor, spec: QuantSpec) -> Tensor:
     """``dequantize(quantize(x, spec))`` computed in floating point, returned in ``x``'s dtype."""
-    xg = _grouped(x.to(_work_dtype(x)), spec)
+    xg = grouped(x.to(_work_dtype(x)), spec)
     scale, zero = _params(xg, spec)
-    return _ungrouped(round_to_grid(xg, scale, zero, spec), spec, x.shape).to(x.dtype)
+    return ungrouped(round_to_grid(xg, scale, zero, spec), spec, x.shape).to(x.dtype)

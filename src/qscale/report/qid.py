@@ -20,8 +20,8 @@ from qscale.study.noise import NoisePolicy, NoiseSummary, summarize_noise
 
 LAW_NAME = "qid"
 LAW_TEXT = "QiD = k * D^beta / (N^alpha * P^gamma)"
-# Tiny models lose a lot at 2 bits and little at 4; these QiD levels are reached inside a small suite.
-DEFAULT_THRESHOLDS = (0.05, 0.1, 0.2)
+# Tiny models lose ~0.1-0.5 nats at 2 bits, ~0.01-0.05 at 3 and ~0.001-0.01 at 4: one level per regime.
+DEFAULT_THRESHOLDS = (0.01, 0.05, 0.2)
 MIN_FIT_POINTS = 6
 
 

@@ -37,13 +37,13 @@ def loss_table(runs: dict[str, list[CheckpointInfo]], title: str) -> Table:
 def train_command(
     size: str = typer.Option(_DEFAULT.size, help="Model size from the ladder: xs, s, m, l, xl."),
     tokens: int = typer.Option(_DEFAULT.tokens, help="Training tokens (rounded up to whole steps)."),
-    out: Path = typer.Option(None, help="Run folder for checkpoints [default: runs/train-SIZE or runs/suite-PRESET]."),
+    out: Path = typer.Option(None, help="Run folder for checkpoints (default: runs/train-SIZE or runs/suite-PRESET)."),
     data: Path = typer.Option(None, help="Text data: .txt, .jsonl (text field), .parquet (text column) or a folder "
-                                         "[default: the Python standard library sources]."),
-    tokenizer: Path = typer.Option(None, help="tokenizer.json file or HF tokenizer folder [default: train a BPE]."),
+                                         "(default: the Python standard library sources)."),
+    tokenizer: Path = typer.Option(None, help="tokenizer.json file or HF tokenizer folder (default: train a BPE)."),
     model: Path = typer.Option(None, help="Continue training from this local Hugging Face checkpoint folder."),
     vocab_size: int = typer.Option(4096, help="Vocabulary size of the trained BPE tokenizer (>= 256)."),
-    seed: int = typer.Option(None, help="Random seed for initialisation and data order [default: 0]."),
+    seed: int = typer.Option(None, help="Random seed for initialisation and data order (default: 0)."),
     batch_size: int = typer.Option(_DEFAULT.batch_size, help="Sequences per optimiser step."),
     grad_accum: int = typer.Option(1, help="Micro-batches per step (gradient accumulation)."),
     seq_len: int = typer.Option(_DEFAULT.seq_len, help="Tokens per training sequence."),

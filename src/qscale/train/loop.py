@@ -52,6 +52,9 @@ def _init_model(cfg: TrainConfig, vocab_size: int):
     model = load_model(cfg.model)
     n_emb = model.get_input_embeddings().num_embeddings
     require(n_emb >= vocab_size, f"model {cfg.model} has {n_emb} token embeddings but the tokenizer has {vocab_size} tokens")
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    require(positions is None or positions >= cfg.seq_len,
+            f"model {cfg.model} supports {positions} positions, fewer than --seq-len {cfg.seq_len}")
     return model
 
 
@@ -81,32 +84,33 @@ def _check_run(out_dir: Path, meta: dict) -> None:
         atomic_write_json(path, meta)
 
 
-def _save_state(out_dir: Path, model, opt, step: int) -> None:
+def _save_state(out_dir: Path, model, opt, step: int, recent: list[float]) -> None:
     def write(tmp: Path) -> None:
         save_safetensors(model, str(tmp / "model.safetensors"))
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                    tmp / "rng.pt")
-        (tmp / "trainer.json").write_text(json.dumps({"step": step}))
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, "recent_losses": recent}))
 
     atomic_folder(out_dir / "state", write)
 
 
-def _load_state(out_dir: Path, model, opt) -> int:
-    folder = out_dir / "state"
-    if not (folder / "trainer.json").is_file():
-        return 0
+def _load_state(out_dir: Path, model, opt) -> tuple[int, list[float]]:
+    """Restore the resume state; falls back to the previous one if a kill hit between the two renames."""
+    folder = next((f for f in (out_dir / "state", out_dir / ".state.old") if (f / "trainer.json").is_file()), None)
+    if folder is None:
+        return 0, []
     try:
         load_safetensors(model, str(folder / "model.safetensors"))
         opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
         rng = torch.load(folder / "rng.pt", weights_only=False)
-        step = int(json.loads((folder / "trainer.json").read_text())["step"])
+        trainer = json.loads((folder / "trainer.json").read_text())
     except Exception as e:
         raise QscaleError(f"cannot resume from {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-    return step
+    return int(trainer["step"]), [float(x) for x in trainer["recent_losses"]]
 
 
 def _save_checkpoint(out_dir: Path, model, streams, cfg: TrainConfig, step: int, extra: dict) -> None:
@@ -154,14 +158,13 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
     torch.manual_seed(cfg.seed)
     model = _init_model(cfg, streams.vocab_size).to(device)
     opt = _optimizer(model, cfg, device)
-    start = _load_state(out_dir, model, opt)
+    start, recent = _load_state(out_dir, model, opt)
     total, ckpts = cfg.total_steps, set(cfg.checkpoint_steps())
     end = total if stop_after_steps is None else min(total, stop_after_steps)
     forward = torch.compile(model) if cfg.compile else model
     val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
     micro = cfg.batch_size // cfg.grad_accum
     model.train()
-    recent: list[float] = []
     with _progress(progress) as bar:
         task = bar.add_task(f"train {cfg.size if cfg.model is None else cfg.model.name}", total=total,
                             completed=start, info="")
@@ -194,5 +197,5 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
                 _save_checkpoint(out_dir, model, streams, cfg, done, extra)
                 bar.update(task, info=f"loss {loss_sum:.3f}  val {val_loss:.3f}  {tps:,.0f} tok/s")
             if done in ckpts or done % STATE_EVERY == 0:
-                _save_state(out_dir, model, opt, done)
+                _save_state(out_dir, model, opt, done, recent)
     return list_checkpoints(out_dir)

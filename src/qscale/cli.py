@@ -27,11 +27,13 @@ app.add_typer(study_app, name="study")
 from qscale.evaluate.cli import eval_command  # noqa: E402
 from qscale.laws.cli import fit_command, predict_command  # noqa: E402
 from qscale.study.cli import qid_command  # noqa: E402
+from qscale.study.qat_cli import qat_command  # noqa: E402
 from qscale.train.cli import train_command  # noqa: E402
 
 app.command("eval")(eval_command)
 app.command("fit")(fit_command)
 app.command("predict")(predict_command)
+study_app.command("qat")(qat_command)
 study_app.command("qid")(qid_command)
 app.command("train")(train_command)
 # --- end of registrations ---

@@ -1,0 +1,72 @@
+"""``qscale study qat``: the QAT scaling-law study (Chen et al. 2025; SPEC §2) and QAT vs PTQ."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from qscale.errors import QscaleError
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise QscaleError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None
+
+
+def qat_command(
+    preset: str = typer.Option("quick", "--preset", "-p", help="Study size: tiny (seconds, tests), quick "
+                               "(< 15 min on 2 CPU cores), gpu (one GPU, bf16)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Study folder (study.sqlite, report/). Default: "
+                             "./qscale-runs/qat-<preset>. Re-running with the same folder resumes."),
+    recipes: str = typer.Option(None, "--recipes", help="Comma-separated QAT recipes for the QAT-vs-PTQ "
+                                "comparison (ste,lsq,quest). Default: the preset's."),
+    sizes: str = typer.Option(None, "--sizes", help="Comma-separated model sizes of the grid (xs,s,m,l,xl)."),
+    steps: str = typer.Option(None, "--steps", help="Comma-separated training lengths in steps (D = steps x "
+                              "batch x seq_len)."),
+    groups: str = typer.Option(None, "--groups", "-g", help="Comma-separated group sizes G (0 = per channel)."),
+    compare: bool = typer.Option(True, "--compare/--no-compare", help="Also run QAT vs GPTQ on the QiD suite's "
+                                 "final checkpoints."),
+    qid_dir: Path = typer.Option(None, "--qid-dir", help="QiD study folder whose trained suite to re-use. "
+                                 "Default: ./qscale-runs/qid-<suite>."),
+    data: Path = typer.Option(None, "--data", help="Text corpus (.txt/.jsonl/.parquet or folder). Default: the "
+                              "embedded Python standard library sources."),
+    tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json to use. Default: a byte-level BPE "
+                                   "trained on the train split (cached)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order and calibration."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train full-precision and QAT models (W4A4, W4A16, W16A4; STE AbsMax) from scratch over a grid of
+    N, D and G, record δ = loss_QAT − loss_fp, fit δ = k·D^γD·(log2 G)^γG/N^γN, attribute the activation
+    error per layer, test the FC2-at-8-bits fix, and compare QAT fine-tuning (ste/lsq/quest) with GPTQ W4.
+    Resumable: re-run the same command after an interruption."""
+    from qscale.study.qat import build_qat_study, run_qat_study
+
+    study = build_qat_study(preset, out=out, data=data, tokenizer=tokenizer, seed=seed, recipes=_names(recipes),
+                            sizes=_names(sizes), steps=_ints(steps, "--steps"), groups=_ints(groups, "--groups"),
+                            compare=compare, qid_dir=qid_dir)
+    console = Console(stderr=True)
+    console.print(f"QAT study [bold]{study.name}[/]: {study.out_dir}")
+    t0 = time.perf_counter()
+    res = run_qat_study(study, progress=progress)
+    console.print(f"{res.computed} models trained/measured, {res.skipped} already in the store; "
+                  f"{time.perf_counter() - t0:.0f} s in all.")
+    console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
+    for name, f in res.report.fits.items():
+        if f.params is None:
+            console.print(f"{name}: {f.error}")
+        else:
+            console.print(f"{name}: k={f.params['k']:.3g} gamma_N={f.params['gamma_N']:.3g} "
+                          f"gamma_D={f.params['gamma_D']:.3g} gamma_G={f.params['gamma_G']:.3g} "
+                          f"({f.stats['n_points']} points, {f.n_excluded} excluded)")
+    typer.echo(f"report: {res.report.folder / 'summary.md'}")

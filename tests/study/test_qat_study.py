@@ -26,7 +26,7 @@ def streams(tmp_path_factory):
 
 
 def _small(out, tmp_path):
-    """1 size x 2 D x 2 G, W4A4 and W16A4 (+ fc2 at the larger D), no QAT-vs-PTQ part."""
+    """1 size x 2 D x 2 G, W4A4 and W16A4 (+ fc2 at the larger D, + W8A8 control), no QAT-vs-PTQ part."""
     study = build_qat_study("tiny", out=out, compare=False, qid_dir=tmp_path / "no-qid")
     grid = QatGrid(sizes=("xs",), steps=(2, 3), groups=(16, 0), schemes=("W4A4", "W16A4"), fc2_steps=(3,),
                    batch_size=2, seq_len=16, warmup_steps=1, eval_windows=4, attribution=("xs", 3, 16),
@@ -45,13 +45,14 @@ def test_tiny_cli_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
         assert (report / name).is_file(), name
     assert f"report: {report / 'summary.md'}" in capsys.readouterr().out
     with QatStore(out / "study.sqlite") as store:
-        # 2 sizes x 2 D x 3 schemes x 2 G + fc2 (2 schemes x 2 G at one D) per size
-        assert store.count("qat") == 2 * (2 * 3 * 2 + 2 * 2)
+        # per size: 2 D x 3 schemes x 2 G + fc2 (2 schemes x 2 G at one D) + the W8A8 control at each D
+        assert store.count("qat") == 2 * (2 * 3 * 2 + 2 * 2 + 2)
         assert store.count("qat_fp") == 4
         methods = {(r["method"], r["scheme"]) for r in store.rows("qat_ptq")}
     assert ("gptq", "W4A16") in methods and ("fp-finetune", "W16A16") in methods
     assert {("lsq", "W4A16"), ("quest", "W4A16"), ("ste", "W4A4")} <= methods
-    assert "W4A16 below GPTQ W4" in (report / "summary.md").read_text()
+    summary = (report / "summary.md").read_text()
+    assert "W4A16 below GPTQ W4" in summary and "Training-noise control" in summary
 
 
 def test_resume_after_a_kill_adds_no_duplicates(tmp_path, streams, monkeypatch):
@@ -78,7 +79,7 @@ def test_resume_after_a_kill_adds_no_duplicates(tmp_path, streams, monkeypatch):
         rows = store.rows("qat")
         assert store.count("qat_fp") == 2
     keys = [(r["model"], r["D"], r["scheme"], r["G"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 2 * 2 * 2 + 2 * 2
+    assert len(keys) == len(set(keys)) == 2 * 2 * 2 + 2 * 2 + 2
 
 
 def test_delta_is_paired_on_the_same_windows_and_seed(tmp_path, streams):
@@ -131,3 +132,11 @@ def test_bad_options_are_one_line_errors(capsys):
     assert main(["study", "qat", "--preset", "tiny", "--groups", "a,b"]) == 2
     err = capsys.readouterr().err
     assert "unknown QAT study preset" in err and "comma-separated integers" in err
+
+
+def test_overrides_keep_the_attribution_and_fc2_cells_inside_the_grid(tmp_path):
+    study = build_qat_study("quick", out=tmp_path, sizes=("xs", "s"), steps=(10, 20), groups=(32, 0))
+    g = study.grid
+    assert g.attribution == ("s", 20, 32) and g.fc2_steps == (20,)
+    assert study.data.vocab_size == 512 and study.compare_data.vocab_size == 4096  # the QiD quick suite's tokenizer
+    assert g.tokens(20) == 20 * g.batch_size * g.seq_len

@@ -44,7 +44,7 @@ def hessian_inverse_cholesky(H: Tensor, damp: float) -> tuple[Tensor, float]:
     H = H.to(torch.float64)
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     mean_diag = torch.diagonal(H).mean()
-    while True:
+    while damp <= 1:
         L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
         if info == 0:
             U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)

@@ -30,6 +30,7 @@ PAPER = {  # SPEC §2: (k, gamma_N, gamma_D, gamma_G)
     "W16A4-fc2a8": (0.1273, 0.2347, 0.0827, 0.4491),
 }
 PAPER_C = 0.906
+CONTROL = "W8A8"
 PARAMS = ("k", "gamma_N", "gamma_D", "gamma_G")
 MIN_FIT_POINTS = 6
 
@@ -57,6 +58,7 @@ class QatReport:
     attribution: dict
     fc2: dict
     qat_vs_ptq: dict
+    control: dict
 
 
 def predict_delta(params: dict[str, float], N, D, G) -> np.ndarray:
@@ -175,6 +177,23 @@ def fc2_reduction(rows: list[dict], policy: NoisePolicy = NoisePolicy()) -> dict
     return out
 
 
+def control_summary(rows: list[dict]) -> dict:
+    """The W8A8 control: its |δ| per (N, D) measures the run-to-run noise of training (trajectories diverge
+    under any perturbation), which the paired SE over held-out windows does not see. Counts, per scheme,
+    the points whose δ is within 2 x that |δ| (reported, not excluded)."""
+    ctrl = {(r["model"], r["D"]): r["delta"] for r in rows if r["scheme"] == CONTROL}
+    if not ctrl:
+        return {}
+    within = defaultdict(lambda: [0, 0])
+    for r in rows:
+        if r["scheme"] != CONTROL and (r["model"], r["D"]) in ctrl:
+            within[r["scheme"]][1] += 1
+            within[r["scheme"]][0] += int(r["delta"] <= 2 * abs(ctrl[(r["model"], r["D"])]))
+    return {"per_cell": [{"model": m, "D": d, "delta": v} for (m, d), v in ctrl.items()],
+            "median_abs_delta": float(np.median(np.abs(list(ctrl.values())))),
+            "within_2x_control": {s: {"n": w[0], "of": w[1]} for s, w in within.items()}}
+
+
 def qat_vs_ptq(ptq: list[dict]) -> dict:
     """Per size: δ vs the checkpoint and vs the fp fine-tune control (paired over the same windows)."""
     from qscale.study.qat import paired_delta
@@ -214,12 +233,12 @@ def write_qat_report(cells: list[dict], fps: list[dict], attr: list[dict], ptq: 
     from qscale.report.qat_markdown import summary_markdown
 
     folder = Path(folder)
-    schemes = list(dict.fromkeys(r["scheme"] for r in cells))
+    schemes = list(dict.fromkeys(r["scheme"] for r in cells if r["scheme"] != CONTROL))
     by_scheme = {s: [r for r in cells if r["scheme"] == s] for s in schemes}
     fits = {f"{s} {m}": fit_scheme(by_scheme[s], s, m, n_boot, seed, policy)
             for s in schemes for m in ("delta", "delta_train")}
     report = QatReport(folder, fits, {"held_out": c_factor(cells, "delta"), "train": c_factor(cells, "delta_train")},
-                       attribution_table(attr), fc2_reduction(cells, policy), qat_vs_ptq(ptq))
+                       attribution_table(attr), fc2_reduction(cells, policy), qat_vs_ptq(ptq), control_summary(cells))
     payload = {
         "law": "delta = k * D^gamma_D * (log2 G)^gamma_G / N^gamma_N (Chen et al. 2025, arXiv 2505.14302)",
         "noise_policy": noise_text(policy),
@@ -228,7 +247,7 @@ def write_qat_report(cells: list[dict], fps: list[dict], attr: list[dict], ptq: 
                      "error": f.error, "paper": dict(zip(PARAMS, PAPER[f.scheme])) if f.scheme in PAPER else None}
                  for k, f in fits.items()},
         "c_factor": report.c_factor, "attribution": report.attribution, "fc2_int8": report.fc2,
-        "qat_vs_ptq": report.qat_vs_ptq, "context": context or {},
+        "qat_vs_ptq": report.qat_vs_ptq, "training_noise_control": report.control, "context": context or {},
         "cells": [{k: v for k, v in r.items() if k not in ("per_window", "versions")} for r in cells],
         "fp_runs": [{k: v for k, v in r.items() if k != "per_window"} for r in fps],
     }

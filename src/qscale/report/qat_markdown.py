@@ -69,6 +69,19 @@ def _fc2(report) -> list[str]:
     return lines
 
 
+def _control(report) -> list[str]:
+    c = report.control
+    if not c:
+        return ["No W8A8 control runs."]
+    cells = ", ".join(f"{r['model']} D={r['D']:,}: {r['delta']:+.4f}" for r in c["per_cell"])
+    within = "; ".join(f"{s}: {v['n']}/{v['of']}" for s, v in c["within_2x_control"].items())
+    return [f"W8A8 (practically lossless) trained like every cell: δ = {cells}; median |δ| = "
+            f"{_num(c['median_abs_delta'])}. This is the run-to-run noise of training, which the paired SE over "
+            "held-out windows does not include.", "",
+            f"Points with δ ≤ 2 x |δ_W8A8| of their (N, D) (indistinguishable from training noise; kept in the "
+            f"fit, counted here): {within}."]
+
+
 def _ptq(report) -> list[str]:
     if not report.qat_vs_ptq:
         return ["Not run."]
@@ -101,6 +114,7 @@ def summary_markdown(title: str, report, context: dict, policy) -> str:
         "(the paper's metric). Per-channel scales enter as G = model width. 95% bootstrap intervals.",
         "", f"Noise policy: {noise_text(policy)}.", "",
         "## Fitted QAT law", "", *_fits(report), "",
+        "## Training-noise control", "", *_control(report), "",
         "## δ_W4A4 ≈ c · (δ_W4A16 + δ_W16A4)", "",
         f"- held-out δ: c = {_num(c['c'])} (median ratio {_num(c['median_ratio'])}, R² {_num(c.get('r2'))}, "
         f"{c['n']} cells); train-loss δ: c = {_num(ct['c'])} (median ratio {_num(ct['median_ratio'])}, {ct['n']} cells). "

@@ -40,8 +40,9 @@ from qscale.ptq import quantize_model
 from qscale.qat import QATRecipeConfig, input_stats, prepare
 from qscale.qat.finetune import cosine_lr, lm_loss
 from qscale.qat.ste import act_spec
+from qscale.study.grid import get_preset as get_qid_preset
 from qscale.study.noise import paired_se
-from qscale.study.qat_grid import PtqCompare, QatGrid, get_qat_preset, get_scheme
+from qscale.study.qat_grid import CONTROL, PtqCompare, QatGrid, get_qat_preset, get_scheme
 from qscale.study.qat_store import QatStore
 from qscale.train import list_checkpoints, train
 from qscale.train.suite import SUITE_PRESETS, SuiteConfig
@@ -53,10 +54,15 @@ PHASES = ("data", "fp_train", "qat_train", "eval", "attribution", "suite_train",
 
 @dataclass(frozen=True)
 class QatStudy:
-    """Everything a QAT study needs; ``qid_dir`` is where a QiD study may have left its suite."""
+    """Everything a QAT study needs; ``qid_dir`` is where a QiD study may have left its suite.
+
+    ``data`` feeds the grid; ``compare_data`` the QAT-vs-PTQ part (the QiD preset's data settings, so that the
+    QiD study's checkpoints and tokenizer are re-used).
+    """
 
     name: str
     data: DataConfig
+    compare_data: DataConfig
     grid: QatGrid
     compare: PtqCompare | None
     out_dir: Path
@@ -96,28 +102,23 @@ def build_qat_study(preset: str, out: Path | None = None, data: Path | None = No
     """
     p = get_qat_preset(preset)
     g = p.grid
-    grid_kw = {"seed": seed}
-    if sizes:
-        grid_kw["sizes"] = tuple(sizes)
-        if g.attribution[0] not in sizes:
-            grid_kw["attribution"] = (sizes[-1], *g.attribution[1:])
-    if steps:
-        grid_kw["steps"] = tuple(steps)
-        grid_kw["fc2_steps"] = (max(steps),)
-        grid_kw["attribution"] = (grid_kw.get("attribution", g.attribution)[0], max(steps),
-                                  grid_kw.get("attribution", g.attribution)[2])
-    if groups:
-        grid_kw["groups"] = tuple(groups)
-        a = grid_kw.get("attribution", g.attribution)
-        grid_kw["attribution"] = (a[0], a[1], groups[0])
-    grid = dataclasses.replace(g, **grid_kw)
+    sizes, steps, groups = tuple(sizes or g.sizes), tuple(steps or g.steps), tuple(groups or g.groups)
+    a_size, a_steps, a_group = g.attribution  # kept when still in the grid, else the largest size / D, first G
+    grid = dataclasses.replace(
+        g, seed=seed, sizes=sizes, steps=steps, groups=groups,
+        fc2_steps=tuple(s for s in g.fc2_steps if s in steps) or (max(steps),),
+        attribution=(a_size if a_size in sizes else sizes[-1], a_steps if a_steps in steps else max(steps),
+                     a_group if a_group in groups else groups[0]))
     cmp = None
     if compare and p.compare is not None:
         cmp = dataclasses.replace(p.compare, recipes=tuple(recipes)) if recipes else p.compare
     data_cfg = DataConfig(data=data, tokenizer=tokenizer, vocab_size=p.vocab_size,
                           max_files=p.max_files if data is None else None)
     suite = cmp.suite if cmp is not None else preset
-    return QatStudy(name=preset, data=data_cfg, grid=grid, compare=cmp,
+    qid = get_qid_preset(suite)
+    compare_data = DataConfig(data=data, tokenizer=tokenizer, vocab_size=qid.vocab_size,
+                              max_files=qid.max_files if data is None else None)
+    return QatStudy(name=preset, data=data_cfg, compare_data=compare_data, grid=grid, compare=cmp,
                     out_dir=Path(out) if out is not None else DEFAULT_ROOT / f"qat-{preset}",
                     qid_dir=Path(qid_dir) if qid_dir is not None else DEFAULT_ROOT / f"qid-{suite}",
                     seed=seed, cpu_threads=p.cpu_threads, n_boot=p.n_boot)
@@ -186,8 +187,13 @@ def paired_delta(per_window_ref: np.ndarray, per_window_q: np.ndarray) -> tuple[
 # ---------------------------------------------------------------- the runner
 
 
-def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams | None = None) -> QatOutcome:
-    """Run (or resume) the study and write its report; returns counts and per-phase timings."""
+def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams | None = None,
+                  compare_streams: TokenStreams | None = None) -> QatOutcome:
+    """Run (or resume) the study and write its report; returns counts and per-phase timings.
+
+    ``streams`` / ``compare_streams``: already loaded data for the grid / the comparison (loaded from the
+    study's data configs when None; the comparison re-uses the grid's when the configs are equal).
+    """
     from qscale.report.qat import write_qat_report
 
     out = QatOutcome(study.store_path)
@@ -198,10 +204,14 @@ def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams 
     try:
         t0 = time.perf_counter()
         streams = streams if streams is not None else load_token_streams(study.data, progress=progress)
+        if study.compare is not None and compare_streams is None:
+            compare_streams = (streams if study.compare_data == study.data
+                               else load_token_streams(study.compare_data, progress=progress))
         out.seconds["data"] = time.perf_counter() - t0
         with QatStore(study.store_path) as store, _progress(progress) as bar:
             grid_where = _grid(study, streams, store, out, bar, device)
-            ptq_where = _compare(study, streams, store, out, bar, device) if study.compare is not None else None
+            ptq_where = (_compare(study, compare_streams, store, out, bar, device) if study.compare is not None
+                         else None)
             cells, fps = store.rows("qat", grid_where), store.rows("qat_fp", grid_where)
             attr = store.rows("qat_attr", {**grid_where, "model": study.grid.attribution[0],
                                            "D": study.grid.tokens(study.grid.attribution[1])})
@@ -210,7 +220,7 @@ def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams 
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     out.report = write_qat_report(cells, fps, attr, ptq, study.report_dir, n_boot=study.n_boot, seed=study.seed,
-                                  title=f"QAT study '{study.name}'", context=_context(study, streams))
+                                  title=f"QAT study '{study.name}'", context=_context(study))
     out.seconds["report"] = time.perf_counter() - t0
     return out
 
@@ -222,16 +232,17 @@ def _progress(enabled: bool):
                     disable=not enabled)
 
 
-def _context(study: QatStudy, streams) -> dict:
+def _context(study: QatStudy) -> dict:
     g = study.grid
-    ctx = {"study": study.name, "sizes": ", ".join(g.sizes),
+    ctx = {"study": study.name, "vocab": study.data.vocab_size, "sizes": ", ".join(g.sizes),
            "D (tokens)": ", ".join(f"{g.tokens(s):,}" for s in g.steps),
            "G": ", ".join(str(x) if x else "per channel" for x in g.groups),
            "batch": f"{g.batch_size} x {g.seq_len}", "eval tokens per loss": f"{g.eval_windows * g.seq_len:,}",
            "seed": study.seed, "device": _device().type}
     if study.compare is not None:
-        ctx["QAT vs PTQ"] = (f"suite '{study.compare.suite}', {study.compare.steps} fine-tune steps of "
-                             f"{study.compare.batch_size} x {study.compare.seq_len}")
+        ctx["QAT vs PTQ"] = (f"suite '{study.compare.suite}' (vocab {study.compare_data.vocab_size}), "
+                             f"{study.compare.steps} fine-tune steps of {study.compare.batch_size} x "
+                             f"{study.compare.seq_len}, lr {study.compare.lr:g}")
     return ctx
 
 
@@ -247,8 +258,10 @@ def _grid(study: QatStudy, streams, store: QatStore, out: QatOutcome, bar, devic
     vers = versions()
     a_size, a_steps, a_group = g.attribution
     attr_windows = windows[: g.attribution_windows, :-1]
+
     def cells(steps: int) -> list[tuple[str, int]]:
-        return [(s, G) for s in (*g.schemes, *(g.fc2_schemes() if steps in g.fc2_steps else ())) for G in g.groups]
+        schemes = (*g.schemes, *(g.fc2_schemes() if steps in g.fc2_steps else ()))
+        return [(s, G) for s in schemes for G in g.groups] + ([(CONTROL, g.groups[0])] if g.control else [])
 
     total = sum(1 + len(cells(steps)) for steps in g.steps) * len(g.sizes)
     task = bar.add_task("QAT grid", total=total)

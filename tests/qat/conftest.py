@@ -31,15 +31,6 @@ def structured_batch(step: int, batch: int = 8, seq: int = 32) -> torch.Tensor:
     return (start + stride * torch.arange(seq + 1)) % VOCAB
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a busy machine (restored after each test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def llama():
     return tiny_llama()

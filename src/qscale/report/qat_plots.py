@@ -121,10 +121,10 @@ def attribution_bars(attribution: dict) -> bytes:
         bt = attribution[m]["by_type"]
         for ax, key in zip(axes[0], ("kurtosis", "rel_mse")):
             ax.bar(x + i * width, [bt[t][key] if t in bt else np.nan for t in types], width, label=m)
+    axes[0][0].set_yscale("log")  # kurtosis spans 3 (Gaussian) to ~100 (FC2 outliers)
     for ax, label in zip(axes[0], ("input kurtosis (mean over layers; 3 = Gaussian)",
                                    "relative input quantization MSE (A4)")):
         ax.set_xticks(x + width * (len(models) - 1) / 2, types, rotation=30, fontsize=8)
-        ax.set_yscale("log")
         ax.set_title(label, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7)

@@ -21,9 +21,8 @@ from torch import Tensor, nn
 from qscale.errors import require
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
-from qscale.qat.ste import act_spec, weight_spec
-from qscale.quant import QTensor, QuantSpec, dequantize, grid_codes, round_to_grid
-from qscale.quant import grouped, ungrouped
+from qscale.qat.ste import weight_spec
+from qscale.quant import QTensor, QuantSpec, dequantize, grid_codes, grouped, round_to_grid, ungrouped
 
 
 class _LSQ(torch.autograd.Function):

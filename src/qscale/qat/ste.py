@@ -16,8 +16,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qscale.quant import QTensor, QuantSpec, dequantize, fake_quantize, quantize, round_to_grid
-from qscale.quant import grouped, ungrouped
+from qscale.quant import (
+    QTensor,
+    QuantSpec,
+    dequantize,
+    fake_quantize,
+    grouped,
+    quantize,
+    round_to_grid,
+    ungrouped,
+)
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 

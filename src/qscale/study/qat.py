@@ -68,7 +68,6 @@ class QatStudy:
     out_dir: Path
     qid_dir: Path
     seed: int = 0
-    cpu_threads: int | None = 1
     n_boot: int = 200
 
     @property
@@ -121,7 +120,7 @@ def build_qat_study(preset: str, out: Path | None = None, data: Path | None = No
     return QatStudy(name=preset, data=data_cfg, compare_data=compare_data, grid=grid, compare=cmp,
                     out_dir=Path(out) if out is not None else DEFAULT_ROOT / f"qat-{preset}",
                     qid_dir=Path(qid_dir) if qid_dir is not None else DEFAULT_ROOT / f"qid-{suite}",
-                    seed=seed, cpu_threads=p.cpu_threads, n_boot=p.n_boot)
+                    seed=seed, n_boot=p.n_boot)
 
 
 # ---------------------------------------------------------------- the shared training path
@@ -198,26 +197,20 @@ def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams 
 
     out = QatOutcome(study.store_path)
     device = _device()
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and study.cpu_threads:
-        torch.set_num_threads(study.cpu_threads)
-    try:
-        t0 = time.perf_counter()
-        streams = streams if streams is not None else load_token_streams(study.data, progress=progress)
-        if study.compare is not None and compare_streams is None:
-            compare_streams = (streams if study.compare_data == study.data
-                               else load_token_streams(study.compare_data, progress=progress))
-        out.seconds["data"] = time.perf_counter() - t0
-        with QatStore(study.store_path) as store, _progress(progress) as bar:
-            grid_where = _grid(study, streams, store, out, bar, device)
-            ptq_where = (_compare(study, compare_streams, store, out, bar, device) if study.compare is not None
-                         else None)
-            cells, fps = store.rows("qat", grid_where), store.rows("qat_fp", grid_where)
-            attr = store.rows("qat_attr", {**grid_where, "model": study.grid.attribution[0],
-                                           "D": study.grid.tokens(study.grid.attribution[1])})
-            ptq = store.rows("qat_ptq", ptq_where) if ptq_where else []
-    finally:
-        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    streams = streams if streams is not None else load_token_streams(study.data, progress=progress)
+    if study.compare is not None and compare_streams is None:
+        compare_streams = (streams if study.compare_data == study.data
+                           else load_token_streams(study.compare_data, progress=progress))
+    out.seconds["data"] = time.perf_counter() - t0
+    with QatStore(study.store_path) as store, _progress(progress) as bar:
+        grid_where = _grid(study, streams, store, out, bar, device)
+        ptq_where = (_compare(study, compare_streams, store, out, bar, device) if study.compare is not None
+                     else None)
+        cells, fps = store.rows("qat", grid_where), store.rows("qat_fp", grid_where)
+        attr = store.rows("qat_attr", {**grid_where, "model": study.grid.attribution[0],
+                                       "D": study.grid.tokens(study.grid.attribution[1])})
+        ptq = store.rows("qat_ptq", ptq_where) if ptq_where else []
     t0 = time.perf_counter()
     out.report = write_qat_report(cells, fps, attr, ptq, study.report_dir, n_boot=study.n_boot, seed=study.seed,
                                   title=f"QAT study '{study.name}'", context=_context(study))

@@ -171,14 +171,13 @@ class PtqCompare:
 
 @dataclass(frozen=True)
 class QatPreset:
-    """A named QAT study: grid, QAT-vs-PTQ comparison (None = skip), the grid's tokenizer size and corpus cap,
-    torch threads on CPU. The comparison uses the data settings of the QiD preset of its suite."""
+    """A named QAT study: grid, QAT-vs-PTQ comparison (None = skip), the grid's tokenizer size and corpus cap.
+    The comparison uses the data settings of the QiD preset of its suite."""
 
     grid: QatGrid
     compare: PtqCompare | None = field(default_factory=PtqCompare)
     vocab_size: int = 4096
     max_files: int | None = None
-    cpu_threads: int | None = 1
     n_boot: int = 200
 
 
@@ -201,7 +200,7 @@ QAT_PRESETS: dict[str, QatPreset] = {
                      eval_windows=256, attribution=("xl", 2048, 32), attribution_windows=32),
         compare=PtqCompare(suite="gpu", sizes=("m", "xl"), steps=256, batch_size=32, seq_len=256, lr=5e-4,
                            warmup_steps=20, eval_windows=256, n_calib=128, calib_seq_len=256),
-        cpu_threads=None, n_boot=500,
+        n_boot=500,
     ),
 }
 

@@ -14,13 +14,12 @@ Tables:
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from pathlib import Path
 
 import numpy as np
 
 from qscale.errors import QscaleError
+from qscale.study.store import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS qat_fp (
@@ -70,28 +69,10 @@ def _blob(x) -> bytes:
     return np.asarray(x, dtype=np.float64).tobytes()
 
 
-class QatStore:
+class QatStore(SqliteStore):
     """The QAT tables of one ``study.sqlite``; rows are plain dicts (``per_window`` as a float64 array)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise QscaleError(f"cannot open study store {self.path}: {e}") from e
-        self._db.row_factory = sqlite3.Row
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> QatStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    schema = SCHEMA
 
     def _check(self, table: str) -> None:
         if table not in KEYS:

@@ -133,8 +133,13 @@ class QidRow:
 _KEY_COLUMNS = tuple(f.name for f in fields(CellKey))
 
 
-class Store:
-    """SQLite store of a study (``checkpoints`` and ``qid`` tables); safe to re-open and resume."""
+class SqliteStore:
+    """One ``study.sqlite`` file (WAL mode) with the tables of ``schema`` created if missing.
+
+    Subclasses declare ``schema`` and hold the queries; several stores may share one file.
+    """
+
+    schema: str = ""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -142,7 +147,7 @@ class Store:
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
+            self._db.executescript(self.schema)
         except sqlite3.DatabaseError as e:
             raise QscaleError(f"cannot open study store {self.path}: {e}") from e
         self._db.row_factory = sqlite3.Row
@@ -150,11 +155,17 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Store(SqliteStore):
+    """SQLite store of a study (``checkpoints`` and ``qid`` tables); safe to re-open and resume."""
+
+    schema = SCHEMA
 
     # ---- checkpoints ----
     def get_checkpoint(self, run: str, model: str, D: int, seed: int, eval_hash: str) -> CheckpointEval | None:

@@ -7,21 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from qscale.errors import QscaleError
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise QscaleError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise QscaleError(f"{what} must be comma-separated numbers, got {text!r}") from None
+from qscale.study.options import floats, ints, names
 
 
 def qid_command(
@@ -52,13 +38,13 @@ def qid_command(
     from qscale.study.qid import build_study, run_qid_study
 
     overrides = {
-        "methods": tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None,
-        "bits": _ints(bits, "--bits") if bits else None,
+        "methods": names(methods),
+        "bits": ints(bits, "--bits"),
         "group_size": group_size,
         "eval_windows": eval_windows,
     }
     study = build_study(preset, out=out, data=data, tokenizer=tokenizer, seed=seed,
-                        thresholds=_floats(threshold, "--threshold") if threshold else None,
+                        thresholds=floats(threshold, "--threshold"),
                         **{k: v for k, v in overrides.items() if v is not None})
     console = Console(stderr=True)
     console.print(f"QiD study [bold]{study.name}[/]: {study.out_dir}")

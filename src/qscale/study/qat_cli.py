@@ -8,20 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from qscale.errors import QscaleError
-
-
-def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise QscaleError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def _names(text: str | None) -> tuple[str, ...] | None:
-    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None
+from qscale.study.options import ints, names
 
 
 def qat_command(
@@ -52,8 +39,8 @@ def qat_command(
     Resumable: re-run the same command after an interruption."""
     from qscale.study.qat import build_qat_study, run_qat_study
 
-    study = build_qat_study(preset, out=out, data=data, tokenizer=tokenizer, seed=seed, recipes=_names(recipes),
-                            sizes=_names(sizes), steps=_ints(steps, "--steps"), groups=_ints(groups, "--groups"),
+    study = build_qat_study(preset, out=out, data=data, tokenizer=tokenizer, seed=seed, recipes=names(recipes),
+                            sizes=names(sizes), steps=ints(steps, "--steps"), groups=ints(groups, "--groups"),
                             compare=compare, qid_dir=qid_dir)
     console = Console(stderr=True)
     console.print(f"QAT study [bold]{study.name}[/]: {study.out_dir}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from qscale.errors import QscaleError
@@ -33,25 +32,23 @@ from qscale.train.cli import train_command  # noqa: E402
 app.command("eval")(eval_command)
 app.command("fit")(fit_command)
 app.command("predict")(predict_command)
-study_app.command("qat")(qat_command)
-study_app.command("qid")(qid_command)
+study_app.command("qat", short_help="QAT study: δ(N, D, G) at W4A4/W4A16/W16A4, FC2 attribution, QAT vs GPTQ.")(qat_command)
+study_app.command("qid", short_help="QiD study: train a suite, RTN/GPTQ every checkpoint, fit QiD = k·D^β/(N^α·P^γ).")(qid_command)
 app.command("train")(train_command)
 # --- end of registrations ---
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI; bad input exits 2 with one line, no traceback."""
+    """Entry point: run the CLI and return its exit code.
+
+    Usage errors are reported by click (usage line + message, exit 2); a
+    :class:`~qscale.errors.QscaleError` from library code becomes one line on stderr and exit 2.
+    """
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="qscale", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
-        print("qscale: aborted", file=sys.stderr)
-        return 130
-    except click.ClickException as e:
-        e.show()
-        return 2
+        command.main(args=argv, prog_name="qscale", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except QscaleError as e:
         print(f"qscale: error: {e}", file=sys.stderr)
         return 2

@@ -146,9 +146,6 @@ def _measure(study: QidStudy, streams, checkpoints: dict[str, list], store: Stor
     """Measure every missing cell of every checkpoint, committing each row; returns all the grid's keys."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per checkpoint would break ours
     grid = study.grid
     checkpoints = {size: [ck for ck in ckpts if ck.tokens >= grid.min_tokens] for size, ckpts in checkpoints.items()}
     windows = eval_windows(streams.val, grid.eval_windows, grid.eval_seq_len)

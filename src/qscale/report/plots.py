@@ -14,7 +14,8 @@ import numpy as np
 from qscale.study.noise import NoisePolicy
 
 
-def _figure(nrows: int, ncols: int, size: tuple[float, float]):
+def new_figure(nrows: int, ncols: int, size: tuple[float, float]):
+    """A grid of axes on the Agg backend (no display needed): ``plt, fig, axes[row][col]``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +36,8 @@ def _log_axes(ax) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _png(plt, fig) -> bytes:
+def to_png(plt, fig) -> bytes:
+    """The figure as PNG bytes (closed afterwards), for an atomic write."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
@@ -49,7 +51,7 @@ def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> by
 
     bits = sorted({int(r["P"]) for r in rows})
     models = sorted({(int(r["N"]), r["model"]) for r in rows})
-    plt, fig, axes = _figure(1, len(bits), (4.2 * len(bits), 3.8))
+    plt, fig, axes = new_figure(1, len(bits), (4.2 * len(bits), 3.8))
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(models), 1)))
     for ax, p in zip(axes[0], bits):
         n_nonpos = 0
@@ -72,7 +74,7 @@ def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> by
         ax.set_ylabel("QiD (nats)")
         ax.set_title(f"{method}, {p} bits" + (f" ({n_nonpos} pts <= 0 not shown)" if n_nonpos else ""), fontsize=9)
     axes[0][0].legend(fontsize=7)
-    return _png(plt, fig)
+    return to_png(plt, fig)
 
 
 def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, policy: NoisePolicy) -> bytes:
@@ -80,7 +82,7 @@ def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, pol
     from qscale.report.qid import predict_qid
 
     methods = list(by_method)
-    plt, fig, axes = _figure(1, len(methods), (4.2 * len(methods), 4.0))
+    plt, fig, axes = new_figure(1, len(methods), (4.2 * len(methods), 4.0))
     for ax, m in zip(axes[0], methods):
         rows, fit = by_method[m], fits[m]
         ax.set_title(f"{m}" + ("" if fit.params is not None else " (not fitted)"), fontsize=9)
@@ -104,4 +106,4 @@ def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, pol
         ax.set_xlabel("predicted QiD")
         ax.set_ylabel("observed QiD")
         ax.legend(fontsize=7)
-    return _png(plt, fig)
+    return to_png(plt, fig)

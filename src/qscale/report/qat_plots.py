@@ -8,29 +8,11 @@ in each panel's title.
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 
+from qscale.report.plots import new_figure, to_png
 from qscale.study.noise import NoisePolicy
-
-
-def _figure(nrows: int, ncols: int, size: tuple[float, float]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
-    return plt, fig, axes
-
-
-def _png(plt, fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _loglog(ax, any_positive: bool = True) -> None:
@@ -49,7 +31,7 @@ def delta_vs_d(rows: list[dict], fit, policy: NoisePolicy) -> bytes:
 
     groups = sorted({int(r["G"]) for r in rows}, key=lambda g: (g == 0, g))
     models = sorted({(int(r["N"]), r["model"]) for r in rows})
-    plt, fig, axes = _figure(1, len(groups), (4.0 * len(groups), 3.6))
+    plt, fig, axes = new_figure(1, len(groups), (4.0 * len(groups), 3.6))
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(models), 1)))
     scheme = rows[0]["scheme"] if rows else ""
     for ax, g in zip(axes[0], groups):
@@ -78,7 +60,7 @@ def delta_vs_d(rows: list[dict], fit, policy: NoisePolicy) -> bytes:
         ax.set_title(f"{scheme}, G = {g or 'per channel'}" + (f" ({n_nonpos} pts <= 0)" if n_nonpos else ""),
                      fontsize=9)
     axes[0][0].legend(fontsize=7)
-    return _png(plt, fig)
+    return to_png(plt, fig)
 
 
 def observed_vs_predicted(by_scheme: dict[str, list[dict]], fits: dict, policy: NoisePolicy) -> bytes:
@@ -86,7 +68,7 @@ def observed_vs_predicted(by_scheme: dict[str, list[dict]], fits: dict, policy: 
     from qscale.report.qat import predict_delta
 
     schemes = list(by_scheme)
-    plt, fig, axes = _figure(1, len(schemes), (3.8 * len(schemes), 3.8))
+    plt, fig, axes = new_figure(1, len(schemes), (3.8 * len(schemes), 3.8))
     for ax, s in zip(axes[0], schemes):
         rows, fit = by_scheme[s], fits[s]
         ax.set_title(s + ("" if fit.params is not None else " (not fitted)"), fontsize=9)
@@ -107,14 +89,14 @@ def observed_vs_predicted(by_scheme: dict[str, list[dict]], fits: dict, policy: 
         ax.set_xlabel("predicted δ")
         ax.set_ylabel("observed δ")
         ax.legend(fontsize=7)
-    return _png(plt, fig)
+    return to_png(plt, fig)
 
 
 def attribution_bars(attribution: dict) -> bytes:
     """Per layer type: input kurtosis and relative quantization MSE of each attributed model."""
     models = list(attribution)
     types = sorted({t for a in attribution.values() for t in a["by_type"]})
-    plt, fig, axes = _figure(1, 2, (10, 3.8))
+    plt, fig, axes = new_figure(1, 2, (10, 3.8))
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(types))
     for i, m in enumerate(models):
@@ -128,4 +110,4 @@ def attribution_bars(attribution: dict) -> bytes:
         ax.set_title(label, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    return _png(plt, fig)
+    return to_png(plt, fig)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from qscale.study.options import floats, ints, names
+from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, floats, ints, names
 
 
 def qid_command(
@@ -15,10 +15,8 @@ def qid_command(
                                "(< 15 min on 2 CPU cores), gpu (one GPU)."),
     out: Path = typer.Option(None, "--out", "-o", help="Study folder (suite checkpoints, study.sqlite, report/). "
                              "Default: ./qscale-runs/qid-<preset>. Re-running with the same folder resumes."),
-    data: Path = typer.Option(None, "--data", help="Text corpus: .txt, .jsonl, .parquet or a folder of them. "
-                              "Default: the embedded Python standard library sources."),
-    tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json to use. Default: a byte-level BPE "
-                                   "trained on the train split (cached)."),
+    data: Path = DATA_OPTION,
+    tokenizer: Path = TOKENIZER_OPTION,
     methods: str = typer.Option(None, "--methods", help="Comma-separated PTQ methods (rtn,gptq). Default: the "
                                 "preset's."),
     bits: str = typer.Option(None, "--bits", help="Comma-separated weight bit widths, e.g. 2,3,4,8. Default: the "
@@ -30,7 +28,7 @@ def qid_command(
     seed: int = typer.Option(0, "--seed", help="Seed for calibration windows (and the suite's training)."),
     threshold: str = typer.Option(None, "--threshold", help="Comma-separated QiD levels for the tokens-to-reach "
                                   "table, e.g. 0.05,0.1,0.2. Default: the preset's."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Reproduce 'low-bit quantization favors undertrained LLMs' on your own suite: train, quantize with RTN
     and GPTQ at several bit widths, record QiD = loss_quantized - loss_full_precision, fit

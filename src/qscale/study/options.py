@@ -1,9 +1,11 @@
-"""Comma-separated list options of the study commands, parsed with one-line errors."""
+"""Options shared by the study commands, and comma-separated list options parsed with one-line errors."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TypeVar
+
+import typer
 
 from qscale.errors import QscaleError
 
@@ -30,3 +32,10 @@ def floats(text: str | None, what: str) -> tuple[float, ...] | None:
 
 def names(text: str | None) -> tuple[str, ...] | None:
     return comma_list(text, str, "names", "names")
+
+
+DATA_OPTION = typer.Option(None, "--data", help="Text corpus: .txt, .jsonl, .parquet or a folder of them. "
+                           "Default: the embedded Python standard library sources.")
+TOKENIZER_OPTION = typer.Option(None, "--tokenizer", help="tokenizer.json to use. Default: a byte-level BPE "
+                                "trained on the train split (cached).")
+PROGRESS_OPTION = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")

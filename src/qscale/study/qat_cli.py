@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from qscale.study.options import ints, names
+from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, ints, names
 
 
 def qat_command(
@@ -26,12 +26,10 @@ def qat_command(
                                  "final checkpoints."),
     qid_dir: Path = typer.Option(None, "--qid-dir", help="QiD study folder whose trained suite to re-use. "
                                  "Default: ./qscale-runs/qid-<suite>."),
-    data: Path = typer.Option(None, "--data", help="Text corpus (.txt/.jsonl/.parquet or folder). Default: the "
-                              "embedded Python standard library sources."),
-    tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json to use. Default: a byte-level BPE "
-                                   "trained on the train split (cached)."),
+    data: Path = DATA_OPTION,
+    tokenizer: Path = TOKENIZER_OPTION,
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order and calibration."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Train full-precision and QAT models (W4A4, W4A16, W16A4; STE AbsMax) from scratch over a grid of
     N, D and G, record δ = loss_QAT − loss_fp, fit δ = k·D^γD·(log2 G)^γG/N^γN, attribute the activation

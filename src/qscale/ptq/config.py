@@ -20,8 +20,8 @@ class PTQConfig:
     damp:          GPTQ dampening, λ = damp·mean(diag H).
     block_size:    GPTQ lazy-batch block width (columns).
     act_order:     GPTQ: quantize columns by decreasing Hessian diagonal.
-    skip:          modules left in full precision: any whose qualified name or lowercased class name
-                   contains one of these strings ("embed" matches every ``nn.Embedding``).
+    skip:          linear layers left in full precision: any whose qualified name or lowercased class
+                   name contains one of these strings (embedding tables are never quantized).
     """
 
     method: str

@@ -61,7 +61,7 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def to_quantized_linear(model: nn.Module, name: str, qweight: QuantizedWeight) -> QuantizedLinear:
     """Replace the linear layer ``name`` by the ``QuantizedLinear`` of ``qweight`` (keeping its bias)."""
     old = model.get_submodule(name)
-    new = QuantizedLinear(qweight, old.bias, name=name)
+    new = QuantizedLinear(qweight, old.bias, name=name, source=type(old).__name__)
     replace_module(model, name, new)
     return new
 

@@ -41,7 +41,7 @@ class WeightQuantizer(nn.Module):
         raise NotImplementedError
 
 
-def _params_to_buffers(module: nn.Module) -> None:
+def params_to_buffers(module: nn.Module) -> None:
     """Turn every learned parameter of ``module`` (and children) into a buffer with the same name."""
     for sub in module.modules():
         for name, p in list(sub.named_parameters(recurse=False)):
@@ -60,6 +60,7 @@ class QuantLinear(nn.Module):
         act_quantizer: ActQuantizer | None,
         hadamard_group: int = 0,
         name: str = "",
+        source: str = "Linear",
     ):
         super().__init__()
         self.out_features, self.in_features = weight.shape
@@ -69,6 +70,7 @@ class QuantLinear(nn.Module):
         self.act_quantizer = act_quantizer
         self.hadamard_group = hadamard_group
         self.name = name
+        self.source = source
 
     def _rotate(self, t: Tensor) -> Tensor:
         return hadamard_transform(t, self.hadamard_group) if self.hadamard_group else t
@@ -93,12 +95,13 @@ class QuantLinear(nn.Module):
         with the activation quantizer's learned parameters turned into buffers. A layer with only its input
         quantized (W16Ax) keeps its float weight, frozen, in this module."""
         if self.act_quantizer is not None:
-            _params_to_buffers(self.act_quantizer)
+            params_to_buffers(self.act_quantizer)
         if self.weight_quantizer is None:
             self.requires_grad_(False)
             return self
         qweight = self.weight_quantizer.freeze(self._rotate(self.weight.detach()))
-        return QuantizedLinear(qweight, self.bias, self.act_quantizer, self.hadamard_group, name=name)
+        return QuantizedLinear(qweight, self.bias, self.act_quantizer, self.hadamard_group, name=name,
+                               source=self.source)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

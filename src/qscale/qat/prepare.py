@@ -89,7 +89,7 @@ def prepare(model: nn.Module, cfg: QATRecipeConfig) -> nn.Module:
         for q in (wq, aq):
             if q is not None:
                 q.to(device=weight.device)
-        replace_module(model, name, QuantLinear(weight, mod.bias, wq, aq, hadamard, name=name))
+        replace_module(model, name, QuantLinear(weight, mod.bias, wq, aq, hadamard, name=name, source=type(mod).__name__))
     return model
 
 

@@ -24,12 +24,13 @@ class QuantizedLinear(nn.Module):
     """Packed integer weight + scales, dequantized per forward; drop-in for ``nn.Linear`` (and GPT-2's Conv1D)."""
 
     def __init__(self, qweight: QuantizedWeight, bias: Tensor | None = None, act_quantizer: nn.Module | None = None,
-                 hadamard_group: int = 0, name: str = ""):
+                 hadamard_group: int = 0, name: str = "", source: str = "Linear"):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         self.spec: QuantSpec = qweight.spec
         self.layout = qweight.layout
         self.name = name
+        self.source = source  # class the layer replaced ("Conv1D": GPT-2, whose weight file layout is [in, out])
         self.hadamard_group = hadamard_group
         self.act_quantizer = act_quantizer
         self.extra_names = tuple(qweight.extras)

@@ -11,6 +11,7 @@ from qscale.data import DataConfig, load_token_streams
 from qscale.data.batches import eval_windows
 from qscale.errors import require
 from qscale.evaluate.loss import evaluate
+from qscale.export import load_quantized
 from qscale.models import load_model
 
 
@@ -24,8 +25,17 @@ def _checkpoint_seq_len(ckpt: Path) -> int:
     return 128
 
 
+def _is_quantized(ckpt: Path) -> bool:
+    """Whether the folder's config.json declares a quantization_config (a packed folder)."""
+    try:
+        return bool(json.loads((ckpt / "config.json").read_text()).get("quantization_config"))
+    except (OSError, ValueError):
+        return False
+
+
 def eval_command(
-    ckpt: Path = typer.Argument(..., help="Checkpoint folder (qscale or any local Hugging Face causal LM)."),
+    ckpt: Path = typer.Argument(..., help="Checkpoint folder: qscale's, any local Hugging Face causal LM, or a packed "
+                                          "quantized folder (compressed-tensors, GPTQ, qscale layout)."),
     data: Path = typer.Option(None, help="Text data (.txt/.jsonl/.parquet or folder) (default: the stdlib corpus)."),
     tokenizer: Path = typer.Option(None, help="Tokenizer (default: CKPT/tokenizer.json, else a BPE trained on the data)."),
     vocab_size: int = typer.Option(4096, help="Vocabulary size when a BPE has to be trained (>= 256)."),
@@ -42,7 +52,7 @@ def eval_command(
     require(ckpt.is_dir(), f"checkpoint folder does not exist: {ckpt}")
     if tokenizer is None and (ckpt / "tokenizer.json").is_file():
         tokenizer = ckpt / "tokenizer.json"
-    model = load_model(ckpt)
+    model = load_quantized(ckpt) if _is_quantized(ckpt) else load_model(ckpt)
     streams = load_token_streams(DataConfig(data=data, tokenizer=tokenizer, vocab_size=vocab_size, max_files=max_files),
                                  progress=not as_json)
     n_emb = model.get_input_embeddings().num_embeddings

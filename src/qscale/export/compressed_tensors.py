@@ -42,7 +42,8 @@ def check_layer(name: str, layer: QuantizedLinear) -> None:
     if why is None and not layer.qweight().contiguous_groups:
         why = "its groups are not contiguous (compressed-tensors 0.20 has no g_idx)"
     if why:
-        raise QscaleError(f"cannot export layer {name} to compressed-tensors: {why}; use --format qscale")
+        alt = "gptq or qscale" if layer.source == "Conv1D" else "qscale"
+        raise QscaleError(f"cannot export layer {name} to compressed-tensors: {why}; use --format {alt}")
 
 
 def layer_tensors(dtype: torch.dtype):

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from qscale.errors import require
+from qscale.models.select import name_matches
 from qscale.quant import QuantizedLinear, QuantizedWeight
 
 LINEAR_TYPES = (nn.Linear, Conv1D)  # GPT-2 uses Conv1D: a linear layer with its weight stored [in, out]
@@ -28,12 +29,6 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-def is_skipped(name: str, module: nn.Module, skip: tuple[str, ...]) -> bool:
-    """True if a skip pattern occurs in the module's qualified name or lowercased class name."""
-    cls = type(module).__name__.lower()
-    return any(p in name or p in cls for p in skip)
-
-
 def quantizable(model: nn.Module, skip: tuple[str, ...]) -> dict[str, nn.Module]:
     """Linear layers to quantize, by qualified name, in module order.
 
@@ -48,7 +43,7 @@ def quantizable(model: nn.Module, skip: tuple[str, ...]) -> dict[str, nn.Module]
     return {
         name: mod
         for name, mod in model.named_modules()
-        if isinstance(mod, LINEAR_TYPES) and not is_skipped(name, mod, skip) and holders[id(mod.weight)] == 1
+        if isinstance(mod, LINEAR_TYPES) and not any(name_matches(p, name) for p in skip) and holders[id(mod.weight)] == 1
     }
 
 

@@ -118,8 +118,10 @@ def report(title: str, counts: ParamCount, fp: EvalResult, results: list[FormatR
     console = Console()
     console.width = max(console.width, 132)
     table = Table(title=title)
-    for col in ("format", "folder", "size", "loss fp", "loss q", "QiD ± SE"):
-        table.add_column(col, justify="left" if col in ("format", "folder") else "right", no_wrap=True)
+    table.add_column("format", no_wrap=True, min_width=18)
+    table.add_column("folder", overflow="fold")
+    for col in ("size", "loss fp", "loss q", "QiD ± SE"):
+        table.add_column(col, justify="right", no_wrap=True)
     table.add_row("fp (source)", "", f"{source_bytes / 1e6:,.2f} MB", f"{fp.loss:.4f}", "", "")
     for r in results:
         table.add_row(r.export.format, str(r.export.path), f"{r.export.nbytes / 1e6:,.2f} MB", f"{fp.loss:.4f}",

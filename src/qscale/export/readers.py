@@ -151,6 +151,7 @@ def read_native(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dic
         _shape(get_weight(mod), (out, n_in), f"layer {name} of the model")
         own = {"weight_packed", "weight_scale", "weight_zero", "weight_g_idx", *(f"weight_{x}" for x in extras)}
         t = _layer_keys(tensors, name, own | {"bias"}, own)
+        _shape(t["weight_packed"], (out, packed_words(n_in, spec.bits)), f"{name}.weight_packed")
         extra_t = {x: t[f"weight_{x}"] for x in extras}
         qw = QuantizedWeight(_codes(t["weight_packed"], spec, n_in, f"{name}.weight_packed"), t["weight_scale"],
                              t["weight_zero"], t["weight_g_idx"], spec, c["layout"], extra_t)

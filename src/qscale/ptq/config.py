@@ -13,7 +13,7 @@ from qscale.quant import QuantSpec
 class PTQConfig:
     """Which PTQ method, which quantizer, and how to calibrate.
 
-    method:        a name in ``qscale.ptq.PTQ_METHODS`` ("rtn", "gptq").
+    method:        a name in ``qscale.ptq.PTQ_METHODS`` ("rtn", "gptq", "learned-round").
     spec:          the weight quantizer (granularity "tensor", "channel" or "group").
     n_calib, calib_seq_len: how many calibration windows of how many tokens the caller should draw
                    from the TRAIN split (``qscale.data.batches.calibration_windows``); recorded here so a
@@ -21,6 +21,8 @@ class PTQConfig:
     damp:          GPTQ dampening, λ = damp·mean(diag H).
     block_size:    GPTQ lazy-batch block width (columns).
     act_order:     GPTQ: quantize columns by decreasing Hessian diagonal.
+    round_steps, round_lr, learn_scale: learned-round: Adam steps per block, its learning rate, and
+                   whether the per-group scales learn with the rounding variables.
     skip:          linear layers left in full precision: patterns of qscale's layer-selection grammar
                    (``qscale.models.select``: globs or ``re:`` expressions on the qualified name);
                    embedding tables and heads tied to them are never quantized.
@@ -34,6 +36,9 @@ class PTQConfig:
     block_size: int = 128
     act_order: bool = False
     skip: tuple[str, ...] = ("*lm_head",)
+    round_steps: int = 200
+    round_lr: float = 3e-2
+    learn_scale: bool = False
 
     def __post_init__(self) -> None:
         from qscale.ptq.registry import PTQ_METHODS
@@ -44,5 +49,7 @@ class PTQConfig:
         require(self.n_calib > 0 and self.calib_seq_len > 0, "n_calib and calib_seq_len must be positive")
         require(self.damp > 0, f"damp must be positive, got {self.damp}")
         require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
+        require(self.round_steps >= 1 and self.round_lr > 0, "round_steps must be >= 1 and round_lr positive")
+        require(isinstance(self.learn_scale, bool), "learn_scale must be a bool")
         for pattern in self.skip:
             check_pattern(pattern)

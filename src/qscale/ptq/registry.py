@@ -7,12 +7,14 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from qscale.ptq.config import PTQConfig
+from qscale.ptq.learned_round import learned_round_model
 from qscale.ptq.rtn import rtn_model
 from qscale.ptq.sequential import gptq_model
 
 PTQ_METHODS: dict[str, Callable[[nn.Module, PTQConfig, Tensor | None, bool], dict]] = {
     "rtn": rtn_model,
     "gptq": gptq_model,
+    "learned-round": learned_round_model,
 }
 
 

@@ -1,0 +1,185 @@
+"""``learned-round``: gradient-based PTQ with learned rounding, block by block.
+
+"Gradient-Based Post-Training Quantization: Challenging the Status Quo" (Pandey et al. 2023) on the AdaRound
+rounding (Nagel et al. 2020, arXiv 2004.10568, eqs. 21–24): each weight is ``floor(W/s) + h(V)`` with the
+rectified sigmoid ``h(V) = clip(σ(V)·(ζ − γ) + γ, 0, 1)`` (ζ = 1.1, γ = −0.1), ``V`` initialised so that
+``h(V)`` is the fractional part of ``W/s`` (the start is the unrounded weight), and the regulariser
+``Σ 1 − |2h(V) − 1|^β`` with β annealed from 20 to 2 drives every ``h`` to 0 or 1. Following the paper's
+best practices, the loss is the MSE of each decoder block's output against the full-precision block on
+the same calibration inputs, optimised with Adam, the degrees of freedom being the rounding variables
+(and, with ``learn_scale``, the per-group scales). The block's inputs are the outputs of the already
+quantized blocks before it, as in GPTQ. At the end ``h`` is hardened to {0, 1} and each layer keeps the
+hardened rounding unless round-to-nearest reconstructs its outputs on the calibration inputs better (so it is
+never worse than RTN); it becomes a ``QuantizedLinear`` on the spec's grid (symmetric: the full
+GPTQ/compressed-tensors grid).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from rich.progress import track
+from torch import Tensor, nn
+
+from qscale.errors import QscaleError, require
+from qscale.ptq.config import PTQConfig
+from qscale.ptq.layers import find_blocks, get_weight, quantizable, replace_module
+from qscale.ptq.rtn import weight_stats
+from qscale.ptq.sequential import capture_block_inputs, run_block
+from qscale.quant import (
+    QTensor,
+    QuantizedLinear,
+    QuantizedWeight,
+    QuantSpec,
+    compute_qparams,
+    grouped,
+    require_finite,
+    ungrouped,
+)
+
+ZETA, GAMMA = 1.1, -0.1
+REG_WEIGHT = 0.01
+BETA_START, BETA_END, WARMUP = 20.0, 2.0, 0.2
+
+
+def rectified_sigmoid(v: Tensor) -> Tensor:
+    """``h(V)`` of AdaRound eq. 23."""
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+def rounding_regulariser(h: Tensor, beta: float) -> Tensor:
+    """``Σ 1 − |2h − 1|^β`` (AdaRound eq. 24): zero exactly when every ``h`` is 0 or 1."""
+    return (1 - (2 * h - 1).abs().pow(beta)).sum()
+
+
+def beta_at(step: int, steps: int) -> float:
+    """β: held at 20 for the first 20 % of the steps (no regularisation then), then annealed to 2."""
+    t = (step / steps - WARMUP) / (1 - WARMUP)
+    return BETA_START + (BETA_END - BETA_START) * min(max(t, 0.0), 1.0)
+
+
+class LearnedRoundLinear(nn.Module):
+    """A linear layer whose weight is ``(clamp(floor(W/s) + z + h(V), qmin, qmax) − z)·s`` during learning."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, spec: QuantSpec, learn_scale: bool):
+        super().__init__()
+        require_finite(weight, "a weight")
+        self.spec = spec
+        w = weight.detach().float()
+        s, z = compute_qparams(w, spec)
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        self.register_buffer("w", w)
+        self.register_buffer("zero", z)
+        self.scale = nn.Parameter(s, requires_grad=learn_scale)
+        frac = grouped(w, spec) / s - torch.floor(grouped(w, spec) / s)
+        p = ((frac - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1 - 1e-4)  # invert h: start at the unrounded weight
+        self.v = nn.Parameter(torch.log(p / (1 - p)))
+        self.bias = None if bias is None else bias.detach()
+
+    def codes(self, hard: bool) -> Tensor:
+        """Grouped-view codes: soft (``floor + h``, in training) or hardened (``h >= 1/2`` → 1)."""
+        base = torch.floor(grouped(self.w, self.spec) / self.scale.detach()) + self.zero
+        h = rectified_sigmoid(self.v)
+        return torch.clamp(base + ((h >= 0.5).float() if hard else h), self.spec.qmin, self.spec.qmax)
+
+    def rtn_codes(self) -> Tensor:
+        """Round-to-nearest codes with the same scale (the baseline learned rounding must not lose to)."""
+        u = torch.round(grouped(self.w, self.spec) / self.scale.detach()) + self.zero
+        return torch.clamp(u, self.spec.qmin, self.spec.qmax)
+
+    def weight(self) -> Tensor:
+        q = self.codes(hard=False)
+        return ungrouped((q - self.zero) * self.scale, self.spec, self.w.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    @torch.no_grad()
+    def freeze(self, x: Tensor) -> QuantizedWeight:
+        """Hardened learned codes, or RTN's where RTN reconstructs this layer's outputs on ``x`` better."""
+        best = None
+        for grouped_codes in (self.codes(hard=True), self.rtn_codes()):
+            w_hat = ungrouped((grouped_codes - self.zero) * self.scale.detach(), self.spec, self.w.shape)
+            err = float(((x @ (self.w - w_hat).t()) ** 2).sum())
+            if best is None or err < best[0]:
+                best = (err, grouped_codes)
+        codes = ungrouped(best[1], self.spec, self.w.shape).to(torch.int8 if self.spec.symmetric else torch.uint8)
+        return QuantizedWeight.from_qtensor(QTensor(codes, self.scale.detach(), self.zero, self.spec, self.w.shape))
+
+
+def layer_inputs(block: nn.Module, layers: dict[str, nn.Module], inputs: list) -> dict[str, Tensor]:
+    """The rows each layer reads during a forward of ``block`` on ``inputs`` (``[rows, in]``, float32)."""
+    seen: dict[str, list[Tensor]] = {n: [] for n in layers}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1]).float()))
+             for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for inp in inputs:
+                run_block(block, inp)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(v) for n, v in seen.items()}
+
+
+def learn_block(block: nn.Module, layers: dict[str, LearnedRoundLinear], inputs: list, targets: list[Tensor],
+                steps: int, lr: float) -> float:
+    """Adam on the rounding variables (and scales) of one block: the output MSE relative to the target's mean
+    square (so the regulariser's weight does not depend on the activations' scale) + the annealed regulariser."""
+    params = [p for m in layers.values() for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    scales = [float(t.float().pow(2).mean().clamp_min(1e-12)) for t in targets]
+    for step in range(steps):
+        i = step % len(inputs)
+        loss = F.mse_loss(run_block(block, inputs[i]).float(), targets[i].float()) / scales[i]
+        beta = beta_at(step, steps)
+        if step >= WARMUP * steps:
+            reg = sum(rounding_regulariser(rectified_sigmoid(m.v), beta) for m in layers.values())
+            loss = loss + REG_WEIGHT * reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
+def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
+    """Learned rounding of every selected linear layer of the decoder blocks, block by block; per-layer stats."""
+    require(calib is not None and calib.ndim == 2 and calib.numel() > 0,
+            "learned-round needs calibration token windows [n, T] drawn from the train split")
+    was_training = model.training
+    model.eval()
+    targets_all = quantizable(model, cfg.skip)
+    blocks_name, blocks = find_blocks(model)
+    outside = [n for n in targets_all if not n.startswith(blocks_name + ".")]
+    if outside:
+        raise QscaleError(f"learned-round quantizes decoder-block layers only: skip {outside[0]} (--skip)")
+    model.requires_grad_(False)
+    with torch.no_grad():
+        inputs = capture_block_inputs(model, blocks[0], calib, progress)
+    stats = {}
+    for b, block in track(list(enumerate(blocks)), description="learned rounding", disable=not progress,
+                          transient=True):
+        prefix = f"{blocks_name}.{b}."
+        with torch.no_grad():
+            targets = [run_block(block, inp) for inp in inputs]
+        t0 = time.perf_counter()
+        layers = {}
+        for name, mod in targets_all.items():
+            if name.startswith(prefix):
+                layers[name] = LearnedRoundLinear(get_weight(mod), mod.bias, cfg.spec, cfg.learn_scale)
+                replace_module(model, name, layers[name])
+        loss = learn_block(block, layers, inputs, targets, cfg.round_steps, cfg.round_lr) if layers else math.nan
+        xs = layer_inputs(block, layers, inputs)
+        for name, layer in layers.items():
+            qw = layer.freeze(xs[name])
+            source = targets_all[name]
+            replace_module(model, name, QuantizedLinear(qw, source.bias, name=name, source=type(source).__name__))
+            stats[name] = {**weight_stats(layer.w, qw.dequantize(), (time.perf_counter() - t0) / len(layers)),
+                           "block_loss": loss}
+        with torch.no_grad():
+            inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
+    model.train(was_training)
+    return stats

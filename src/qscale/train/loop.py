@@ -155,12 +155,12 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
     """
     out_dir = Path(out_dir)
     device = _device(cfg)
-    run_meta = _run_meta(cfg, streams)
-    check_resume(out_dir, run_meta)
     parent = parent_checkpoint(cfg.model)  # continuing a qscale checkpoint: D counts its tokens, no new warmup
     check_parent_tokenizer(parent, streams.tokenizer_hash)
     offset, schedule = (parent.tokens, replace(cfg, warmup_steps=0)) if parent else (0, cfg)
     model, opt = _fresh(cfg, streams.vocab_size, device)
+    run_meta = _run_meta(cfg, streams)
+    check_resume(out_dir, run_meta)  # the first write, after every check
     start, recent = _load_state(out_dir, model, opt)
     total, ckpts = cfg.total_steps, set(cfg.checkpoint_steps())
     missing = [s for s in sorted(ckpts) if s <= start and read_checkpoint(checkpoint_dir(out_dir, s)) is None]

@@ -39,6 +39,9 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """Quantize language models (QAT, PTQ) and fit scaling laws of quantization-induced degradation."""
 
 # --- command registrations (one line per command; keep this block sorted) ---
+from qscale.commands.export import export_command  # noqa: E402
+from qscale.commands.qat import qat_command as qat_finetune_command  # noqa: E402
+from qscale.commands.quantize import quantize_command  # noqa: E402
 from qscale.evaluate.cli import eval_command  # noqa: E402
 from qscale.laws.cli import fit_command, predict_command  # noqa: E402
 from qscale.study.cli import qid_command  # noqa: E402
@@ -46,8 +49,11 @@ from qscale.study.qat_cli import qat_command  # noqa: E402
 from qscale.train.cli import train_command  # noqa: E402
 
 app.command("eval")(eval_command)
+app.command("export")(export_command)
 app.command("fit")(fit_command)
 app.command("predict")(predict_command)
+app.command("qat")(qat_finetune_command)
+app.command("quantize")(quantize_command)
 study_app.command("qat", short_help="QAT study: δ(N, D, G) at W4A4/W4A16/W16A4, FC2 attribution, QAT vs GPTQ.")(qat_command)
 study_app.command("qid", short_help="QiD study: train a suite, RTN/GPTQ every checkpoint, fit QiD = k·D^β/(N^α·P^γ).")(qid_command)
 app.command("train")(train_command)

@@ -20,24 +20,31 @@ def _out_err(X, W, Q):
 
 
 def reference_gptq(W, H, spec, damp=0.01, act_order=False):
-    """GPTQ written plainly: one column at a time over the whole matrix, float64, no blocks."""
+    """GPTQ written plainly: one column at a time over the whole matrix, float64, no blocks.
+
+    Groups: parameters from the current (error-updated) columns every G columns; with act-order, static
+    groups (parameters of each group of G original columns computed once, before any update).
+    """
     W, H = W.clone().double(), H.clone().double()
     n = W.shape[1]
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    G = spec.group_size if spec.granularity == "group" else n
+    chan = QuantSpec(spec.bits, spec.symmetric, "channel", grid=spec.grid)
+    static = [compute_qparams(W[:, k : k + G], chan) for k in range(0, n, G)]
     perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(n)
     W, H = W[:, perm], H[perm][:, perm]
     H = H + damp * torch.diagonal(H).mean() * torch.eye(n, dtype=H.dtype)
     U = torch.linalg.cholesky(torch.linalg.inv(H)).T  # H⁻¹ = UᵀU, U upper triangular
-    G = spec.group_size if spec.granularity == "group" else n
-    chan = QuantSpec(spec.bits, spec.symmetric, "channel")
     s, z = compute_qparams(W, spec) if spec.granularity != "group" else (None, None)
     if spec.granularity == "tensor":
         s, z = s.reshape(1, 1), z.reshape(1, 1)
     Q = torch.zeros_like(W)
     for j in range(n):
-        if spec.granularity == "group" and j % G == 0:
+        if spec.granularity == "group" and act_order:
+            s, z = static[int(perm[j]) // G]
+        elif spec.granularity == "group" and j % G == 0:
             s, z = compute_qparams(W[:, j : j + G], chan)
         Q[:, j : j + 1] = round_to_grid(W[:, j : j + 1], s, z, spec)
         err = (W[:, j] - Q[:, j]) / U[j, j]
@@ -45,15 +52,18 @@ def reference_gptq(W, H, spec, damp=0.01, act_order=False):
     return Q[:, torch.argsort(perm)]
 
 
+# The restricted grid keeps the comparison free of rounding ties: on the full grid the absmax of every
+# group sits exactly on a half-integer code boundary, and float32 vs float64 may round it either way.
+R = "restricted"
 CASES = [
-    (QuantSpec(3, granularity="group", group_size=16), 24, False),  # groups inside blocks
+    (QuantSpec(3, granularity="group", group_size=16, grid=R), 24, False),  # groups inside blocks
     (QuantSpec(4, symmetric=False, granularity="group", group_size=32), 20, False),  # groups straddle blocks
     (QuantSpec(2, symmetric=False, granularity="group", group_size=16), 128, False),  # one block
-    (QuantSpec(4, granularity="channel"), 16, False),
-    (QuantSpec(3, granularity="tensor"), 16, False),
-    (QuantSpec(3, granularity="group", group_size=24), 16, False),  # ragged last group (64 = 24 + 24 + 16)
-    (QuantSpec(3, granularity="group", group_size=24), 16, True),
-    (QuantSpec(3, symmetric=False, granularity="group", group_size=16), 24, True),  # act-order
+    (QuantSpec(4, granularity="channel", grid=R), 16, False),
+    (QuantSpec(3, granularity="tensor", grid=R), 16, False),
+    (QuantSpec(3, granularity="group", group_size=24, grid=R), 16, False),  # ragged last group (64 = 24 + 24 + 16)
+    (QuantSpec(3, granularity="group", group_size=24, grid=R), 16, True),
+    (QuantSpec(3, symmetric=False, granularity="group", group_size=16), 24, True),  # act-order, static groups
 ]
 
 
@@ -71,16 +81,35 @@ def test_equals_plain_reference(spec, block, act_order):
 def test_codes_scales_gidx_reproduce_weight(spec, block, act_order):
     X, W, H = _correlated(seed=2)
     res = gptq_quantize(W, H, spec, block_size=block, act_order=act_order)
-    g = res.g_idx.long()
-    c = res.codes.to(torch.int32)
+    qw = res.qweight
+    g = qw.g_idx.long()
+    c = qw.codes.to(torch.int32)
     assert c.min() >= spec.qmin and c.max() <= spec.qmax
-    assert torch.allclose((c.float() - res.zero[:, g]) * res.scale[:, g], res.weight, atol=1e-6)
-    if spec.granularity == "group":
-        G = spec.group_size
-        n = W.shape[1]
-        assert torch.bincount(g).tolist() == [min(G, n - k) for k in range(0, n, G)]
-        if not act_order:
-            assert torch.equal(g, torch.arange(W.shape[1]) // G)
+    assert torch.equal((c.float() - qw.zero[:, g]) * qw.scale[:, g], res.weight)
+    G = spec.group_size if spec.granularity == "group" else W.shape[1]
+    assert torch.equal(g, torch.arange(W.shape[1]) // G)  # contiguous groups, also with act-order
+    assert qw.scale.shape == (W.shape[0], -(-W.shape[1] // G))
+
+
+def test_full_grid_uses_all_codes_and_stacked_tensor_scales_stay_per_layer():
+    X, W, H = _correlated(seed=5)
+    res = gptq_quantize(W, H, QuantSpec(2, granularity="channel"), block_size=16)
+    assert sorted(res.qweight.codes.unique().tolist()) == [-2, -1, 0, 1]
+    W2 = torch.cat([W, W * 10])  # two layers read the same input, one ten times larger
+    res = gptq_quantize(W2, H, QuantSpec(4, granularity="tensor"), row_splits=[W.shape[0], W.shape[0]])
+    s = res.qweight.scale
+    assert torch.allclose(s[W.shape[0]:], s[: W.shape[0]] * 10) and len(s[: W.shape[0]].unique()) == 1
+
+
+def test_non_finite_weight_or_hessian_is_an_error():
+    X, W, H = _correlated()
+    W[0, 0] = float("nan")
+    with pytest.raises(QscaleError, match="NaN or Inf"):
+        gptq_quantize(W, H, QuantSpec(4))
+    X, W, H = _correlated()
+    H[1, 1] = float("inf")
+    with pytest.raises(QscaleError, match="Hessian"):
+        gptq_quantize(W, H, QuantSpec(4))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

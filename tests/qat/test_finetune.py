@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from qscale.errors import QscaleError
 from qscale.qat import DistillConfig, QATRecipeConfig, distill_loss, qat_finetune
 from qscale.qat.finetune import cosine_lr
 
@@ -49,3 +50,29 @@ def test_cosine_schedule():
     assert cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
     assert cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights(llama, batches, tmp_path):
+    cfg = QATRecipeConfig("lsq", w_bits=4, a_bits=4, group_size=32)
+    whole = copy.deepcopy(llama)
+    ref = qat_finetune(whole, cfg, batches, steps=8, lr=1e-3, state_dir=tmp_path / "a", save_every=3, fingerprint="x")
+
+    def dies_at_7(step):
+        if step == 7:
+            raise _Killed
+        return batches(step)
+
+    first = copy.deepcopy(llama)
+    with pytest.raises(_Killed):
+        qat_finetune(first, cfg, dies_at_7, steps=8, lr=1e-3, state_dir=tmp_path / "b", save_every=3, fingerprint="x")
+    again = copy.deepcopy(llama)  # a new process: the fp model again, then the saved state (step 6)
+    losses = qat_finetune(again, cfg, batches, steps=8, lr=1e-3, state_dir=tmp_path / "b", save_every=3, fingerprint="x")
+    assert losses == ref
+    for (n, p), (_, q) in zip(whole.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(p, q), n
+    with pytest.raises(QscaleError, match="another model, data or config"):
+        qat_finetune(copy.deepcopy(llama), cfg, batches, steps=8, lr=1e-3, state_dir=tmp_path / "b", fingerprint="y")

@@ -78,7 +78,7 @@ def test_weight_init_grad_scale_and_freeze():
     assert torch.allclose(q.step, expected)
     assert q.grad_scale == pytest.approx(1 / math.sqrt(16 * 7))
     frozen = q.freeze(wt)
-    assert torch.equal(q(wt), q.dequantize(frozen))
+    assert torch.equal(q(wt), frozen.dequantize())
     qt = quantize(wt, spec, scale=q.step.detach())
     assert torch.equal(q(wt), dequantize(qt))
 

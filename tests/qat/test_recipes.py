@@ -15,10 +15,11 @@ def test_bitnet_weights_ternary_times_absmean():
     assert torch.allclose(levels, levels.round(), atol=1e-6)
     assert set(levels.round().unique().tolist()) == {-1.0, 0.0, 1.0}
     frozen = q.freeze(w)
-    assert set(frozen["codes"].unique().tolist()) == {-1, 0, 1}
-    assert torch.equal(q.dequantize(frozen), w_hat)
+    assert set(frozen.codes.unique().tolist()) == {-1, 0, 1}
+    assert frozen.spec.bits == 2 and frozen.spec.symmetric and frozen.layout == "uniform"
+    assert torch.equal(frozen.dequantize(), w_hat)
     # RoundClip(W/γ): zero exactly where |w| < γ/2, ±1 elsewhere
-    assert torch.equal(frozen["codes"] == 0, w.abs() < gamma / 2)
+    assert torch.equal(frozen.codes == 0, w.abs() < gamma / 2)
 
 
 def test_pbllm_exact_salient_fraction_binary_rest_and_frozen():
@@ -42,7 +43,8 @@ def test_pbllm_exact_salient_fraction_binary_rest_and_frozen():
     assert torch.all(w.grad[mask] == 0) and torch.all(w.grad[~mask] != 0)
     opt.step()
     assert torch.equal(q(w)[mask], w_hat[mask])
-    assert torch.equal(q.dequantize(q.freeze(w)), q(w))
+    assert torch.equal(q.freeze(w).dequantize(), q(w))
+    assert q.freeze(w).layout == "partial-binary"
 
 
 def test_quest_grid_no_zero_level_and_rms_scale():
@@ -51,14 +53,14 @@ def test_quest_grid_no_zero_level_and_rms_scale():
     for bits in (1, 2, 4):
         q = QuestWeightQuantizer(bits)
         frozen = q.freeze(x)
-        step = frozen["scale"]
+        step = frozen.scale
         rms = x.pow(2).mean(-1, keepdim=True).sqrt()
         assert torch.allclose(step, 2 * QUEST_ALPHA[bits] * rms / (2**bits - 1))
         levels = q(x) / step  # odd multiples of 1/2 in [-(2^b-1)/2, (2^b-1)/2]
         assert torch.allclose(levels * 2, (levels * 2).round(), atol=1e-4)
         assert torch.all((levels * 2).round().remainder(2) == 1)
         assert levels.abs().max() <= (2**bits - 1) / 2 + 1e-5
-        assert torch.equal(q.dequantize(frozen), q(x))
+        assert torch.equal(frozen.dequantize(), q(x))
 
 
 def test_quest_alpha_is_mse_optimal_for_gaussian():

@@ -65,13 +65,56 @@ def test_qmin_qmax():
     assert (QuantSpec(8).qmin, QuantSpec(8).qmax) == (-128, 127)
 
 
-def test_exact_codes_symmetric_by_hand():
-    # 3-bit symmetric per channel: s = absmax / 3
-    x = torch.tensor([[3.0, -1.4, 0.4, 1.6], [0.0, 0.0, 0.0, 0.0]])
+def test_exact_codes_symmetric_full_grid_by_hand():
+    # 3-bit symmetric per channel, ecosystem grid: s = 2·absmax/7 = 1 -> all 8 codes -4..3 reachable
+    x = torch.tensor([[-3.5, 1.4, 0.4, 3.2], [0.0, 0.0, 0.0, 0.0]])
     qt = quantize(x, QuantSpec(3, granularity="channel"))
-    assert torch.equal(qt.scale, torch.tensor([[1.0], [1.0]]))  # second row: zero scale guarded to 1
-    assert qt.codes.tolist() == [[3, -1, 0, 2], [0, 0, 0, 0]]
-    assert dequantize(qt).tolist() == [[3.0, -1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]]
+    assert torch.equal(qt.scale, torch.tensor([[1.0], [0.0]]))  # second row: all zero -> scale 0
+    assert qt.codes.tolist() == [[-4, 1, 0, 3], [0, 0, 0, 0]]
+    assert dequantize(qt).tolist() == [[-4.0, 1.0, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def test_exact_codes_symmetric_restricted_grid_by_hand():
+    # 3-bit symmetric per channel, restricted absmax grid: s = absmax / 3, code -4 never produced
+    x = torch.tensor([[3.0, -1.4, 0.4, 1.6], [-3.0, 0.0, 0.0, 0.0]])
+    qt = quantize(x, QuantSpec(3, granularity="channel", grid="restricted"))
+    assert torch.equal(qt.scale, torch.tensor([[1.0], [1.0]]))
+    assert qt.codes.tolist() == [[3, -1, 0, 2], [-3, 0, 0, 0]]
+
+
+def test_two_bit_grids_have_four_and_three_levels():
+    x = torch.linspace(-1, 1, 101).reshape(1, -1)
+    full = quantize(x, QuantSpec(2, granularity="channel")).codes.unique().tolist()
+    restricted = quantize(x, QuantSpec(2, granularity="channel", grid="restricted")).codes.unique().tolist()
+    assert full == [-2, -1, 0, 1] and restricted == [-1, 0, 1]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("gran,G", [("channel", None), ("group", 4), ("tensor", None), ("token", None)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_all_zero_rows_come_back_as_zero(bits, gran, G, symmetric):
+    x = torch.zeros(3, 8)
+    x[0, :4] = torch.tensor([0.5, -1.0, 2.0, 0.25])  # a non-zero row beside the all-zero ones
+    if bits == 1 and symmetric and gran == "tensor":
+        pytest.skip("a sign quantizer has no zero level: zeros sharing a scale with others become ±s/2")
+    spec = QuantSpec(bits, symmetric=symmetric, granularity=gran, group_size=G)
+    out = fake_quantize(x, spec)
+    assert torch.equal(out[1:], torch.zeros(2, 8))
+    assert torch.equal(dequantize(quantize(x, spec))[1:], torch.zeros(2, 8))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_non_finite_input_is_an_error(bad, symmetric):
+    x = torch.randn(4, 16)
+    x[2, 5] = bad
+    spec = QuantSpec(4, symmetric=symmetric, granularity="group", group_size=8)
+    for fn in (lambda: compute_qparams(x, spec), lambda: quantize(x, spec), lambda: fake_quantize(x, spec)):
+        with pytest.raises(QscaleError, match="NaN or Inf"):
+            fn()
+    scale, zero = compute_qparams(torch.randn(4, 16), spec)
+    with pytest.raises(QscaleError, match="NaN or Inf"):
+        quantize(x, spec, scale=scale, zero=zero)
 
 
 def test_exact_codes_asymmetric_groups_by_hand():

@@ -9,9 +9,10 @@ import typer
 
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.batches import eval_windows
+from qscale.data.tokenizer import model_tokenizer
 from qscale.errors import require
 from qscale.evaluate.loss import evaluate
-from qscale.data.tokenizer import model_tokenizer
+from qscale.export import load_quantized
 from qscale.models import load_model
 from qscale.models.load import model_positions
 from qscale.train.fingerprint import check_parent_tokenizer, parent_checkpoint
@@ -27,8 +28,17 @@ def _checkpoint_seq_len(ckpt: Path) -> int:
     return 128
 
 
+def _is_quantized(ckpt: Path) -> bool:
+    """Whether the folder's config.json declares a quantization_config (a packed folder)."""
+    try:
+        return bool(json.loads((ckpt / "config.json").read_text()).get("quantization_config"))
+    except (OSError, ValueError):
+        return False
+
+
 def eval_command(
-    ckpt: Path = typer.Argument(..., help="Checkpoint folder (qscale or any local Hugging Face causal LM)."),
+    ckpt: Path = typer.Argument(..., help="Checkpoint folder: qscale's, any local Hugging Face causal LM, or a packed "
+                                          "quantized folder (compressed-tensors, GPTQ, qscale layout)."),
     data: Path = typer.Option(None, help="Text data (.txt/.jsonl/.parquet or folder) (default: the stdlib corpus)."),
     tokenizer: Path = typer.Option(None, help="Tokenizer (default: the one in CKPT; an error if it has none)."),
     windows: int = typer.Option(64, help="Number of fixed, evenly spaced validation windows."),
@@ -42,7 +52,7 @@ def eval_command(
     require(batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
     require(seq_len is None or seq_len >= 1, f"--seq-len must be >= 1, got {seq_len}")
     require(ckpt.is_dir(), f"checkpoint folder does not exist: {ckpt}")
-    model = load_model(ckpt)
+    model = load_quantized(ckpt) if _is_quantized(ckpt) else load_model(ckpt)
     tokenizer = model_tokenizer(ckpt, tokenizer)
     seq_len = seq_len or _checkpoint_seq_len(ckpt)
     positions = model_positions(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qscale.errors import require
+from qscale.models.select import check_pattern
 from qscale.quant import QuantSpec
 
 
@@ -20,8 +21,9 @@ class PTQConfig:
     damp:          GPTQ dampening, λ = damp·mean(diag H).
     block_size:    GPTQ lazy-batch block width (columns).
     act_order:     GPTQ: quantize columns by decreasing Hessian diagonal.
-    skip:          modules left in full precision: any whose qualified name or lowercased class name
-                   contains one of these strings ("embed" matches every ``nn.Embedding``).
+    skip:          linear layers left in full precision: patterns of qscale's layer-selection grammar
+                   (``qscale.models.select``: globs or ``re:`` expressions on the qualified name);
+                   embedding tables and heads tied to them are never quantized.
     """
 
     method: str
@@ -31,7 +33,7 @@ class PTQConfig:
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
-    skip: tuple[str, ...] = ("lm_head", "embed")
+    skip: tuple[str, ...] = ("*lm_head",)
 
     def __post_init__(self) -> None:
         from qscale.ptq.registry import PTQ_METHODS
@@ -42,4 +44,5 @@ class PTQConfig:
         require(self.n_calib > 0 and self.calib_seq_len > 0, "n_calib and calib_seq_len must be positive")
         require(self.damp > 0, f"damp must be positive, got {self.damp}")
         require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
-        require(all(isinstance(s, str) and s for s in self.skip), "skip must be a tuple of non-empty strings")
+        for pattern in self.skip:
+            check_pattern(pattern)

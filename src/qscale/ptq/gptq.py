@@ -2,7 +2,9 @@
 
 Minimises ``||XWᵀ - XQᵀ||²`` column by column: quantize column j, spread its error over the
 not-yet-quantized columns with the inverse Hessian (eq. 3, using rows of the upper Cholesky factor
-of ``H⁻¹``), in blocks of ``block_size`` columns with a lazy batch update of later columns.
+of ``H⁻¹``), in blocks of ``block_size`` columns with a lazy batch update of later columns. The result
+is the integer ``QuantizedWeight`` every exporter reads; the symmetric grid is the spec's (by default
+GPTQ's own, ``s = 2·absmax/(2^b − 1)``).
 """
 
 from __future__ import annotations
@@ -13,27 +15,22 @@ import torch
 from torch import Tensor
 
 from qscale.errors import QscaleError, require
-from qscale.quant import QuantSpec, compute_qparams, grid_codes, round_to_grid
+from qscale.quant import QuantizedWeight, QuantSpec, compute_qparams, default_g_idx, grid_codes
 
 
 @dataclass
 class GPTQResult:
-    """Quantized layer: ``weight`` = dequantized ``[out, in]`` (original column order).
+    """The quantized layer (``qweight``, original column order), GPTQ's own objective
+    ``loss = Σ (w − q)² / (2 U_jj²)`` and the relative dampening ``damp`` finally used."""
 
-    ``codes`` ``[out, in]`` (int8 sym / uint8 asym), ``scale``/``zero`` ``[out, n_groups]`` and
-    ``g_idx`` ``[in]`` = the group of each input column, so ``weight[:, i] ==
-    (codes[:, i] - zero[:, g_idx[i]]) * scale[:, g_idx[i]]`` (GPTQ checkpoint convention; with act-order
-    the groups are runs of G columns in the permuted order, hence not contiguous). ``loss`` is
-    GPTQ's own objective ``Σ (w - q)² / (2 U_jj²)``; ``damp`` the relative dampening finally used.
-    """
-
-    weight: Tensor
-    codes: Tensor
-    scale: Tensor
-    zero: Tensor
-    g_idx: Tensor
+    qweight: QuantizedWeight
     loss: float
     damp: float
+
+    @property
+    def weight(self) -> Tensor:
+        """The dequantized ``[out, in]`` weight."""
+        return self.qweight.dequantize()
 
 
 def hessian_inverse_cholesky(H: Tensor, damp: float) -> tuple[Tensor, float]:
@@ -54,31 +51,61 @@ def hessian_inverse_cholesky(H: Tensor, damp: float) -> tuple[Tensor, float]:
     raise QscaleError(f"GPTQ: Hessian is not positive definite even with dampening {damp / 10:g}")
 
 
+def _fixed_params(Wt: Tensor, spec: QuantSpec, row_splits: list[int]) -> tuple[Tensor, Tensor]:
+    """Parameters computed once from the (dead-column-zeroed) weight ``Wt`` ``[in, out]``: ``[out, n_groups]``.
+
+    "tensor": one scale per segment of ``row_splits`` (layers stacked for one Hessian keep their own);
+    "channel": one per row; "group": one per row per G columns in the ORIGINAL column order (the static
+    groups GPTQ uses with act-order, so that groups stay contiguous and ``g_idx`` stays ``i // G``).
+    """
+    W = Wt.t()
+    if spec.granularity == "tensor":
+        scales, zeros = [], []
+        for seg in W.split(row_splits):
+            s, z = compute_qparams(seg, spec)
+            scales.append(s.expand(len(seg), 1))
+            zeros.append(z.expand(len(seg), 1))
+        return torch.cat(scales), torch.cat(zeros)
+    scale, zero = compute_qparams(W, spec)
+    return scale.reshape(W.shape[0], -1), zero.reshape(W.shape[0], -1)
+
+
 @torch.no_grad()
 def gptq_quantize(
-    W: Tensor, H: Tensor, spec: QuantSpec, block_size: int = 128, damp: float = 0.01, act_order: bool = False
+    W: Tensor, H: Tensor, spec: QuantSpec, block_size: int = 128, damp: float = 0.01, act_order: bool = False,
+    row_splits: list[int] | None = None,
 ) -> GPTQResult:
-    """GPTQ-quantize ``W`` ``[out, in]`` given the Hessian ``H = (2/n) XXᵀ`` ``[in, in]`` of its inputs."""
+    """GPTQ-quantize ``W`` ``[out, in]`` given the Hessian ``H = (2/n) XXᵀ`` ``[in, in]`` of its inputs.
+
+    Group parameters are recomputed every G columns from the error-updated weights (GPTQ's default);
+    with ``act_order`` they are the static groups of :func:`_fixed_params`. ``row_splits`` gives the row
+    counts of layers stacked into ``W`` (used by per-tensor scales; default: one layer).
+    """
     require(spec.granularity != "token", "GPTQ quantizes weights: granularity 'token' is for activations")
     require(H.shape == (W.shape[1], W.shape[1]), f"Hessian shape {tuple(H.shape)} does not match weight {tuple(W.shape)}")
+    require(bool(torch.isfinite(W).all()), "GPTQ: the weight holds NaN or Inf")
+    require(bool(torch.isfinite(H).all()), "GPTQ: the Hessian holds NaN or Inf (non-finite calibration activations)")
+    row_splits = row_splits or [W.shape[0]]
+    require(sum(row_splits) == W.shape[0], f"row_splits {row_splits} do not add up to {W.shape[0]} rows")
     Wt = W.detach().to(torch.float32).t().contiguous()  # [in, out]: weight column j is row j (contiguous)
     H = H.detach().to(torch.float32).clone()
     n_in = Wt.shape[0]
-    G = spec.group_size if spec.granularity == "group" else n_in
+    grouped_cols = spec.granularity == "group"
+    G = spec.group_size if grouped_cols else n_in
 
     dead = torch.diagonal(H) == 0  # inputs that are always zero: the weight is irrelevant, set it to 0
     H[dead, dead] = 1
     Wt[dead] = 0
+    fixed = not grouped_cols or act_order
+    if fixed:
+        scale_all, zero_all = _fixed_params(Wt, spec, row_splits)
     perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(n_in, device=Wt.device)
     Wt, H = Wt[perm], H[perm][:, perm]
     U, damp = hessian_inverse_cholesky(H, damp)
     U = U.to(torch.float32)
 
-    per_row = QuantSpec(spec.bits, spec.symmetric, "channel")  # parameters of a [out, k] slice, per row
-    if spec.granularity in ("tensor", "channel"):  # one set of parameters, from the whole matrix
-        scale, zero = compute_qparams(Wt.t(), spec)
-        scale, zero = scale.flatten(), zero.flatten()
-    Qt = torch.zeros_like(Wt)
+    per_row = QuantSpec(spec.bits, spec.symmetric, "channel", grid=spec.grid)  # parameters of a [out, k] slice
+    Ct = torch.zeros_like(Wt)
     scales, zeros = [], []
     loss = torch.zeros((), dtype=torch.float64, device=Wt.device)
     for i1 in range(0, n_in, block_size):
@@ -88,7 +115,10 @@ def gptq_quantize(
         U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
             j = i1 + i
-            if spec.granularity == "group" and j % G == 0:
+            if fixed:
+                g = int(perm[j]) // G if grouped_cols else 0
+                scale, zero = scale_all[:, g], zero_all[:, g]
+            elif j % G == 0:
                 # parameters of the group [j, j+G) from its current (error-updated) weights; columns
                 # past this block still lack the pending lazy update from this block: apply it here
                 group = W1[i : min(j + G, i2) - i1]
@@ -100,28 +130,33 @@ def gptq_quantize(
                 scales.append(scale)
                 zeros.append(zero)
             w = W1[i]
-            q = round_to_grid(w, scale, zero, spec)
-            Qt[j] = q
-            torch.div(w - q, U1[i, i], out=E1[i])
+            c = grid_codes(w, scale, zero, spec)
+            Ct[j] = c
+            torch.div(w - (c - zero) * scale, U1[i, i], out=E1[i])
             W1[i:].addr_(U1[i, i:], E1[i], alpha=-1)  # eq. 3: spread the error over the rest of the block
         Wt[i2:] -= U[i1:i2, i2:].t() @ E1  # lazy batch update of all later columns
         loss += (E1.to(torch.float64) ** 2).sum() / 2
 
-    if spec.granularity == "group":
-        scale, zero = torch.stack(scales, dim=1), torch.stack(zeros, dim=1)
-        group_of = torch.arange(n_in, device=Wt.device) // G  # group of each permuted column
-    else:
-        scale, zero = scale.reshape(-1, 1), zero.reshape(-1, 1)
-        group_of = torch.zeros(n_in, dtype=torch.long, device=Wt.device)
-    inv = torch.argsort(perm)
-    Q, g_idx = Qt[inv].t().contiguous(), group_of[inv]
-    codes = grid_codes(Q, scale[:, g_idx], zero[:, g_idx], spec)
-    return GPTQResult(
-        weight=Q,
+    if not fixed:
+        scale_all, zero_all = torch.stack(scales, dim=1), torch.stack(zeros, dim=1)
+    codes = Ct[torch.argsort(perm)].t().contiguous()
+    qweight = QuantizedWeight(
         codes=codes.to(torch.int8 if spec.symmetric else torch.uint8),
-        scale=scale,
-        zero=zero,
-        g_idx=g_idx.to(torch.int32),
-        loss=float(loss),
-        damp=damp,
+        scale=scale_all.contiguous(),
+        zero=zero_all.contiguous(),
+        g_idx=default_g_idx(n_in, spec, Wt.device),
+        spec=spec,
     )
+    return GPTQResult(qweight=qweight, loss=float(loss), damp=damp)
+
+
+def split_rows(qw: QuantizedWeight, row_splits: list[int]) -> list[QuantizedWeight]:
+    """The quantized weights of layers that were stacked by rows into ``qw``."""
+    out, start = [], 0
+    for n in row_splits:
+        rows = slice(start, start + n)
+        out.append(QuantizedWeight(qw.codes[rows].contiguous(), qw.scale[rows].contiguous(),
+                                   qw.zero[rows].contiguous(), qw.g_idx, qw.spec, qw.layout,
+                                   {k: v[rows].contiguous() for k, v in qw.extras.items()}))
+        start += n
+    return out

@@ -1,4 +1,4 @@
-"""Finding what to quantize in any HF causal LM: its decoder blocks and its weight matrices."""
+"""Finding what to quantize in any HF causal LM (its decoder blocks and linear layers) and swapping them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from qscale.errors import require
+from qscale.models.select import name_matches
+from qscale.quant import QuantizedLinear, QuantizedWeight
 
 LINEAR_TYPES = (nn.Linear, Conv1D)  # GPT-2 uses Conv1D: a linear layer with its weight stored [in, out]
 
@@ -27,39 +29,38 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-def is_skipped(name: str, module: nn.Module, skip: tuple[str, ...]) -> bool:
-    """True if a skip pattern occurs in the module's qualified name or lowercased class name."""
-    cls = type(module).__name__.lower()
-    return any(p in name or p in cls for p in skip)
-
-
 def quantizable(model: nn.Module, skip: tuple[str, ...]) -> dict[str, nn.Module]:
-    """Linear layers and embeddings to quantize, by qualified name, in module order.
+    """Linear layers to quantize, by qualified name, in module order.
 
-    A weight shared by several modules (tied embeddings) is listed once, under a linear layer if one
-    holds it, and not at all if any module holding it is skipped.
+    Embedding tables are never quantized (they are lookups, not matmuls, and no packed format holds them),
+    and neither is a linear layer whose weight is shared with another module (a head tied to the
+    embeddings): replacing it would untie the pair.
     """
-    holders: dict[int, list[tuple[str, nn.Module]]] = {}
-    for name, mod in model.named_modules():
+    holders: dict[int, int] = {}
+    for _, mod in model.named_modules(remove_duplicate=False):
         if isinstance(mod, (*LINEAR_TYPES, nn.Embedding)):
-            holders.setdefault(id(mod.weight), []).append((name, mod))
-    chosen = {}
-    for group in holders.values():
-        if any(is_skipped(n, m, skip) for n, m in group):
-            continue
-        linear = [(n, m) for n, m in group if isinstance(m, LINEAR_TYPES)]
-        name, mod = (linear or group)[0]
-        chosen[name] = mod
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return dict(sorted(chosen.items(), key=lambda kv: order[kv[0]]))
+            holders[id(mod.weight)] = holders.get(id(mod.weight), 0) + 1
+    return {
+        name: mod
+        for name, mod in model.named_modules()
+        if isinstance(mod, LINEAR_TYPES) and not any(name_matches(p, name) for p in skip) and holders[id(mod.weight)] == 1
+    }
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule called ``name``."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def to_quantized_linear(model: nn.Module, name: str, qweight: QuantizedWeight) -> QuantizedLinear:
+    """Replace the linear layer ``name`` by the ``QuantizedLinear`` of ``qweight`` (keeping its bias)."""
+    old = model.get_submodule(name)
+    new = QuantizedLinear(qweight, old.bias, name=name, source=type(old).__name__)
+    replace_module(model, name, new)
+    return new
 
 
 def get_weight(module: nn.Module) -> Tensor:
-    """The weight as ``[out, in]`` (rows of an embedding table count as outputs)."""
+    """The weight as ``[out, in]`` (GPT-2's Conv1D stores it ``[in, out]``)."""
     return module.weight.data.t() if isinstance(module, Conv1D) else module.weight.data
-
-
-@torch.no_grad()
-def set_weight(module: nn.Module, W: Tensor) -> None:
-    """Overwrite the weight in place with ``W`` ``[out, in]``, keeping its dtype."""
-    get_weight(module).copy_(W.to(module.weight.dtype))

@@ -17,7 +17,7 @@ PTQ_METHODS: dict[str, Callable[[nn.Module, PTQConfig, Tensor | None, bool], dic
 
 
 def quantize_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
-    """Quantize ``model``'s weights in place (replaced by their dequantized values) with ``cfg.method``.
+    """Quantize ``model`` in place with ``cfg.method``: each selected linear layer becomes a ``QuantizedLinear``.
 
     ``calib``: token windows ``[n, T]`` from the TRAIN split (needed by "gptq", unused by "rtn").
     Returns per-layer stats keyed by qualified module name.

@@ -1,15 +1,17 @@
-"""Round-to-nearest PTQ: every selected weight replaced by ``fake_quantize(W)`` (SPEC §6)."""
+"""Round-to-nearest PTQ: every selected linear layer becomes the ``QuantizedLinear`` of ``quantize(W)`` (SPEC §6)."""
 
 from __future__ import annotations
 
 import time
 
 import torch
+from rich.progress import track
 from torch import Tensor, nn
 
+from qscale.errors import QscaleError
 from qscale.ptq.config import PTQConfig
-from qscale.ptq.layers import get_weight, quantizable, set_weight
-from qscale.quant import fake_quantize
+from qscale.ptq.layers import get_weight, quantizable, to_quantized_linear
+from qscale.quant import QuantizedWeight, quantize
 
 
 def weight_stats(W: Tensor, Q: Tensor, seconds: float) -> dict:
@@ -21,14 +23,23 @@ def weight_stats(W: Tensor, Q: Tensor, seconds: float) -> dict:
     }
 
 
+def rtn_weight(name: str, W: Tensor, cfg: PTQConfig) -> QuantizedWeight:
+    """``quantize(W, cfg.spec)`` as a ``QuantizedWeight``; non-finite weights are an error naming the layer."""
+    try:
+        return QuantizedWeight.from_qtensor(quantize(W, cfg.spec))
+    except QscaleError as e:
+        raise QscaleError(f"layer {name}: weight: {e}") from None
+
+
 @torch.no_grad()
 def rtn_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None = None, progress: bool = False) -> dict:
-    """Quantize in place every weight not skipped (calibration is not used); per-layer stats."""
+    """Quantize every linear layer not skipped (calibration is not used); per-layer stats."""
     stats = {}
-    for name, mod in quantizable(model, cfg.skip).items():
+    for name, mod in track(list(quantizable(model, cfg.skip).items()), description="RTN layers",
+                           disable=not progress, transient=True):
         t0 = time.perf_counter()
         W = get_weight(mod).float()
-        Q = fake_quantize(W, cfg.spec)
-        set_weight(mod, Q)
-        stats[name] = weight_stats(W, Q, time.perf_counter() - t0)
+        qw = rtn_weight(name, W, cfg)
+        to_quantized_linear(model, name, qw)
+        stats[name] = weight_stats(W, qw.dequantize(), time.perf_counter() - t0)
     return stats

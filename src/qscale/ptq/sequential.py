@@ -7,8 +7,8 @@ then o, then gate/up, then down): each stage's Hessian is collected by re-runnin
 the current inputs up to that stage, so later layers see the already-quantized earlier ones; the
 layers of a stage share that Hessian and are quantized together as one stacked matrix. The block's outputs,
 recomputed with quantized weights, are the next block's inputs. Linear layers outside the blocks
-that are not skipped (e.g. an LM head) are calibrated last on the quantized model; embedding
-tables have one-hot inputs, whose Hessian is diagonal, so GPTQ reduces to RTN for them.
+that are not skipped (e.g. an LM head) are calibrated last on the quantized model. Each quantized layer
+is replaced by its ``QuantizedLinear`` (integer codes kept, packed).
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from torch import Tensor, nn
 
 from qscale.errors import require
 from qscale.ptq.config import PTQConfig
-from qscale.ptq.gptq import gptq_quantize
-from qscale.ptq.layers import LINEAR_TYPES, find_blocks, get_weight, quantizable, set_weight
+from qscale.ptq.gptq import gptq_quantize, split_rows
+from qscale.ptq.layers import find_blocks, get_weight, quantizable, to_quantized_linear
 from qscale.ptq.rtn import weight_stats
-from qscale.quant import fake_quantize
 
 CALIB_BATCH = 16  # calibration windows per forward pass
 
@@ -57,7 +56,7 @@ def _run(block: nn.Module, inp: _BlockInput) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _capture_inputs(model: nn.Module, block: nn.Module, calib: Tensor) -> list[_BlockInput]:
+def _capture_inputs(model: nn.Module, block: nn.Module, calib: Tensor, progress: bool) -> list[_BlockInput]:
     captured = []
 
     def pre_hook(mod, args, kwargs):
@@ -67,7 +66,7 @@ def _capture_inputs(model: nn.Module, block: nn.Module, calib: Tensor) -> list[_
     device = next(model.parameters()).device
     handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
-        for ids in calib.split(CALIB_BATCH):
+        for ids in track(calib.split(CALIB_BATCH), description="calibration", disable=not progress, transient=True):
             try:
                 model(input_ids=ids.to(device), use_cache=False)
             except _Stop:
@@ -128,26 +127,31 @@ def _hessians(layers: dict[str, nn.Module], run_all: Callable[[], None], stop_af
     return {n: sums[n] * (2 / rows[n]) for n in layers}
 
 
-def _gptq_layers(mods: list[tuple[str, nn.Module]], H: Tensor, cfg: PTQConfig) -> dict[str, dict]:
+def _gptq_layers(model: nn.Module, names: list[str], prefix: str, layers: dict[str, nn.Module], H: Tensor,
+                 cfg: PTQConfig) -> dict[str, dict]:
     """GPTQ layers that read the same input (hence share ``H``) as one matrix of stacked rows.
 
-    Rows are independent given ``H`` (per-row scales, per-row error propagation), so this equals
-    quantizing each layer alone, with one column loop instead of several.
+    Rows are independent given ``H`` (per-row scales and error propagation; a per-tensor scale is kept per
+    layer through ``row_splits``), so this equals quantizing each layer alone, with one column loop.
+    Each layer is then replaced by its ``QuantizedLinear`` (also in ``layers``).
     """
     t0 = time.perf_counter()
-    Ws = [get_weight(m).float() for _, m in mods]
-    res = gptq_quantize(torch.cat(Ws), H, cfg.spec, cfg.block_size, cfg.damp, cfg.act_order)
+    Ws = [get_weight(layers[n]).float() for n in names]
+    for n, W in zip(names, Ws):
+        require(bool(torch.isfinite(W).all()), f"layer {prefix + n}: weight holds NaN or Inf")
+    require(bool(torch.isfinite(H).all()),
+            f"layer {prefix + names[0]}: calibration activations hold NaN or Inf (Hessian is not finite)")
+    splits = [W.shape[0] for W in Ws]
+    res = gptq_quantize(torch.cat(Ws), H, cfg.spec, cfg.block_size, cfg.damp, cfg.act_order, row_splits=splits)
     seconds = time.perf_counter() - t0
-    stats, row = {}, 0
-    total_rows = sum(W.shape[0] for W in Ws)
-    for (name, mod), W in zip(mods, Ws):
-        Q = res.weight[row : row + W.shape[0]]
-        row += W.shape[0]
-        set_weight(mod, Q)
+    stats = {}
+    for n, W, qw in zip(names, Ws, split_rows(res.qweight, splits)):
+        layers[n] = to_quantized_linear(model, prefix + n, qw)
+        Q = qw.dequantize()
         D = W - Q
         out_err = (D @ H * D).sum() / (W @ H * W).sum().clamp_min(1e-30)
-        stats[name] = {**weight_stats(W, Q, seconds * W.shape[0] / total_rows), "damp": res.damp,
-                       "output_rel_err": float(out_err)}
+        stats[prefix + n] = {**weight_stats(W, Q, seconds * W.shape[0] / sum(splits)), "damp": res.damp,
+                             "output_rel_err": float(out_err)}
     return stats
 
 
@@ -162,9 +166,9 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
     model.eval()
     targets = quantizable(model, cfg.skip)
     blocks_name, blocks = find_blocks(model)
-    inputs = _capture_inputs(model, blocks[0], calib)
+    inputs = _capture_inputs(model, blocks[0], calib, progress)
     stats = {}
-    for b, block in track(list(enumerate(blocks)), description="GPTQ", disable=not progress):
+    for b, block in track(list(enumerate(blocks)), description="GPTQ blocks", disable=not progress, transient=True):
         prefix = f"{blocks_name}.{b}."
         layers = {n[len(prefix) :]: m for n, m in targets.items() if n.startswith(prefix)}
 
@@ -178,12 +182,10 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
         for stage in _stages(block, inputs[0], layers):
             first = stage[0]  # the stage's layers all read this layer's input
             H = _hessians({first: layers[first]}, run_block, stop_after=first)[first]
-            stage_stats = _gptq_layers([(n, layers[n]) for n in stage], H, cfg)
-            stats.update({prefix + n: st for n, st in stage_stats.items()})
+            stats.update(_gptq_layers(model, stage, prefix, layers, H, cfg))
         inputs = [inp.with_hidden(_run(block, inp)) for inp in inputs]
 
-    outside = {n: m for n, m in targets.items() if not n.startswith(blocks_name + ".")}
-    heads = {n: m for n, m in outside.items() if isinstance(m, LINEAR_TYPES)}
+    heads = {n: m for n, m in targets.items() if not n.startswith(blocks_name + ".")}
     if heads:
         device = next(model.parameters()).device
 
@@ -192,14 +194,7 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
                 model(input_ids=ids.to(device), use_cache=False)
 
         H = _hessians(heads, run_model, stop_after=None)
-        for n, m in heads.items():
-            stats.update(_gptq_layers([(n, m)], H[n], cfg))
-    for n, m in outside.items():
-        if n not in heads:
-            t0 = time.perf_counter()
-            W = get_weight(m).float()
-            Q = fake_quantize(W, cfg.spec)
-            set_weight(m, Q)
-            stats[n] = weight_stats(W, Q, time.perf_counter() - t0)
+        for n in list(heads):
+            stats.update(_gptq_layers(model, [n], "", heads, H[n], cfg))
     model.train(was_training)
     return stats

@@ -3,8 +3,9 @@
 Weights: ternary absmean, ``W̃ = RoundClip(W/(γ + ε), −1, 1) · γ`` with ``γ = mean|W|`` over the whole
 matrix (one scale per layer) and the straight-through estimator (identity gradient, as in the paper's
 training recipe). Activations: absmax per token to 8 bits (``a_bits``; the shared core's symmetric
-per-token quantizer) with the STE. Frozen form: int8 codes in {−1, 0, 1} and the scalar ``γ``
-(2 bits per weight in storage, hence ``w_bits = 2``).
+per-token quantizer on the restricted AbsMax grid, ``s = absmax/127``, as the paper's ``Q_b`` scaling) with
+the STE. Frozen form: the codes {−1, 0, 1} as a 2-bit symmetric per-tensor ``QuantizedWeight`` with scale
+``γ`` — exactly a 2-bit symmetric packed layout (code −2 unused), so it exports as pack-quantized/GPTQ.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from qscale.errors import require
 from qscale.qat.linear import WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import STEActQuantizer, act_spec, straight_through
+from qscale.quant import QTensor, QuantizedWeight, QuantSpec
 
 BITNET_EPS = 1e-5
+TERNARY_SPEC = QuantSpec(2, symmetric=True, granularity="tensor", group_size=None)  # codes {-1, 0, 1} of 4
 
 
 def ternary_codes(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,15 +37,10 @@ class TernaryWeightQuantizer(WeightQuantizer):
         codes, gamma = ternary_codes(w.detach())
         return straight_through(w, (codes * gamma).to(w.dtype))
 
-    def freeze(self, w: Tensor) -> dict[str, Tensor]:
+    def freeze(self, w: Tensor) -> QuantizedWeight:
         codes, gamma = ternary_codes(w)
-        return {"codes": codes.to(torch.int8), "scale": gamma}
-
-    def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
-        return frozen["codes"].to(frozen["scale"].dtype) * frozen["scale"]
-
-    def describe(self) -> dict:
-        return {"format": "ternary", "bits": 2, "levels": [-1, 0, 1], "granularity": "tensor"}
+        qt = QTensor(codes.to(torch.int8), gamma, torch.zeros_like(gamma), TERNARY_SPEC, w.shape)
+        return QuantizedWeight.from_qtensor(qt)
 
 
 @register

@@ -1,17 +1,15 @@
 """Typed configuration of a QAT recipe and of per-layer (mixed-precision) rules.
 
-Layer names are the qualified module names of the model (``model.layers.0.mlp.down_proj``). A pattern is
-an ``fnmatch`` glob (``*.down_proj``) or, with the prefix ``re:``, a regular expression that must match
-the whole name (``re:.*layers\\.[0-3]\\..*``).
+Layer names and patterns follow qscale's one layer-selection grammar (``qscale.models.select``): ``fnmatch``
+globs (``*.down_proj``) or ``re:`` regular expressions matching the whole qualified module name.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from dataclasses import dataclass
 
-from qscale.errors import QscaleError, require
+from qscale.errors import require
+from qscale.models.select import check_pattern, name_matches
 
 UNQUANTIZED = 16  # a bit width of 16 means "keep this operand in full precision"
 
@@ -21,22 +19,6 @@ def _check_bits(bits: int | None, what: str) -> None:
         return
     ok = isinstance(bits, int) and not isinstance(bits, bool) and (1 <= bits <= 8 or bits == UNQUANTIZED)
     require(ok, f"{what} must be an integer in 1..8 or 16 (unquantized), got {bits!r}")
-
-
-def _check_pattern(pattern: str) -> None:
-    require(isinstance(pattern, str) and pattern != "", f"a layer pattern must be a non-empty string, got {pattern!r}")
-    if pattern.startswith("re:"):
-        try:
-            re.compile(pattern[3:])
-        except re.error as e:
-            raise QscaleError(f"invalid regular expression {pattern[3:]!r}: {e}") from None
-
-
-def name_matches(pattern: str, name: str) -> bool:
-    """Whether a qualified module name matches a glob or a ``re:`` regular expression (full match)."""
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
 
 
 @dataclass(frozen=True)
@@ -54,7 +36,7 @@ class LayerRule:
     skip: bool = False
 
     def __post_init__(self) -> None:
-        _check_pattern(self.pattern)
+        check_pattern(self.pattern)
         _check_bits(self.w_bits, f"w_bits of rule {self.pattern!r}")
         _check_bits(self.a_bits, f"a_bits of rule {self.pattern!r}")
         require(isinstance(self.skip, bool), f"skip of rule {self.pattern!r} must be a bool")
@@ -122,7 +104,7 @@ class QATRecipeConfig:
         require(0.0 <= self.salient_fraction < 1.0,
                 f"salient_fraction must be in [0, 1), got {self.salient_fraction}")
         for p in self.exclude:
-            _check_pattern(p)
+            check_pattern(p)
         require(all(isinstance(r, LayerRule) for r in self.rules), "rules must be LayerRule objects")
         require(self.distill is None or isinstance(self.distill, DistillConfig),
                 "distill must be a DistillConfig or None")

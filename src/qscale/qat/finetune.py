@@ -10,15 +10,18 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.progress import track
 from torch import Tensor, nn
 
-from qscale.errors import require
+from qscale.errors import QscaleError, require
 from qscale.qat.config import QATRecipeConfig
 from qscale.qat.distill import distill_loss
 from qscale.qat.prepare import prepare
+from qscale.train.checkpoint import atomic_folder
 
 
 def lm_loss(model: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,11 +48,18 @@ def qat_finetune(
     weight_decay: float = 0.0,
     warmup_steps: int = 0,
     grad_clip: float = 1.0,
+    state_dir: Path | None = None,
+    save_every: int = 50,
+    fingerprint: str = "",
+    progress: bool = False,
 ) -> list[float]:
     """Prepare ``model`` (in place) for ``cfg`` and train it ``steps`` steps on ``batches(step)``.
 
     batches(step) -> LongTensor ``[B, T+1]`` (e.g. ``qscale.data.batches.train_batch``). Returns the
-    training loss of every step (the distillation loss when ``cfg.distill`` is set).
+    training loss of every step (the distillation loss when ``cfg.distill`` is set). With ``state_dir``
+    the weights, quantizer parameters, optimizer state and step are saved atomically every ``save_every``
+    steps and a re-run resumes from them (batches are a function of the step, so the result is the same as
+    an uninterrupted run); ``fingerprint`` (of model, data and config) must match the saved one.
     """
     require(steps >= 1, f"steps must be >= 1, got {steps}")
     require(lr > 0, f"learning rate must be positive, got {lr}")
@@ -61,8 +71,8 @@ def qat_finetune(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-    losses = []
-    for step in range(steps):
+    start, losses = _resume(state_dir, model, opt, fingerprint)
+    for step in track(range(start, steps), description="QAT", total=steps - start, disable=not progress):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup_steps)
         batch = batches(step)
@@ -77,4 +87,30 @@ def qat_finetune(
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         losses.append(loss.item())
+        require(math.isfinite(losses[-1]), f"QAT loss is not finite at step {step + 1}: lower --lr")
+        if state_dir is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
+            _save(state_dir, model, opt, step + 1, losses, fingerprint)
     return losses
+
+
+def _save(state_dir: Path, model: nn.Module, opt, step: int, losses: list[float], fingerprint: str) -> None:
+    def write(tmp: Path) -> None:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "losses": losses,
+                    "fingerprint": fingerprint}, tmp / "state.pt")
+
+    atomic_folder(Path(state_dir), write)
+
+
+def _resume(state_dir: Path | None, model: nn.Module, opt, fingerprint: str) -> tuple[int, list[float]]:
+    """Step and losses of a saved state (loaded into ``model`` and ``opt``), or (0, [])."""
+    if state_dir is None or not (Path(state_dir) / "state.pt").is_file():
+        return 0, []
+    try:
+        state = torch.load(Path(state_dir) / "state.pt", weights_only=False)
+    except Exception as e:
+        raise QscaleError(f"cannot resume from {state_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    require(state.get("fingerprint") == fingerprint,
+            f"{state_dir} holds a QAT run with another model, data or config: remove it or use another --out")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"]), [float(x) for x in state["losses"]]

@@ -7,7 +7,8 @@ Backward (LSQ eq. 3, straight-through for the rounding): ``∂v̂/∂v = 1`` ins
 ``∂v̂/∂s = round(v/s) − v/s`` inside, ``−Q_N`` / ``Q_P`` below / above; the step gradient is multiplied by
 ``g = 1/sqrt(N·Q_P)`` (LSQ's gradient scale) where N is the number of values sharing the step (weights: the group or
 row; activations: the layer's input features, the paper's N_F); LSQ+: ``∂v̂/∂β = 0`` inside, 1 outside.
-Init (LSQ): ``s = 2·mean|v|/sqrt(Q_P)`` — per weight group at ``prepare``, per layer input from the
+Grid: LSQ's own signed range ``[−Q_N, Q_P]`` (all 2^b codes) with a learned step, so the frozen codes are
+symmetric codes of the full PTQ grid's layout. Init (LSQ): ``s = 2·mean|v|/sqrt(Q_P)`` — per weight group at ``prepare``, per layer input from the
 first batch seen; LSQ+ (its min/max initialization): ``s = (max − min)/(Q_P + Q_N)``, ``β = min + Q_N·s``.
 """
 
@@ -22,7 +23,7 @@ from qscale.errors import require
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
-from qscale.quant import QTensor, QuantSpec, dequantize, grid_codes, grouped, round_to_grid, ungrouped
+from qscale.quant import QTensor, QuantizedWeight, QuantSpec, grid_codes, grouped, round_to_grid, ungrouped
 
 
 class _LSQ(torch.autograd.Function):
@@ -101,20 +102,11 @@ class LSQWeightQuantizer(WeightQuantizer):
     def forward(self, w: Tensor) -> Tensor:
         return lsq_fake_quantize(w, self.spec, self.step, self.grad_scale)
 
-    def freeze(self, w: Tensor) -> dict[str, Tensor]:
+    def freeze(self, w: Tensor) -> QuantizedWeight:
         step = self.step.detach()
         zero = torch.zeros_like(step)
         codes = ungrouped(grid_codes(grouped(w, self.spec), step, zero, self.spec), self.spec, w.shape)
-        return {"codes": codes.to(torch.int8), "scale": step, "zero": zero}
-
-    def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
-        codes = frozen["codes"]
-        return dequantize(QTensor(codes=codes, scale=frozen["scale"], zero=frozen["zero"], spec=self.spec,
-                                  shape=codes.shape))
-
-    def describe(self) -> dict:
-        return {"format": "uniform", "bits": self.spec.bits, "symmetric": True,
-                "granularity": self.spec.granularity, "group_size": self.spec.group_size}
+        return QuantizedWeight.from_qtensor(QTensor(codes.to(torch.int8), step, zero, self.spec, w.shape))
 
 
 class LSQActQuantizer(ActQuantizer):
@@ -128,6 +120,7 @@ class LSQActQuantizer(ActQuantizer):
         self.offset = nn.Parameter(torch.zeros(1, 1)) if offset else None
         self.register_buffer("initialized", torch.tensor(False))
         self._needs_init = True  # Python mirror of ``initialized`` (no tensor branch in compiled code)
+        self.in_features = in_features
         self.grad_scale = 1.0 / math.sqrt(in_features * self.spec.qmax)
 
     @torch.no_grad()
@@ -156,8 +149,7 @@ class LSQActQuantizer(ActQuantizer):
         return lsq_fake_quantize(x, self.spec, step, self.grad_scale, offset)
 
     def describe(self) -> dict:
-        return {"format": "lsq+" if self.offset is not None else "lsq", "bits": self.spec.bits,
-                "granularity": "tensor", "learned": ["step", "offset"] if self.offset is not None else ["step"]}
+        return {"kind": "lsq", "bits": self.spec.bits, "in_features": self.in_features, "offset": self.offset is not None}
 
 
 @register
@@ -170,7 +162,7 @@ class LSQRecipe(Recipe):
             require(b >= 2, f"lsq needs 2..8 or 16 bits, got {b}")
 
     def weight_quantizer(self, weight, bits, cfg):
-        return LSQWeightQuantizer(weight, weight_spec(bits, cfg.group_size))
+        return LSQWeightQuantizer(weight, weight_spec(bits, cfg.group_size, grid="full"))
 
     def act_quantizer(self, in_features, bits, cfg):
         return LSQActQuantizer(in_features, bits, cfg.lsq_plus)

@@ -1,14 +1,15 @@
 """``pbllm``: partially binarized weights (PB-LLM, Shang et al. 2023, arXiv 2310.00034; SPEC §6).
 
 At ``prepare`` a fraction ``r`` of each layer's weights, the largest by magnitude (exactly
-``round(r · numel)`` entries), is marked salient: those are kept at 8 bits (symmetric absmax per output
-row, the shared core) and frozen — their values come from a buffer taken at ``prepare``, so neither the
+``round(r · numel)`` entries), is marked salient: those are kept at 8 bits (symmetric per output row on the
+restricted AbsMax grid ``s = absmax/127``, the shared core) and frozen — their values come from a buffer taken at ``prepare``, so neither the
 gradient nor weight decay can move them (the paper's gradient mask). The rest is binarized,
 ``α · sign(w)`` with the per-row optimal scale ``α = mean|w|`` over the row's non-salient weights
 (the L2-optimal scale of a sign quantizer, as in PB-LLM and XNOR-Net), trained with the straight-through estimator.
 Activations are left unquantized by default (``a_bits`` 16; otherwise absmax per token with the STE).
-Frozen form: int8 codes (8-bit codes where salient, ±1 elsewhere), the salient mask, the per-row 8-bit
-scale and the per-row ``α``.
+Frozen form: a "partial-binary" ``QuantizedWeight``: int8 codes (8-bit codes where salient, ±1
+elsewhere), the per-row 8-bit scale, and extras ``mask`` (salient) and per-row ``alpha``; no standard packed
+format holds it, so it exports in qscale's own layout.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from qscale.errors import require
 from qscale.qat.linear import WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import STEActQuantizer, act_spec, straight_through
-from qscale.quant import QTensor, QuantSpec, dequantize, quantize
+from qscale.quant import QTensor, QuantizedWeight, QuantSpec, quantize
 
-SALIENT_SPEC = QuantSpec(8, symmetric=True, granularity="channel", group_size=None)
+SALIENT_SPEC = QuantSpec(8, symmetric=True, granularity="channel", group_size=None, grid="restricted")
 
 
 def salient_mask(w: Tensor, fraction: float) -> Tensor:
@@ -51,28 +52,19 @@ class PartialBinaryWeightQuantizer(WeightQuantizer):
         self.register_buffer("mask", mask)
         self.register_buffer("salient", torch.where(mask, weight.detach(), 0.0))
 
-    def _codes(self, w: Tensor) -> dict[str, Tensor]:
+    def freeze(self, w: Tensor) -> QuantizedWeight:
+        """Layout "partial-binary": 8-bit codes with a per-row scale where salient, ±1 times ``alpha`` elsewhere."""
         sal = quantize(self.salient, SALIENT_SPEC)
         sign, alpha = _binary_part(w, self.mask)
         codes = torch.where(self.mask, sal.codes.float(), sign).to(torch.int8)
-        return {"codes": codes, "mask": self.mask, "scale": sal.scale, "alpha": alpha}
-
-    def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
-        codes, mask = frozen["codes"], frozen["mask"]
-        sal = dequantize(QTensor(codes=codes, scale=frozen["scale"], zero=torch.zeros_like(frozen["scale"]),
-                                 spec=SALIENT_SPEC, shape=codes.shape))
-        return torch.where(mask, sal, codes.float() * frozen["alpha"])
+        qt = QTensor(codes, sal.scale, torch.zeros_like(sal.scale), SALIENT_SPEC, w.shape)
+        qw = QuantizedWeight.from_qtensor(qt)
+        return QuantizedWeight(qw.codes, qw.scale, qw.zero, qw.g_idx, SALIENT_SPEC, "partial-binary",
+                               {"mask": self.mask.clone(), "alpha": alpha})
 
     def forward(self, w: Tensor) -> Tensor:
-        w_hat = self.dequantize(self._codes(w.detach())).to(w.dtype)
+        w_hat = self.freeze(w.detach()).dequantize().to(w.dtype)
         return straight_through(w, w_hat, ~self.mask)
-
-    def freeze(self, w: Tensor) -> dict[str, Tensor]:
-        return self._codes(w)
-
-    def describe(self) -> dict:
-        return {"format": "partial-binary", "salient_bits": 8, "salient_granularity": "channel",
-                "binary_granularity": "channel"}
 
 
 @register

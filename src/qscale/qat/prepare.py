@@ -1,4 +1,4 @@
-"""``prepare``: swap selected linear layers for ``QuantLinear``; ``convert``: freeze them to integer codes.
+"""``prepare``: swap selected linear layers for ``QuantLinear``; ``convert``: turn them into ``QuantizedLinear``.
 
 Selection and per-layer bit widths come from ``QATRecipeConfig`` name patterns (mixed precision). The
 output head (``get_output_embeddings()``) and layers matching ``cfg.exclude`` (by default ``*lm_head``
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from qscale.errors import require
+from qscale.ptq.layers import replace_module
 from qscale.qat.config import UNQUANTIZED, QATRecipeConfig, name_matches
-from qscale.qat.hadamard import hadamard_group_size
+from qscale.quant.hadamard import hadamard_group_size
 from qscale.qat.linear import QuantLinear
 from qscale.qat.registry import get_recipe
 
@@ -64,11 +66,6 @@ def plan_layers(model: nn.Module, cfg: QATRecipeConfig) -> dict[str, LayerPlan]:
     return plans
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def prepare(model: nn.Module, cfg: QATRecipeConfig) -> nn.Module:
     """Replace the planned linear layers of ``model`` (in place) by ``QuantLinear``; returns ``model``.
 
@@ -81,6 +78,7 @@ def prepare(model: nn.Module, cfg: QATRecipeConfig) -> nn.Module:
     require(plans, f"no linear layer selected for QAT by {cfg.label} (check exclude and rules)")
     for name, plan in plans.items():
         mod = model.get_submodule(name)
+        require(bool(torch.isfinite(mod.weight).all()), f"layer {name}: weight holds NaN or Inf")
         weight = mod.weight
         if isinstance(mod, Conv1D):
             weight = nn.Parameter(weight.detach().t().contiguous(), requires_grad=weight.requires_grad)
@@ -91,7 +89,7 @@ def prepare(model: nn.Module, cfg: QATRecipeConfig) -> nn.Module:
         for q in (wq, aq):
             if q is not None:
                 q.to(device=weight.device)
-        _set_submodule(model, name, QuantLinear(weight, mod.bias, wq, aq, hadamard))
+        replace_module(model, name, QuantLinear(weight, mod.bias, wq, aq, hadamard, name=name, source=type(mod).__name__))
     return model
 
 
@@ -101,9 +99,12 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLinear]:
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Freeze every ``QuantLinear`` into integer codes + parameters stored as buffers (in place)."""
+    """Replace every ``QuantLinear`` by its ``QuantizedLinear`` (packed codes + scales, same outputs), in place.
+
+    This is the representation PTQ produces; exporters and ``load_quantized`` read it.
+    """
     layers = quant_layers(model)
     require(layers, "model has no QuantLinear layers: call prepare() first")
-    for layer in layers.values():
-        layer.convert()
+    for name, layer in layers.items():
+        replace_module(model, name, layer.to_quantized(name))
     return model

@@ -9,7 +9,9 @@ asymmetric grid ``q ∈ [0, 2^b − 1]`` with scale ``step`` and the half-intege
 
 Backward, the trust estimator: with ``T = step/2`` and ``M = 1[|x̂_h − x_h| <= T]``,
 ``∂L/∂x = Hᵀ(M ⊙ ∂L/∂x̂_h)`` — gradients of values clipped further than half a step outside the grid are
-dropped; ``Hᵀ`` is applied by autograd through the rotation. Scales are not trained.
+dropped; ``Hᵀ`` is applied by autograd through the rotation. Scales are not trained. Frozen form: an
+asymmetric per-row ``QuantizedWeight`` of the rotated weight with the half-integer zero ``(2^b − 1)/2`` and
+the layer's Hadamard group: neither fits compressed-tensors or GPTQ, so it exports in qscale's own layout.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from qscale.errors import require
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import straight_through
-from qscale.quant import QTensor, QuantSpec, dequantize, grid_codes, round_to_grid
+from qscale.quant import QTensor, QuantizedWeight, QuantSpec, grid_codes, round_to_grid
 
 # MSE-optimal clipping scale α*(b) of a b-bit uniform quantizer for N(0, 1) (QuEST, SPEC §4).
 QUEST_ALPHA: dict[int, float] = {
@@ -64,20 +66,11 @@ class QuestWeightQuantizer(WeightQuantizer):
     def forward(self, w: Tensor) -> Tensor:
         return quest_fake_quantize(w, self.bits)
 
-    def freeze(self, w: Tensor) -> dict[str, Tensor]:
+    def freeze(self, w: Tensor) -> QuantizedWeight:
         step, zero = quest_qparams(w, self.bits)
         codes = grid_codes(w.float(), step, zero, quest_spec(self.bits)).to(torch.uint8)
-        return {"codes": codes, "scale": step, "zero": zero}
-
-    def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
-        codes = frozen["codes"]
-        spec = quest_spec(self.bits)
-        qt = QTensor(codes=codes, scale=frozen["scale"], zero=frozen["zero"], spec=spec, shape=codes.shape)
-        return dequantize(qt)
-
-    def describe(self) -> dict:
-        return {"format": "quest", "bits": self.bits, "granularity": "channel", "rotated": "hadamard",
-                "zero": "half-integer (2^b-1)/2"}
+        spec = QuantSpec(self.bits, symmetric=False, granularity="channel", group_size=None)
+        return QuantizedWeight.from_qtensor(QTensor(codes, step, zero, spec, w.shape))
 
 
 class QuestActQuantizer(ActQuantizer):
@@ -91,7 +84,7 @@ class QuestActQuantizer(ActQuantizer):
         return quest_fake_quantize(x, self.bits)
 
     def describe(self) -> dict:
-        return {"format": "quest", "bits": self.bits, "granularity": "token", "rotated": "hadamard"}
+        return {"kind": "quest", "bits": self.bits}
 
 
 @register

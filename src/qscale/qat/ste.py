@@ -8,7 +8,9 @@ from the data (absmax / min-max, as in Chen et al. 2025's QAT-law runs, SPEC §2
 so the gradient is the identity and no mask is stored.
 
 Weights: one scale per output row per G input columns (or per row); activations: one scale per token
-(or per token per G features). Any WxAy with 1..8 bits; 16 = that operand is not quantized.
+(or per token per G features). Any WxAy with 1..8 bits; 16 = that operand is not quantized. Grid: the
+restricted AbsMax grid ``s = absmax/(2^(b−1) − 1)`` (Chen et al. 2025's AbsMax quantizers), not the
+full PTQ grid; the frozen codes still fit every symmetric packed layout.
 """
 
 from __future__ import annotations
@@ -16,16 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qscale.quant import (
-    QTensor,
-    QuantSpec,
-    dequantize,
-    fake_quantize,
-    grouped,
-    quantize,
-    round_to_grid,
-    ungrouped,
-)
+from qscale.quant import QuantizedWeight, QuantSpec, fake_quantize, grouped, quantize, round_to_grid, ungrouped
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 
@@ -67,18 +60,19 @@ def ste_fake_quantize(x: Tensor, spec: QuantSpec, scale: Tensor | None = None, z
     return straight_through(x, x_hat, ungrouped(inside, spec, x.shape))
 
 
-def weight_spec(bits: int, group_size: int | None) -> QuantSpec:
-    """Symmetric absmax weight quantizer per group of G input columns, or per output row."""
+def weight_spec(bits: int, group_size: int | None, grid: str = "restricted") -> QuantSpec:
+    """Symmetric weight quantizer per group of G input columns, or per output row (restricted AbsMax grid
+    by default, as Chen et al. 2025)."""
     if group_size is None:
-        return QuantSpec(bits, symmetric=True, granularity="channel", group_size=None)
-    return QuantSpec(bits, symmetric=True, granularity="group", group_size=group_size)
+        return QuantSpec(bits, symmetric=True, granularity="channel", group_size=None, grid=grid)
+    return QuantSpec(bits, symmetric=True, granularity="group", group_size=group_size, grid=grid)
 
 
 def act_spec(bits: int, group_size: int | None) -> QuantSpec:
-    """Symmetric absmax activation quantizer per token, or per token per G features."""
+    """Symmetric AbsMax activation quantizer (restricted grid) per token, or per token per G features."""
     if group_size is None:
-        return QuantSpec(bits, symmetric=True, granularity="token", group_size=None)
-    return QuantSpec(bits, symmetric=True, granularity="group", group_size=group_size)
+        return QuantSpec(bits, symmetric=True, granularity="token", group_size=None, grid="restricted")
+    return QuantSpec(bits, symmetric=True, granularity="group", group_size=group_size, grid="restricted")
 
 
 class STEWeightQuantizer(WeightQuantizer):
@@ -91,18 +85,8 @@ class STEWeightQuantizer(WeightQuantizer):
     def forward(self, w: Tensor) -> Tensor:
         return ste_fake_quantize(w, self.spec)
 
-    def freeze(self, w: Tensor) -> dict[str, Tensor]:
-        qt = quantize(w, self.spec)
-        return {"codes": qt.codes, "scale": qt.scale, "zero": qt.zero}
-
-    def dequantize(self, frozen: dict[str, Tensor]) -> Tensor:
-        codes = frozen["codes"]
-        qt = QTensor(codes=codes, scale=frozen["scale"], zero=frozen["zero"], spec=self.spec, shape=codes.shape)
-        return dequantize(qt)
-
-    def describe(self) -> dict:
-        return {"format": "uniform", "bits": self.spec.bits, "symmetric": self.spec.symmetric,
-                "granularity": self.spec.granularity, "group_size": self.spec.group_size}
+    def freeze(self, w: Tensor) -> QuantizedWeight:
+        return QuantizedWeight.from_qtensor(quantize(w, self.spec))
 
 
 class STEActQuantizer(ActQuantizer):
@@ -116,8 +100,8 @@ class STEActQuantizer(ActQuantizer):
         return ste_fake_quantize(x, self.spec)
 
     def describe(self) -> dict:
-        return {"format": "uniform", "bits": self.spec.bits, "symmetric": self.spec.symmetric,
-                "granularity": self.spec.granularity, "group_size": self.spec.group_size}
+        return {"kind": "absmax", "bits": self.spec.bits, "granularity": self.spec.granularity,
+                "group_size": self.spec.group_size, "grid": self.spec.grid}
 
 
 @register

@@ -3,15 +3,19 @@
 ``q = clamp(round(x/s + z), qmin, qmax)`` and ``x̂ = (q - z)·s``; for an integer ``z`` this is the
 SPEC's ``clamp(round(x/s) + z, ...)``. Conventions (round-to-nearest, ties to even):
 
-- symmetric, ``b >= 2``: ``s = absmax / (2^(b-1) - 1)``, ``z = 0``; the code ``-2^(b-1)`` is in range
-  but never produced from the data's own scale (so 2 bits is ternary {-s, 0, s}).
+- symmetric, ``b >= 2``, grid "full" (default; GPTQ/compressed-tensors): ``s = 2·absmax / (2^b - 1)``,
+  ``z = 0``, every code in ``[-2^(b-1), 2^(b-1) - 1]`` is used (``+absmax`` clamps to the top code, an
+  error of at most s/2).
+- symmetric, ``b >= 2``, grid "restricted": ``s = absmax / (2^(b-1) - 1)``; the code ``-2^(b-1)`` is in
+  range but never produced from the data's own scale (so 2 bits is ternary {-s, 0, s}).
 - symmetric, ``b = 1``: ``s = absmax``, ``z = -1/2``, codes {-1, 0}, ``x̂ ∈ {-s/2, +s/2}``: a sign
   quantizer whose two levels are the midpoints of [-absmax, 0] and [0, absmax].
 - asymmetric: the range is widened to contain 0 (``lo = min(x.min, 0)``, ``hi = max(x.max, 0)``),
   ``s = (hi - lo) / (2^b - 1)``, ``z = round(-lo / s)`` — an integer in [0, 2^b - 1], so 0 is exact.
 
-In both cases ``|x - x̂| <= s/2`` for every x the parameters were computed from. A zero scale
-(an all-zero row or group) is replaced by 1, so such values quantize to ``q = z`` and back to 0.
+In every case ``|x - x̂| <= s/2`` for every x the parameters were computed from. An all-zero row or
+group gets the scale 0 (every code dequantizes to exactly 0); code computation divides by 1 in its
+place. Non-finite input (NaN/Inf) is an error, never a code: a NaN would otherwise become code 0.
 
 Layouts: the parameters have the shape of a "grouped view" of ``x`` reduced over its last dimension
 (keepdim): tensor -> ``[1, 1]``; channel -> ``[out, 1]`` (``x`` flattened to ``[out, -1]``); token ->
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qscale.errors import require
+from qscale.errors import QscaleError, require
 from qscale.quant.spec import QuantSpec
 
 
@@ -41,6 +45,11 @@ class QTensor:
     zero: Tensor
     spec: QuantSpec
     shape: torch.Size
+
+
+def _require_finite(t: Tensor, what: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise QscaleError(f"cannot quantize {what} holding NaN or Inf")
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -74,19 +83,33 @@ def ungrouped(xg: Tensor, spec: QuantSpec, shape: torch.Size) -> Tensor:
 
 
 def _params(xg: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
-    """Scale and zero of each row of a grouped view (reduced over the last dimension, keepdim)."""
+    """Scale and zero of each row of a grouped view (reduced over the last dimension, keepdim).
+
+    NaN/Inf anywhere in a row makes its scale non-finite (``amax``/``amin`` propagate both), so checking
+    the small scale tensor catches non-finite input without a second pass over ``xg``.
+    """
     if spec.symmetric:
         absmax = xg.abs().amax(dim=-1, keepdim=True)
-        scale = absmax if spec.bits == 1 else absmax / spec.qmax
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        if spec.bits == 1:
+            scale = absmax
+        elif spec.grid == "full":
+            scale = absmax * (2.0 / (2**spec.bits - 1))
+        else:
+            scale = absmax / spec.qmax
+        _require_finite(scale, "values")
         zero = torch.full_like(scale, -0.5 if spec.bits == 1 else 0.0)
         return scale, zero
     lo = xg.amin(dim=-1, keepdim=True).clamp(max=0)
     hi = xg.amax(dim=-1, keepdim=True).clamp(min=0)
     scale = (hi - lo) / spec.qmax
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero = torch.round(-lo / scale).clamp(spec.qmin, spec.qmax)
+    _require_finite(scale, "values")
+    zero = torch.round(-lo / _safe(scale)).clamp(spec.qmin, spec.qmax)
     return scale, zero
+
+
+def _safe(scale: Tensor) -> Tensor:
+    """The scale with zeros replaced by 1, for division (an all-zero group's codes are then ``z``)."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def compute_qparams(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
@@ -96,7 +119,7 @@ def compute_qparams(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
 
 def grid_codes(x: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> Tensor:
     """``clamp(round(x/s + z), qmin, qmax)`` elementwise with broadcasting, as floats."""
-    return torch.clamp(torch.round(x / scale + zero), spec.qmin, spec.qmax)
+    return torch.clamp(torch.round(x / _safe(scale) + zero), spec.qmin, spec.qmax)
 
 
 def round_to_grid(x: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> Tensor:
@@ -119,6 +142,9 @@ def quantize(x: Tensor, spec: QuantSpec, scale: Tensor | None = None, zero: Tens
     """Integer codes of ``x``; parameters from ``compute_qparams`` unless given (grouped-view shapes)."""
     dtype = _work_dtype(x)
     xg = grouped(x.to(dtype), spec)
+    if scale is not None:
+        _require_finite(x, "values")
+        _require_finite(scale, "a scale")
     if scale is None:
         require(zero is None, "a zero point was given without a scale")
         scale, zero = _params(xg, spec)

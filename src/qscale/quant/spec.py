@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from qscale.errors import require
 
 GRANULARITIES = ("tensor", "channel", "group", "token")
+GRIDS = ("full", "restricted")
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,11 @@ class QuantSpec:
     bits:        1..8.
     symmetric:   True: ``z = 0`` and ``q ∈ [-2^(b-1), 2^(b-1) - 1]`` (for ``b = 1``: ``q ∈ {-1, 0}``
                  with ``z = -1/2``, i.e. ``x̂ = ±s/2``, a sign quantizer). False: ``q ∈ [0, 2^b - 1]``.
+    grid:        symmetric scale for ``b >= 2`` (SPEC §6). "full" (default): the ecosystem's grid of
+                 GPTQ/AutoGPTQ ``sym=True`` and compressed-tensors ``symmetric: true``,
+                 ``s = 2·absmax/(2^b - 1)``, all 2^b codes used (2 bits = 4 levels). "restricted": the
+                 "absmax" grid ``s = absmax/(2^(b-1) - 1)`` that never produces ``-2^(b-1)`` (2 bits =
+                 ternary), kept for the QAT recipes whose papers use it (Chen et al. 2025's AbsMax).
     granularity: "tensor" (one scale), "channel" (one per output row of a ``[out, in]`` weight),
                  "group" (one per row per ``group_size`` consecutive input columns), "token"
                  (activations ``[..., features]``: one per row over the last dimension).
@@ -27,6 +33,7 @@ class QuantSpec:
     symmetric: bool = True
     granularity: str = "group"
     group_size: int | None = 128
+    grid: str = "full"
 
     def __post_init__(self) -> None:
         require(
@@ -38,6 +45,7 @@ class QuantSpec:
             self.granularity in GRANULARITIES,
             f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}",
         )
+        require(self.grid in GRIDS, f"grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
         if self.granularity == "group":
             require(
                 isinstance(self.group_size, int) and not isinstance(self.group_size, bool) and self.group_size > 0,
@@ -58,4 +66,5 @@ class QuantSpec:
     def label(self) -> str:
         """Short name, e.g. ``w4g128-sym``."""
         gran = f"g{self.group_size}" if self.granularity == "group" else self.granularity
-        return f"w{self.bits}{gran}-{'sym' if self.symmetric else 'asym'}"
+        grid = "-r" if self.symmetric and self.grid == "restricted" else ""
+        return f"w{self.bits}{gran}-{'sym' if self.symmetric else 'asym'}{grid}"

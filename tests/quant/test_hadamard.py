@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qscale.errors import QscaleError
-from qscale.qat.hadamard import hadamard_group_size, hadamard_matrix, hadamard_transform
+from qscale.quant.hadamard import hadamard_group_size, hadamard_matrix, hadamard_transform
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 128])

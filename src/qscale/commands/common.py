@@ -1,0 +1,136 @@
+"""What ``qscale quantize`` and ``qscale qat`` share: a user's model folder, its tokenizer, held-out loss, results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from qscale.data import DataConfig, TokenStreams, load_token_streams
+from qscale.data.batches import eval_windows
+from qscale.errors import QscaleError, require
+from qscale.evaluate.loss import EvalResult, evaluate
+from qscale.export import ExportResult, export_model, load_quantized
+from qscale.models.params import ParamCount
+from qscale.provenance import atomic_write_json, versions
+from qscale.study.noise import paired_se
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FORMAT_CHOICES = ("compressed-tensors", "gptq", "qscale", "all")
+
+
+def check_out(out: Path) -> None:
+    """``--out`` may be new, empty, or a previous qscale output (replaced); never an unrelated folder."""
+    if out.exists():
+        require(out.is_dir(), f"--out {out} exists and is not a folder")
+        ours = any((out / f).is_file() for f in ("qscale-quantize.json", "qscale-qat.json", "qscale-export.json"))
+        require(ours or not any(out.iterdir()),
+                f"--out {out} exists and is not a qscale output: choose another folder or remove it")
+
+
+def model_tokenizer(model_dir: Path, tokenizer: Path | None) -> Path:
+    """The tokenizer to use: ``--tokenizer`` if given, else the model folder's own (an error if it has none)."""
+    if tokenizer is not None:
+        return tokenizer
+    if (model_dir / "tokenizer.json").is_file() or (model_dir / "vocab.json").is_file():
+        return model_dir
+    raise QscaleError(f"{model_dir} has no tokenizer (tokenizer.json or vocab.json + merges.txt): pass --tokenizer")
+
+
+def token_streams(data: Path | None, tokenizer: Path, progress: bool) -> TokenStreams:
+    return load_token_streams(DataConfig(data=data, tokenizer=tokenizer), progress=progress)
+
+
+def check_vocab(model: nn.Module, streams: TokenStreams, model_dir: Path) -> None:
+    n_emb = model.get_input_embeddings().num_embeddings
+    require(streams.vocab_size <= n_emb,
+            f"the tokenizer has {streams.vocab_size} tokens but model {model_dir} only {n_emb} embeddings: "
+            "pass the model's own tokenizer with --tokenizer")
+
+
+def positions(model: nn.Module) -> int | None:
+    cfg = model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def held_out(model: nn.Module, streams: TokenStreams, windows: int, seq_len: int) -> torch.Tensor:
+    """``windows`` fixed evaluation windows of ``seq_len`` tokens from the validation split."""
+    require(windows >= 2, f"--eval-windows must be >= 2 (the paired standard error needs two), got {windows}")
+    limit = positions(model)
+    require(limit is None or seq_len <= limit, f"--seq-len {seq_len} exceeds the model's {limit} positions")
+    require(len(streams.val) >= windows * (seq_len + 1),
+            f"the validation split holds {len(streams.val):,} tokens, fewer than {windows} disjoint windows of "
+            f"{seq_len + 1}: lower --eval-windows or --seq-len, or give more --eval-data")
+    return eval_windows(streams.val, windows, seq_len)
+
+
+def export_dtype(name: str, model_dir: Path) -> torch.dtype:
+    """``--dtype``: "auto" = the source checkpoint's ``torch_dtype`` (float32 if it does not say)."""
+    if name == "auto":
+        try:
+            cfg = json.loads((model_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            cfg = {}
+        name = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+        name = name if name in DTYPES else "float32"
+    require(name in DTYPES, f"--dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def formats(fmt: str) -> list[str]:
+    require(fmt in FORMAT_CHOICES, f"--format must be one of {', '.join(FORMAT_CHOICES)}, got {fmt!r}")
+    return ["compressed-tensors", "gptq"] if fmt == "all" else [fmt]
+
+
+@dataclass
+class FormatResult:
+    """One written folder, its size and its held-out loss against the full-precision model."""
+
+    export: ExportResult
+    loss: float
+    qid: float
+    qid_se: float
+
+
+def export_and_evaluate(model: nn.Module, out: Path, fmts: list[str], source: Path, dtype: torch.dtype,
+                        windows: torch.Tensor, fp: EvalResult, progress: bool) -> list[FormatResult]:
+    """Export to each format (``out`` itself, or ``out/<format>`` for several) and evaluate the folder as
+    written, loaded back with ``load_quantized``: the loss reported is that of the files shipped."""
+    results = []
+    for fmt in fmts:
+        path = out if len(fmts) == 1 else out / fmt
+        exp = export_model(model, path, fmt, source=source, dtype=dtype)
+        loaded = load_quantized(path)
+        q = evaluate(loaded, windows, progress=progress)
+        require(np.isfinite(q.loss), f"the {fmt} model's loss is not finite ({q.loss}): it cannot be right")
+        results.append(FormatResult(exp, q.loss, q.loss - fp.loss, paired_se(fp.per_window, q.per_window)))
+    return results
+
+
+def report(title: str, counts: ParamCount, fp: EvalResult, results: list[FormatResult], source_bytes: int) -> None:
+    """A table: format, folder, size (and bits per quantized weight incl. scales), loss, QiD ± paired SE."""
+    console = Console()
+    console.width = max(console.width, 132)
+    table = Table(title=title)
+    table.add_column("format", no_wrap=True, min_width=18)
+    table.add_column("folder", overflow="fold")
+    for col in ("size", "loss fp", "loss q", "QiD ± SE"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_row("fp (source)", "", f"{source_bytes / 1e6:,.2f} MB", f"{fp.loss:.4f}", "", "")
+    for r in results:
+        table.add_row(r.export.format, str(r.export.path), f"{r.export.nbytes / 1e6:,.2f} MB", f"{fp.loss:.4f}",
+                      f"{r.loss:.4f}", f"{r.qid:+.4f} ± {r.qid_se:.4f}")
+    console.print(table)
+    console.print(f"N (non-embedding) = {counts.non_embedding:,}, total = {counts.total:,}; losses in nats/token on "
+                  f"{len(fp.per_window)} held-out windows; QiD = loss q − loss fp (paired standard error)")
+
+
+def write_record(path: Path, record: dict) -> None:
+    """The run's record: its config, seed, versions, data and tokenizer fingerprints and results."""
+    atomic_write_json(path, {**record, "versions": versions()})

@@ -1,0 +1,36 @@
+"""``qscale export SRC --format F --out DIR``: rewrite a quantized folder (a ``qscale qat`` result, or any
+compressed-tensors / GPTQ / qscale folder) in another packed format, codes untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from qscale.commands.common import check_out, export_dtype, formats, write_record
+from qscale.errors import require
+from qscale.export import export_model, load_quantized
+
+
+def export_command(
+    src: Path = typer.Argument(..., help="Quantized folder: qscale layout (qscale qat), compressed-tensors or GPTQ."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (for --format all: one subfolder per format)."),
+    fmt: str = typer.Option("compressed-tensors", "--format", help="compressed-tensors, gptq, qscale or all."),
+    dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."),
+) -> None:
+    """Write the quantized model in SRC in another packed format (the integer codes are copied, never re-quantized)."""
+    require(src.resolve() != out.resolve(), "--out must not be the source folder itself")
+    check_out(out)
+    fmts = formats(fmt)
+    model = load_quantized(src)
+    out_dtype = export_dtype(dtype, src)
+    console = Console()
+    written = []
+    for f in fmts:
+        path = out if len(fmts) == 1 else out / f
+        res = export_model(model, path, f, source=src, dtype=out_dtype)
+        written.append({"format": f, "path": str(path), "bytes": res.nbytes})
+        console.print(f"{f}: {path} ({res.nbytes / 1e6:,.2f} MB of weights)")
+    write_record(out / "qscale-export.json", {"command": "export", "source": str(src), "dtype": str(out_dtype),
+                                              "results": written})

@@ -1,0 +1,133 @@
+"""``qscale qat MODEL_DIR --recipe R --tokens N --out DIR``: QAT fine-tuning of a user's model, then a packed folder.
+
+The training state lives next to ``--out`` (``.<out>.qat-state``) until the folder is written, so a killed run
+re-run with the same command resumes where it stopped; a different model, data or config is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from qscale.commands.common import (
+    check_out,
+    check_vocab,
+    export_and_evaluate,
+    export_dtype,
+    held_out,
+    model_tokenizer,
+    report,
+    token_streams,
+    write_record,
+)
+from qscale.data.batches import train_batch
+from qscale.errors import QscaleError, require
+from qscale.evaluate.loss import evaluate
+from qscale.export import folder_bytes
+from qscale.export.compressed_tensors import check_layer
+from qscale.export.folder import quantized_layers
+from qscale.models import count_params, load_model
+from qscale.provenance import config_hash, seed_everything, to_jsonable
+from qscale.qat import RECIPES, DistillConfig, LayerRule, QATRecipeConfig, convert, qat_finetune
+
+_RULE = re.compile(r"^(?P<pattern>[^=]+)=(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?$|^(?P<skip>[^=]+)=skip$")
+
+
+def parse_rule(text: str) -> LayerRule:
+    """``PATTERN=w8a8`` / ``PATTERN=a8`` / ``PATTERN=skip`` → ``LayerRule`` (mixed precision)."""
+    m = _RULE.match(text.strip())
+    if not m or not (m["w"] or m["a"] or m["skip"]):
+        raise QscaleError(f"--rule must look like PATTERN=w8a8, PATTERN=a8 or PATTERN=skip, got {text!r}")
+    if m["skip"]:
+        return LayerRule(m["skip"], skip=True)
+    return LayerRule(m["pattern"], w_bits=None if m["w"] is None else int(m["w"]),
+                     a_bits=None if m["a"] is None else int(m["a"]))
+
+
+def _auto_format(model, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    try:
+        for name, layer in quantized_layers(model).items():
+            check_layer(name, layer)
+    except QscaleError:
+        return "qscale"
+    return "compressed-tensors"
+
+
+def qat_command(
+    model_dir: Path = typer.Argument(..., help="Local Hugging Face causal-LM folder to fine-tune."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder of the quantized model."),
+    recipe: str = typer.Option("lsq", "--recipe", help=f"QAT recipe: {', '.join(sorted(RECIPES))}."),
+    tokens: int = typer.Option(1_000_000, "--tokens", help="Training tokens (rounded up to whole steps)."),
+    w_bits: int = typer.Option(None, "--w-bits", help="Weight bits (default: 4; bitnet 2 (ternary), pbllm 1)."),
+    a_bits: int = typer.Option(16, "--a-bits", help="Input-activation bits; 16 = weight-only (exports to the standard formats)."),
+    group_size: int = typer.Option(128, "--group-size", "-g", help="Weight scale per G input columns; 0 = per channel."),
+    rule: list[str] = typer.Option([], "--rule", help="Mixed precision, repeatable: PATTERN=w8a8, PATTERN=a8 or PATTERN=skip (glob or re:regex)."),
+    distill: bool = typer.Option(False, "--distill/--no-distill", help="Distil from the full-precision model (KL + CE)."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW, warmup then cosine to 10%)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training and evaluation window."),
+    data: Path = typer.Option(None, "--data", help="Training text (train split). Default: the embedded corpus."),
+    eval_data: Path = typer.Option(None, "--eval-data", help="Held-out text (validation split). Default: --data."),
+    eval_windows: int = typer.Option(64, "--eval-windows", help="Held-out windows for the loss before and after."),
+    tokenizer: Path = typer.Option(None, "--tokenizer", help="Tokenizer (default: the model folder's own)."),
+    fmt: str = typer.Option("auto", "--format", help="compressed-tensors, gptq, qscale, or auto (compressed-tensors where it can hold the layers, else qscale)."),
+    dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."),
+    save_every: int = typer.Option(50, "--save-every", help="Save the resume state every this many steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Quantization-aware fine-tuning of MODEL_DIR with a recipe, then convert and export a packed folder."""
+    t0 = time.perf_counter()
+    for flag, v in (("--tokens", tokens), ("--batch-size", batch_size), ("--seq-len", seq_len), ("--save-every", save_every)):
+        require(v >= 1, f"{flag} must be >= 1, got {v}")
+    require(lr > 0, f"--lr must be positive, got {lr}")
+    require(seed >= 0, f"--seed must be >= 0, got {seed}")
+    require(group_size >= 0, f"--group-size must be >= 0 (0 = per channel), got {group_size}")
+    require(model_dir.resolve() != out.resolve(), "--out must not be the model folder itself")
+    check_out(out)
+    cfg = QATRecipeConfig(recipe, w_bits=w_bits, a_bits=a_bits, group_size=group_size or None,
+                          rules=tuple(parse_rule(r) for r in rule), distill=DistillConfig() if distill else None)
+    out_dtype = export_dtype(dtype, model_dir)
+    console = Console(stderr=True)
+    seed_everything(seed)
+
+    model = load_model(model_dir)
+    counts = count_params(model)
+    tok = model_tokenizer(model_dir, tokenizer)
+    train_streams = token_streams(data, tok, progress)
+    eval_streams = train_streams if eval_data in (None, data) else token_streams(eval_data, tok, progress)
+    check_vocab(model, train_streams, model_dir)
+    windows = held_out(model, eval_streams, eval_windows, seq_len)
+    fp = evaluate(model, windows, progress=progress)
+    steps = -(-tokens // (batch_size * seq_len))
+    teacher = copy.deepcopy(model) if distill else None
+    run = {"model": str(model_dir.resolve()), "cfg": to_jsonable(cfg), "tokens": tokens, "lr": lr,
+           "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "tokenizer": train_streams.tokenizer_hash,
+           "train_tokens": len(train_streams.train), "data": str(data or "embedded")}
+    state = out.with_name(f".{out.name}.qat-state")
+    losses = qat_finetune(
+        model, cfg, lambda step: train_batch(train_streams.train, step, batch_size, seq_len, seed), steps, lr,
+        teacher=teacher, warmup_steps=min(50, steps // 10), state_dir=state, save_every=save_every,
+        fingerprint=config_hash(run), progress=progress)
+    convert(model)
+    chosen = _auto_format(model, fmt)
+    fmts = ["compressed-tensors", "gptq"] if chosen == "all" else [chosen]
+    results = export_and_evaluate(model, out, fmts, model_dir, out_dtype, windows, fp, progress)
+    report(f"QAT {cfg.label}{' + distill' if distill else ''}, {steps} steps: {model_dir}", counts, fp, results,
+           folder_bytes(model_dir))
+    write_record(out / "qscale-qat.json", {
+        "command": "qat", **run, "steps": steps, "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None, "eval_windows": eval_windows, "loss_fp": fp.loss,
+        "results": [{"format": r.export.format, "path": str(r.export.path), "bytes": r.export.nbytes,
+                     "loss": r.loss, "qid": r.qid, "qid_se": r.qid_se} for r in results],
+        "seconds": time.perf_counter() - t0})
+    shutil.rmtree(state, ignore_errors=True)
+    console.print(f"done in {time.perf_counter() - t0:.1f} s; record: {out / 'qscale-qat.json'}")

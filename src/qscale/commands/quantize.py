@@ -1,0 +1,111 @@
+"""``qscale quantize MODEL_DIR --out DIR``: PTQ of any local HF causal LM to a packed low-bit folder, with its QiD."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from qscale.commands.common import (
+    FORMAT_CHOICES,
+    check_out,
+    check_vocab,
+    export_and_evaluate,
+    export_dtype,
+    formats,
+    held_out,
+    model_tokenizer,
+    report,
+    token_streams,
+    write_record,
+)
+from qscale.data.batches import calibration_windows
+from transformers.pytorch_utils import Conv1D
+
+from qscale.errors import QscaleError, require
+from qscale.evaluate.loss import evaluate
+from qscale.export import folder_bytes
+from qscale.export.gptq import GPTQ_BITS
+from qscale.models import count_params, load_model
+from qscale.provenance import seed_everything, to_jsonable
+from qscale.ptq import PTQConfig, quantize_model
+from qscale.ptq.layers import quantizable
+from qscale.quant import QuantSpec
+
+
+def _check_formats(model, cfg: PTQConfig, fmts: list[str]) -> None:
+    """Fail before calibrating when a requested format cannot hold the result."""
+    targets = quantizable(model, cfg.skip)
+    if "compressed-tensors" in fmts and any(isinstance(m, Conv1D) for m in targets.values()):
+        raise QscaleError("compressed-tensors only replaces nn.Linear modules; this model's linear layers are GPT-2 "
+                          "style Conv1D: use --format gptq or qscale")
+    require("gptq" not in fmts or cfg.spec.bits in GPTQ_BITS,
+            f"GPTQ checkpoints hold {', '.join(map(str, GPTQ_BITS))} bits, not {cfg.spec.bits}: use --format "
+            "compressed-tensors or qscale")
+
+
+def quantize_command(
+    model_dir: Path = typer.Argument(..., help="Local Hugging Face causal-LM folder (Llama, GPT-NeoX/Pythia, GPT-2, ...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (for --format all: one subfolder per format)."),
+    method: str = typer.Option("gptq", help="PTQ method: gptq or rtn."),
+    bits: int = typer.Option(4, help="Weight bit width, 2..8."),
+    group_size: int = typer.Option(128, "--group-size", "-g", help="Input columns per scale; 0 = one scale per output channel."),
+    sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid (s = 2·absmax/(2^b−1), GPTQ/compressed-tensors) or asymmetric with zero points."),
+    act_order: bool = typer.Option(False, "--act-order/--no-act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal (static groups)."),
+    skip: list[str] = typer.Option(["*lm_head"], "--skip", help="Layers kept in full precision (glob or re:regex on the qualified name; repeat). Embeddings always are."),
+    calib_data: Path = typer.Option(None, "--calib-data", help="Calibration text (.txt/.jsonl/.parquet or folder; train split). Default: the embedded corpus."),
+    calib_windows: int = typer.Option(128, "--calib-windows", help="Calibration windows (GPTQ)."),
+    eval_data: Path = typer.Option(None, "--eval-data", help="Held-out text (validation split). Default: the embedded corpus."),
+    eval_windows: int = typer.Option(64, "--eval-windows", help="Held-out windows for the loss before and after."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration and evaluation window."),
+    tokenizer: Path = typer.Option(None, "--tokenizer", help="Tokenizer (default: the model folder's own)."),
+    fmt: str = typer.Option("compressed-tensors", "--format", help=f"Output format: {', '.join(FORMAT_CHOICES)} (all = compressed-tensors + gptq)."),
+    dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors and compressed-tensors scales: auto (the source's), float32, bfloat16, float16."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Quantize MODEL_DIR with RTN or GPTQ into a packed folder vLLM/transformers load, and print the loss it cost."""
+    t0 = time.perf_counter()
+    require(2 <= bits <= 8, f"--bits must be in 2..8, got {bits}")
+    require(group_size >= 0, f"--group-size must be >= 0 (0 = per channel), got {group_size}")
+    require(calib_windows >= 1, f"--calib-windows must be >= 1, got {calib_windows}")
+    require(seq_len >= 1, f"--seq-len must be >= 1, got {seq_len}")
+    require(seed >= 0, f"--seed must be >= 0, got {seed}")
+    require(model_dir.resolve() != out.resolve(), "--out must not be the model folder itself")
+    check_out(out)
+    fmts = formats(fmt)
+    spec = QuantSpec(bits, sym, "group" if group_size else "channel", group_size or None)
+    cfg = PTQConfig(method, spec, n_calib=calib_windows, calib_seq_len=seq_len, act_order=act_order, skip=tuple(skip))
+    out_dtype = export_dtype(dtype, model_dir)
+    console = Console(stderr=True)
+    seed_everything(seed)
+
+    model = load_model(model_dir)
+    counts = count_params(model)
+    _check_formats(model, cfg, fmts)
+    tok = model_tokenizer(model_dir, tokenizer)
+    eval_streams = token_streams(eval_data, tok, progress)
+    calib_streams = eval_streams if calib_data == eval_data else token_streams(calib_data, tok, progress)
+    check_vocab(model, eval_streams, model_dir)
+    windows = held_out(model, eval_streams, eval_windows, seq_len)
+    fp = evaluate(model, windows, progress=progress)
+    calib = calibration_windows(calib_streams.train, calib_windows, seq_len, seed)
+    stats = quantize_model(model, cfg, calib, progress=progress)
+    require(stats, f"no linear layer of {model_dir} was selected for quantization (check --skip)")
+    results = export_and_evaluate(model, out, fmts, model_dir, out_dtype, windows, fp, progress)
+
+    title = f"{method} {spec.label}{' act-order' if act_order else ''}: {model_dir}"
+    report(title, counts, fp, results, folder_bytes(model_dir))
+    record = {
+        "command": "quantize", "model": str(model_dir), "config": to_jsonable(cfg), "seed": seed,
+        "dtype": str(out_dtype), "tokenizer": str(tok), "tokenizer_hash": eval_streams.tokenizer_hash,
+        "eval_data": str(eval_data or "embedded"), "calib_data": str(calib_data or "embedded"),
+        "eval_windows": eval_windows, "seq_len": seq_len, "loss_fp": fp.loss,
+        "results": [{"format": r.export.format, "path": str(r.export.path), "bytes": r.export.nbytes, "loss": r.loss,
+                     "qid": r.qid, "qid_se": r.qid_se} for r in results],
+        "layers": stats, "seconds": time.perf_counter() - t0,
+    }
+    write_record(out / "qscale-quantize.json", record)
+    console.print(f"done in {time.perf_counter() - t0:.1f} s; record: {out / 'qscale-quantize.json'}")

@@ -1,0 +1,126 @@
+"""Writing a quantized model folder: a model walk that streams tensors into safetensors shards, atomically.
+
+Every format module turns one ``QuantizedLinear`` into its own tensors; everything else (embeddings, norms,
+the head, biases of unquantized layers) is written as it is, cast to the export dtype. Tensors are produced
+layer by layer and flushed shard by shard, so the peak memory is the model itself plus one shard of new
+tensors, never two copies of the model. The folder is written under a temporary name and renamed when
+complete, with the tokenizer and generation files of the source folder copied beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from qscale.errors import require
+from qscale.quant import QuantizedLinear
+from qscale.train.checkpoint import atomic_folder
+
+AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+             "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+MAX_SHARD_BYTES = 2 * 1024**3
+LayerTensors = Callable[[str, QuantizedLinear], dict[str, Tensor]]
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
+    """The model's ``QuantizedLinear`` modules by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+def model_tensors(model: nn.Module, layer_tensors: LayerTensors, dtype: torch.dtype) -> Iterator[tuple[str, Tensor]]:
+    """``(key, tensor)`` of the exported state: quantized layers through ``layer_tensors``, the rest cast to
+    ``dtype`` (floating tensors only). A tensor shared by several keys (tied embeddings) is written once,
+    under its first key, as ``save_pretrained`` does."""
+    layers = quantized_layers(model)
+    require(layers, "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
+    done: set[str] = set()
+    seen: set[int] = set()
+    for key, t in model.state_dict(keep_vars=False).items():
+        owner = next((n for n in layers if key.startswith(n + ".")), None)
+        if owner is not None:
+            if owner not in done:
+                done.add(owner)
+                for k, v in layer_tensors(owner, layers[owner]).items():
+                    yield f"{owner}.{k}", v.contiguous()
+            continue
+        if t.data_ptr() in seen and t.numel():
+            continue
+        seen.add(t.data_ptr())
+        yield key, (t.to(dtype) if t.is_floating_point() else t).contiguous()
+
+
+def write_model_folder(out: Path, tensors: Iterator[tuple[str, Tensor]], config: dict, source: Path | None,
+                       extra_json: dict[str, dict] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> int:
+    """Write ``tensors`` as safetensors shards plus ``config.json`` (and ``extra_json`` files) to ``out``.
+
+    Returns the total bytes of the weight files. One file ``model.safetensors`` when it fits a shard,
+    else ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json``.
+    """
+    total = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal total
+        shards: list[list[str]] = []
+        buffer: dict[str, Tensor] = {}
+        size = 0
+
+        def flush() -> None:
+            nonlocal buffer, size
+            if buffer:
+                save_file(buffer, str(tmp / f"shard-{len(shards):05d}.safetensors"), metadata={"format": "pt"})
+                shards.append(list(buffer))
+                buffer, size = {}, 0
+
+        for key, t in tensors:
+            nbytes = t.numel() * t.element_size()
+            if buffer and size + nbytes > max_shard_bytes:
+                flush()
+            buffer[key] = t.cpu()
+            size += nbytes
+            total += nbytes
+        flush()
+        _name_shards(tmp, shards, total)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        if source is not None:
+            for name in AUX_FILES:
+                if (Path(source) / name).is_file():
+                    shutil.copy2(Path(source) / name, tmp / name)
+
+    atomic_folder(Path(out), write)
+    return total
+
+
+def _name_shards(folder: Path, shards: list[list[str]], total: int) -> None:
+    if len(shards) == 1:
+        (folder / "shard-00000.safetensors").rename(folder / "model.safetensors")
+        return
+    weight_map = {}
+    for i, keys in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        (folder / f"shard-{i:05d}.safetensors").rename(folder / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def base_config(model: nn.Module, dtype: torch.dtype) -> dict:
+    """The model's ``config.json`` content with the export dtype and no previous quantization config."""
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    name = str(dtype).removeprefix("torch.")
+    config["torch_dtype"] = name
+    config["dtype"] = name
+    return config
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the weight files of a model folder."""
+    return sum(p.stat().st_size for p in Path(path).glob("*.safetensors"))

@@ -1,0 +1,51 @@
+"""qscale's own packed layout, for what compressed-tensors and GPTQ cannot express.
+
+PB-LLM's partial binarization, QuEST's Hadamard rotation and half-integer zero points, and weight-activation
+QAT recipes (``ste``/``lsq``/``quest``/``bitnet`` activation quantizers) are written here. A layer's tensors
+are the ``QuantizedLinear`` state as it is: ``weight_packed`` (int32, the dense bitstream of unsigned codes
+``q − qmin``, the compressed-tensors packing), ``weight_scale`` and ``weight_zero`` ``[out, n_groups]``
+(float32), ``weight_g_idx`` (int32 ``[in]``), layout extras (``weight_mask`` bool, ``weight_alpha``),
+``bias``, and the activation quantizer's buffers (``act_quantizer.*``). ``config.json`` carries
+``quantization_config = {quant_method: "qscale", format: "qscale-packed", version: 1, layers: {name: {bits,
+symmetric, granularity, group_size, grid, layout, in_features, out_features, hadamard_group, source, act}}}``
+where ``act`` is the activation quantizer's description (or null). Only ``qscale.load_quantized`` reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qscale.export.folder import quantized_layers
+from qscale.quant import QuantizedLinear
+
+FORMAT_VERSION = 1
+
+
+def layer_tensors(dtype: torch.dtype):
+    """The per-layer tensor function: the layer's own state (scales stay float32; the bias in ``dtype``)."""
+
+    def tensors(name: str, layer: QuantizedLinear) -> dict[str, Tensor]:
+        out = dict(layer.state_dict())
+        if layer.bias is not None:
+            out["bias"] = layer.bias.to(dtype)
+        return out
+
+    return tensors
+
+
+def layer_config(layer: QuantizedLinear) -> dict:
+    """What ``load_quantized`` needs besides the tensors to rebuild the layer."""
+    spec = layer.spec
+    return {"bits": spec.bits, "symmetric": spec.symmetric, "granularity": spec.granularity,
+            "group_size": spec.group_size, "grid": spec.grid, "layout": layer.layout,
+            "in_features": layer.in_features, "out_features": layer.out_features,
+            "hadamard_group": layer.hadamard_group, "source": layer.source, "extras": list(layer.extra_names),
+            "act": None if layer.act_quantizer is None else layer.act_quantizer.describe()}
+
+
+def quantization_config(model: nn.Module) -> dict:
+    """``quantization_config`` for ``config.json``: every quantized layer's description."""
+    layers = quantized_layers(model)
+    return {"quant_method": "qscale", "format": "qscale-packed", "version": FORMAT_VERSION,
+            "layers": {name: layer_config(layer) for name, layer in layers.items()}}

@@ -1,0 +1,43 @@
+"""``qscale qat`` and ``qscale export`` end to end from the CLI on a user's GPT-NeoX folder."""
+
+import json
+
+from qscale.cli import main
+from qscale.export import load_quantized
+
+FAST = ["--eval-windows", "8", "--seq-len", "64", "--batch-size", "2", "--no-progress"]
+
+
+def test_qat_weight_only_exports_compressed_tensors_then_converts(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "qat"
+    rc = main(["qat", str(user_models["neox"]), "--recipe", "lsq", "--tokens", "1280", "--group-size", "32",
+               "--rule", "*.dense_4h_to_h=w8", "--out", str(out), "--data", str(corpus), *FAST])
+    assert rc == 0
+    record = json.loads((out / "qscale-qat.json").read_text())
+    assert record["steps"] == 10 and record["results"][0]["format"] == "compressed-tensors"
+    groups = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]  # mixed precision: two groups
+    assert not (tmp_path / ".qat.qat-state").exists()
+    assert main(["export", str(out), "--format", "gptq", "--out", str(tmp_path / "g")]) == 2  # mixed bits: refused
+    assert "one bit width" in capsys.readouterr().err
+    assert main(["export", str(out), "--format", "qscale", "--out", str(tmp_path / "n")]) == 0
+    a, b = load_quantized(out), load_quantized(tmp_path / "n")
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert x.shape == y.shape
+
+
+def test_qat_weight_activation_recipe_goes_to_qscale_layout(user_models, corpus, cache, tmp_path):
+    out = tmp_path / "quest"
+    rc = main(["qat", str(user_models["neox"]), "--recipe", "quest", "--a-bits", "4", "--tokens", "640", "--distill",
+               "--out", str(out), "--data", str(corpus), *FAST])
+    assert rc == 0
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "qscale"
+    assert main(["eval", str(out), "--windows", "8", "--seq-len", "64", "--data", str(corpus)]) == 0
+
+
+def test_qat_bad_rule_and_recipe(user_models, corpus, cache, tmp_path, capsys):
+    for args, match in ((["--rule", "*.fc2"], "--rule must look like"), (["--recipe", "awq"], "unknown QAT recipe"),
+                        (["--rule", "*.nothing=a8"], "matches no quantizable")):
+        rc = main(["qat", str(user_models["neox"]), "--out", str(tmp_path / "x"), "--data", str(corpus), *FAST, *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,71 @@
+"""``qscale quantize`` end to end from the CLI on user folders (GPT-NeoX, GPT-2)."""
+
+import json
+
+import pytest
+import torch
+
+from qscale.cli import main
+from qscale.export import load_quantized
+from qscale.quant import QuantizedLinear
+
+FAST = ["--calib-windows", "8", "--eval-windows", "8", "--seq-len", "64", "--no-progress"]
+
+
+def _data(corpus):
+    return ["--calib-data", str(corpus), "--eval-data", str(corpus)]
+
+
+def test_neox_gptq_all_formats(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "q"
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(out), "--format", "all", "--bits", "3",
+               "--group-size", "32", *_data(corpus), *FAST])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "compressed-tensors" in text and "gptq" in text and "QiD" in text
+    record = json.loads((out / "qscale-quantize.json").read_text())
+    assert record["config"]["spec"]["bits"] == 3 and record["tokenizer_hash"] and record["versions"]["torch"]
+    for fmt in ("compressed-tensors", "gptq"):
+        res = next(r for r in record["results"] if r["format"] == fmt)
+        assert abs(res["qid"]) < 1 and res["qid_se"] > 0 and res["bytes"] > 0
+        assert (out / fmt / "tokenizer.json").is_file()
+        config = json.loads((out / fmt / "config.json").read_text())
+        assert config["quantization_config"]["quant_method"] == fmt
+        model = load_quantized(out / fmt)
+        assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 8  # 4 per block
+    assert main(["eval", str(out / "gptq"), "--windows", "8", "--seq-len", "64", "--data", str(corpus), "--json"]) == 0
+    loss = json.loads(capsys.readouterr().out)["loss"]
+    assert loss == pytest.approx(next(r["loss"] for r in record["results"] if r["format"] == "gptq"), abs=1e-6)
+
+
+def test_gpt2_rtn_asym_gptq_format_and_ct_refused(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "g"
+    rc = main(["quantize", str(user_models["gpt2"]), "--out", str(out), "--method", "rtn", "--asym", "--bits", "4",
+               "--group-size", "0", "--format", "gptq", *_data(corpus), *FAST])
+    assert rc == 0
+    model = load_quantized(out)
+    assert isinstance(model.transformer.h[0].attn.c_attn, QuantizedLinear)
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.randint(0, 512, (1, 8))).logits).all()
+    rc = main(["quantize", str(user_models["gpt2"]), "--out", str(tmp_path / "ct"), *_data(corpus), *FAST])
+    assert rc == 2 and "Conv1D" in capsys.readouterr().err and not (tmp_path / "ct").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--bits", "9"], "--bits"), (["--bits", "5", "--format", "gptq"], "GPTQ checkpoints hold"),
+    (["--format", "awq"], "--format"), (["--method", "awq"], "unknown PTQ method"), (["--group-size", "-1"], "group-size"),
+    (["--eval-windows", "100000"], "disjoint windows"), (["--seq-len", "4096"], "positions"),
+    (["--skip", "re:("], "regular expression"), (["--tokenizer", "/nonexistent"], "does not exist"),
+])
+def test_bad_input_one_line_exit_2(user_models, corpus, cache, tmp_path, capsys, args, match):
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "o"), *_data(corpus), *FAST, *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_refuses_to_overwrite_an_unrelated_folder(user_models, corpus, cache, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "mine"), *_data(corpus), *FAST])
+    assert rc == 2 and "not a qscale output" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -20,6 +20,7 @@ from qscale.cli import main
 
 ROOT_MISSING = Path(f"/qscale-missing-{uuid.uuid4().hex[:8]}")  # must never be created
 COMMON = ["--max-files", "40"]
+QDATA = ["--calib-data", "{other.txt}", "--eval-data", "{other.txt}"]  # small: no stdlib tokenization
 
 
 def _tree(folder: Path) -> set[str]:
@@ -170,6 +171,18 @@ CASES = [  # (argv with {name} = inputs/name and {out} = a folder under the work
     (["predict", "--params", "ouyang2024-gptq", "--N", "1e9", "--qid", "0.1"], "leave exactly one of --N"),
     (["predict", "--params", "ouyang2024-gptq", "--law", "qat"], "does not match"),
     (["predict", "--params", "chen2025-w4a4", "--N", "1e9", "--bits", "4"], "not --bits"),
+    # quantize / qat / export (checkpoint checks shared with eval)
+    (["quantize", "{nan}", "--out", "{out}", *QDATA], "NaN or Inf"),
+    (["quantize", "{missing-weight}", "--out", "{out}", *QDATA], "lacks 1 weight(s)"),
+    (["quantize", "{no-tokenizer}", "--out", "{out}"], "no tokenizer"),
+    (["quantize", "{run}/step-000002", "--bits", "9", "--out", "{out}"], "bits"),
+    (["quantize", "{run}/step-000002", "--method", "awq", "--out", "{out}"], "awq"),
+    (["quantize", "{run}/step-000002", "--eval-windows", "100000000", "--out", "{out}", *QDATA], "windows"),
+    (["qat", "{run}/step-000002", "--recipe", "nope", "--out", "{out}"], "nope"),
+    (["qat", "{run}/step-000002", "--seed", "-1", "--out", "{out}"], "--seed must be >= 0"),
+    (["qat", "{extra-weight}", "--out", "{out}", "--data", "{other.txt}"], "does not use"),
+    (["export", "{nan}", "--out", "{out}"], "not a quantized folder"),
+    (["export", "{run}/step-000002", "--format", "onnx", "--out", "{out}"], "onnx"),
     # studies
     (["study", "qid", "--preset", "tiny", "--seed", "-1", "--out", "{out}"], "seed must be >= 0"),
     (["study", "qid", "--preset", "nope", "--out", "{out}"], "unknown"),

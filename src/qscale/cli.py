@@ -10,7 +10,11 @@ from __future__ import annotations
 import sys
 
 import typer
-from typer._click import exceptions as click_exceptions
+
+try:  # typer >= 0.20 vendors click; older versions use click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
 
 from qscale import __version__
 from qscale.errors import QscaleError
@@ -92,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except QscaleError as e:
         print(f"qscale: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, click_exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         code = INTERRUPTED
+    except SystemExit as e:  # click exits by itself on a closed stdout (EPIPE)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     if code == INTERRUPTED:  # typer turns Ctrl-C inside a command into exit code 130
         print("qscale: interrupted — re-run the same command to resume", file=sys.stderr)
     return code if isinstance(code, int) else 0

@@ -53,6 +53,7 @@ def inputs(tmp_path_factory, streams, data_cfg):
     _rewrite(ckpt, d / "missing-weight", lambda t: t.pop(first))
     _rewrite(ckpt, d / "extra-weight", lambda t: t.update({"model.extra.weight": torch.zeros(2)}))
     _rewrite(ckpt, d / "nan", lambda t: t[first].view(-1).__setitem__(0, float("nan")))
+    _rewrite(ckpt, d / "overflow", lambda t: t["lm_head.weight"].fill_(3e38))  # finite weights, infinite logits
     shutil.copytree(ckpt, d / "no-tokenizer")
     (d / "no-tokenizer" / "tokenizer.json").unlink()
     shutil.copytree(ckpt, d / "no-config")
@@ -136,6 +137,7 @@ CASES = [  # (argv with {name} = inputs/name and {out} = a folder under the work
     (["eval", "{missing-weight}", *COMMON], "lacks 1 weight(s)"),
     (["eval", "{extra-weight}", *COMMON], "does not use: model.extra.weight"),
     (["eval", "{nan}", *COMMON], "NaN or Inf"),
+    (["eval", "{overflow}", "--windows", "2", *COMMON], "not finite"),
     (["eval", "{qat-converted}", *COMMON], "integer codes"),
     (["eval", "{no-tokenizer}", *COMMON], "has no tokenizer"),
     (["eval", "{run}/step-000002", "--tokenizer", "{other-tok.json}", *COMMON], "another tokenizer"),
@@ -251,6 +253,7 @@ def test_help_and_version_exit_zero(capsys):
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["fit", "--help"],
                                   ["predict", "--help"], ["study", "qid", "--help"], ["study", "qat", "--help"],
+                                  ["quantize", "--help"], ["qat", "--help"], ["export", "--help"],
                                   ["predict", "--params", "chen2025-w4a4", "--N", "1e9", "--D", "1e9", "--G", "32",
                                    "--json"]])
 def test_no_spec_references_in_user_facing_output(argv, capsys):

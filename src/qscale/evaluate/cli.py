@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -65,6 +66,7 @@ def eval_command(
             f"tokenizer has {streams.vocab_size} tokens but model {ckpt} only {n_emb} embeddings: pass the tokenizer "
             "the model was trained with (--tokenizer)")
     result = evaluate(model, eval_windows(streams.val, windows, seq_len), batch_size=batch_size, progress=not as_json)
+    require(math.isfinite(result.loss), f"the loss of {ckpt} is not finite ({result.loss}): the model overflows")
     if as_json:
         typer.echo(json.dumps({"checkpoint": str(ckpt), "loss": result.loss, "ppl": result.ppl,
                                "n_tokens": result.n_tokens, "windows": windows, "seq_len": seq_len,

@@ -63,7 +63,7 @@ def parent_checkpoint(model: Path | None) -> Parent | None:
         meta = json.loads((Path(model) / META).read_text())
         return Parent(Path(model), int(meta["tokens"]), meta.get("tokenizer_hash"))
     except (ValueError, KeyError, TypeError):
-        raise QscaleError(f"{Path(model) / META} is corrupt (no token count): cannot continue training from it") from None
+        raise QscaleError(f"{Path(model) / META} is corrupt: it records no token count") from None
 
 
 def check_parent_tokenizer(parent: Parent | None, tokenizer_hash: str) -> None:

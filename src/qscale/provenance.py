@@ -21,7 +21,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from qscale import __version__
+    from qscale._version import __version__
 
     return {
         "qscale": __version__,

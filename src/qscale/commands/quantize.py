@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from transformers.pytorch_utils import Conv1D
 
 from qscale.commands.common import (
     FORMAT_CHOICES,
@@ -22,8 +23,6 @@ from qscale.commands.common import (
     write_record,
 )
 from qscale.data.batches import calibration_windows
-from transformers.pytorch_utils import Conv1D
-
 from qscale.errors import QscaleError, require
 from qscale.evaluate.loss import evaluate
 from qscale.export import folder_bytes

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from qscale.errors import QscaleError
-from qscale.export.folder import quantized_layers
+from qscale.export.folder import quantized_layers, weight_only_problem
 from qscale.ptq.layers import LINEAR_TYPES
 from qscale.quant import QuantizedLinear, pack_rows
 
@@ -24,20 +24,12 @@ CT_VERSION = "0.20.0"
 def check_layer(name: str, layer: QuantizedLinear) -> None:
     """Raise ``QscaleError`` unless compressed-tensors can hold this layer exactly."""
     spec = layer.spec
-    why = None
+    why = weight_only_problem(layer)
     if layer.source == "Conv1D":
         why = "compressed-tensors only replaces nn.Linear modules and GPT-2 style Conv1D layers are not"
-    elif layer.layout != "uniform":
-        why = f"its {layer.layout} layout (PB-LLM) has no compressed-tensors form"
-    elif layer.hadamard_group:
-        why = "it computes in a Hadamard-rotated basis (QuEST)"
-    elif layer.act_quantizer is not None:
-        why = "its input activations are quantized by a QAT recipe whose quantizer compressed-tensors cannot run"
-    elif spec.bits < 2:
+    elif why is None and spec.bits < 2:
         why = "compressed-tensors packs 2..8-bit integers here"
-    elif not bool(torch.equal(layer.weight_zero, layer.weight_zero.round())):
-        why = "its zero points are not integers (QuEST's half-integer grid)"
-    elif spec.granularity == "group" and layer.in_features % spec.group_size:
+    elif why is None and spec.granularity == "group" and layer.in_features % spec.group_size:
         why = f"its {layer.in_features} input columns are not a multiple of the group size {spec.group_size}"
     if why is None and not layer.qweight().contiguous_groups:
         why = "its groups are not contiguous (compressed-tensors 0.20 has no g_idx)"

@@ -33,6 +33,19 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
 
+def weight_only_problem(layer: QuantizedLinear) -> str | None:
+    """Why a standard weight-only integer format (compressed-tensors, GPTQ) cannot hold ``layer``, or None."""
+    if layer.layout != "uniform":
+        return f"its {layer.layout} layout (PB-LLM) has no such form"
+    if layer.hadamard_group:
+        return "it computes in a Hadamard-rotated basis (QuEST)"
+    if layer.act_quantizer is not None:
+        return "its input activations are quantized by a QAT recipe (the format is weight-only)"
+    if not bool(torch.equal(layer.weight_zero, layer.weight_zero.round())):
+        return "its zero points are not integers (QuEST's half-integer grid)"
+    return None
+
+
 def model_tensors(model: nn.Module, layer_tensors: LayerTensors, dtype: torch.dtype) -> Iterator[tuple[str, Tensor]]:
     """``(key, tensor)`` of the exported state: quantized layers through ``layer_tensors``, the rest cast to
     ``dtype`` (floating tensors only). A tensor shared by several keys (tied embeddings) is written once,

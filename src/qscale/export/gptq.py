@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qscale import __version__
+from qscale._version import __version__
 from qscale.errors import QscaleError, require
-from qscale.export.folder import quantized_layers
+from qscale.export.folder import quantized_layers, weight_only_problem
 from qscale.ptq.layers import LINEAR_TYPES, find_blocks
 from qscale.quant import QuantizedLinear, pack_rows
 
@@ -24,21 +24,13 @@ GPTQ_BITS = (2, 3, 4, 8)
 
 def check_layer(name: str, layer: QuantizedLinear) -> None:
     """Raise ``QscaleError`` unless the GPTQ v1 layout can hold this layer exactly."""
-    spec, b = layer.spec, layer.spec.bits
-    why = None
-    if layer.layout != "uniform":
-        why = f"its {layer.layout} layout (PB-LLM) has no GPTQ form"
-    elif layer.hadamard_group:
-        why = "it computes in a Hadamard-rotated basis (QuEST)"
-    elif layer.act_quantizer is not None:
-        why = "its input activations are quantized (GPTQ checkpoints are weight-only)"
-    elif b not in GPTQ_BITS:
+    b = layer.spec.bits
+    why = weight_only_problem(layer)
+    if why is None and b not in GPTQ_BITS:
         why = f"GPTQ v1 holds {', '.join(map(str, GPTQ_BITS))} bits, not {b}"
-    elif not bool(torch.equal(layer.weight_zero, layer.weight_zero.round())):
-        why = "its zero points are not integers (QuEST's half-integer grid)"
-    elif (layer.in_features * b) % 32 or (b == 3 and layer.in_features % 32):
+    elif why is None and ((layer.in_features * b) % 32 or (b == 3 and layer.in_features % 32)):
         why = f"{layer.in_features} input columns do not fill whole 32-bit words at {b} bits"
-    elif (layer.out_features * b) % 32 or (b == 3 and layer.out_features % 32):
+    elif why is None and ((layer.out_features * b) % 32 or (b == 3 and layer.out_features % 32)):
         why = f"{layer.out_features} output rows do not fill whole 32-bit zero-point words at {b} bits"
     if why:
         raise QscaleError(f"cannot export layer {name} to GPTQ: {why}; use --format compressed-tensors or qscale")

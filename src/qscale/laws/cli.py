@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qscale import __version__
+from qscale._version import __version__
 from qscale.errors import QscaleError
 from qscale.laws.bootstrap import bootstrap_problem
 from qscale.laws.extrapolate import extrapolation_check

@@ -12,10 +12,10 @@ from qscale.qat.attribution import InputStats, input_stats, kurtosis
 from qscale.qat.config import DistillConfig, LayerRule, QATRecipeConfig
 from qscale.qat.distill import distill_loss
 from qscale.qat.finetune import qat_finetune
-from qscale.quant.hadamard import hadamard_matrix, hadamard_transform
 from qscale.qat.linear import ActQuantizer, QuantLinear, WeightQuantizer
 from qscale.qat.prepare import LayerPlan, convert, plan_layers, prepare, quant_layers
 from qscale.qat.registry import RECIPES, Recipe, get_recipe, register
+from qscale.quant.hadamard import hadamard_matrix, hadamard_transform
 
 __all__ = [
     "RECIPES",

@@ -17,9 +17,9 @@ from transformers.pytorch_utils import Conv1D
 from qscale.errors import require
 from qscale.ptq.layers import replace_module
 from qscale.qat.config import UNQUANTIZED, QATRecipeConfig, name_matches
-from qscale.quant.hadamard import hadamard_group_size
 from qscale.qat.linear import QuantLinear
 from qscale.qat.registry import get_recipe
+from qscale.quant.hadamard import hadamard_group_size
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qscale.quant import QuantizedWeight, QuantSpec, fake_quantize, grouped, quantize, round_to_grid, ungrouped
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
+from qscale.quant import QuantizedWeight, QuantSpec, fake_quantize, grouped, quantize, round_to_grid, ungrouped
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -29,9 +29,10 @@ def _check_bits(bits: int) -> None:
     require(isinstance(bits, int) and 1 <= bits <= 8, f"can only pack 1..8-bit values, got {bits!r}")
 
 
-def _positions(bits: int) -> tuple[list[int], list[int]]:
-    starts = [i * bits for i in range(32)]
-    return [s // 32 for s in starts], [s % 32 for s in starts]
+def _positions(bits: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Word index and bit offset of each of the 32 values of a block."""
+    starts = torch.arange(32, device=device, dtype=torch.int64) * bits
+    return starts // 32, starts % 32
 
 
 def pack_rows(values: Tensor, bits: int) -> Tensor:
@@ -44,16 +45,18 @@ def pack_rows(values: Tensor, bits: int) -> Tensor:
         raise QscaleError(f"values to pack must lie in [0, {(1 << bits) - 1}] for {bits} bits, "
                           f"got [{int(v.min())}, {int(v.max())}]")
     rows, n = v.shape
-    pad = -n % 32
-    if pad:
-        v = torch.nn.functional.pad(v, (0, pad))
-    blocks = v.reshape(rows, -1, 32)
+    if 32 % bits == 0:  # no value straddles a word: each word is 32/b values side by side
+        per = 32 // bits
+        shifts = torch.arange(per, device=v.device, dtype=torch.int64) * bits
+        out = (torch.nn.functional.pad(v, (0, -n % per)).reshape(rows, -1, per) << shifts).sum(-1)
+        return torch.where(out >= 1 << 31, out - (1 << 32), out).to(torch.int32)
+    blocks = torch.nn.functional.pad(v, (0, -n % 32)).reshape(rows, -1, 32)
+    word, offset = _positions(bits, v.device)
+    shifted = blocks << offset  # up to 39 bits: the part above bit 32 spills into the next word
     words = torch.zeros(rows, blocks.shape[1], bits + 1, dtype=torch.int64, device=v.device)
-    word, offset = _positions(bits)
-    for i in range(32):
-        shifted = blocks[:, :, i] << offset[i]  # up to 39 bits: the high part spills into the next word
-        words[:, :, word[i]] |= shifted & _MASK32
-        words[:, :, word[i] + 1] |= shifted >> 32
+    index = word.expand_as(shifted)
+    words.scatter_add_(2, index, shifted & _MASK32)  # value ranges never overlap: adding is or-ing
+    words.scatter_add_(2, index + 1, shifted >> 32)
     out = words[:, :, :bits].reshape(rows, -1)[:, : packed_words(n, bits)]
     return torch.where(out >= 1 << 31, out - (1 << 32), out).to(torch.int32)
 
@@ -66,16 +69,15 @@ def unpack_rows(words: Tensor, bits: int, n: int) -> Tensor:
     require(words.shape[1] == packed_words(n, bits),
             f"{n} values of {bits} bits need {packed_words(n, bits)} words per row, got {words.shape[1]}")
     rows = words.shape[0]
-    w = words.to(torch.int64) & _MASK32
-    w = torch.nn.functional.pad(w, (0, -w.shape[1] % bits))
-    blocks = w.reshape(rows, -1, bits)  # a block's values never straddle into the next block
-    nxt = torch.cat([blocks[:, :, 1:], torch.zeros_like(blocks[:, :, :1])], dim=2)
-    mask = (1 << bits) - 1
-    word, offset = _positions(bits)
-    out = torch.empty(rows, blocks.shape[1], 32, dtype=torch.int64, device=words.device)
-    for i in range(32):
-        lo = blocks[:, :, word[i]] >> offset[i]
-        if offset[i] + bits > 32:
-            lo = lo | (nxt[:, :, word[i]] << (32 - offset[i]))
-        out[:, :, i] = lo & mask
+    if 32 % bits == 0:
+        shifts = torch.arange(32 // bits, device=words.device, dtype=torch.int32) * bits
+        out = (words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # arithmetic shift: the mask drops the sign
+        return out.reshape(rows, -1)[:, :n].contiguous()
+    w = torch.nn.functional.pad(words.to(torch.int64) & _MASK32, (0, -words.shape[1] % bits))
+    blocks = torch.nn.functional.pad(w.reshape(rows, -1, bits), (0, 1))  # a spare zero word per block
+    word, offset = _positions(bits, words.device)
+    index = word.expand(rows, blocks.shape[1], 32)
+    lo = blocks.gather(2, index) >> offset
+    hi = blocks.gather(2, index + 1) << (32 - offset)  # the straddling part; beyond the mask otherwise
+    out = (lo | hi) & ((1 << bits) - 1)
     return out.reshape(rows, -1)[:, :n].to(torch.int32)

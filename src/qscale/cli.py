@@ -16,7 +16,7 @@ try:  # typer >= 0.20 vendors click; older versions use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from qscale import __version__
+from qscale._version import __version__
 from qscale.errors import QscaleError
 
 app = typer.Typer(

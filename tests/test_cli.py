@@ -214,14 +214,14 @@ def test_matrix_has_forty_cases():
 
 @pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, words, inputs, data_cfg, tmp_path, monkeypatch,
-                                                            capsys):
+                                                            capfd):
     monkeypatch.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     before = _tree(inputs)
     rc = main(_argv(args, inputs, work / "out"))
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()  # file-descriptor level: library output counts too
     err = captured.err.strip()
     assert rc == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("qscale: error: "), err

@@ -83,7 +83,8 @@ def inputs(tmp_path_factory, streams, data_cfg):
     (d / "text.json").write_text("N=1e9 D=1e10")
     (d / "list.json").write_text("[1, 2]")
     (d / "data.xyz").write_text("N,D\n1,2\n")
-    rows = ["N,D,P,qid"] + [f"{n},{dd},{p},{0.01 * p * dd / n}" for n in (1e6, 4e6) for dd in (1e8, 1e9) for p in (2, 4)]
+    grid = [(n, dd, p) for n in (1e6, 4e6) for dd in (1e8, 1e9) for p in (2, 4)]
+    rows = ["N,D,P,qid"] + [f"{n},{dd},{p},{0.01 * p * dd / n}" for n, dd, p in grid]
     (d / "points.csv").write_text("\n".join(rows) + "\n")
     (d / "two.csv").write_text("N,D,P,qid\n1e6,1e8,2,0.1\n2e6,1e8,2,0.05\n")
     return d
@@ -234,8 +235,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, words, inputs,
 def test_usage_error_in_a_subprocess_is_one_line(tmp_path):
     """The installed entry point, end to end: real stderr, exit code 2, no traceback."""
     (tmp_path / "bad.csv").write_bytes(bytes(range(256)))
-    proc = subprocess.run([sys.executable, "-m", "qscale.cli", "fit", "--law", "qid", "--data", str(tmp_path / "bad.csv")],
-                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    argv = [sys.executable, "-m", "qscale.cli", "fit", "--law", "qid", "--data", str(tmp_path / "bad.csv")]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"qscale: error: {tmp_path / 'bad.csv'}: not a UTF-8 CSV text file "
                                                 "(UnicodeDecodeError)"]

@@ -65,7 +65,8 @@ def test_deleted_checkpoint_is_recreated_identically(streams, tmp_path, capfd):
     import shutil
 
     cfg = TrainConfig(**TINY)
-    before = {c.step: load_file(str(c.path / "model.safetensors")) for c in train(cfg, streams, tmp_path, progress=False)}
+    first = train(cfg, streams, tmp_path, progress=False)
+    before = {c.step: load_file(str(c.path / "model.safetensors")) for c in first}
     shutil.rmtree(tmp_path / "step-000002")
     ckpts = train(cfg, streams, tmp_path, progress=False)
     assert "1 checkpoint(s)" in capfd.readouterr().err

@@ -70,7 +70,8 @@ def eval_command(
     if as_json:
         typer.echo(json.dumps({"checkpoint": str(ckpt), "loss": result.loss, "ppl": result.ppl,
                                "n_tokens": result.n_tokens, "windows": windows, "seq_len": seq_len,
-                               "fingerprints": {"data": streams.data_fingerprint, "tokenizer": streams.tokenizer_hash}}))
+                               "fingerprints": {"data": streams.data_fingerprint,
+                                                "tokenizer": streams.tokenizer_hash}}))
     else:
         typer.echo(f"{ckpt}: loss {result.loss:.4f} nats/token, perplexity {result.ppl:.3f} "
                    f"({windows} windows x {seq_len} tokens)")

@@ -115,7 +115,7 @@ def _load_params(spec: str) -> tuple[str | None, dict, str, dict]:
     """(law name or None, params, source description, fitted ranges) from a published name or a JSON file."""
     if spec in PUBLISHED:
         pub = PUBLISHED[spec]
-        return pub.law_name, dict(pub.params), pub.citation, {}
+        return pub.law_name, dict(pub.params), pub.citation, {k: list(v) for k, v in pub.ranges.items()}
     path = Path(spec)
     if not path.is_file():
         raise QscaleError(f"--params {spec!r} is neither a published set ({', '.join(sorted(PUBLISHED))}) nor a file")

@@ -139,3 +139,19 @@ def test_bf16_training_step_and_convert(llama, cfg):
     convert(model)
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, fake)
+
+
+def test_non_finite_weight_at_prepare_names_the_layer(llama):
+    with torch.no_grad():
+        llama.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(QscaleError, match=r"layers\.1\.mlp\.up_proj.*NaN or Inf"):
+        prepare(llama, QATRecipeConfig("ste"))
+
+
+@pytest.mark.parametrize("cfg", [c for c in RECIPE_CFGS if c.default_bits[1] < 16], ids=lambda c: c.label)
+def test_non_finite_activations_name_the_layer(llama, cfg):
+    prepare(llama, cfg)
+    with torch.no_grad():
+        llama.model.layers[0].input_layernorm.weight[0] = float("inf")
+        with pytest.raises(QscaleError, match=r"layer model\.layers\.0\..*NaN or Inf"):
+            llama(input_ids=torch.randint(0, VOCAB, (1, 8)))

@@ -2,8 +2,8 @@
 
 Every format module turns one ``QuantizedLinear`` into its own tensors; everything else (embeddings, norms,
 the head, biases of unquantized layers) is written as it is, cast to the export dtype. Tensors are produced
-layer by layer and flushed shard by shard, so the peak memory is the model itself plus one shard of new
-tensors, never two copies of the model. The folder is written under a temporary name and renamed when
+layer by layer and each goes to disk as it comes (``qscale.export.stream``), so the peak memory is the
+model itself plus one layer's new tensors, never two copies of the model. The folder is written under a temporary name and renamed when
 complete, with the tokenizer and generation files of the source folder copied beside it.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from qscale.errors import require
+from qscale.export.stream import SafetensorsWriter
 from qscale.quant import QuantizedLinear
 from qscale.train.checkpoint import atomic_folder
 
@@ -80,24 +80,20 @@ def write_model_folder(out: Path, tensors: Iterator[tuple[str, Tensor]], config:
     def write(tmp: Path) -> None:
         nonlocal total
         shards: list[list[str]] = []
-        buffer: dict[str, Tensor] = {}
-        size = 0
-
-        def flush() -> None:
-            nonlocal buffer, size
-            if buffer:
-                save_file(buffer, str(tmp / f"shard-{len(shards):05d}.safetensors"), metadata={"format": "pt"})
-                shards.append(list(buffer))
-                buffer, size = {}, 0
-
+        writer: SafetensorsWriter | None = None
         for key, t in tensors:
             nbytes = t.numel() * t.element_size()
-            if buffer and size + nbytes > max_shard_bytes:
-                flush()
-            buffer[key] = t.cpu()
-            size += nbytes
+            if writer is not None and writer.nbytes and writer.nbytes + nbytes > max_shard_bytes:
+                writer.close()
+                writer = None
+            if writer is None:
+                writer = SafetensorsWriter(tmp / f"shard-{len(shards):05d}.safetensors")
+                shards.append([])
+            writer.add(key, t)
+            shards[-1].append(key)
             total += nbytes
-        flush()
+        require(writer is not None, "nothing to write")
+        writer.close()
         _name_shards(tmp, shards, total)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name, obj in (extra_json or {}).items():

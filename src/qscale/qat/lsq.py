@@ -23,7 +23,16 @@ from qscale.errors import require
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
-from qscale.quant import QTensor, QuantizedWeight, QuantSpec, grid_codes, grouped, round_to_grid, ungrouped
+from qscale.quant import (
+    QTensor,
+    QuantizedWeight,
+    QuantSpec,
+    grid_codes,
+    grouped,
+    require_finite,
+    round_to_grid,
+    ungrouped,
+)
 
 
 class _LSQ(torch.autograd.Function):
@@ -100,6 +109,7 @@ class LSQWeightQuantizer(WeightQuantizer):
         self.grad_scale = 1.0 / math.sqrt(wg.shape[-1] * spec.qmax)
 
     def forward(self, w: Tensor) -> Tensor:
+        require_finite(w, "a weight")
         return lsq_fake_quantize(w, self.spec, self.step, self.grad_scale)
 
     def freeze(self, w: Tensor) -> QuantizedWeight:
@@ -142,6 +152,7 @@ class LSQActQuantizer(ActQuantizer):
         self._needs_init = not bool(self.initialized)
 
     def forward(self, x: Tensor) -> Tensor:
+        require_finite(x, "activations")
         if self._needs_init:
             self._init_from(x)
         step = self.step.to(x.dtype)

@@ -23,7 +23,7 @@ from qscale.errors import require
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import straight_through
-from qscale.quant import QTensor, QuantizedWeight, QuantSpec, grid_codes, round_to_grid
+from qscale.quant import QTensor, QuantizedWeight, QuantSpec, grid_codes, require_finite, round_to_grid
 
 # MSE-optimal clipping scale α*(b) of a b-bit uniform quantizer for N(0, 1) (QuEST, SPEC §4).
 QUEST_ALPHA: dict[int, float] = {
@@ -51,6 +51,7 @@ def quest_fake_quantize(x: Tensor, bits: int) -> Tensor:
     xd = x.detach()
     xf = xd.float()
     step, zero = quest_qparams(xd, bits)
+    require_finite(step, "values")  # a NaN/Inf anywhere in a row makes its RMS non-finite
     x_hat = round_to_grid(xf, step, zero, quest_spec(bits))
     trust = (x_hat - xf).abs() <= step / 2
     return straight_through(x, x_hat.to(x.dtype), trust)

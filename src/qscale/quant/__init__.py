@@ -8,6 +8,7 @@ from qscale.quant.core import (
     grid_codes,
     grouped,
     quantize,
+    require_finite,
     round_to_grid,
     ungrouped,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "pack_rows",
     "packed_words",
     "quantize",
+    "require_finite",
     "round_to_grid",
     "ungrouped",
     "unpack_rows",

@@ -47,7 +47,8 @@ class QTensor:
     shape: torch.Size
 
 
-def _require_finite(t: Tensor, what: str) -> None:
+def require_finite(t: Tensor, what: str) -> None:
+    """Raise ``QscaleError`` if ``t`` holds NaN or Inf (``what`` names it)."""
     if not bool(torch.isfinite(t).all()):
         raise QscaleError(f"cannot quantize {what} holding NaN or Inf")
 
@@ -96,13 +97,13 @@ def _params(xg: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
             scale = absmax * (2.0 / (2**spec.bits - 1))
         else:
             scale = absmax / spec.qmax
-        _require_finite(scale, "values")
+        require_finite(scale, "values")
         zero = torch.full_like(scale, -0.5 if spec.bits == 1 else 0.0)
         return scale, zero
     lo = xg.amin(dim=-1, keepdim=True).clamp(max=0)
     hi = xg.amax(dim=-1, keepdim=True).clamp(min=0)
     scale = (hi - lo) / spec.qmax
-    _require_finite(scale, "values")
+    require_finite(scale, "values")
     zero = torch.round(-lo / _safe(scale)).clamp(spec.qmin, spec.qmax)
     return scale, zero
 
@@ -143,8 +144,8 @@ def quantize(x: Tensor, spec: QuantSpec, scale: Tensor | None = None, zero: Tens
     dtype = _work_dtype(x)
     xg = grouped(x.to(dtype), spec)
     if scale is not None:
-        _require_finite(x, "values")
-        _require_finite(scale, "a scale")
+        require_finite(x, "values")
+        require_finite(scale, "a scale")
     if scale is None:
         require(zero is None, "a zero point was given without a scale")
         scale, zero = _params(xg, spec)

@@ -159,6 +159,7 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
     check_parent_tokenizer(parent, streams.tokenizer_hash)
     offset, schedule = (parent.tokens, replace(cfg, warmup_steps=0)) if parent else (0, cfg)
     model, opt = _fresh(cfg, streams.vocab_size, device)
+    val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
     run_meta = _run_meta(cfg, streams)
     check_resume(out_dir, run_meta)  # the first write, after every check
     start, recent = _load_state(out_dir, model, opt)
@@ -171,7 +172,6 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
         start, recent = 0, []
     end = total if stop_after_steps is None else min(total, stop_after_steps)
     forward = torch.compile(model) if cfg.compile else model
-    val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
     micro = cfg.batch_size // cfg.grad_accum
     model.train()
     with _progress(progress) as bar:

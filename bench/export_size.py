@@ -4,8 +4,8 @@ The model: hidden 768, MLP 2048, 12 layers, 12 heads, vocab 32000, untied embedd
 linear weights + 49M embedding/head parameters). Each run is a fresh process (``--one``) so that its peak
 RSS (``ru_maxrss``) is its own: build the fp32 model, RTN-quantize its linear layers (G = 128, symmetric),
 export. Theory = bits·weights/8 + scales + zero points (asymmetric) + GPTQ's g_idx + full-precision parts.
-The RSS of the fp32 model alone (built, not exported) is printed as the baseline: the export should add
-about one layer, not a second copy of the model. Example: ``python bench/export_size.py --bits 2,3,4,8``.
+Peak RSS (MB) is printed for the fp32 model alone (built only), after quantization, and after the export:
+the export should add about one layer, not a second copy of the model. Example: ``python bench/export_size.py --bits 2,3,4,8``.
 """
 
 from __future__ import annotations
@@ -54,13 +54,14 @@ def one(fmt: str, bits: int, G: int) -> dict:
     theory = n_w * bits / 8 + n_groups * scale_bytes + n_fp * 4
     theory += {"gptq": n_groups * bits / 8 + 4 * sum(m.in_features for m in layers),
                "qscale": 4 * sum(m.in_features for m in layers), "compressed-tensors": 16 * len(layers)}[fmt]
+    quant_rss = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         export_model(model, Path(tmp) / "out", fmt)
         seconds = time.perf_counter() - t0
         size = folder_bytes(Path(tmp) / "out")
     return {"format": fmt, "bits": bits, "G": G, "bytes": size, "theory": theory, "ratio": size / theory,
-            "export_s": seconds, "peak_rss_mb": peak_rss_mb(), "rss_before_quant_mb": base_rss}
+            "export_s": seconds, "peak_rss_mb": peak_rss_mb(), "peak_after_quant_mb": quant_rss}
 
 
 def main() -> None:
@@ -75,16 +76,17 @@ def main() -> None:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.group_size)))
         return
     runs = [("baseline", 0)] + [(f, int(b)) for b in args.bits.split(",") for f in args.formats.split(",")]
-    print(f"{'format':20s} {'bits':>4s} {'MB':>9s} {'theory MB':>10s} {'ratio':>7s} {'export s':>9s} {'peak RSS MB':>12s}")
+    print(f"{'format':20s} {'bits':>4s} {'MB':>9s} {'theory MB':>10s} {'ratio':>7s} {'export s':>9s} "
+          f"{'RSS quant':>10s} {'RSS export':>11s}")
     for fmt, bits in runs:
         out = subprocess.run([sys.executable, __file__, "--one", fmt, str(bits), "--group-size", str(args.group_size)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         if fmt == "baseline":
-            print(f"{'fp32 model only':20s} {'':>4s} {'':>9s} {'':>10s} {'':>7s} {'':>9s} {r['peak_rss_mb']:12.0f}")
+            print(f"{'fp32 model only':20s} {'':>4s} {'':>9s} {'':>10s} {'':>7s} {'':>9s} {r['peak_rss_mb']:10.0f}")
             continue
         print(f"{fmt:20s} {bits:4d} {r['bytes'] / 1e6:9.2f} {r['theory'] / 1e6:10.2f} {r['ratio']:7.4f} "
-              f"{r['export_s']:9.2f} {r['peak_rss_mb']:12.0f}")
+              f"{r['export_s']:9.2f} {r['peak_after_quant_mb']:10.0f} {r['peak_rss_mb']:11.0f}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def qat_command(
     group_size: int = typer.Option(128, "--group-size", "-g", help="Weight scale per G input columns; 0 = per channel."),
     rule: list[str] = typer.Option([], "--rule", help="Mixed precision, repeatable: PATTERN=w8a8, PATTERN=a8 or PATTERN=skip (glob or re:regex)."),
     distill: bool = typer.Option(False, "--distill/--no-distill", help="Distil from the full-precision model (KL + CE)."),
+    rank: int = typer.Option(16, "--rank", help="lrqat / l4q: rank r of the trained update (α/r)·A·B."),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="lrqat / l4q: α of the update (α/r)·A·B."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW, warmup then cosine to 10%)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training and evaluation window."),
@@ -94,7 +96,8 @@ def qat_command(
     require(model_dir.resolve() != out.resolve(), "--out must not be the model folder itself")
     check_out(out)
     cfg = QATRecipeConfig(recipe, w_bits=w_bits, a_bits=a_bits, group_size=group_size or None,
-                          rules=tuple(parse_rule(r) for r in rule), distill=DistillConfig() if distill else None)
+                          rules=tuple(parse_rule(r) for r in rule), distill=DistillConfig() if distill else None,
+                          rank=rank, lora_alpha=lora_alpha)
     out_dtype = export_dtype(dtype, model_dir)
     console = Console(stderr=True)
     seed_everything(seed)

@@ -64,9 +64,10 @@ class DistillConfig:
 class QATRecipeConfig:
     """Which recipe, at which precision, on which layers.
 
-    recipe:           registry name: ste | lsq | quest | bitnet | pbllm (``qscale.qat.RECIPES``).
+    recipe:           registry name: ste | lsq | quest | bitnet | pbllm | lrqat | l4q (``qscale.qat.RECIPES``).
     w_bits / a_bits:  default weight / input-activation bit widths; None = the recipe's default
-                      (ste, lsq, quest: W4A4; bitnet: ternary weights (stored in 2 bits), A8; pbllm: W1A16).
+                      (ste, lsq, quest: W4A4; bitnet: ternary weights (stored in 2 bits), A8; pbllm: W1A16;
+                      lrqat, l4q: W4A16).
     group_size:       G, input columns per weight scale; None = one scale per output channel
                       (ste, lsq; quest scales each rotated row, bitnet the tensor, pbllm each row).
     act_group_size:   None = one activation scale per token; G = per token per G features (Chen et al.;
@@ -76,6 +77,7 @@ class QATRecipeConfig:
     exclude:          patterns of layers never quantized (the output head is always excluded).
     rules:            per-layer overrides applied in order (mixed precision).
     distill:          distil from the full-precision model during ``qat_finetune``; None = plain CE.
+    rank, lora_alpha: lrqat / l4q only: rank r of the trainable A·B and its scale α (the update is (α/r)·A·B).
     """
 
     recipe: str = "ste"
@@ -88,6 +90,8 @@ class QATRecipeConfig:
     exclude: tuple[str, ...] = ("*lm_head", "*embed*")
     rules: tuple[LayerRule, ...] = ()
     distill: DistillConfig | None = None
+    rank: int = 16
+    lora_alpha: float = 16.0
 
     def __post_init__(self) -> None:
         from qscale.qat.registry import RECIPES
@@ -108,6 +112,8 @@ class QATRecipeConfig:
         require(all(isinstance(r, LayerRule) for r in self.rules), "rules must be LayerRule objects")
         require(self.distill is None or isinstance(self.distill, DistillConfig),
                 "distill must be a DistillConfig or None")
+        require(isinstance(self.rank, int) and self.rank >= 1, f"rank must be a positive integer, got {self.rank!r}")
+        require(self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}")
         RECIPES[self.recipe].check_bits(*self.default_bits)
 
     @property

@@ -30,8 +30,12 @@ class WeightQuantizer(nn.Module):
     """Fake-quantizes a weight ``[out, in]`` in training; freezes it into a ``QuantizedWeight``.
 
     Contract: ``forward(w)`` (differentiable, recipe-specific gradient) has the values of
-    ``freeze(w).dequantize()``, so converting a trained layer does not change its outputs.
+    ``freeze(w).dequantize()``, so converting a trained layer does not change its outputs. A quantizer with
+    ``owns_weight = True`` keeps its own (frozen, possibly downcast) copy of the weight: the layer then holds
+    no float weight and calls ``forward(None)`` / ``freeze(None)`` (low-rank QAT: LR-QAT, L4Q).
     """
+
+    owns_weight = False
 
     def forward(self, w: Tensor) -> Tensor:
         raise NotImplementedError
@@ -64,7 +68,8 @@ class QuantLinear(nn.Module):
     ):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.weight = weight
+        owned = weight_quantizer is not None and weight_quantizer.owns_weight
+        self.weight = None if owned else weight
         self.bias = bias
         self.weight_quantizer = weight_quantizer
         self.act_quantizer = act_quantizer
@@ -77,6 +82,8 @@ class QuantLinear(nn.Module):
 
     def quantized_weight(self) -> Tensor:
         """The (rotated) fake-quantized weight the matmul uses."""
+        if self.weight is None:
+            return self.weight_quantizer(None)
         w = self._rotate(self.weight)
         return w if self.weight_quantizer is None else self.weight_quantizer(w)
 
@@ -99,7 +106,8 @@ class QuantLinear(nn.Module):
         if self.weight_quantizer is None:
             self.requires_grad_(False)
             return self
-        qweight = self.weight_quantizer.freeze(self._rotate(self.weight.detach()))
+        w = None if self.weight is None else self._rotate(self.weight.detach())
+        qweight = self.weight_quantizer.freeze(w)
         return QuantizedLinear(qweight, self.bias, self.act_quantizer, self.hadamard_group, name=name,
                                source=self.source)
 

@@ -76,6 +76,8 @@ def prepare(model: nn.Module, cfg: QATRecipeConfig) -> nn.Module:
     recipe = get_recipe(cfg.recipe)
     plans = plan_layers(model, cfg)
     require(plans, f"no linear layer selected for QAT by {cfg.label} (check exclude and rules)")
+    if recipe.trains_quantizers_only:  # low-rank QAT: only the quantizers' factors and scales train
+        model.requires_grad_(False)
     for name, plan in plans.items():
         mod = model.get_submodule(name)
         require(bool(torch.isfinite(mod.weight).all()), f"layer {name}: weight holds NaN or Inf")

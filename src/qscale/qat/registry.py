@@ -25,6 +25,7 @@ class Recipe:
     default_bits: ClassVar[tuple[int, int]]  # (w_bits, a_bits) when the config leaves them None
     hadamard: ClassVar[bool] = False  # rotate input groups (and weights) before quantizing
     uses_group_size: ClassVar[bool] = True  # weight scales per group of ``cfg.group_size`` columns
+    trains_quantizers_only: ClassVar[bool] = False  # freeze every other parameter (low-rank QAT)
 
     def check_bits(self, w_bits: int, a_bits: int) -> None:
         """Raise ``QscaleError`` for bit widths this recipe cannot represent."""

@@ -41,3 +41,13 @@ def test_qat_bad_rule_and_recipe(user_models, corpus, cache, tmp_path, capsys):
         rc = main(["qat", str(user_models["neox"]), "--out", str(tmp_path / "x"), "--data", str(corpus), *FAST, *args])
         err = capsys.readouterr().err
         assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_qat_efficientqat_and_lrqat_from_the_cli(user_models, corpus, cache, tmp_path):
+    for recipe, extra in (("efficientqat", ["--block-steps", "3", "--calib-windows", "4", "--w-bits", "3"]),
+                          ("lrqat", ["--rank", "4", "--w-bits", "2"])):
+        out = tmp_path / recipe
+        rc = main(["qat", str(user_models["neox"]), "--recipe", recipe, "--tokens", "640", "--group-size", "32",
+                   "--out", str(out), "--data", str(corpus), *FAST, *extra])
+        assert rc == 0
+        assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compressed-tensors"

@@ -1,5 +1,6 @@
 """``qscale qat MODEL_DIR --recipe R --tokens N --out DIR``: QAT fine-tuning of a user's model, then a packed folder.
 
+``efficientqat`` runs Block-AP on calibration windows first, then E2E-QP (step sizes only) for ``--tokens``.
 The training state lives next to ``--out`` (``.<out>.qat-state``) until the folder is written, so a killed run
 re-run with the same command resumes where it stopped; a different model, data or config is refused.
 """
@@ -26,7 +27,7 @@ from qscale.commands.common import (
     token_streams,
     write_record,
 )
-from qscale.data.batches import train_batch
+from qscale.data.batches import calibration_windows, train_batch
 from qscale.errors import QscaleError, require
 from qscale.evaluate.loss import evaluate
 from qscale.export import folder_bytes
@@ -35,6 +36,7 @@ from qscale.export.folder import quantized_layers
 from qscale.models import count_params, load_model
 from qscale.provenance import config_hash, seed_everything, to_jsonable
 from qscale.qat import RECIPES, DistillConfig, LayerRule, QATRecipeConfig, convert, qat_finetune
+from qscale.qat.efficientqat import block_ap, freeze_codes
 
 _RULE = re.compile(r"^(?P<pattern>[^=]+)=(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?$|^(?P<skip>[^=]+)=skip$")
 
@@ -83,6 +85,8 @@ def qat_command(
     fmt: str = typer.Option("auto", "--format", help="compressed-tensors, gptq, qscale, or auto (compressed-tensors where it can hold the layers, else qscale)."),
     dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."),
     save_every: int = typer.Option(50, "--save-every", help="Save the resume state every this many steps."),
+    block_steps: int = typer.Option(50, "--block-steps", help="efficientqat: Block-AP steps per decoder block."),
+    calib_windows: int = typer.Option(32, "--calib-windows", help="efficientqat: Block-AP calibration windows (train split)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
@@ -116,6 +120,12 @@ def qat_command(
            "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "tokenizer": train_streams.tokenizer_hash,
            "train_tokens": len(train_streams.train), "data": str(data or "embedded")}
     state = out.with_name(f".{out.name}.qat-state")
+    if recipe == "efficientqat":  # Block-AP (not resumable: deterministic, redone), then E2E-QP below
+        require(block_steps >= 1 and calib_windows >= 1, "--block-steps and --calib-windows must be >= 1")
+        calib = calibration_windows(train_streams.train, calib_windows, seq_len, seed)
+        block_ap(model, cfg, calib, steps=block_steps, progress=progress)
+        freeze_codes(model)
+        run.update(block_steps=block_steps, calib_windows=calib_windows)
     losses = qat_finetune(
         model, cfg, lambda step: train_batch(train_streams.train, step, batch_size, seq_len, seed), steps, lr,
         teacher=teacher, warmup_steps=min(50, steps // 10), state_dir=state, save_every=save_every,

@@ -36,7 +36,7 @@ class _Stop(Exception):
 
 
 @dataclass
-class _BlockInput:
+class BlockInput:
     """One calibration batch's inputs to the current block."""
 
     args: tuple
@@ -45,22 +45,23 @@ class _BlockInput:
     def hidden(self) -> Tensor:
         return self.args[0] if self.args else self.kwargs["hidden_states"]
 
-    def with_hidden(self, h: Tensor) -> _BlockInput:
+    def with_hidden(self, h: Tensor) -> BlockInput:
         if self.args:
-            return _BlockInput((h, *self.args[1:]), self.kwargs)
-        return _BlockInput(self.args, {**self.kwargs, "hidden_states": h})
+            return BlockInput((h, *self.args[1:]), self.kwargs)
+        return BlockInput(self.args, {**self.kwargs, "hidden_states": h})
 
 
-def _run(block: nn.Module, inp: _BlockInput) -> Tensor:
+def run_block(block: nn.Module, inp: BlockInput) -> Tensor:
+    """The block's hidden-state output for one captured batch of its inputs."""
     out = block(*inp.args, **inp.kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
-def _capture_inputs(model: nn.Module, block: nn.Module, calib: Tensor, progress: bool) -> list[_BlockInput]:
+def capture_block_inputs(model: nn.Module, block: nn.Module, calib: Tensor, progress: bool) -> list[BlockInput]:
     captured = []
 
     def pre_hook(mod, args, kwargs):
-        captured.append(_BlockInput(args, dict(kwargs)))
+        captured.append(BlockInput(args, dict(kwargs)))
         raise _Stop
 
     device = next(model.parameters()).device
@@ -76,7 +77,7 @@ def _capture_inputs(model: nn.Module, block: nn.Module, calib: Tensor, progress:
     return captured
 
 
-def _stages(block: nn.Module, inp: _BlockInput, layers: dict[str, nn.Module]) -> list[list[str]]:
+def _stages(block: nn.Module, inp: BlockInput, layers: dict[str, nn.Module]) -> list[list[str]]:
     """Layers in the order the block calls them, grouped into runs that read the same input tensor."""
     calls: list[tuple[str, Tensor]] = []
 
@@ -86,7 +87,7 @@ def _stages(block: nn.Module, inp: _BlockInput, layers: dict[str, nn.Module]) ->
 
     handles = [m.register_forward_hook(partial(hook, n)) for n, m in layers.items()]
     try:
-        _run(block, inp)
+        run_block(block, inp)
     finally:
         for h in handles:
             h.remove()
@@ -166,24 +167,24 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
     model.eval()
     targets = quantizable(model, cfg.skip)
     blocks_name, blocks = find_blocks(model)
-    inputs = _capture_inputs(model, blocks[0], calib, progress)
+    inputs = capture_block_inputs(model, blocks[0], calib, progress)
     stats = {}
     for b, block in track(list(enumerate(blocks)), description="GPTQ blocks", disable=not progress, transient=True):
         prefix = f"{blocks_name}.{b}."
         layers = {n[len(prefix) :]: m for n, m in targets.items() if n.startswith(prefix)}
 
-        def run_block(block=block):
+        def run_inputs(block=block):
             for inp in inputs:
                 try:
-                    _run(block, inp)
+                    run_block(block, inp)
                 except _Stop:
                     pass
 
         for stage in _stages(block, inputs[0], layers):
             first = stage[0]  # the stage's layers all read this layer's input
-            H = _hessians({first: layers[first]}, run_block, stop_after=first)[first]
+            H = _hessians({first: layers[first]}, run_inputs, stop_after=first)[first]
             stats.update(_gptq_layers(model, stage, prefix, layers, H, cfg))
-        inputs = [inp.with_hidden(_run(block, inp)) for inp in inputs]
+        inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
 
     heads = {n: m for n, m in targets.items() if not n.startswith(blocks_name + ".")}
     if heads:

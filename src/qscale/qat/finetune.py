@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError, require
 from qscale.qat.config import QATRecipeConfig
 from qscale.qat.distill import distill_loss
-from qscale.qat.prepare import prepare
+from qscale.qat.prepare import prepare, quant_layers
 from qscale.train.checkpoint import atomic_folder
 
 
@@ -67,7 +67,8 @@ def qat_finetune(
         teacher = copy.deepcopy(model)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    prepare(model, cfg)
+    if not quant_layers(model):  # a block-wise recipe (efficientqat) arrives prepared
+        prepare(model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)

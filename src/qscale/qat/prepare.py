@@ -73,11 +73,18 @@ def prepare(model: nn.Module, cfg: QATRecipeConfig) -> nn.Module:
     ``Conv1D``, whose weight is transposed into a new parameter), and quantizers may add parameters.
     """
     require(not any(isinstance(m, QuantLinear) for m in model.modules()), "model is already prepared for QAT")
-    recipe = get_recipe(cfg.recipe)
     plans = plan_layers(model, cfg)
     require(plans, f"no linear layer selected for QAT by {cfg.label} (check exclude and rules)")
-    if recipe.trains_quantizers_only:  # low-rank QAT: only the quantizers' factors and scales train
+    if get_recipe(cfg.recipe).trains_quantizers_only:  # low-rank QAT: only the quantizers' factors and scales train
         model.requires_grad_(False)
+    prepare_layers(model, cfg, plans)
+    return model
+
+
+def prepare_layers(model: nn.Module, cfg: QATRecipeConfig, plans: dict[str, LayerPlan]) -> None:
+    """Replace the named linear layers (``plan_layers`` entries) by ``QuantLinear`` (block-wise recipes
+    prepare one block at a time)."""
+    recipe = get_recipe(cfg.recipe)
     for name, plan in plans.items():
         mod = model.get_submodule(name)
         require(bool(torch.isfinite(mod.weight).all()), f"layer {name}: weight holds NaN or Inf")
@@ -91,8 +98,8 @@ def prepare(model: nn.Module, cfg: QATRecipeConfig) -> nn.Module:
         for q in (wq, aq):
             if q is not None:
                 q.to(device=weight.device)
-        replace_module(model, name, QuantLinear(weight, mod.bias, wq, aq, hadamard, name=name, source=type(mod).__name__))
-    return model
+        layer = QuantLinear(weight, mod.bias, wq, aq, hadamard, name=name, source=type(mod).__name__)
+        replace_module(model, name, layer)
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLinear]:

@@ -61,6 +61,17 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class InterventionConfig:
+    """Teacher Intervention (``qscale.qat.intervention``): the teacher's block inputs replace the student's,
+    handed back block by block over the first ``handback`` fraction of the steps (then none)."""
+
+    handback: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(0 < self.handback <= 1, f"intervention handback must be in (0, 1], got {self.handback}")
+
+
+@dataclass(frozen=True)
 class QATRecipeConfig:
     """Which recipe, at which precision, on which layers.
 
@@ -78,6 +89,8 @@ class QATRecipeConfig:
     rules:            per-layer overrides applied in order (mixed precision).
     distill:          distil from the full-precision model during ``qat_finetune``; None = plain CE.
     rank, lora_alpha: lrqat / l4q only: rank r of the trainable A·B and its scale α (the update is (α/r)·A·B).
+    intervention:     Teacher Intervention during ``qat_finetune`` (with the distillation loss; ``distill``
+                      defaults to ``DistillConfig()`` then); None = off.
     """
 
     recipe: str = "ste"
@@ -92,6 +105,7 @@ class QATRecipeConfig:
     distill: DistillConfig | None = None
     rank: int = 16
     lora_alpha: float = 16.0
+    intervention: InterventionConfig | None = None
 
     def __post_init__(self) -> None:
         from qscale.qat.registry import RECIPES
@@ -114,6 +128,8 @@ class QATRecipeConfig:
                 "distill must be a DistillConfig or None")
         require(isinstance(self.rank, int) and self.rank >= 1, f"rank must be a positive integer, got {self.rank!r}")
         require(self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}")
+        require(self.intervention is None or isinstance(self.intervention, InterventionConfig),
+                "intervention must be an InterventionConfig or None")
         RECIPES[self.recipe].check_bits(*self.default_bits)
 
     @property

@@ -15,22 +15,11 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
 from qscale.errors import require
 from qscale.ptq.layers import find_blocks
-
-
-@dataclass(frozen=True)
-class InterventionConfig:
-    """handback: fraction of the steps over which the intervened blocks are handed back to the student."""
-
-    handback: float = 0.5
-
-    def __post_init__(self) -> None:
-        require(0 < self.handback <= 1, f"intervention handback must be in (0, 1], got {self.handback}")
+from qscale.qat.config import InterventionConfig
 
 
 def first_intervened(step: int, steps: int, n_blocks: int, cfg: InterventionConfig) -> int:

@@ -11,7 +11,7 @@ class QscaleError(ValueError):
 
 
 class ConvergenceError(QscaleError):
-    """A numerical fit did not converge; the message carries the optimiser's own words."""
+    """A numerical fit did not converge; the message says how the optimiser stopped."""
 
 
 def require(condition: bool, message: str) -> None:

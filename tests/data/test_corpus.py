@@ -62,3 +62,12 @@ def test_folder_without_data_files_raises(tmp_path):
     (tmp_path / "notes.md").write_text("# not a data file")
     with pytest.raises(QscaleError, match="no .txt"):
         load_corpus(tmp_path)
+
+
+def test_binary_or_non_utf8_text_file_is_refused(tmp_path):
+    (tmp_path / "model.txt").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 10)  # a zip renamed .txt
+    with pytest.raises(QscaleError, match="is binary"):
+        load_corpus(tmp_path / "model.txt")
+    (tmp_path / "latin1.txt").write_bytes("na\xefve caf\xe9".encode("latin-1") * 20)
+    with pytest.raises(QscaleError, match="not UTF-8 text"):
+        load_corpus(tmp_path / "latin1.txt")

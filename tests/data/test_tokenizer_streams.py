@@ -66,3 +66,17 @@ def test_batches_are_deterministic_and_split_pure(streams):
 
 def torch_tensor(a):
     return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
+
+def test_eval_windows_never_overlap(streams):
+    n = len(streams.val)
+    most = n // 17
+    w = eval_windows(streams.val, most, 16)
+    starts = [int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(np.asarray(streams.val), 17)
+                                  == w[i].numpy()).all(axis=1))[0]) for i in (0, 1)]
+    assert starts[1] - starts[0] >= 17
+    with pytest.raises(QscaleError, match=f"use at most {most:,} windows"):
+        eval_windows(streams.val, most + 1, 16)
+    with pytest.raises(QscaleError, match="use at most"):  # refused before allocating 100M windows
+        eval_windows(streams.val, 100_000_000, 16)
+    assert streams.data_fingerprint and len(streams.data_fingerprint) == 16

@@ -69,8 +69,8 @@ def test_extrapolation_check_holds_out_largest(qid_data, qid_true):
         extrapolation_check("qid", data, hold_out="G")
 
 
-def test_non_convergence_raises_with_optimiser_message():
-    with pytest.raises(ConvergenceError, match="did not converge.*ITERATIONS"):
+def test_non_convergence_raises_with_a_plain_message():
+    with pytest.raises(ConvergenceError, match=r"did not converge \(stopped at the iteration limit\)"):
         fit_law("chinchilla", {"N": np.geomspace(1e7, 1e10, 20), "D": np.geomspace(1e9, 1e12, 20),
                                "loss": np.linspace(4, 2, 20)}, maxiter=2)
 

@@ -67,3 +67,48 @@ def test_load_model_round_trip_and_corruption(tmp_path):
     (tmp_path / "badcfg" / "config.json").write_text(json.dumps({"model_type": "nonexistent-arch"}))
     with pytest.raises(QscaleError, match="badcfg"):
         load_model(tmp_path / "badcfg")
+
+
+def _resave(src, dst, edit):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_missing_unexpected_or_non_finite_weights_are_errors(tmp_path):
+    build_model("xs", 300, max_seq_len=64).save_pretrained(tmp_path / "ok")
+    _resave(tmp_path / "ok", tmp_path / "missing", lambda t: t.pop("model.norm.weight"))
+    _resave(tmp_path / "ok", tmp_path / "extra", lambda t: t.update({"model.extra": torch.ones(3)}))
+    _resave(tmp_path / "ok", tmp_path / "inf", lambda t: t["model.norm.weight"].__setitem__(0, float("inf")))
+    with pytest.raises(QscaleError, match="lacks 1 weight.*model.norm.weight"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(QscaleError, match="does not use: model.extra"):
+        load_model(tmp_path / "extra")
+    with pytest.raises(QscaleError, match="corrupt: tensor model.norm.weight holds NaN or Inf"):
+        load_model(tmp_path / "inf")
+
+
+def test_converted_qat_model_saved_with_save_pretrained_is_refused(tmp_path, capfd):
+    from qscale.qat import QATRecipeConfig, convert, prepare
+
+    model = build_model("xs", 300, max_seq_len=64)
+    convert(prepare(model, QATRecipeConfig(recipe="ste", w_bits=4, a_bits=16)))
+    model.save_pretrained(tmp_path / "qat")
+    with pytest.raises(QscaleError, match=r"lacks \d+ weight.*integer codes"):
+        load_model(tmp_path / "qat")
+    assert "MISSING" not in capfd.readouterr().err  # transformers' own table is not printed
+
+
+def test_model_positions_of_llama_and_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from qscale.models.load import model_positions
+
+    assert model_positions(build_model("xs", 300, max_seq_len=96)) == 96
+    assert model_positions(GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=48, n_embd=16, n_layer=1,
+                                                      n_head=2))) == 48

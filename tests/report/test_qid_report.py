@@ -58,6 +58,7 @@ def test_report_fits_known_law_counts_exclusions_and_inverts(tmp_path):
     for f in ("fit.json", "summary.md", "qid_vs_D_gptq.png", "observed_vs_predicted.png"):
         assert (tmp_path / "report" / f).stat().st_size > 0
     doc = json.loads((tmp_path / "report" / "fit.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert doc["n_boot"] == 20
     inv = doc["inversion"]["gptq"]
     assert len(inv) == len(SIZES) * 2 * 2
     for r in inv:  # the tokens in the report reproduce the threshold under the fitted law

@@ -22,6 +22,7 @@ def test_train_then_eval_cli(cache_env, streams, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     meta = json.loads((out / "step-000004" / "qscale.json").read_text())
     assert result["seq_len"] == 32 and result["n_tokens"] == 4 * 32
+    assert result["fingerprints"] == {k: meta["fingerprints"][k] for k in ("data", "tokenizer")}
     assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
     assert abs(result["loss"] - meta["val_loss"]) < 0.5  # 4 windows vs the 32 used in training
 

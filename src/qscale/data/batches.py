@@ -30,10 +30,19 @@ def train_batch(tokens: np.ndarray, step: int, batch_size: int, seq_len: int, se
     return _gather(tokens, starts, seq_len + 1)
 
 
-def eval_windows(val_tokens: np.ndarray, n_windows: int, seq_len: int) -> torch.LongTensor:
-    """``[n, seq_len + 1]`` windows at evenly spaced offsets over the whole split (fixed, no randomness)."""
-    _check(val_tokens, seq_len + 1, "eval windows")
+def check_eval_windows(n_tokens: int, n_windows: int, seq_len: int) -> None:
+    """Refuse more windows than the validation split holds side by side: overlapping windows repeat
+    tokens while the paired standard errors treat the windows as independent (a too-low noise floor)."""
     require(n_windows >= 1, f"number of windows must be >= 1, got {n_windows}")
+    need, most = n_windows * (seq_len + 1), n_tokens // (seq_len + 1)
+    require(need <= n_tokens, f"{n_windows:,} evaluation windows of {seq_len} tokens need {need:,} validation tokens "
+                              f"but the split has {n_tokens:,}: use at most {most:,} windows (more would overlap)")
+
+
+def eval_windows(val_tokens: np.ndarray, n_windows: int, seq_len: int) -> torch.LongTensor:
+    """``[n, seq_len + 1]`` non-overlapping windows at evenly spaced offsets over the whole split (fixed)."""
+    _check(val_tokens, seq_len + 1, "eval windows")
+    check_eval_windows(len(val_tokens), n_windows, seq_len)
     starts = np.linspace(0, len(val_tokens) - seq_len - 1, n_windows).round().astype(np.int64)
     return _gather(val_tokens, starts, seq_len + 1)
 

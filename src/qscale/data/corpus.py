@@ -68,10 +68,20 @@ def _stdlib_documents() -> Iterator[tuple[str, str]]:
         yield rel.as_posix(), data.decode("utf-8", errors="replace")
 
 
+def _text(path: Path) -> str:
+    """A ``.txt`` file's text; a binary file (NUL bytes, not UTF-8) is refused, not tokenized as noise."""
+    data = path.read_bytes()
+    require(b"\x00" not in data, f"data file {path} is binary (NUL bytes), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QscaleError(f"data file {path} is not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
 def _read_file(path: Path, rel: str) -> list[tuple[str, str]]:
     try:
         if path.suffix == ".txt":
-            return [(rel, path.read_text(encoding="utf-8", errors="replace"))]
+            return [(rel, _text(path))]
         if path.suffix == ".jsonl":
             texts = []
             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):

@@ -46,13 +46,15 @@ class DataConfig:
 
 @dataclass
 class TokenStreams:
-    """Tokenized train / validation splits (1-D memmaps) and their tokenizer."""
+    """Tokenized train / validation splits (1-D memmaps), their tokenizer and the corpus fingerprint
+    (content and split of the text), which runs record to refuse resuming on other data."""
 
     train: np.ndarray
     val: np.ndarray
     vocab_size: int
     tokenizer_hash: str
     tokenizer: Tokenizer
+    data_fingerprint: str
 
 
 def _dtype(vocab_size: int) -> np.dtype:
@@ -112,4 +114,4 @@ def load_token_streams(cfg: DataConfig, progress: bool = True) -> TokenStreams:
         s: np.memmap(folder / f"{s}.bin", dtype=meta["dtype"], mode="r", shape=(meta[s],)) for s in ("train", "val")
     }
     require(meta["train"] > 0 and meta["val"] > 0, f"corpus tokenized to an empty split: {meta}")
-    return TokenStreams(arrays["train"], arrays["val"], vocab, thash, tok)
+    return TokenStreams(arrays["train"], arrays["val"], vocab, thash, tok, corpus.fingerprint)

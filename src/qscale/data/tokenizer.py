@@ -84,6 +84,24 @@ def load_tokenizer(path: Path) -> Tokenizer:
     raise QscaleError(f"no tokenizer.json (or vocab.json + merges.txt) in tokenizer folder {path}")
 
 
+def folder_tokenizer(folder: Path) -> Path | None:
+    """The tokenizer a model folder ships (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``), if any."""
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        return folder / "tokenizer.json"
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return folder
+    return None
+
+
+def model_tokenizer(folder: Path, tokenizer: Path | None) -> Path:
+    """``tokenizer`` if given, else the model folder's own: a model never gets a freshly trained BPE."""
+    found = tokenizer or folder_tokenizer(folder)
+    require(found is not None, f"model folder {folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): "
+                               "pass --tokenizer PATH, the tokenizer the model was trained with")
+    return found
+
+
 def eos_id(tok: Tokenizer) -> int | None:
     """Id of the end-of-text token used to separate documents, if the tokenizer has one."""
     for name in _EOS_CANDIDATES:

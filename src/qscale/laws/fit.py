@@ -4,7 +4,7 @@ Minimise Σ_i w_i·Huber_δ(log ŷ_i − log y_i) (δ = 1e-3 by default) with L-
 coordinates. The whole grid of starting points is scored first and L-BFGS-B runs from the ``n_starts``
 best of them (through smoother Huber losses first, see ``_from_start``); the best converged optimum of
 the requested objective is kept. A fit that does not converge raises
-:class:`~qscale.errors.ConvergenceError` with the optimiser's message instead of returning numbers.
+:class:`~qscale.errors.ConvergenceError` saying why in words instead of returning numbers.
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def _fd_gradient(problem: Problem, theta: np.ndarray, weights: np.ndarray | None
     return g
 
 
+def _plain(status: int) -> str:
+    """L-BFGS-B's exit status in words (its raw message names Fortran internals)."""
+    return {0: "converged", 1: "stopped at the iteration limit", 2: "stopped: the line search found no descent"}.get(
+        status, f"stopped (L-BFGS-B status {status})")
+
+
 @dataclass
 class Optimum:
     theta: np.ndarray
@@ -103,14 +109,15 @@ def minimise(problem: Problem, start: np.ndarray, weights: np.ndarray | None = N
     options = {"maxiter": maxiter, "ftol": 1e-11, "gtol": 1e-9, "maxcor": 20}
     res = minimize(problem.objective, x0, args=(weights,), jac=True, method="L-BFGS-B", bounds=bounds,
                    options=options)
-    message = str(res.message)
+    message = _plain(res.status)
     if res.status == 2:
         again = minimize(problem.objective, res.x, args=(weights,), jac=True, method="L-BFGS-B",
                          bounds=bounds, options=options)
         stalled = again.fun >= res.fun - 1e-9 * max(1.0, abs(res.fun))
         if again.fun < res.fun:
             res = again
-        return Optimum(res.x, float(res.fun), stalled or again.status == 0, message)
+        ok = stalled or again.status == 0
+        return Optimum(res.x, float(res.fun), ok, "converged (no further descent)" if ok else message)
     return Optimum(res.x, float(res.fun), res.status == 0 and np.isfinite(res.fun), message)
 
 
@@ -201,7 +208,8 @@ def fit_problem(problem: Problem, init: np.ndarray | None = None, n_starts: int 
     good = [o for o in optima if o.converged]
     if not good:
         best = min(optima, key=lambda o: o.value)
-        raise ConvergenceError(f"fit of law {form.name!r} did not converge: {best.message}")
+        raise ConvergenceError(f"fit of law {form.name!r} did not converge ({best.message}): check the data for "
+                               "outliers, give more points, or try another --huber-delta")
     best = min(good, key=lambda o: o.value)
     r = form._log_predict(best.theta, problem.X) - problem.y
     ss_tot = float(((problem.y - problem.y.mean()) ** 2).sum())

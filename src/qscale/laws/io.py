@@ -28,11 +28,14 @@ def _column(values: list) -> np.ndarray:
 
 
 def _read_csv(path: Path) -> dict[str, list]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise QscaleError(f"{path}: empty CSV file (no header)")
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise QscaleError(f"{path}: empty CSV file (no header)")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:  # a binary file, NUL bytes, a broken quote
+        raise QscaleError(f"{path}: not a UTF-8 CSV text file ({type(e).__name__})") from None
     return {name: [r[name] for r in rows] for name in reader.fieldnames}
 
 

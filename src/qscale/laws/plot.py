@@ -38,7 +38,7 @@ def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path:
                                x: str | None = None, n_curve: int = 64, max_groups: int = 12):
     """Observed points and the fitted law (log-log) against ``x`` (default D), one line per group
     of the other inputs (e.g. per N, or per N and P); with more than ``max_groups`` groups (no grid),
-    fitted vs observed. Returns the figure, saved to ``path`` if given."""
+    observed vs predicted (predicted on x, as in the study reports). Returns the figure, saved to ``path`` if given."""
     plt = _pyplot()
     form = fit.law
     x = x or _x_axis(form)
@@ -48,13 +48,13 @@ def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path:
     keys = [tuple(labels_of(data[c])[i] for c in others) for i in range(len(xs))]
     groups = sorted(set(keys), key=lambda k: [_num(v) for v in k])
     fig, ax = plt.subplots(figsize=(7, 5))
-    if len(groups) > max_groups:  # no grid structure to draw lines through: a parity plot instead
+    if len(groups) > max_groups:  # no grid to draw lines through: a parity plot, predicted on x as in reports
         pred = fit.predict(data)
-        ax.scatter(y, pred, s=12)
+        ax.scatter(pred, y, s=12)
         lims = [min(y.min(), pred.min()), max(y.max(), pred.max())]
         ax.plot(lims, lims, color="k", lw=1)
-        ax.set(xscale="log", yscale="log", xlabel=f"observed {fit.target}", ylabel=f"fitted {fit.target}",
-               title=f"{form.name}: fitted vs observed, R²(log) = {fit.r2_log:.3f}")
+        ax.set(xscale="log", yscale="log", xlabel=f"predicted {fit.target}", ylabel=f"observed {fit.target}",
+               title=f"{form.name}: observed vs predicted, R²(log) = {fit.r2_log:.3f}")
         return _save(fig, path)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(groups), 1)))
     for color, key in zip(colors, groups):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +21,7 @@ class PublishedLaw:
     params: Params
     citation: str
     note: str = ""
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # inputs the paper fitted on
 
     @property
     def law(self) -> LawForm:
@@ -59,34 +60,45 @@ def _chinchilla(E: float, A: float, B: float, alpha: float, beta: float) -> Para
     return {"A": A, "B": B, "E": E, "alpha": alpha, "beta": beta}
 
 
-def _add(name: str, law_name: str, params: Params, citation: str, note: str = "") -> None:
-    PUBLISHED[name] = PublishedLaw(name, law_name, params, citation, note)
+def _add(name: str, law_name: str, params: Params, citation: str, note: str = "",
+         ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
+    PUBLISHED[name] = PublishedLaw(name, law_name, params, citation, note, dict(ranges or {}))
+
+
+# The ranges the papers fitted on, in their own units: Pythia 160M-12B, one step (2,097,152 tokens) to
+# 143,000 steps, 2-4 bits (Ouyang); N 74M-595M, D 10B-100B, G 32-256 (Chen).
+OUYANG_RANGES = {"N": (160e6, 12e9), "D": (2_097_152, 143_000 * 2_097_152), "P": (2, 4)}
+TABLE_RANGES = {"N": (1e9, 405e9), "D": (0.0071e12, 196.38e12), "P": (2, 4)}
+CHEN_RANGES = {"N": (74e6, 595e6), "D": (10e9, 100e9), "G": (32, 256)}
 
 
 _add("ouyang2024-gptq", "qid", {"k": 0.017, "alpha": 0.2261, "beta": 0.5251, "gamma": 5.4967},
-     f"{OUYANG}, unified QiD law for GPTQ (SPEC §1)",
+     f"{OUYANG}, unified QiD law for GPTQ",
      "The paper's headline token table does NOT follow from this law: it gives ~10.3T tokens for 70B, "
-     "4-bit, QiD 0.2 where the table says 17.35T. See ouyang2024-table.")
+     "4-bit, QiD 0.2 where the table says 17.35T. See ouyang2024-table.", OUYANG_RANGES)
 _add("ouyang2024-table", "qid_per_bit",
      {"alpha": 0.383659, "beta": 0.655134, "k": {"2": 1.018487e-3, "3": 3.931951e-5, "4": 6.142440e-6}},
-     f"{OUYANG}, headline table (SPEC §1); constants fitted by qscale to OUYANG_TABLE",
+     f"{OUYANG}, headline table; constants fitted by qscale to OUYANG_TABLE",
      "Per-bit power laws (one k per bit width, shared alpha/beta) fitted to the 12 numbers of the headline "
-     "table; they reproduce it to 0.12%. The 2- and 3-bit k rest on one table entry each.")
-_add("chen2025-w4a4", "qat", _qat(0.1582, 0.2186, 0.0745, 0.7779), f"{CHEN}, W4A4 (SPEC §2)")
-_add("chen2025-w4a16", "qat", _qat(0.2522, 0.3589, 0.1610, 0.3533), f"{CHEN}, W4A16 weight-only (SPEC §2)")
-_add("chen2025-w16a4", "qat", _qat(0.1004, 0.1816, 0.0331, 0.9812), f"{CHEN}, W16A4 activation-only (SPEC §2)")
+     "table; they reproduce it to 0.12%. The 2- and 3-bit k rest on one table entry each.", TABLE_RANGES)
+_add("chen2025-w4a4", "qat", _qat(0.1582, 0.2186, 0.0745, 0.7779), f"{CHEN}, W4A4", ranges=CHEN_RANGES)
+_add("chen2025-w4a16", "qat", _qat(0.2522, 0.3589, 0.1610, 0.3533), f"{CHEN}, W4A16 weight-only",
+     ranges=CHEN_RANGES)
+_add("chen2025-w16a4", "qat", _qat(0.1004, 0.1816, 0.0331, 0.9812), f"{CHEN}, W16A4 activation-only",
+     ranges=CHEN_RANGES)
 _add("chen2025-w4a4-fc2int8", "qat", _qat(0.3519, 0.2637, 0.0964, 0.3407),
-     f"{CHEN}, W4A4 with the FC2 input at 8 bits (SPEC §2)")
+     f"{CHEN}, W4A4 with the FC2 input at 8 bits", ranges=CHEN_RANGES)
 _add("chen2025-w16a4-fc2int8", "qat", _qat(0.1273, 0.2347, 0.0827, 0.4491),
-     f"{CHEN}, W16A4 with the FC2 input at 8 bits (SPEC §2)")
+     f"{CHEN}, W16A4 with the FC2 input at 8 bits", ranges=CHEN_RANGES)
 _add("chen2025-bf16", "chinchilla", _chinchilla(1.9279, 237.7042, 596.2490, 0.3022, 0.3022),
-     f"{CHEN}, Chinchilla part of the QAT law, alpha = beta tied (SPEC §2)")
+     f"{CHEN}, Chinchilla part of the QAT law, alpha = beta tied",
+     ranges={k: v for k, v in CHEN_RANGES.items() if k != "G"})
 _add("kumar2024-ptq", "precision_ptq", {"C_T": 0.0598, "gamma_D": 0.5068, "gamma_N": 0.3439, "gamma_post": 0.5907},
-     "Kumar et al. 2024, Scaling Laws for Precision, arXiv 2411.04330, PTQ degradation (SPEC §3)")
+     "Kumar et al. 2024, Scaling Laws for Precision, arXiv 2411.04330, PTQ degradation")
 _add("hoffmann2022", "chinchilla", _chinchilla(1.69, 406.4, 410.7, 0.34, 0.28),
-     "Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, arXiv 2203.15556, approach 3 (SPEC §5)")
+     "Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, arXiv 2203.15556, approach 3")
 _add("besiroglu2024", "chinchilla", _chinchilla(1.8169, 482.01, 2085.43, 0.3478, 0.3658),
-     "Besiroglu et al. 2024, Chinchilla Scaling: A replication attempt, arXiv 2404.10102 (SPEC §5)")
+     "Besiroglu et al. 2024, Chinchilla Scaling: A replication attempt, arXiv 2404.10102")
 
 
 def qat_effective_multiplier(delta: object, N: object, A: float, alpha: float) -> np.ndarray:

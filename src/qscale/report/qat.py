@@ -242,6 +242,7 @@ def write_qat_report(cells: list[dict], fps: list[dict], attr: list[dict], ptq: 
     payload = {
         "law": "delta = k * D^gamma_D * (log2 G)^gamma_G / N^gamma_N (Chen et al. 2025, arXiv 2505.14302)",
         "noise_policy": noise_text(policy),
+        "n_boot": n_boot,
         "fits": {k: {"scheme": f.scheme, "metric": f.metric, "params": f.params, "ci": f.ci, "stats": f.stats,
                      "n_rows": f.n_rows, "n_excluded": f.n_excluded, "n_nonpositive": f.n_nonpositive,
                      "error": f.error, "paper": dict(zip(PARAMS, PAPER[f.scheme])) if f.scheme in PAPER else None}

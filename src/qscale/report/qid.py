@@ -215,6 +215,7 @@ def write_qid_report(rows: list[dict], out_dir: str | Path, cfg: ReportConfig | 
         "title": title,
         "law": LAW_TEXT,
         "noise_policy": cfg.noise.describe(),
+        "n_boot": cfg.n_boot,
         "n_rows": len(rows),
         "sizes": sizes,
         "measured_D_range": list(d_range),

@@ -33,6 +33,8 @@ def qid_command(
     """Reproduce 'low-bit quantization favors undertrained LLMs' on your own suite: train, quantize with RTN
     and GPTQ at several bit widths, record QiD = loss_quantized - loss_full_precision, fit
     QiD = k·D^β/(N^α·P^γ) and write a report. Resumable: re-run the same command after an interruption."""
+    from qscale.data import load_token_streams
+    from qscale.data.batches import check_eval_windows
     from qscale.study.qid import build_study, run_qid_study
 
     overrides = {
@@ -44,9 +46,11 @@ def qid_command(
     study = build_study(preset, out=out, data=data, tokenizer=tokenizer, seed=seed,
                         thresholds=floats(threshold, "--threshold"),
                         **{k: v for k, v in overrides.items() if v is not None})
+    streams = load_token_streams(study.data, progress=progress)
+    check_eval_windows(len(streams.val), study.grid.eval_windows, study.grid.eval_seq_len)  # bad input: one line
     console = Console(stderr=True)
     console.print(f"QiD study [bold]{study.name}[/]: {study.out_dir}")
-    res = run_qid_study(study, progress=progress)
+    res = run_qid_study(study, progress=progress, streams=streams)
     console.print(f"{res.computed} cells measured, {res.skipped} already in the store; {res.n_rows} rows reported.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
     for m, f in res.report.fits.items():

@@ -48,6 +48,7 @@ class QidGrid:
         require(self.n_calib >= 1, f"need >= 1 calibration window, got {self.n_calib}")
         require(self.calib_seq_len >= 2, f"calibration sequence length must be >= 2, got {self.calib_seq_len}")
         require(self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
     def check_methods(self) -> None:
         """Fail early, naming the problem, if a method is not in the PTQ registry."""

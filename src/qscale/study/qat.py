@@ -243,7 +243,7 @@ def _grid(study: QatStudy, streams, store: QatStore, out: QatOutcome, bar, devic
     """Train every missing (N, D) fp model and QAT cell; returns the ``where`` selecting this grid's rows."""
     g = study.grid
     windows = eval_windows(streams.val, g.eval_windows, g.seq_len)
-    chash = config_hash({"kind": "qat-grid", "tokenizer": streams.tokenizer_hash,
+    chash = config_hash({"kind": "qat-grid", "tokenizer": streams.tokenizer_hash, "data": streams.data_fingerprint,
                          "split_sizes": [len(streams.train), len(streams.val)], "vocab": streams.vocab_size,
                          **{k: getattr(g, k) for k in ("batch_size", "seq_len", "lr", "warmup_steps", "weight_decay",
                                                        "eval_windows")}})

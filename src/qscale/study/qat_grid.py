@@ -106,6 +106,7 @@ class QatGrid:
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         require(self.eval_windows >= 2, f"need >= 2 evaluation windows for a noise estimate, got {self.eval_windows}")
         require(self.lr > 0 and self.warmup_steps >= 0 and self.weight_decay >= 0, "bad optimiser settings")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         size, steps, g = self.attribution
         require(size in self.sizes and steps in self.steps and g in self.groups,
                 f"attribution cell {self.attribution} must be in the grid (size, steps, G)")

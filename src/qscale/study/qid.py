@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from qscale.data import DataConfig, TokenStreams, load_token_streams
-from qscale.data.batches import calibration_windows, eval_windows
+from qscale.data.batches import calibration_windows, check_eval_windows, eval_windows
 from qscale.errors import require
 from qscale.evaluate import evaluate
 from qscale.models import count_params, load_model
@@ -110,6 +110,7 @@ def run_qid_study(study: QidStudy, progress: bool = True, streams: TokenStreams 
                        seconds={k: 0.0 for k in ("data", "train", "fp_eval", "quantize", "q_eval", "report")})
     t0 = time.perf_counter()
     streams = streams if streams is not None else load_token_streams(study.data, progress=progress)
+    check_eval_windows(len(streams.val), grid.eval_windows, grid.eval_seq_len)  # before hours of training
     out.seconds["data"] = time.perf_counter() - t0
 
     with Store(study.store_path) as store:
@@ -151,7 +152,7 @@ def _measure(study: QidStudy, streams, checkpoints: dict[str, list], store: Stor
     windows = eval_windows(streams.val, grid.eval_windows, grid.eval_seq_len)
     calib = calibration_windows(streams.train, grid.n_calib, grid.calib_seq_len, grid.seed)
     eval_hash = config_hash({"suite": study.suite, "tokenizer": streams.tokenizer_hash,
-                             "split_sizes": [len(streams.train), len(streams.val)],
+                             "data": streams.data_fingerprint, "split_sizes": [len(streams.train), len(streams.val)],
                              "eval_windows": grid.eval_windows, "eval_seq_len": grid.eval_seq_len})
     cells = [(m, p, grid.ptq_config(m, p)) for m in grid.methods for p in grid.bits]
     cell_hash = {(m, p): config_hash({"eval": eval_hash, "ptq": cfg, "calib_seed": grid.seed}) for m, p, cfg in cells}

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qscale.data import DataConfig, load_token_streams
+from qscale.data.tokenizer import model_tokenizer
 from qscale.train.checkpoint import CheckpointInfo
 from qscale.train.config import TrainConfig
 from qscale.train.loop import train
@@ -40,8 +41,10 @@ def train_command(
     out: Path = typer.Option(None, help="Run folder for checkpoints (default: runs/train-SIZE or runs/suite-PRESET)."),
     data: Path = typer.Option(None, help="Text data: .txt, .jsonl (text field), .parquet (text column) or a folder "
                                          "(default: the Python standard library sources)."),
-    tokenizer: Path = typer.Option(None, help="tokenizer.json file or HF tokenizer folder (default: train a BPE)."),
-    model: Path = typer.Option(None, help="Continue training from this local Hugging Face checkpoint folder."),
+    tokenizer: Path = typer.Option(None, help="tokenizer.json file or HF tokenizer folder (default: the --model "
+                                              "folder's own, else a BPE trained on the data)."),
+    model: Path = typer.Option(None, help="Continue training from this local Hugging Face or qscale checkpoint "
+                                          "folder (a qscale checkpoint's tokens seen count towards D)."),
     vocab_size: int = typer.Option(4096, help="Vocabulary size of the trained BPE tokenizer (>= 256)."),
     seed: int = typer.Option(None, help="Random seed for initialisation and data order (default: 0)."),
     batch_size: int = typer.Option(_DEFAULT.batch_size, help="Sequences per optimiser step."),
@@ -58,17 +61,21 @@ def train_command(
 ) -> None:
     """Train a Llama model (or a preset suite) with Pythia-style log-spaced checkpoints; re-run to resume."""
     console = Console()
+    if model is not None and preset is None:
+        tokenizer = model_tokenizer(model, tokenizer)
     data_cfg = DataConfig(data=data, tokenizer=tokenizer, vocab_size=vocab_size, max_files=max_files)
     if preset is not None:
         suite = get_preset(preset)
         if seed is not None:
             suite = replace(suite, base=replace(suite.base, seed=seed))
         runs = train_suite(suite, load_token_streams(data_cfg), out or Path("runs") / f"suite-{preset}")
-        console.print(loss_table(runs, f"validation loss (nats/token), suite {preset!r}"))
+        console.print(loss_table(runs, f"validation loss (nats/token) on {suite.base.eval_windows} windows x "
+                                       f"{suite.base.seq_len} tokens, suite {preset!r}"))
         return
     cfg = TrainConfig(size=size, tokens=tokens, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len,
                       lr=lr, schedule=schedule, warmup_steps=warmup_steps, seed=seed or 0, ckpt_every=ckpt_every,
                       model=model, device=device)
     name = size if model is None else model.name
     ckpts = train(cfg, load_token_streams(data_cfg), out or Path("runs") / f"train-{name}")
-    console.print(loss_table({name: ckpts}, "validation loss (nats/token)"))
+    console.print(loss_table({name: ckpts}, f"validation loss (nats/token) on {cfg.eval_windows} windows x "
+                                            f"{cfg.seq_len} tokens"))

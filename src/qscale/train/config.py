@@ -52,6 +52,7 @@ class TrainConfig:
             require(getattr(self, name) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
         require(self.ckpt_every is None or self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}")
         require(self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         require(self.batch_size % self.grad_accum == 0,
                 f"batch size {self.batch_size} is not divisible by grad accumulation {self.grad_accum}")
         require(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")

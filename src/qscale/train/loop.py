@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,12 @@ from qscale.data.batches import eval_windows, train_batch
 from qscale.errors import QscaleError, require
 from qscale.evaluate.loss import evaluate
 from qscale.models import build_model, count_params, load_model
-from qscale.provenance import atomic_write_json, config_hash, to_jsonable, versions
-from qscale.train.checkpoint import META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints
+from qscale.models.load import model_positions
+from qscale.provenance import config_hash, to_jsonable, versions
+from qscale.train.checkpoint import (META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints,
+                                     read_checkpoint)
 from qscale.train.config import TrainConfig
+from qscale.train.fingerprint import check_parent_tokenizer, check_resume, parent_checkpoint, run_fingerprints
 from qscale.train.schedule import lr_at
 
 STATE_EVERY = 200  # also save resume state every this many steps between checkpoints
@@ -52,7 +57,7 @@ def _init_model(cfg: TrainConfig, vocab_size: int):
     model = load_model(cfg.model)
     n_emb = model.get_input_embeddings().num_embeddings
     require(n_emb >= vocab_size, f"model {cfg.model} has {n_emb} token embeddings but the tokenizer has {vocab_size} tokens")
-    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    positions = model_positions(model)
     require(positions is None or positions >= cfg.seq_len,
             f"model {cfg.model} supports {positions} positions, fewer than --seq-len {cfg.seq_len}")
     return model
@@ -69,19 +74,15 @@ def _optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Ada
 
 
 def _run_meta(cfg: TrainConfig, streams) -> dict:
-    return {"config": to_jsonable(cfg), "config_hash": config_hash(cfg), "tokenizer_hash": streams.tokenizer_hash}
+    return {"config": to_jsonable(cfg), "config_hash": config_hash(cfg), "tokenizer_hash": streams.tokenizer_hash,
+            "fingerprints": run_fingerprints(cfg, streams)}
 
 
-def _check_run(out_dir: Path, meta: dict) -> None:
-    path = out_dir / "run.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        require(
-            (old.get("config_hash"), old.get("tokenizer_hash")) == (meta["config_hash"], meta["tokenizer_hash"]),
-            f"{out_dir} holds a run with a different config or tokenizer; use another --out folder",
-        )
-    else:
-        atomic_write_json(path, meta)
+def _fresh(cfg: TrainConfig, vocab_size: int, device: torch.device):
+    """The step-0 model (seeded) and its optimizer."""
+    torch.manual_seed(cfg.seed)
+    model = _init_model(cfg, vocab_size).to(device)
+    return model, _optimizer(model, cfg, device)
 
 
 def _save_state(out_dir: Path, model, opt, step: int, recent: list[float]) -> None:
@@ -154,15 +155,23 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
     """
     out_dir = Path(out_dir)
     device = _device(cfg)
-    _check_run(out_dir, _run_meta(cfg, streams))
-    torch.manual_seed(cfg.seed)
-    model = _init_model(cfg, streams.vocab_size).to(device)
-    opt = _optimizer(model, cfg, device)
+    parent = parent_checkpoint(cfg.model)  # continuing a qscale checkpoint: D counts its tokens, no new warmup
+    check_parent_tokenizer(parent, streams.tokenizer_hash)
+    offset, schedule = (parent.tokens, replace(cfg, warmup_steps=0)) if parent else (0, cfg)
+    model, opt = _fresh(cfg, streams.vocab_size, device)
+    val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
+    run_meta = _run_meta(cfg, streams)
+    check_resume(out_dir, run_meta)  # the first write, after every check
     start, recent = _load_state(out_dir, model, opt)
     total, ckpts = cfg.total_steps, set(cfg.checkpoint_steps())
+    missing = [s for s in sorted(ckpts) if s <= start and read_checkpoint(checkpoint_dir(out_dir, s)) is None]
+    if missing:  # deleted after it was written: re-create it (training is deterministic) rather than skip it
+        print(f"qscale: {len(missing)} checkpoint(s) of {out_dir} are missing (first: step {missing[0]}): "
+              "re-creating them by training this run again from step 0", file=sys.stderr)
+        model, opt = _fresh(cfg, streams.vocab_size, device)
+        start, recent = 0, []
     end = total if stop_after_steps is None else min(total, stop_after_steps)
     forward = torch.compile(model) if cfg.compile else model
-    val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
     micro = cfg.batch_size // cfg.grad_accum
     model.train()
     with _progress(progress) as bar:
@@ -170,7 +179,7 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
                             completed=start, info="")
         t0 = time.perf_counter()
         for step in range(start, end):
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
             batch = train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed).to(device)
@@ -193,7 +202,9 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
                 with _autocast(device):
                     val_loss = evaluate(model, val, batch_size=16).loss
                 model.train()
-                extra = {"val_loss": val_loss, "train_loss": float(np.mean(recent)), "lr": lr}
+                extra = {"val_loss": val_loss, "train_loss": float(np.mean(recent)), "lr": lr,
+                         "tokens": offset + done * cfg.tokens_per_step, "start_tokens": offset,
+                         "fingerprints": run_meta["fingerprints"], "eval_windows": cfg.eval_windows}
                 _save_checkpoint(out_dir, model, streams, cfg, done, extra)
                 bar.update(task, info=f"loss {loss_sum:.3f}  val {val_loss:.3f}  {tps:,.0f} tok/s")
             if done in ckpts or done % STATE_EVERY == 0:

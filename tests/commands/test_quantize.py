@@ -54,7 +54,7 @@ def test_gpt2_rtn_asym_gptq_format_and_ct_refused(user_models, corpus, cache, tm
 @pytest.mark.parametrize("args,match", [
     (["--bits", "9"], "--bits"), (["--bits", "5", "--format", "gptq"], "GPTQ checkpoints hold"),
     (["--format", "awq"], "--format"), (["--method", "awq"], "unknown PTQ method"), (["--group-size", "-1"], "group-size"),
-    (["--eval-windows", "100000"], "disjoint windows"), (["--seq-len", "4096"], "positions"),
+    (["--eval-windows", "100000"], "would overlap"), (["--seq-len", "4096"], "positions"),
     (["--skip", "re:("], "regular expression"), (["--tokenizer", "/nonexistent"], "does not exist"),
 ])
 def test_bad_input_one_line_exit_2(user_models, corpus, cache, tmp_path, capsys, args, match):

@@ -13,10 +13,11 @@ from rich.table import Table
 from torch import nn
 
 from qscale.data import DataConfig, TokenStreams, load_token_streams
-from qscale.data.batches import eval_windows
-from qscale.errors import QscaleError, require
+from qscale.data.batches import check_eval_windows, eval_windows
+from qscale.errors import require
 from qscale.evaluate.loss import EvalResult, evaluate
 from qscale.export import ExportResult, export_model, load_quantized
+from qscale.models.load import model_positions
 from qscale.models.params import ParamCount
 from qscale.provenance import atomic_write_json, versions
 from qscale.study.noise import paired_se
@@ -34,15 +35,6 @@ def check_out(out: Path) -> None:
                 f"--out {out} exists and is not a qscale output: choose another folder or remove it")
 
 
-def model_tokenizer(model_dir: Path, tokenizer: Path | None) -> Path:
-    """The tokenizer to use: ``--tokenizer`` if given, else the model folder's own (an error if it has none)."""
-    if tokenizer is not None:
-        return tokenizer
-    if (model_dir / "tokenizer.json").is_file() or (model_dir / "vocab.json").is_file():
-        return model_dir
-    raise QscaleError(f"{model_dir} has no tokenizer (tokenizer.json or vocab.json + merges.txt): pass --tokenizer")
-
-
 def token_streams(data: Path | None, tokenizer: Path, progress: bool) -> TokenStreams:
     return load_token_streams(DataConfig(data=data, tokenizer=tokenizer), progress=progress)
 
@@ -54,19 +46,12 @@ def check_vocab(model: nn.Module, streams: TokenStreams, model_dir: Path) -> Non
             "pass the model's own tokenizer with --tokenizer")
 
 
-def positions(model: nn.Module) -> int | None:
-    cfg = model.config
-    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-
-
 def held_out(model: nn.Module, streams: TokenStreams, windows: int, seq_len: int) -> torch.Tensor:
     """``windows`` fixed evaluation windows of ``seq_len`` tokens from the validation split."""
     require(windows >= 2, f"--eval-windows must be >= 2 (the paired standard error needs two), got {windows}")
-    limit = positions(model)
+    limit = model_positions(model)
     require(limit is None or seq_len <= limit, f"--seq-len {seq_len} exceeds the model's {limit} positions")
-    require(len(streams.val) >= windows * (seq_len + 1),
-            f"the validation split holds {len(streams.val):,} tokens, fewer than {windows} disjoint windows of "
-            f"{seq_len + 1}: lower --eval-windows or --seq-len, or give more --eval-data")
+    check_eval_windows(len(streams.val), windows, seq_len)
     return eval_windows(streams.val, windows, seq_len)
 
 

@@ -22,12 +22,12 @@ from qscale.commands.common import (
     export_and_evaluate,
     export_dtype,
     held_out,
-    model_tokenizer,
     report,
     token_streams,
     write_record,
 )
 from qscale.data.batches import calibration_windows, train_batch
+from qscale.data.tokenizer import model_tokenizer
 from qscale.errors import QscaleError, require
 from qscale.evaluate.loss import evaluate
 from qscale.export import folder_bytes
@@ -35,7 +35,14 @@ from qscale.export.compressed_tensors import check_layer
 from qscale.export.folder import quantized_layers
 from qscale.models import count_params, load_model
 from qscale.provenance import config_hash, seed_everything, to_jsonable
-from qscale.qat import RECIPES, DistillConfig, LayerRule, QATRecipeConfig, convert, qat_finetune
+from qscale.qat import (
+    RECIPES,
+    DistillConfig,
+    LayerRule,
+    QATRecipeConfig,
+    convert,
+    qat_finetune,
+)
 from qscale.qat.efficientqat import block_ap, freeze_codes
 
 _RULE = re.compile(r"^(?P<pattern>[^=]+)=(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?$|^(?P<skip>[^=]+)=skip$")
@@ -117,7 +124,7 @@ def qat_command(
     steps = -(-tokens // (batch_size * seq_len))
     teacher = copy.deepcopy(model) if distill else None
     run = {"model": str(model_dir.resolve()), "cfg": to_jsonable(cfg), "tokens": tokens, "lr": lr,
-           "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "tokenizer": train_streams.tokenizer_hash,
+           "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "tokenizer": train_streams.tokenizer_hash, "data_fingerprint": train_streams.data_fingerprint,
            "train_tokens": len(train_streams.train), "data": str(data or "embedded")}
     state = out.with_name(f".{out.name}.qat-state")
     if recipe == "efficientqat":  # Block-AP (not resumable: deterministic, redone), then E2E-QP below

@@ -17,12 +17,12 @@ from qscale.commands.common import (
     export_dtype,
     formats,
     held_out,
-    model_tokenizer,
     report,
     token_streams,
     write_record,
 )
 from qscale.data.batches import calibration_windows
+from qscale.data.tokenizer import model_tokenizer
 from qscale.errors import QscaleError, require
 from qscale.evaluate.loss import evaluate
 from qscale.export import folder_bytes
@@ -100,6 +100,7 @@ def quantize_command(
     record = {
         "command": "quantize", "model": str(model_dir), "config": to_jsonable(cfg), "seed": seed,
         "dtype": str(out_dtype), "tokenizer": str(tok), "tokenizer_hash": eval_streams.tokenizer_hash,
+        "data_fingerprint": eval_streams.data_fingerprint, "calib_fingerprint": calib_streams.data_fingerprint,
         "eval_data": str(eval_data or "embedded"), "calib_data": str(calib_data or "embedded"),
         "eval_windows": eval_windows, "seq_len": seq_len, "loss_fp": fp.loss,
         "results": [{"format": r.export.format, "path": str(r.export.path), "bytes": r.export.nbytes, "loss": r.loss,

@@ -11,17 +11,29 @@ from rich.console import Console
 from qscale.commands.common import check_out, export_dtype, formats, write_record
 from qscale.errors import require
 from qscale.export import export_model, load_quantized
+from qscale.export.folder import copy_aux_files
+from qscale.export.onnx import OPSET, export_onnx
 
 
 def export_command(
     src: Path = typer.Argument(..., help="Quantized folder: qscale layout (qscale qat), compressed-tensors or GPTQ."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (for --format all: one subfolder per format)."),
-    fmt: str = typer.Option("compressed-tensors", "--format", help="compressed-tensors, gptq, qscale or all."),
+    fmt: str = typer.Option("compressed-tensors", "--format", help="compressed-tensors, gptq, qscale, all, or onnx "
+                            "(a QDQ graph input_ids → logits for ONNX Runtime / TensorRT; needs the onnx extra)."),
     dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."),
 ) -> None:
     """Write the quantized model in SRC in another packed format (the integer codes are copied, never re-quantized)."""
     require(src.resolve() != out.resolve(), "--out must not be the source folder itself")
     check_out(out)
+    if fmt == "onnx":
+        model = load_quantized(src)
+        path = export_onnx(model, out / "model.onnx")
+        copy_aux_files(src, out)
+        console = Console()
+        console.print(f"onnx: {path} ({path.stat().st_size / 1e6:,.2f} MB, QDQ weights, opset {OPSET})")
+        write_record(out / "qscale-export.json", {"command": "export", "source": str(src), "results": [
+            {"format": "onnx", "path": str(path), "bytes": path.stat().st_size}]})
+        return
     fmts = formats(fmt)
     model = load_quantized(src)
     out_dtype = export_dtype(dtype, src)

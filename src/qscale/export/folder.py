@@ -99,12 +99,18 @@ def write_model_folder(out: Path, tensors: Iterator[tuple[str, Tensor]], config:
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
         if source is not None:
-            for name in AUX_FILES:
-                if (Path(source) / name).is_file():
-                    shutil.copy2(Path(source) / name, tmp / name)
+            copy_aux_files(Path(source), tmp)
 
     atomic_folder(Path(out), write)
     return total
+
+
+def copy_aux_files(source: Path, dest: Path) -> None:
+    """Copy the tokenizer and generation files of ``source`` into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in AUX_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, dest / name)
 
 
 def _name_shards(folder: Path, shards: list[list[str]], total: int) -> None:

@@ -15,7 +15,14 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError, require
 from qscale.ptq.layers import LINEAR_TYPES, get_weight
 from qscale.qat.acts import act_quantizer_from
-from qscale.quant import QuantizedLinear, QuantizedWeight, QuantSpec, default_g_idx, packed_words, unpack_rows
+from qscale.quant import (
+    QuantizedLinear,
+    QuantizedWeight,
+    QuantSpec,
+    default_g_idx,
+    packed_words,
+    unpack_rows,
+)
 
 
 def _layer_keys(tensors: dict[str, Tensor], name: str, allowed: set[str], required: set[str]) -> dict[str, Tensor]:

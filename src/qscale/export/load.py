@@ -20,6 +20,7 @@ from qscale.errors import QscaleError, require
 from qscale.export.readers import READERS
 from qscale.ptq.layers import replace_module
 from qscale.quant import QuantizedLinear
+from qscale.quant.switch import switch_bits
 
 
 def read_tensors(path: Path) -> dict[str, Tensor]:
@@ -59,8 +60,12 @@ def _skeleton(path: Path, config: dict) -> nn.Module:
     return model
 
 
-def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The eval-mode model of a quantized folder; full-precision tensors cast to ``dtype`` (default fp32)."""
+def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, bits: int | None = None) -> nn.Module:
+    """The eval-mode model of a quantized folder; full-precision tensors cast to ``dtype`` (default fp32).
+
+    ``bits``: serve a lower precision of a symmetric model by Double Rounding of its stored integer codes
+    (``qscale.quant.switch``); None = as stored.
+    """
     path = Path(path)
     require(path.is_dir(), f"model folder does not exist: {path}")
     require((path / "config.json").is_file(), f"not a model folder (no config.json): {path}")
@@ -75,10 +80,17 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.M
     tensors = read_tensors(path)
     model = _skeleton(path, config)
     layers = READERS[method](model, qcfg, tensors)
+    if bits is not None:
+        layers = {name: _switched(layer, bits) for name, layer in layers.items()}
     for name, layer in layers.items():
         replace_module(model, name, layer)
     _load_rest(model, tensors, set(layers), path, dtype)
     return model.eval()
+
+
+def _switched(layer: QuantizedLinear, bits: int) -> QuantizedLinear:
+    qw = switch_bits(layer.qweight(), bits)
+    return QuantizedLinear(qw, layer.bias, layer.act_quantizer, layer.hadamard_group, layer.name, layer.source)
 
 
 def _load_rest(model: nn.Module, tensors: dict[str, Tensor], taken: set[str], path: Path, dtype: torch.dtype) -> None:

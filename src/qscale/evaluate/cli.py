@@ -47,13 +47,16 @@ def eval_command(
     batch_size: int = typer.Option(16, help="Windows per forward pass."),
     max_files: int = typer.Option(None, help="Use at most this many documents of the corpus."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    bits: int = typer.Option(None, "--bits", help="Packed symmetric folder: serve this lower precision by re-rounding "
+                             "the stored integer codes (Double Rounding)."),
 ) -> None:
     """Mean cross-entropy (nats/token) and perplexity of CKPT on held-out windows."""
     require(windows >= 1, f"--windows must be >= 1, got {windows}")
     require(batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
     require(seq_len is None or seq_len >= 1, f"--seq-len must be >= 1, got {seq_len}")
     require(ckpt.is_dir(), f"checkpoint folder does not exist: {ckpt}")
-    model = load_quantized(ckpt) if _is_quantized(ckpt) else load_model(ckpt)
+    require(bits is None or _is_quantized(ckpt), "--bits applies to packed quantized folders only")
+    model = load_quantized(ckpt, bits=bits) if _is_quantized(ckpt) else load_model(ckpt)
     tokenizer = model_tokenizer(ckpt, tokenizer)
     seq_len = seq_len or _checkpoint_seq_len(ckpt)
     positions = model_positions(model)

@@ -9,7 +9,12 @@
 
 from qscale.qat import bitnet, efficientqat, lowrank, lsq, pbllm, quest, ste  # noqa: F401  (register the recipes)
 from qscale.qat.attribution import InputStats, input_stats, kurtosis
-from qscale.qat.config import DistillConfig, InterventionConfig, LayerRule, QATRecipeConfig
+from qscale.qat.config import (
+    DistillConfig,
+    InterventionConfig,
+    LayerRule,
+    QATRecipeConfig,
+)
 from qscale.qat.distill import distill_loss
 from qscale.qat.finetune import qat_finetune
 from qscale.qat.linear import ActQuantizer, QuantLinear, WeightQuantizer

@@ -26,18 +26,16 @@ from qscale.qat.config import QATRecipeConfig
 from qscale.qat.linear import QuantLinear, WeightQuantizer
 from qscale.qat.prepare import plan_layers, prepare_layers
 from qscale.qat.registry import Recipe, register
-from qscale.qat.ste import weight_spec
-from qscale.quant import QTensor, QuantizedWeight, QuantSpec, compute_qparams, grouped, require_finite, ungrouped
-
-
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad
+from qscale.qat.ste import round_ste, weight_spec
+from qscale.quant import (
+    QTensor,
+    QuantizedWeight,
+    QuantSpec,
+    compute_qparams,
+    grouped,
+    require_finite,
+    ungrouped,
+)
 
 
 def _asym(bits: int, group_size: int | None) -> QuantSpec:
@@ -58,8 +56,8 @@ class AsymWeightQuantizer(WeightQuantizer):
         self.zero = nn.Parameter(z.clone())
 
     def _codes(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        z = _RoundSTE.apply(self.zero).clamp(0, self.spec.qmax)
-        q = torch.clamp(_RoundSTE.apply(grouped(w.float(), self.spec) / self.scale) + z, 0, self.spec.qmax)
+        z = round_ste(self.zero).clamp(0, self.spec.qmax)
+        q = torch.clamp(round_ste(grouped(w.float(), self.spec) / self.scale) + z, 0, self.spec.qmax)
         return q, z
 
     def forward(self, w: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+
 from torch import Tensor, nn
 
 from qscale.errors import require

@@ -29,18 +29,16 @@ from qscale.errors import require
 from qscale.qat.linear import WeightQuantizer
 from qscale.qat.lsq import LSQWeightQuantizer, lsq_fake_quantize
 from qscale.qat.registry import Recipe, register
-from qscale.qat.ste import weight_spec
-from qscale.quant import QTensor, QuantizedWeight, QuantSpec, compute_qparams, grouped, require_finite, ungrouped
-
-
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad
+from qscale.qat.ste import round_ste, weight_spec
+from qscale.quant import (
+    QTensor,
+    QuantizedWeight,
+    QuantSpec,
+    compute_qparams,
+    grouped,
+    require_finite,
+    ungrouped,
+)
 
 
 def _low_rank(module: nn.Module, out_features: int, in_features: int, rank: int, alpha: float, like: Tensor) -> None:
@@ -75,7 +73,7 @@ class LRQATWeightQuantizer(WeightQuantizer):
 
     def _codes(self, A: Tensor, B: Tensor) -> Tensor:
         u = self.w0_fixed.float() / 2**self.frac_bits + self.lora_scale * (A @ B)
-        return torch.clamp(_RoundSTE.apply(u), self.spec.qmin, self.spec.qmax)
+        return torch.clamp(round_ste(u), self.spec.qmin, self.spec.qmax)
 
     def _weight(self, A: Tensor, B: Tensor, scale: Tensor) -> Tensor:
         q = self._codes(A, B)

@@ -23,7 +23,14 @@ from qscale.errors import require
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import straight_through
-from qscale.quant import QTensor, QuantizedWeight, QuantSpec, grid_codes, require_finite, round_to_grid
+from qscale.quant import (
+    QTensor,
+    QuantizedWeight,
+    QuantSpec,
+    grid_codes,
+    require_finite,
+    round_to_grid,
+)
 
 # MSE-optimal clipping scale α*(b) of a b-bit uniform quantizer for N(0, 1) (QuEST, SPEC §4).
 QUEST_ALPHA: dict[int, float] = {

@@ -20,7 +20,15 @@ from torch import Tensor
 
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
-from qscale.quant import QuantizedWeight, QuantSpec, fake_quantize, grouped, quantize, round_to_grid, ungrouped
+from qscale.quant import (
+    QuantizedWeight,
+    QuantSpec,
+    fake_quantize,
+    grouped,
+    quantize,
+    round_to_grid,
+    ungrouped,
+)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -35,6 +43,21 @@ class _StraightThrough(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (mask,) = ctx.saved_tensors
         return (grad if mask is None else grad * mask), None, None
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` with the identity gradient (the straight-through estimator of rounding alone)."""
+    return _RoundSTE.apply(x)
 
 
 def straight_through(x: Tensor, x_hat: Tensor, mask: Tensor | None = None) -> Tensor:

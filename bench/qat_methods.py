@@ -112,9 +112,9 @@ def main() -> None:
             continue
         vs_ft = "" if control is None else f"{r['loss'] - control:+.4f}"
         rel = lsq_rss.get((r["bits"], r["G"]))
+        ratio = "" if rel is None else f"{r['peak_rss_mb'] / rel:.2f}"
         print(f"| {r['method']} | {r['bits']} | {r['G']} | {r['loss']:.4f} | {r['loss'] - r['ckpt_loss']:+.4f} | "
-              f"{vs_ft} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
-              f"{'' if rel is None else f'{r['peak_rss_mb'] / rel:.2f}'} |")
+              f"{vs_ft} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,18 @@ def test_neox_qllm_w4a4_qscale_format(user_models, corpus, cache, tmp_path, caps
     rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "ct"), "--act-bits", "4", "--method",
                "rtn", *_data(corpus), *FAST])
     assert rc == 2 and "--format qscale" in capsys.readouterr().err
+
+
+def test_neox_learned_round_mixed_precision_budget(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "mix"
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(out), "--method", "learned-round", "--avg-bits",
+               "3", "--group-size", "32", "--format", "qscale", *_data(corpus), *FAST])
+    assert rc == 0 and "wmixg32-sym avg 3 bits" in capsys.readouterr().out
+    record = json.loads((out / "qscale-quantize.json").read_text())
+    model = load_quantized(out)
+    sizes = {n: m.out_features * m.in_features for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    bits = {n: s["bits"] for n, s in record["layers"].items()}
+    assert sum(sizes[n] * b for n, b in bits.items()) <= 3 * sum(sizes.values()) and len(set(bits.values())) > 1
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "g"), "--method", "learned-round",
+               "--avg-bits", "3", "--format", "gptq", *_data(corpus), *FAST])
+    assert rc == 2 and "one bit width" in capsys.readouterr().err

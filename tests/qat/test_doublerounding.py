@@ -123,3 +123,23 @@ def test_hasb_probabilities_follow_the_hessian_trace_and_the_sampler_follows_the
     assert all(math.isfinite(t) and t != 0 for t in traces.values())
     losses = hasb_finetune(model, batches, steps=20, lr=3e-3, probs=hasb_probabilities(traces, BITS))
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_joint_training_resumes_to_the_same_model(llama, batches, tmp_path):
+    cfg = QATRecipeConfig("double-rounding", group_size=16)
+    whole = prepare(copy.deepcopy(llama), cfg)
+    ref = joint_finetune(whole, batches, steps=4, lr=1e-3, bits=(8, 4))
+
+    def dies_at_3(step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return batches(step)
+
+    cut = prepare(copy.deepcopy(llama), cfg)
+    with pytest.raises(KeyboardInterrupt):
+        joint_finetune(cut, dies_at_3, steps=4, lr=1e-3, bits=(8, 4), state_dir=tmp_path / "s", save_every=2)
+    again = prepare(copy.deepcopy(llama), cfg)
+    got = joint_finetune(again, batches, steps=4, lr=1e-3, bits=(8, 4), state_dir=tmp_path / "s", save_every=2)
+    assert got == ref
+    for (n, a), (_, b) in zip(whole.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n

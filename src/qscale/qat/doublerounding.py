@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from rich.progress import track
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qscale.errors import require
-from qscale.qat.finetune import cosine_lr, lm_loss
+from qscale.qat.finetune import _resume, _save, cosine_lr, lm_loss
 from qscale.qat.linear import QuantLinear, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
@@ -113,8 +114,12 @@ def set_bits(model: nn.Module, bits: int | dict[str, int]) -> None:
 
 def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int, lr: float,
                    bits: tuple[int, ...] = (8, 6, 4, 2), alrs: bool = True, warmup_steps: int = 0,
-                   grad_clip: float = 1.0, progress: bool = False) -> dict[int, list[float]]:
-    """One-shot joint training of ``bits`` on a prepared model; the training loss of each precision per step."""
+                   grad_clip: float = 1.0, state_dir: Path | None = None, save_every: int = 50,
+                   fingerprint: str = "", progress: bool = False) -> dict[int, list[float]]:
+    """One-shot joint training of ``bits`` on a prepared model; the training loss of each precision per step.
+
+    AdamW and the warm-up + cosine schedule of ``qat_finetune``; with ``state_dir`` the state is saved every
+    ``save_every`` steps and a re-run resumes from it (as ``qat_finetune``)."""
     quantizers = _quantizers(model)
     high = max(q.spec.bits for q in quantizers.values())
     require(steps >= 1 and lr > 0, "steps must be >= 1 and lr positive")
@@ -124,8 +129,9 @@ def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: in
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    losses: dict[int, list[float]] = {b: [] for b in bits}
-    for step in track(range(steps), description="Double Rounding", disable=not progress):
+    start, flat = _resume(state_dir, model, opt, fingerprint)
+    losses: dict[int, list[float]] = {b: flat[i::len(bits)] for i, b in enumerate(bits)}
+    for step in track(range(start, steps), description="Double Rounding", total=steps - start, disable=not progress):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup_steps)
         batch = batches(step)
@@ -139,6 +145,8 @@ def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: in
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
+        if state_dir is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
+            _save(state_dir, model, opt, step + 1, [x for row in zip(*losses.values()) for x in row], fingerprint)
     set_bits(model, high)
     return losses
 

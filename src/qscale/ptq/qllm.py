@@ -92,10 +92,10 @@ def reassembly_for(x: Tensor, w: Tensor, absmax: Tensor, theta: float) -> Channe
     """The reassembly for threshold θ: split the channels with ``m_c > θ``, merge as many pairs of the other
     channels (``merge_order``); None if there are not enough of them to keep the width."""
     n = absmax.numel()
-    splits = torch.ceil(absmax / theta).clamp_min(1).long()
+    splits = torch.ceil(absmax / theta).clamp_min(1).long().cpu()
     outliers = set(torch.nonzero(splits > 1).flatten().tolist())
     extras = int((splits - 1).sum())
-    usable = merge_order(x, w, torch.nonzero(splits == 1).flatten(), extras)
+    usable = merge_order(x, w, torch.nonzero(splits == 1).flatten().to(x.device), extras)
     if len(usable) < extras:
         return None
     coef = 1.0 / splits.double()
@@ -110,9 +110,9 @@ def reassembly_for(x: Tensor, w: Tensor, absmax: Tensor, theta: float) -> Channe
             src.append(c)
             dst_extra.append(next(free))
             coef_extra.append(1.0 / float(splits[c]))
-    return ChannelReassembly(torch.cat([torch.arange(n), torch.tensor(src, dtype=torch.long)]),
-                             torch.cat([dst, torch.tensor(dst_extra, dtype=torch.long)]),
-                             torch.cat([coef, torch.tensor(coef_extra, dtype=torch.double)]).float(), n)
+    return ChannelReassembly(torch.cat([torch.arange(n), torch.tensor(src, dtype=torch.long)]).to(x.device),
+                             torch.cat([dst, torch.tensor(dst_extra, dtype=torch.long)]).to(x.device),
+                             torch.cat([coef, torch.tensor(coef_extra, dtype=torch.double)]).float().to(x.device), n)
 
 
 def search_reassembly(x: Tensor, w: Tensor, spec: QuantSpec, act_bits: int) -> tuple[ChannelReassembly | None, dict]:

@@ -19,7 +19,7 @@ from qscale.errors import QscaleError
 from qscale.quant.hadamard import hadamard_transform
 from qscale.quant.packing import pack_rows, unpack_rows
 from qscale.quant.qweight import QuantizedWeight
-from qscale.quant.reassembly import ChannelReassembly
+from qscale.quant.reassembly import ChannelReassembly, reassemble
 from qscale.quant.spec import QuantSpec
 
 
@@ -77,7 +77,7 @@ class QuantizedLinear(nn.Module):
         if self.hadamard_group:
             x = hadamard_transform(x, self.hadamard_group)
         if self.reassembled:
-            x = self.reassembly().apply(x)
+            x = reassemble(x, self.input_src, self.input_dst, self.input_coef, self.in_features)
         if self.act_quantizer is not None:
             try:
                 x = self.act_quantizer(x)

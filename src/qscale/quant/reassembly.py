@@ -19,6 +19,12 @@ from torch import Tensor
 from qscale.errors import require
 
 
+def reassemble(x: Tensor, src: Tensor, dst: Tensor, coef: Tensor, width: int) -> Tensor:
+    """``x'_j = Σ_{e: dst_e = j} coef_e · x_{src_e}``: ``[..., n_in]`` → ``[..., width]``."""
+    parts = x[..., src.long()] * coef.to(x.dtype)
+    return x.new_zeros(*x.shape[:-1], width).index_add_(-1, dst.long(), parts)
+
+
 @dataclass
 class ChannelReassembly:
     """Entries ``src`` (input channel), ``dst`` (reassembled channel), ``coef`` of ``x' = M(x)``; ``width`` of ``x'``."""
@@ -40,8 +46,7 @@ class ChannelReassembly:
 
     def apply(self, x: Tensor) -> Tensor:
         """``x' [..., width]`` from ``x [..., n_in]``."""
-        parts = x[..., self.src.long()] * self.coef.to(x.dtype)
-        return x.new_zeros(*x.shape[:-1], self.width).index_add_(-1, self.dst.long(), parts)
+        return reassemble(x, self.src, self.dst, self.coef, self.width)
 
     def weight(self, w: Tensor) -> Tensor:
         """``W' [out, width]`` from ``W [out, n_in]``."""

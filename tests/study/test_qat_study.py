@@ -10,8 +10,8 @@ from qscale.cli import main
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.batches import eval_windows, train_batch
 from qscale.evaluate import evaluate
-from qscale.models import build_model
 from qscale.evaluate.noise import paired_delta
+from qscale.models import build_model
 from qscale.study.qat import build_qat_study, run_qat_study
 from qscale.study.qat_cells import TABLES, smoothed, train_model
 from qscale.study.qat_grid import QatGrid, get_qat_preset, get_scheme

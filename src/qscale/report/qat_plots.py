@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from qscale.evaluate.noise import NoisePolicy
 from qscale.report.plots import new_figure, to_png
 from qscale.report.qat_law import predict_delta
-from qscale.evaluate.noise import NoisePolicy
 
 
 def _loglog(ax, any_positive: bool = True) -> None:

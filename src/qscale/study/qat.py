@@ -26,13 +26,12 @@ from qscale.study.checkpoints import SuiteCheckpoint, discover
 from qscale.study.core import CellKey, Store, Task
 from qscale.study.executor import Executor
 from qscale.study.grid import get_preset as get_qid_preset
-from qscale.study.qat_cells import TABLES, compare_job, fp_cell, qat_cell
+from qscale.study.qat_cells import TABLES, compare_job, fp_cell, qat_cell, suite_checkpoint, user_checkpoint
 from qscale.study.qat_grid import CONTROL, PtqCompare, QatGrid, get_qat_preset
 from qscale.study.qid_cells import device
 from qscale.study.runner import run_study
 from qscale.study.store import SqliteStore
-from qscale.train import list_checkpoints, train
-from qscale.train.suite import SUITE_PRESETS, SuiteConfig
+from qscale.train.suite import SUITE_PRESETS
 
 DEFAULT_ROOT = Path("qscale-runs")
 
@@ -111,25 +110,6 @@ def build_qat_study(preset: str, out: Path | None = None, data: Path | None = No
                     out_dir=Path(out) if out is not None else DEFAULT_ROOT / f"qat-{preset}",
                     qid_dir=Path(qid_dir) if qid_dir is not None else DEFAULT_ROOT / f"qid-{suite}",
                     seed=seed, n_boot=p.n_boot, checkpoints=found)
-
-
-def suite_checkpoint(qid_dir: str, out_dir: str, suite: SuiteConfig, size: str, streams: TokenStreams) -> dict:
-    """The suite's final checkpoint of ``size``: the QiD study's if complete and same tokenizer, else ours."""
-    total = suite.train_config(size).total_steps
-    sub = f"suite-{suite.name}-seed{suite.base.seed}"
-    for folder in (Path(qid_dir) / sub / size, Path(out_dir) / sub / size):
-        if folder.is_dir():
-            cks = list_checkpoints(folder)
-            if cks and cks[-1].step == total and cks[-1].meta.get("tokenizer_hash") == streams.tokenizer_hash:
-                return {"path": str(cks[-1].path), "step": cks[-1].step, "N": None}
-    cks = train(suite.train_config(size), streams, Path(out_dir) / sub / size, progress=False)
-    require(cks and cks[-1].step == total, f"training suite {suite.name!r} size {size} did not finish")
-    return {"path": str(cks[-1].path), "step": cks[-1].step, "N": None}
-
-
-def user_checkpoint(ck: SuiteCheckpoint) -> dict:
-    """A user's checkpoint as the comparison jobs take it (the data order restarts at step 0)."""
-    return {"path": ck.path, "step": 0, "N": ck.N}
 
 
 class QatDefinition:

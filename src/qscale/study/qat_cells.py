@@ -13,11 +13,13 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qscale.data import TokenStreams
 from qscale.data.batches import train_batch
 from qscale.errors import require
 from qscale.evaluate import evaluate
@@ -28,9 +30,12 @@ from qscale.ptq import quantize_model
 from qscale.qat import QATRecipeConfig, input_stats, prepare
 from qscale.qat.finetune import cosine_lr, lm_loss
 from qscale.qat.ste import act_spec
+from qscale.study.checkpoints import SuiteCheckpoint
 from qscale.study.core import CellKey, Row, Table, columns
 from qscale.study.qat_grid import PtqCompare, QatGrid, get_scheme
 from qscale.study.qid_cells import checkpoint_model, device
+from qscale.train import list_checkpoints, train
+from qscale.train.suite import SuiteConfig
 
 SMOOTH_FRAC = 0.1  # the smoothed final training loss averages the last 10% of steps
 _RUN = "run:text model:text D:int"
@@ -219,3 +224,22 @@ def compare_job(c: PtqCompare, method: str, scheme: str, windows: Tensor, calib:
     return PtqRow(key, N=ck["N"] or count_params(base).non_embedding, G=c.group_size, steps=steps, loss=res.loss,
                   per_window=res.per_window, train_loss=train_loss, seconds=time.perf_counter() - t,
                   checkpoint=str(ck["path"]))
+
+
+def suite_checkpoint(qid_dir: str, out_dir: str, suite: SuiteConfig, size: str, streams: TokenStreams) -> dict:
+    """The suite's final checkpoint of ``size``: the QiD study's if complete and same tokenizer, else ours."""
+    total = suite.train_config(size).total_steps
+    sub = f"suite-{suite.name}-seed{suite.base.seed}"
+    for folder in (Path(qid_dir) / sub / size, Path(out_dir) / sub / size):
+        if folder.is_dir():
+            cks = list_checkpoints(folder)
+            if cks and cks[-1].step == total and cks[-1].meta.get("tokenizer_hash") == streams.tokenizer_hash:
+                return {"path": str(cks[-1].path), "step": cks[-1].step, "N": None}
+    cks = train(suite.train_config(size), streams, Path(out_dir) / sub / size, progress=False)
+    require(cks and cks[-1].step == total, f"training suite {suite.name!r} size {size} did not finish")
+    return {"path": str(cks[-1].path), "step": cks[-1].step, "N": None}
+
+
+def user_checkpoint(ck: SuiteCheckpoint) -> dict:
+    """A user's checkpoint as the comparison jobs take it (the data order restarts at step 0)."""
+    return {"path": ck.path, "step": 0, "N": ck.N}

@@ -94,6 +94,14 @@ def test_tiny_study_end_to_end_kill_and_resume(tmp_path, streams, monkeypatch):
         assert r["qid_se"] > 0 and r["eval_tokens"] == grid.eval_windows * grid.eval_seq_len
         assert r["G"] == grid.group_size and r["N"] < r["N_total"]
 
+    # the same study in a fresh folder, uninterrupted: the same rows, losses bit for bit
+    run_qid_study(_tiny_study(tmp_path / "fresh"), progress=False, streams=streams)
+    with SqliteStore(tmp_path / "fresh" / "study.sqlite", TABLES) as s:
+        fresh = s.rows("qid")
+    measured = ("N", "N_total", "loss_fp", "loss_q", "qid", "qid_se", "eval_tokens")
+    assert sorted(tuple(r[k] for k in ("model", "D", "method", "P", *measured)) for r in fresh) == \
+        sorted(tuple(r[k] for k in ("model", "D", "method", "P", *measured)) for r in rows)
+
     folder = study.report_dir
     doc = json.loads((folder / "fit.json").read_text())
     assert set(doc["methods"]) == set(grid.methods) and doc["n_rows"] == total

@@ -192,7 +192,7 @@ class QidDefinition:
         by_tok: dict[str, _Inputs] = {}
         tasks = []
         for ck in s.checkpoints:
-            if ck.D < g.min_tokens:
+            if ck.D < max(1, g.min_tokens):  # step0 (untrained, D = 0) has no place on a log-D law
                 continue
             if ck.tokenizer not in by_tok:
                 cfg = dataclasses.replace(s.data, tokenizer=Path(ck.tokenizer))

@@ -17,7 +17,6 @@ Every trained model is one committed row; a re-run skips stored cells, so a kill
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -38,13 +37,14 @@ from qscale.models import build_model, count_params, get_size, load_model
 from qscale.provenance import config_hash, seed_everything, versions
 from qscale.ptq import quantize_model
 from qscale.qat import QATRecipeConfig, input_stats, prepare
-from qscale.qat.finetune import cosine_lr, lm_loss
 from qscale.qat.ste import act_spec
 from qscale.study.grid import get_preset as get_qid_preset
 from qscale.evaluate.noise import paired_se
 from qscale.study.qat_grid import CONTROL, PtqCompare, QatGrid, get_qat_preset, get_scheme
 from qscale.study.qat_store import QatStore
 from qscale.train import list_checkpoints, train
+from qscale.train.engine import OptimConfig, device_for
+from qscale.train.engine import train_model as engine_train
 from qscale.train.suite import SUITE_PRESETS, SuiteConfig
 
 DEFAULT_ROOT = Path("qscale-runs")
@@ -126,48 +126,18 @@ def build_qat_study(preset: str, out: Path | None = None, data: Path | None = No
 # ---------------------------------------------------------------- the shared training path
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA (Chen et al. train in BF16), plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def train_model(model: nn.Module, recipe: QATRecipeConfig | None, batches: Callable[[int], Tensor], steps: int,
                 lr: float, warmup_steps: int, weight_decay: float) -> list[float]:
     """Train ``model`` in place for ``steps`` steps on ``batches(step)``; ``recipe`` None = full precision.
 
-    The one code path of every model in the study, so fp and QAT differ only by ``prepare``: AdamW
-    (β = 0.9, 0.95), weight decay on weight matrices only (not norms, biases or quantizer parameters),
-    linear warm-up then cosine decay to 10% (``qscale.qat.finetune.cosine_lr``), gradient clipping at 1.0
-    (Chen et al. 2025 protocol, SPEC §2). Returns the training loss of every step.
+    The one code path of every model in the study, so fp and QAT differ only by ``prepare``: qscale's
+    training engine (``qscale.train.engine``: AdamW β = 0.9, 0.95, weight decay on weight matrices only --
+    not norms, biases or quantizer parameters -- linear warm-up then cosine decay to 10%, gradient clipping
+    at 1.0; Chen et al. 2025 protocol, SPEC §2). Returns the training loss of every step.
     """
-    require(steps >= 1, f"steps must be >= 1, got {steps}")
-    device = next(model.parameters()).device
     if recipe is not None:
         prepare(model, recipe)
-    model.train()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2 and "quantizer" not in n]
-    rest = [p for n, p in named if not (p.ndim >= 2 and "quantizer" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
-    params = [p for _, p in named]
-    losses = []
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup_steps)
-        with _autocast(device):
-            loss, _ = lm_loss(model, batches(step).to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+    return engine_train(model, OptimConfig(lr=lr, warmup=warmup_steps, weight_decay=weight_decay), batches, steps)
 
 
 def smoothed(losses: list[float], frac: float = SMOOTH_FRAC) -> float:
@@ -196,7 +166,7 @@ def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams 
     from qscale.report.qat import write_qat_report
 
     out = QatOutcome(study.store_path)
-    device = _device()
+    device = device_for()
     t0 = time.perf_counter()
     streams = streams if streams is not None else load_token_streams(study.data, progress=progress)
     if study.compare is not None and compare_streams is None:
@@ -231,7 +201,7 @@ def _context(study: QatStudy) -> dict:
            "D (tokens)": ", ".join(f"{g.tokens(s):,}" for s in g.steps),
            "G": ", ".join(str(x) if x else "per channel" for x in g.groups),
            "batch": f"{g.batch_size} x {g.seq_len}", "eval tokens per loss": f"{g.eval_windows * g.seq_len:,}",
-           "seed": study.seed, "device": _device().type}
+           "seed": study.seed, "device": device_for().type}
     if study.compare is not None:
         ctx["QAT vs PTQ"] = (f"suite '{study.compare.suite}' (vocab {study.compare_data.vocab_size}), "
                              f"{study.compare.steps} fine-tune steps of {study.compare.batch_size} x "

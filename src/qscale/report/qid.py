@@ -55,6 +55,7 @@ class MethodFit:
     stats: dict | None = None
     extrapolation: dict | None = None
     error: str | None = None
+    bootstrap: dict | None = None  # bootstrap parameter samples (qscale.laws.uncertainty.samples_record)
 
 
 def predict_qid(params: dict[str, float], N, D, P) -> np.ndarray:
@@ -82,12 +83,16 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
     return cols
 
 
-def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict, dict, dict]:
-    """Params, bootstrap CIs, fit stats and held-out extrapolation errors from the laws engine (SPEC §5)."""
-    from qscale.laws import bootstrap_ci, extrapolation_check, fit_law
+def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict, dict, dict, dict | None]:
+    """Params, bootstrap CIs, fit stats, held-out extrapolation errors and the bootstrap parameter samples
+    (``qscale.laws.uncertainty``: what ``qscale predict`` turns into intervals) from the laws engine (SPEC §5)."""
+    from qscale.laws import bootstrap_problem, extrapolation_check, fit_problem, make_problem
+    from qscale.laws.uncertainty import samples_record
 
-    res = fit_law(LAW_NAME, data, target="qid")
-    ci = bootstrap_ci(LAW_NAME, data, "qid", n_boot=cfg.n_boot, seed=cfg.seed, fit=res) if cfg.n_boot else {}
+    problem = make_problem(LAW_NAME, data, "qid")
+    res = fit_problem(problem, target="qid")
+    boot = bootstrap_problem(problem, res, cfg.n_boot, cfg.seed) if cfg.n_boot else None
+    ci = boot.ci() if boot else {}
     extrap = {}
     for hold in ("N", "D"):
         try:
@@ -95,7 +100,8 @@ def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict
         except QscaleError as err:  # e.g. no points left above the noise floor at the smaller values
             e = {"error": str(err)}
         extrap[hold] = {k: v for k, v in e.items() if k not in ("params", "rel_errors")}
-    return dict(res.params), {k: tuple(v) for k, v in ci.items()}, res.stats(), extrap
+    samples = samples_record(boot) if boot else None
+    return dict(res.params), {k: tuple(v) for k, v in ci.items()}, res.stats(), extrap, samples
 
 
 def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
@@ -112,7 +118,7 @@ def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
             f"the points above the noise floor have a single value of {', '.join(varying)}"
         out.error = f"not fitted: {why}"
         return out
-    out.params, out.ci, out.stats, out.extrapolation = _fit_law(data, cfg)
+    out.params, out.ci, out.stats, out.extrapolation, out.bootstrap = _fit_law(data, cfg)
     return out
 
 
@@ -214,11 +220,13 @@ def write_qid_report(rows: list[dict], out_dir: str | Path, cfg: ReportConfig | 
     doc = {
         "title": title,
         "law": LAW_TEXT,
+        "law_name": LAW_NAME,
         "noise_policy": cfg.noise.describe(),
         "n_boot": cfg.n_boot,
         "n_rows": len(rows),
         "sizes": sizes,
         "measured_D_range": list(d_range),
+        "ranges": {c: [min(r[c] for r in rows), max(r[c] for r in rows)] for c in ("N", "D", "P")},
         "context": context or {},
         "methods": {m: fits[m] for m in methods},
         "inversion": inversions,

@@ -29,6 +29,7 @@ from qscale.provenance import seed_everything, versions
 from qscale.ptq import PTQConfig, quantize_model
 from qscale.study.core import CellKey, Row, Table, columns
 from qscale.train import TrainConfig, train
+from qscale.train.engine import device_for
 
 KEY = "run:text model:text D:int"
 TRAIN_TABLE = Table("qid_train", columns("run:text model:text seed:int config_hash:text"),
@@ -82,7 +83,8 @@ class QidRow(Row):
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where studies measure: CUDA when available, else CPU (the training engine's rule)."""
+    return device_for("auto")
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from qscale.study.qat_cells import TABLES, compare_job, fp_cell, qat_cell, suite
 from qscale.study.qat_grid import CONTROL, PtqCompare, QatGrid, get_qat_preset
 from qscale.study.qid_cells import device
 from qscale.study.runner import run_study
-from qscale.study.store import SqliteStore
+from qscale.study.store import open_store
 from qscale.train.suite import SUITE_PRESETS
 
 DEFAULT_ROOT = Path("qscale-runs")
@@ -234,15 +235,18 @@ class QatDefinition:
 
 
 def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams | None = None,
-                  compare_streams: TokenStreams | None = None, executor: Executor | None = None) -> QatOutcome:
+                  compare_streams: TokenStreams | None = None, executor: Executor | None = None,
+                  store: Store | None = None) -> QatOutcome:
     """Run (or resume) the study and write its report; returns counts and per-phase timings.
 
     ``streams`` / ``compare_streams``: already loaded data for the grid / the comparison (loaded from the
     study's data configs when None; the comparison re-uses the grid's when the configs are equal).
+    ``executor``: where the tasks run (default in process); ``store``: where rows go (default
+    ``study.store_path``, SQLite; a given store is left open).
     """
     t0 = time.perf_counter()
     definition = QatDefinition(study, streams, compare_streams, progress)
-    with SqliteStore(study.store_path) as store:
-        res = run_study(definition, store, executor, progress=progress)
+    with contextlib.nullcontext(store) if store is not None else open_store(study.store_path) as db:
+        res = run_study(definition, db, executor, progress=progress)
     seconds = {"total": time.perf_counter() - t0, **res.seconds}
     return QatOutcome(study.store_path, res.report, res.computed, res.skipped, seconds)

@@ -10,6 +10,7 @@ Everything resumes: a stored cell is skipped, each row is committed as soon as i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from qscale.study.executor import Executor
 from qscale.study.grid import QidGrid, get_preset
 from qscale.study.qid_cells import TABLES, eval_checkpoint, quantize_cell, train_size
 from qscale.study.runner import run_study
-from qscale.study.store import SqliteStore
+from qscale.study.store import open_store
 from qscale.train.checkpoint import checkpoint_dir
 from qscale.train.suite import SUITE_PRESETS, SuiteConfig
 
@@ -224,12 +225,16 @@ class QidDefinition:
 
 
 def run_qid_study(study: QidStudy, progress: bool = True, streams: TokenStreams | None = None,
-                  executor: Executor | None = None) -> StudyOutcome:
-    """Run (or resume) the study and write its report; returns counts and per-phase timings."""
+                  executor: Executor | None = None, store: Store | None = None) -> StudyOutcome:
+    """Run (or resume) the study and write its report; returns counts and per-phase timings.
+
+    ``executor``: where the tasks run (default in process); ``store``: where rows go (default
+    ``study.store_path``, SQLite; a given store is left open).
+    """
     study.grid.check_methods()
     definition = QidDefinition(study, streams, progress)
-    with SqliteStore(study.store_path) as store:
-        res = run_study(definition, store, executor, progress=progress)
-        n_rows = len(definition.rows(store))
+    with contextlib.nullcontext(store) if store is not None else open_store(study.store_path) as db:
+        res = run_study(definition, db, executor, progress=progress)
+        n_rows = len(definition.rows(db))
     cells = res.by_table.get("qid", {"computed": 0, "skipped": 0})
     return StudyOutcome(study.store_path, res.report, n_rows, cells["computed"], cells["skipped"], res.seconds)

@@ -53,9 +53,9 @@ def qid_command(
                         thresholds=floats(threshold, "--threshold"), checkpoints=checkpoints,
                         tokens_per_step=tokens_per_step, calib_data=calib_data, target=parse_target(target),
                         **{k: v for k, v in overrides.items() if v is not None})
+    res = run_qid_study(study, progress=progress)  # every check before the first write: errors are one line
     console = Console(stderr=True)
     console.print(f"QiD study [bold]{study.name}[/]: {study.out_dir}")
-    res = run_qid_study(study, progress=progress)
     console.print(f"{res.computed} cells measured, {res.skipped} already in the store; {res.n_rows} rows reported.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
     for m, f in res.report.fits.items():

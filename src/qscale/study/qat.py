@@ -122,18 +122,18 @@ class QatDefinition:
         self.name = f"QAT {study.name}"
         self.grid_where: dict = {}
         self.ptq_where: list[dict] = []
+        self._tasks: list[Task] | None = None
 
     def tables(self):
         return TABLES
 
     def tasks(self) -> list[Task]:
-        s = self.study
-        if self.streams is None:
-            self.streams = load_token_streams(s.data, progress=self.progress)
-        tasks = self._grid_tasks()
-        if s.compare is not None:
-            tasks += self._compare_tasks()
-        return tasks
+        """Every task of the study (built once: loads the data and checks the grid against it)."""
+        if self._tasks is None:
+            if self.streams is None:
+                self.streams = load_token_streams(self.study.data, progress=self.progress)
+            self._tasks = self._grid_tasks() + (self._compare_tasks() if self.study.compare is not None else [])
+        return self._tasks
 
     def _grid_tasks(self) -> list[Task]:
         s, g, streams = self.study, self.study.grid, self.streams
@@ -246,6 +246,7 @@ def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams 
     """
     t0 = time.perf_counter()
     definition = QatDefinition(study, streams, compare_streams, progress)
+    definition.tasks()  # every check before the store is created
     with contextlib.nullcontext(store) if store is not None else open_store(study.store_path) as db:
         res = run_study(definition, db, executor, progress=progress)
     seconds = {"total": time.perf_counter() - t0, **res.seconds}

@@ -45,10 +45,10 @@ def qat_command(
                             sizes=names(sizes), steps=ints(steps, "--steps"), groups=ints(groups, "--groups"),
                             compare=compare, qid_dir=qid_dir, checkpoints=checkpoints,
                             tokens_per_step=tokens_per_step)
+    t0 = time.perf_counter()
+    res = run_qat_study(study, progress=progress)  # every check before the first write: errors are one line
     console = Console(stderr=True)
     console.print(f"QAT study [bold]{study.name}[/]: {study.out_dir}")
-    t0 = time.perf_counter()
-    res = run_qat_study(study, progress=progress)
     console.print(f"{res.computed} models trained/measured, {res.skipped} already in the store; "
                   f"{time.perf_counter() - t0:.0f} s in all.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))

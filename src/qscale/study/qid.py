@@ -123,6 +123,7 @@ class QidDefinition:
         self.study, self.streams, self.progress = study, streams, progress
         self.name = f"QiD {study.name}"
         self.keys: list[CellKey] = []
+        self._tasks: list[Task] | None = None
 
     def tables(self):
         return TABLES
@@ -160,8 +161,11 @@ class QidDefinition:
         return out
 
     def tasks(self) -> list[Task]:
-        self.keys = []
-        return self._suite_tasks() if self.study.checkpoints is None else self._checkpoint_tasks()
+        """Every task of the study (built once: loads the data and checks the grid against it)."""
+        if self._tasks is None:
+            self.keys = []
+            self._tasks = self._suite_tasks() if self.study.checkpoints is None else self._checkpoint_tasks()
+        return self._tasks
 
     def _suite_tasks(self) -> list[Task]:
         s, g = self.study, self.study.grid
@@ -233,6 +237,7 @@ def run_qid_study(study: QidStudy, progress: bool = True, streams: TokenStreams 
     """
     study.grid.check_methods()
     definition = QidDefinition(study, streams, progress)
+    definition.tasks()  # every check before the store is created
     with contextlib.nullcontext(store) if store is not None else open_store(study.store_path) as db:
         res = run_study(definition, db, executor, progress=progress)
         n_rows = len(definition.rows(db))

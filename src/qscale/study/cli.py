@@ -37,7 +37,7 @@ def qid_command(
     calib_data: Path = typer.Option(None, "--calib-data", help="With --checkpoints: calibration text (train "
                                     "split). Default: --data."),
     target: str = typer.Option(None, "--target", help="Rank the methods at N,D,P, e.g. 7e9,2e12,4: predicted "
-                               "QiD with a 95%% bootstrap interval per method."),
+                               "QiD with a 95% bootstrap interval per method."),
     progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Reproduce 'low-bit quantization favors undertrained LLMs' on your own suite: train, quantize with RTN

@@ -32,8 +32,8 @@ def qid_command(
     checkpoints: str = typer.Option(None, "--checkpoints", help="Your own suite instead of training one: a "
                                     "folder of checkpoint folders (suite/<size>/step<N>), a glob, or a CSV "
                                     "manifest (columns path, size, N, D; all but path optional)."),
-    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = N x this for "
-                                        "folders named step<N> without qscale metadata (Pythia: 2097152)."),
+    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = S x this for "
+                                        "folders named step<S> without qscale metadata (Pythia: 2097152)."),
     calib_data: Path = typer.Option(None, "--calib-data", help="With --checkpoints: calibration text (train "
                                     "split). Default: --data."),
     target: str = typer.Option(None, "--target", help="Rank the methods at N,D,P, e.g. 7e9,2e12,4: predicted "

@@ -33,8 +33,8 @@ def qat_command(
     checkpoints: str = typer.Option(None, "--checkpoints", help="QAT vs PTQ on your own suite's final "
                                     "checkpoints (largest D per size): a folder of checkpoint folders, a glob or a "
                                     "CSV manifest, as for 'qscale study qid'."),
-    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = N x this for "
-                                        "folders named step<N>."),
+    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = S x this for "
+                                        "folders named step<S>."),
     progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Train full-precision and QAT models (W4A4, W4A16, W16A4; STE AbsMax) from scratch over a grid of

@@ -98,9 +98,6 @@ class CellKey:
         """This key with coordinates added or replaced (e.g. one more key column)."""
         return CellKey(self.table, tuple({**self.as_dict(), **coords}.items()))
 
-    def label(self) -> str:
-        return f"{self.table} " + " ".join(f"{k}={v}" for k, v in self.items if k not in ("run", "config_hash"))
-
 
 @dataclass(frozen=True)
 class Row:
@@ -127,7 +124,7 @@ class Task:
     keys:  the rows the task produces (returned as a :class:`Row` or a list of them); when every key is
            stored the task is skipped and its dependents receive the stored record of ``keys[0]``.
     deps:  ids of tasks whose results are appended to ``args`` (in order). A task without keys (e.g.
-           training one suite size) runs only when a task that depends on it runs.
+           finding or training a suite's final checkpoint) runs only when a task that depends on it runs.
     phase: the timing bucket of the runner (``train``, ``fp_eval``, ``quantize``, ...).
 
     ``fn`` must be a module-level function and ``args`` picklable so that a remote executor can ship them.

@@ -126,6 +126,7 @@ class Task:
     deps:  ids of tasks whose results are appended to ``args`` (in order). A task without keys (e.g.
            finding or training a suite's final checkpoint) runs only when a task that depends on it runs.
     phase: the timing bucket of the runner (``train``, ``fp_eval``, ``quantize``, ...).
+    own_progress: the task draws its own progress bar (suite training): the runner pauses its bar meanwhile.
 
     ``fn`` must be a module-level function and ``args`` picklable so that a remote executor can ship them.
     """
@@ -137,6 +138,7 @@ class Task:
     keys: tuple[CellKey, ...] = ()
     phase: str = "measure"
     label: str = ""
+    own_progress: bool = False
 
 
 class Store(ABC):

@@ -183,8 +183,8 @@ class QidDefinition:
             key = CellKey.make("qid_train", {"train": cfg, "tokenizer": self.streams.tokenizer_hash,
                                              "data": self.streams.data_fingerprint},
                                run=s.name, model=size, seed=cfg.seed)
-            train = Task(f"train:{size}", train_size, (cfg, self.streams, str(folder), key), keys=(key,),
-                         phase="train", label=f"train {size}")
+            train = Task(f"train:{size}", train_size, (cfg, self.streams, str(folder), key, self.progress),
+                         keys=(key,), phase="train", label=f"train {size}", own_progress=self.progress)
             tasks.append(train)
             for step in cfg.checkpoint_steps():
                 D = step * cfg.tokens_per_step

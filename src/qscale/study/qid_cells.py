@@ -100,10 +100,10 @@ def checkpoint_model(path: str) -> torch.nn.Module:
     return _cached(str(folder), stamp)
 
 
-def train_size(cfg: TrainConfig, streams, folder: str, key: CellKey) -> TrainRow:
+def train_size(cfg: TrainConfig, streams, folder: str, key: CellKey, progress: bool = False) -> TrainRow:
     """Train (or resume) one size of the suite into ``folder``; all its checkpoints exist afterwards."""
     t0 = time.perf_counter()
-    ckpts = train(cfg, streams, folder, progress=False)
+    ckpts = train(cfg, streams, folder, progress=progress)
     require(ckpts and ckpts[-1].step == cfg.total_steps, f"training of {folder} did not finish")
     return TrainRow(key, steps=cfg.total_steps, seconds=time.perf_counter() - t0)
 

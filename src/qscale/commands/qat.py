@@ -42,8 +42,10 @@ from qscale.qat import (
     LayerRule,
     QATRecipeConfig,
     convert,
+    prepare,
     qat_finetune,
 )
+from qscale.qat.doublerounding import joint_finetune
 from qscale.qat.efficientqat import block_ap, freeze_codes
 
 _RULE = re.compile(r"^(?P<pattern>[^=]+)=(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?$|^(?P<skip>[^=]+)=skip$")
@@ -58,6 +60,17 @@ def parse_rule(text: str) -> LayerRule:
         return LayerRule(m["skip"], skip=True)
     return LayerRule(m["pattern"], w_bits=None if m["w"] is None else int(m["w"]),
                      a_bits=None if m["a"] is None else int(m["a"]))
+
+
+def _joint_bits(text: str, high: int) -> tuple[int, ...]:
+    """``--joint-bits 8,6,4,2`` → (8, 6, 4, 2); the highest must be the stored precision ``--w-bits``."""
+    try:
+        bits = tuple(sorted({int(b) for b in text.split(",")}, reverse=True))
+    except ValueError:
+        raise QscaleError(f"--joint-bits must be comma-separated integers, got {text!r}") from None
+    require(bits and bits[0] == high and bits[-1] >= 2,
+            f"--joint-bits must lie in 2..{high} and include the stored precision --w-bits {high}, got {text!r}")
+    return bits
 
 
 def _auto_format(model, fmt: str) -> str:
@@ -96,6 +109,7 @@ def qat_command(
     save_every: int = typer.Option(50, "--save-every", help="Save the resume state every this many steps."),
     block_steps: int = typer.Option(50, "--block-steps", help="efficientqat: Block-AP steps per decoder block."),
     calib_windows: int = typer.Option(32, "--calib-windows", help="efficientqat: Block-AP calibration windows (train split)."),
+    joint_bits: str = typer.Option("8,6,4,2", "--joint-bits", help="double-rounding: precisions trained jointly, highest = --w-bits (default 8); serve any with qscale eval --bits."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
@@ -136,10 +150,19 @@ def qat_command(
         block_ap(model, cfg, calib, steps=block_steps, progress=progress)
         freeze_codes(model)
         run.update(block_steps=block_steps, calib_windows=calib_windows)
-    losses = qat_finetune(
-        model, cfg, lambda step: train_batch(train_streams.train, step, batch_size, seq_len, seed), steps, lr,
-        teacher=teacher, warmup_steps=min(50, steps // 10), state_dir=state, save_every=save_every,
-        fingerprint=config_hash(run), progress=progress)
+    batches = lambda step: train_batch(train_streams.train, step, batch_size, seq_len, seed)  # noqa: E731
+    if recipe == "double-rounding":  # one-shot joint training of every precision (ALRS), one stored model
+        bits = _joint_bits(joint_bits, cfg.default_bits[0])
+        run["joint_bits"] = list(bits)
+        prepare(model, cfg)
+        per_bits = joint_finetune(model, batches, steps, lr, bits, warmup_steps=min(50, steps // 10),
+                                  state_dir=state, save_every=save_every, fingerprint=config_hash(run),
+                                  progress=progress)
+        losses = [sum(x) / len(x) for x in zip(*per_bits.values())]
+    else:
+        losses = qat_finetune(model, cfg, batches, steps, lr, teacher=teacher, warmup_steps=min(50, steps // 10),
+                              state_dir=state, save_every=save_every, fingerprint=config_hash(run),
+                              progress=progress)
     convert(model)
     chosen = _auto_format(model, fmt)
     fmts = ["compressed-tensors", "gptq"] if chosen == "all" else [chosen]

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from qscale.errors import require
+from qscale.quant import QuantizedLinear
+from qscale.quant.ste import STEActQuantizer, act_spec
 
 if TYPE_CHECKING:  # annotations only: the config imports this module to validate method names
     from qscale.ptq.config import PTQConfig
@@ -35,6 +37,14 @@ def quantize_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progr
     """Quantize ``model`` in place with ``cfg.method``: each selected linear layer becomes a ``QuantizedLinear``.
 
     ``calib``: token windows ``[n, T]`` from the TRAIN split (needed by "gptq", unused by "rtn").
+    With ``cfg.act_bits < 16`` every quantized layer also gets the dynamic per-token absmax activation
+    quantizer at that width (for "qllm" the one it calibrated with; for the others "ste"-style RTN activations).
     Returns per-layer stats keyed by qualified module name.
     """
-    return PTQ_METHODS[cfg.method](model, cfg, calib, progress)
+    stats = PTQ_METHODS[cfg.method](model, cfg, calib, progress)
+    if cfg.act_bits != 16:
+        for name in stats:
+            layer = model.get_submodule(name)
+            if isinstance(layer, QuantizedLinear):
+                layer.act_quantizer = STEActQuantizer(act_spec(cfg.act_bits, None))
+    return stats

@@ -7,7 +7,16 @@
     convert(model)           # freeze to integer codes + scales (buffers), same logits
 """
 
-from qscale.qat import bitnet, efficientqat, lowrank, lsq, pbllm, quest, ste  # noqa: F401  (register the recipes)
+from qscale.qat import (  # noqa: F401  (register the recipes)
+    bitnet,
+    doublerounding,
+    efficientqat,
+    lowrank,
+    lsq,
+    pbllm,
+    quest,
+    ste,
+)
 from qscale.qat.attribution import InputStats, input_stats, kurtosis
 from qscale.qat.config import (
     DistillConfig,

@@ -16,20 +16,7 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError
 from qscale.quant import QuantizedLinear, QuantizedWeight
 from qscale.quant.hadamard import hadamard_transform
-
-
-class ActQuantizer(nn.Module):
-    """Fake-quantizes a layer input ``[..., in]`` (dynamic per token, or with learned parameters).
-
-    Its learned parameters (step sizes, offsets) are quantizer parameters: never weight-decayed
-    (``no_weight_decay``, read by ``qscale.train.engine``).
-    """
-
-    no_weight_decay = True
-
-    def describe(self) -> dict:
-        """JSON-able description (format name, bits, granularity ...)."""
-        raise NotImplementedError
+from qscale.quant.ste import ActQuantizer  # noqa: F401  (re-exported)
 
 
 class WeightQuantizer(nn.Module):

@@ -21,6 +21,7 @@ from qscale.errors import QscaleError, require
 from qscale.qat.config import QATRecipeConfig
 from qscale.qat.distill import distill_loss
 from qscale.qat.prepare import prepare, quant_layers
+from qscale.qat.registry import get_recipe
 from qscale.train.checkpoint import atomic_folder
 
 
@@ -63,30 +64,36 @@ def qat_finetune(
     """
     require(steps >= 1, f"steps must be >= 1, got {steps}")
     require(lr > 0, f"learning rate must be positive, got {lr}")
-    if cfg.distill is not None and teacher is None:
+    recipe = get_recipe(cfg.recipe)
+    if (cfg.distill is not None or recipe.needs_teacher) and teacher is None:
         teacher = copy.deepcopy(model)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     if not quant_layers(model):  # a block-wise recipe (efficientqat) arrives prepared
         prepare(model, cfg)
+    hooks = recipe.hooks(model, cfg, teacher)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     start, losses = _resume(state_dir, model, opt, fingerprint)
+
+    def objective(batch: Tensor) -> Tensor:
+        loss, logits = lm_loss(model, batch)
+        if cfg.distill is None:
+            return loss
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch[:, :-1]).logits
+        return distill_loss(logits, teacher_logits, batch[:, 1:], cfg.distill)
+
     for step in track(range(start, steps), description="QAT", total=steps - start, disable=not progress):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup_steps)
-        batch = batches(step)
-        loss, logits = lm_loss(model, batch)
-        if cfg.distill is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(input_ids=batch[:, :-1]).logits
-            loss = distill_loss(logits, teacher_logits, batch[:, 1:], cfg.distill)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = hooks.backward(model, batches(step), objective, step, steps)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
+        hooks.after_step(model, opt, step, steps)
         losses.append(loss.item())
         require(math.isfinite(losses[-1]), f"QAT loss is not finite at step {step + 1}: lower --lr")
         if state_dir is not None and ((step + 1) % save_every == 0 or step + 1 == steps):

@@ -7,7 +7,7 @@
     convert(model)           # freeze to integer codes + scales (buffers), same logits
 """
 
-from qscale.qat import bitnet, efficientdm, efficientqat, gaqat, ifairy, lowrank, lsq, pbllm, quest, qvgen, ste  # noqa: F401  (register the recipes)
+from qscale.qat import bitnet, edgeqat, efficientdm, efficientqat, gaqat, ifairy, lowrank, lsq, pbllm, quest, qvgen, ste  # noqa: F401  (register the recipes)
 from qscale.qat.attribution import InputStats, input_stats, kurtosis
 from qscale.qat.config import (
     DistillConfig,

@@ -37,8 +37,9 @@ from qscale.evaluate import evaluate
 from qscale.models import build_model, count_params, get_size, load_model
 from qscale.provenance import config_hash, seed_everything, versions
 from qscale.ptq import quantize_model
-from qscale.qat import QATRecipeConfig, input_stats, prepare
+from qscale.qat import QATRecipeConfig, get_recipe, input_stats, prepare
 from qscale.qat.finetune import cosine_lr, lm_loss
+from qscale.qat.hooks import TrainHooks
 from qscale.qat.ste import act_spec
 from qscale.study.grid import get_preset as get_qid_preset
 from qscale.study.noise import paired_se
@@ -146,8 +147,12 @@ def train_model(model: nn.Module, recipe: QATRecipeConfig | None, batches: Calla
     """
     require(steps >= 1, f"steps must be >= 1, got {steps}")
     device = next(model.parameters()).device
+    hooks = TrainHooks()
     if recipe is not None:
+        kind = get_recipe(recipe.recipe)
+        teacher = copy.deepcopy(model).eval().requires_grad_(False) if kind.needs_teacher else None
         prepare(model, recipe)
+        hooks = kind.hooks(model, recipe, teacher)  # the recipe's own step (SAM, extra loss terms, rank decay)
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.ndim >= 2 and "quantizer" not in n]
@@ -159,15 +164,19 @@ def train_model(model: nn.Module, recipe: QATRecipeConfig | None, batches: Calla
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup_steps)
-        with _autocast(device):
-            loss, _ = lm_loss(model, batches(step).to(device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = hooks.backward(model, batches(step).to(device), lambda b: _objective(model, b, device), step, steps)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        hooks.after_step(model, opt, step, steps)
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def _objective(model: nn.Module, batch: Tensor, device: torch.device) -> Tensor:
+    with _autocast(device):
+        return lm_loss(model, batch)[0]
 
 
 def smoothed(losses: list[float], frac: float = SMOOTH_FRAC) -> float:

@@ -101,10 +101,10 @@ def main() -> None:
     if args.one:
         print(json.dumps(run(args.one, args)))
         return
-    passthrough = [a for a in sys.argv[1:]]
+    passthrough = sys.argv[1:]
     results = {}
     for name in args.methods.split(","):
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--one", name], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, *passthrough, "--one", name], capture_output=True, text=True, check=False)
         if out.returncode:
             print(f"{name}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             continue

@@ -28,7 +28,7 @@ def test_entropy_term_by_hand():
     q1 = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0, -2.0, 2.0, -2.0]).reshape(1, 2, 2, 2)
     k1 = torch.tensor([1.0, -1.0, -1.0, 1.0]).reshape(1, 1, 2, 2)
     q2, k2 = q1.sign() * 3, k1 * 3
-    h = lambda var: c + math.log(var) / 2  # noqa: E731
+    h = lambda var: c + math.log(var) / 2
     layer1 = (h(1) + h(4)) / 2 + h(1)
     layer2 = h(9) + h(9)
     assert float(entropy_term([(q1, k1), (q2, k2)])) == pytest.approx(-(layer1 + layer2) / 2, rel=1e-6)

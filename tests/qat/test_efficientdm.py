@@ -12,7 +12,12 @@ import qscale.data.batches
 import qscale.data.corpus
 import qscale.data.streams
 from qscale.qat import QATRecipeConfig, convert, prepare, qat_finetune, quant_layers
-from qscale.qat.efficientdm import EfficientDMOptions, QALoRAWeightQuantizer, sample_sequences, self_generated_batches
+from qscale.qat.efficientdm import (
+    EfficientDMOptions,
+    QALoRAWeightQuantizer,
+    sample_sequences,
+    self_generated_batches,
+)
 from qscale.qat.lsq import lsq_fake_quantize
 from qscale.quant import QuantizedLinear, QuantSpec
 

@@ -8,7 +8,14 @@ from safetensors import safe_open
 
 from qscale.errors import QscaleError
 from qscale.export import export_model, load_quantized
-from qscale.qat import QATRecipeConfig, convert, get_recipe, prepare, qat_finetune, quant_layers
+from qscale.qat import (
+    QATRecipeConfig,
+    convert,
+    get_recipe,
+    prepare,
+    qat_finetune,
+    quant_layers,
+)
 from qscale.qat.qvgen import QVGenOptions, QVGenWeightQuantizer, phase_at, rank_phases
 from qscale.quant import QuantSpec
 
@@ -60,7 +67,7 @@ def test_qvgen_trains_and_exports_without_extra_parameters(llama, batches, tmp_p
 
     def shapes(folder):
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors reader, not a dict)
 
     assert shapes(tmp_path / "qvgen") == shapes(tmp_path / "lsq")
     ids = torch.randint(0, 64, (1, 10))

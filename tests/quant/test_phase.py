@@ -49,7 +49,7 @@ def test_layout_values_in_roots_of_unity_times_scale_and_residual_stages_help():
     w = torch.randn(8, 12)
     codes, scale = pack_layout(w)
     assert codes.shape == w.shape and codes.dtype == torch.uint8 and int(codes.max()) <= 3  # 2 bits per real weight
-    u, v = widely_linear(w)
+    u, _ = widely_linear(w)
     qu, qv = unpack_layout(codes, scale)
     assert torch.allclose(real_from_widely(qu, qv), dequantize_layout(codes, scale))
     # stage 1 alone: every entry of U is ±s_re or ±i·s_im

@@ -75,7 +75,8 @@ class InterventionConfig:
 class QATRecipeConfig:
     """Which recipe, at which precision, on which layers.
 
-    recipe:           registry name: ste | lsq | quest | bitnet | pbllm | lrqat | l4q (``qscale.qat.RECIPES``).
+    recipe:           registry name: ste | lsq | quest | bitnet | pbllm | lrqat | l4q | efficientqat | edgeqat |
+                      gaqat | qvgen | efficientdm | ifairy (``qscale.qat.RECIPES``).
     w_bits / a_bits:  default weight / input-activation bit widths; None = the recipe's default
                       (ste, lsq, quest: W4A4; bitnet: ternary weights (stored in 2 bits), A8; pbllm: W1A16;
                       lrqat, l4q: W4A16).

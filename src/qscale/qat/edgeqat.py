@@ -35,7 +35,6 @@ from qscale.errors import require
 from qscale.qat.hooks import Objective, TrainHooks
 from qscale.qat.linear import ActQuantizer
 from qscale.qat.lsq import LSQRecipe
-from qscale.qat.prepare import quant_layers
 from qscale.qat.registry import register
 from qscale.qat.ste import straight_through
 

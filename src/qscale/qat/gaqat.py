@@ -57,8 +57,8 @@ def _flat(grads: list[Tensor]) -> Tensor:
 def conflict_cosines(task: dict[str, list[Tensor]], sharp: dict[str, list[Tensor]]) -> dict[str, float]:
     """Per layer ``cos(g_task, g_sharp)`` over its scale gradients (0 where either is all zero)."""
     out = {}
-    for name in task:
-        a, b = _flat(task[name]).double(), _flat(sharp[name]).double()
+    for name, grads in task.items():
+        a, b = _flat(grads).double(), _flat(sharp[name]).double()
         den = a.norm() * b.norm()
         out[name] = float(a @ b / den) if den > 0 else 0.0
     return out

@@ -54,6 +54,19 @@ def test_ranks_decay_to_zero_by_the_end_of_the_schedule(llama, batches):
     assert ranks == sorted(ranks, reverse=True) and ranks[0] == 8 and ranks[9] == 0 and ranks[8] > 0
 
 
+def test_rank_reaches_zero_even_with_fewer_steps_than_phases(llama):
+    cfg = QATRecipeConfig("qvgen", w_bits=3, a_bits=16, group_size=32, rank=16)  # 5 phases, 3 steps
+    prepare(llama, cfg)
+    hooks = get_recipe("qvgen").hooks(llama, cfg, None)
+    opt = torch.optim.AdamW([p for p in llama.parameters() if p.requires_grad], lr=1e-3)
+    ranks = []
+    for step in range(3):
+        hooks.after_step(llama, opt, step, 3)
+        ranks.append(max(q.weight_quantizer.rank for q in quant_layers(llama).values()))
+    assert ranks[-1] == 0 and ranks == sorted(ranks, reverse=True) and ranks[0] < 16
+    convert(llama)
+
+
 def test_qvgen_trains_and_exports_without_extra_parameters(llama, batches, tmp_path):
     lsq = copy.deepcopy(llama)
     losses = qat_finetune(llama, QATRecipeConfig("qvgen", w_bits=4, a_bits=16, group_size=32, rank=4), batches,

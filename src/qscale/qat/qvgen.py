@@ -8,7 +8,8 @@ gradient norm early in training. ``Φ`` starts as the best rank-r approximation 
 that halve the rank (r → r/2 → … → 1 → 0). At the start of a phase ``Φ`` is re-factored by SVD
 (``U = U_s·√S``, ``V = √S·V_s``, Adam state of ``U``/``V`` reset) and the rank-based regulariser ``γ`` of the
 components beyond the phase's target rank (the smallest singular values) anneals from 1 to 0 by a cosine over
-the phase; at its end they are dropped (``γ = 0``). After ``decay_end`` the branch has rank 0, so the model
+the phase; at its end they are dropped (``γ = 0``). After ``decay_end`` (at the latest after the last step) the
+branch has rank 0, so the model
 trains and freezes as plain LSQ: ``convert`` refuses a branch of nonzero rank, and the export has no extra
 tensor. ``γ`` is a buffer (part of the resumable state); the schedule is a function of the step.
 """
@@ -52,7 +53,7 @@ def rank_phases(rank: int) -> list[int]:
 def phase_at(step: int, steps: int, rank: int, decay_end: float) -> tuple[int, float]:
     """(phase index, progress in [0, 1) within it) of ``step``; phase ``len(rank_phases)`` = decay done."""
     n = len(rank_phases(rank))
-    end = max(n, math.floor(decay_end * steps))  # at least one step per phase
+    end = min(steps, max(n, math.floor(decay_end * steps)))  # one step per phase if there are enough steps
     if step >= end:
         return n, 0.0
     pos = step * n / end
@@ -115,18 +116,16 @@ class QVGenHooks(TrainHooks):
         phase, t = phase_at(step + 1, steps, self.rank, self.opts.decay_end)
         prev, _ = phase_at(step, steps, self.rank, self.opts.decay_end)
         n = len(self.targets)
+        live = self.rank if phase == 0 else self.targets[phase - 1]  # components alive in ``phase``
         for q in self.quantizers:
-            if phase != prev:  # phase ``prev`` is over: drop its decayed components, re-factor the rest
-                q.gamma[self.targets[prev]:] = 0.0
+            if phase != prev:  # the phases before are over: drop their decayed components, re-factor the rest
+                q.gamma[live:] = 0.0
                 if phase < n and q.rank:
                     q.refactor(q.rank)
                     for p in (q.U, q.V):
                         opt.state.pop(p, None)
             if phase < n:
-                live = self.rank if phase == 0 else self.targets[phase - 1]
                 q.gamma[self.targets[phase]:live] = 0.5 * (1 + math.cos(math.pi * t))
-            else:
-                q.gamma.zero_()
 
 
 @register

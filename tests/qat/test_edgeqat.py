@@ -9,7 +9,9 @@ import torch
 from qscale.errors import QscaleError
 from qscale.export import export_model, load_quantized
 from qscale.qat import QATRecipeConfig, convert, get_recipe, prepare, qat_finetune
+from qscale.models.ladder import build_model
 from qscale.qat.edgeqat import (
+    EdgeQATOptions,
     EdgeState,
     TokenAdaptiveActQuantizer,
     distribution_term,
@@ -98,3 +100,17 @@ def test_edgeqat_loss_adds_both_terms(llama, batches):
 def test_edgeqat_refuses_unhooked_architectures(neox, batches):
     with pytest.raises(QscaleError, match="gpt_neox' is not supported"):
         qat_finetune(neox, QATRecipeConfig("edgeqat", group_size=32), batches, steps=1, lr=1e-3)
+
+
+def test_edgeqat_hooks_the_ladder_models(batches):
+    model = build_model("xs", vocab_size=64, max_seq_len=64)
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fp = model(input_ids=ids).logits
+    cfg = QATRecipeConfig("edgeqat", w_bits=8, a_bits=8, group_size=32, options=EdgeQATOptions(qk_bits=8))
+    losses = qat_finetune(model, cfg, batches, steps=2, lr=1e-6)
+    state = model._qscale_edgeqat
+    with torch.no_grad():
+        q = model.eval()(input_ids=ids).logits
+    assert state.importance is not None and state.importance.shape == (2, 16)  # set by the last attention layer
+    assert len(losses) == 2 and (q - fp).abs().max() < 0.1  # 8-bit everything: close to the fp model

@@ -8,8 +8,8 @@ import torch
 
 from qscale.errors import QscaleError
 from qscale.export import export_model, load_quantized
-from qscale.qat import QATRecipeConfig, convert, get_recipe, prepare, qat_finetune
 from qscale.models.ladder import build_model
+from qscale.qat import QATRecipeConfig, convert, get_recipe, prepare, qat_finetune
 from qscale.qat.edgeqat import (
     EdgeQATOptions,
     EdgeState,

@@ -2,7 +2,8 @@
 
 AdamW (β = 0.9, 0.95), linear warm-up then cosine decay to 10 % of the peak rate, gradient clipping — the
 optimizer protocol of Chen et al. 2025 (SPEC §2). With ``cfg.distill`` the loss is ``distill_loss`` to the
-full-precision teacher (a frozen copy of the model taken before ``prepare`` unless one is given).
+full-precision teacher (a frozen copy of the model taken before ``prepare`` unless one is given). A recipe's
+``hooks`` (``qscale.qat.hooks``) make each step's gradients and act after it (SAM, extra loss terms, rank decay).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def qat_finetune(
     """Prepare ``model`` (in place) for ``cfg`` and train it ``steps`` steps on ``batches(step)``.
 
     batches(step) -> LongTensor ``[B, T+1]`` (e.g. ``qscale.data.batches.train_batch``). Returns the
-    training loss of every step (the distillation loss when ``cfg.distill`` is set). With ``state_dir``
+    training loss of every step (the distillation loss when ``cfg.distill`` is set; the recipe's own loss for
+    edgeqat and efficientdm). With ``state_dir``
     the weights, quantizer parameters, optimizer state and step are saved atomically every ``save_every``
     steps and a re-run resumes from them (batches are a function of the step, so the result is the same as
     an uninterrupted run); ``fingerprint`` (of model, data and config) must match the saved one.

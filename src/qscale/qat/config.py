@@ -76,7 +76,8 @@ class InterventionConfig:
 class QATRecipeConfig:
     """Which recipe, at which precision, on which layers.
 
-    recipe:           registry name: ste | lsq | quest | bitnet | pbllm | lrqat | l4q (``qscale.qat.RECIPES``).
+    recipe:           registry name: ste | lsq | quest | bitnet | pbllm | lrqat | l4q | efficientqat | edgeqat |
+                      gaqat | qvgen | efficientdm | ifairy (``qscale.qat.RECIPES``).
     w_bits / a_bits:  default weight / input-activation bit widths; None = the recipe's default
                       (ste, lsq, quest: W4A4; bitnet: ternary weights (stored in 2 bits), A8; pbllm: W1A16;
                       lrqat, l4q: W4A16).
@@ -92,6 +93,8 @@ class QATRecipeConfig:
     rank, lora_alpha: lrqat / l4q only: rank r of the trainable A·B and its scale α (the update is (α/r)·A·B).
     intervention:     Teacher Intervention during ``qat_finetune`` (with the distillation loss; ``distill``
                       defaults to ``DistillConfig()`` then); None = off.
+    options:          the recipe's own typed options (edgeqat, gaqat, qvgen, efficientdm, ifairy: the
+                      ``Recipe.options_type`` dataclass of its module); None = that type's defaults.
     """
 
     recipe: str = "ste"
@@ -107,6 +110,7 @@ class QATRecipeConfig:
     rank: int = 16
     lora_alpha: float = 16.0
     intervention: InterventionConfig | None = None
+    options: object | None = None
 
     def __post_init__(self) -> None:
         require(self.recipe in RECIPES, f"unknown QAT recipe {self.recipe!r}; known: {', '.join(sorted(RECIPES))}")
@@ -130,6 +134,13 @@ class QATRecipeConfig:
         require(self.intervention is None or isinstance(self.intervention, InterventionConfig),
                 "intervention must be an InterventionConfig or None")
         RECIPES[self.recipe].check_bits(*self.default_bits)
+        kind = RECIPES[self.recipe].options_type
+        if kind is None:
+            require(self.options is None, f"the {self.recipe} recipe takes no options")
+        elif self.options is None:
+            object.__setattr__(self, "options", kind())
+        else:
+            require(isinstance(self.options, kind), f"options of {self.recipe} must be a {kind.__name__}")
 
     @property
     def default_bits(self) -> tuple[int, int]:

@@ -7,6 +7,8 @@ gradient clipping -- the optimizer protocol of Chen et al. 2025 (SPEC §2). With
 one is given). With ``cfg.intervention`` (Teacher Intervention, Kim et al. 2023, arXiv 2302.11812) the
 teacher's block inputs also replace the student's for the blocks the schedule still intervenes
 (``qscale.qat.intervention``); the loss is then the distillation loss (``DistillConfig()`` by default).
+A recipe's ``hooks`` (``qscale.qat.hooks``) make each step's gradients and act after it (SAM, extra
+loss terms, rank decay).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from qscale.qat.config import DistillConfig, QATRecipeConfig
 from qscale.qat.distill import distill_loss
 from qscale.qat.intervention import first_intervened, intervene, teacher_block_inputs
 from qscale.qat.prepare import prepare, quant_layers
+from qscale.qat.registry import get_recipe
 from qscale.train.checkpoint import atomic_folder
 from qscale.train.engine import LossFn, OptimConfig, lm_loss, logits_of, make_optimizer, train_steps
 
@@ -75,7 +78,8 @@ def qat_finetune(
     """Prepare ``model`` (in place) for ``cfg`` and train it ``steps`` steps on ``batches(step)``.
 
     batches(step) -> LongTensor ``[B, T+1]`` (e.g. ``qscale.data.batches.train_batch``). Returns the
-    training loss of every step (the distillation loss when ``cfg.distill`` or ``cfg.intervention`` is set).
+    training loss of every step (the distillation loss when ``cfg.distill`` or ``cfg.intervention`` is set;
+    the recipe's own loss for edgeqat and efficientdm).
     With ``state_dir`` the weights, quantizer parameters, optimizer state and step are saved atomically
     every ``save_every`` steps and a re-run resumes from them (batches are a function of the step, so the
     result is the same as an uninterrupted run); ``fingerprint`` (of model, data and config) must match
@@ -84,12 +88,14 @@ def qat_finetune(
     require(steps >= 1, f"steps must be >= 1, got {steps}")
     require(save_every >= 1, f"save_every must be >= 1, got {save_every}")
     optim = OptimConfig(lr=lr, warmup=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip)
-    if (cfg.distill is not None or cfg.intervention is not None) and teacher is None:
+    recipe = get_recipe(cfg.recipe)
+    if (cfg.distill is not None or cfg.intervention is not None or recipe.needs_teacher) and teacher is None:
         teacher = copy.deepcopy(model)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     if not quant_layers(model):  # a block-wise recipe (efficientqat) arrives prepared
         prepare(model, cfg)
+    hooks = recipe.hooks(model, cfg, teacher)
     opt = make_optimizer(model, optim)
     start, losses = _resume(state_dir, model, opt, fingerprint)
     with Progress(disable=not progress, transient=True) as bar:
@@ -102,7 +108,7 @@ def qat_finetune(
                 _save(state_dir, model, opt, done, losses, fingerprint)
 
         train_steps(model, batches, optim, steps, opt=opt, loss_fn=qat_loss(cfg, teacher, steps), start=start,
-                    on_step=on_step)
+                    on_step=on_step, hooks=hooks)
     return losses
 
 

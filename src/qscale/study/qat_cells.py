@@ -26,7 +26,7 @@ from qscale.evaluate.noise import paired_delta
 from qscale.models import build_model, count_params, get_size
 from qscale.provenance import seed_everything, versions
 from qscale.ptq import quantize_model
-from qscale.qat import QATRecipeConfig, input_stats, prepare
+from qscale.qat import QATRecipeConfig, get_recipe, input_stats, prepare
 from qscale.qat.ste import act_spec
 from qscale.study.checkpoints import SuiteCheckpoint
 from qscale.study.core import CellKey, Row, Table, columns
@@ -117,9 +117,14 @@ def train_model(model: nn.Module, recipe: QATRecipeConfig | None, batches: Calla
     not norms, biases or quantizer parameters -- linear warm-up then cosine decay to 10%, gradient clipping
     at 1.0; Chen et al. 2025 protocol, SPEC §2). Returns the training loss of every step.
     """
+    hooks = None
     if recipe is not None:
+        kind = get_recipe(recipe.recipe)
+        teacher = copy.deepcopy(model).eval().requires_grad_(False) if kind.needs_teacher else None
         prepare(model, recipe)
-    return engine_train(model, OptimConfig(lr=lr, warmup=warmup_steps, weight_decay=weight_decay), batches, steps)
+        hooks = kind.hooks(model, recipe, teacher)  # the recipe's own step (SAM, extra loss terms, rank decay)
+    return engine_train(model, OptimConfig(lr=lr, warmup=warmup_steps, weight_decay=weight_decay), batches, steps,
+                        hooks=hooks)
 
 
 def smoothed(losses: list[float], frac: float = SMOOTH_FRAC) -> float:

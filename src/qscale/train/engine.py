@@ -88,6 +88,24 @@ def lm_loss(model: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
     return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten()), logits
 
 
+class StepHooks:
+    """How one step's gradients are made and what follows the optimiser step; the default is the plain step.
+
+    ``backward(model, batch, objective, step, total)`` leaves the gradients in ``.grad`` and returns the
+    (detached) loss it reports; ``objective(batch)`` is the step's training loss. Recipes with their own
+    procedure (``qscale.qat.hooks``: SAM, attention terms, rank decay) subclass it.
+    """
+
+    def backward(self, model: nn.Module, batch: Tensor, objective: Callable[[Tensor], Tensor], step: int,
+                 total: int) -> Tensor:
+        loss = objective(batch)
+        loss.backward()
+        return loss.detach()
+
+    def after_step(self, model: nn.Module, opt: torch.optim.Optimizer, step: int, total: int) -> None:
+        """Called after the optimiser step ``step`` (0-based) of ``total``."""
+
+
 def _plain_loss(model: nn.Module, batch: Tensor, step: int) -> Tensor:
     return lm_loss(model, batch)[0]
 
@@ -127,6 +145,7 @@ def train_steps(
     grad_accum: int = 1,
     compile: bool = False,
     on_step: Callable[[int, float, float], None] | None = None,
+    hooks: StepHooks | None = None,
 ) -> list[float]:
     """Optimiser steps ``start .. end-1`` of a ``total``-step schedule; returns each step's loss.
 
@@ -134,8 +153,10 @@ def train_steps(
     micro-batches; ``loss_fn(model, micro_batch, step)`` gives the loss to minimise (default: next-token
     CE), so step-dependent losses (Teacher Intervention) are closures. ``on_step(done, loss, lr)`` runs
     after each step (checkpoints, resume state, progress); the model is back in train mode afterwards.
-    A non-finite loss is an error.
+    ``hooks`` (a recipe's :class:`StepHooks`) may make the gradients their own way (SAM's two passes, extra
+    loss terms) and act after each optimiser step (rank decay). A non-finite loss is an error.
     """
+    hooks = StepHooks() if hooks is None else hooks
     require(total >= 1, f"steps must be >= 1, got {total}")
     end = total if end is None else min(total, end)
     opt = make_optimizer(model, cfg) if opt is None else opt
@@ -154,14 +175,13 @@ def train_steps(
                 f"batch of {batch.shape[0]} sequences is not divisible by grad accumulation {grad_accum}")
         loss_sum = 0.0
         for chunk in batch.split(batch.shape[0] // grad_accum):
-            loss = loss_fn(forward, chunk, step)
-            (loss / grad_accum).backward()
-            loss_sum += loss.item() / grad_accum
+            loss_sum += hooks.backward(model, chunk, lambda b: loss_fn(forward, b, step) / grad_accum, step, total).item()
         if not math.isfinite(loss_sum):
             raise QscaleError(f"training loss is not finite at step {step + 1}: lower the learning rate")
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+        hooks.after_step(model, opt, step, total)
         opt.zero_grad(set_to_none=True)
         losses.append(loss_sum)
         if on_step is not None:
@@ -171,8 +191,8 @@ def train_steps(
 
 
 def train_model(model: nn.Module, cfg: OptimConfig, batches: Callable[[int], Tensor], steps: int,
-                loss_fn: LossFn = _plain_loss) -> list[float]:
+                loss_fn: LossFn = _plain_loss, hooks: StepHooks | None = None) -> list[float]:
     """Train ``model`` in place for ``steps`` steps from a fresh optimizer, leave it in eval mode; the step losses."""
-    losses = train_steps(model, batches, cfg, steps, loss_fn=loss_fn)
+    losses = train_steps(model, batches, cfg, steps, loss_fn=loss_fn, hooks=hooks)
     model.eval()
     return losses

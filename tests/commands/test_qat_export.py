@@ -63,7 +63,6 @@ def test_qat_efficientqat_and_lrqat_from_the_cli(user_models, corpus, cache, tmp
         assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compressed-tensors"
 
 
-<<<<<<< HEAD
 def test_qat_double_rounding_stores_8_bit_codes_and_eval_serves_lower_precisions(user_models, corpus, cache,
                                                                                   tmp_path, capsys):
     out = tmp_path / "dr"
@@ -84,7 +83,8 @@ def test_qat_double_rounding_stores_8_bit_codes_and_eval_serves_lower_precisions
     rc = main(["qat", str(user_models["neox"]), "--recipe", "double-rounding", "--joint-bits", "6,4", "--out",
                str(tmp_path / "bad"), "--data", str(corpus), *FAST])
     assert rc == 2 and "--joint-bits" in capsys.readouterr().err
-=======
+
+
 def test_qat_seed_recipes_from_the_cli(user_models, corpus, cache, tmp_path, capsys):
     for recipe, extra, method in (("qvgen", ["--rank", "4"], "compressed-tensors"),
                                   ("efficientdm", ["--rank", "4", "--samples", "8"], "compressed-tensors"),
@@ -102,4 +102,3 @@ def test_qat_seed_recipes_from_the_cli(user_models, corpus, cache, tmp_path, cap
                "--data", str(corpus), *FAST])
     err = capsys.readouterr().err
     assert rc == 2 and "'gpt_neox' is not supported" in err and len(err.strip().splitlines()) == 1
->>>>>>> issue14

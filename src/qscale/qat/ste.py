@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qscale.qat.fused import fused_fake_quantize
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.quant import (
     QuantizedWeight,
     QuantSpec,
-    fake_quantize,
     grouped,
     quantize,
     round_to_grid,
@@ -68,10 +68,11 @@ def straight_through(x: Tensor, x_hat: Tensor, mask: Tensor | None = None) -> Te
 def ste_fake_quantize(x: Tensor, spec: QuantSpec, scale: Tensor | None = None, zero: Tensor | None = None) -> Tensor:
     """Fake quantization with the clipped STE; parameters from the data unless given (grouped-view shapes).
 
-    Forward values equal ``dequantize(quantize(x, spec, scale, zero))`` exactly (in ``x``'s dtype).
+    Forward values equal ``dequantize(quantize(x, spec, scale, zero))`` exactly (in ``x``'s dtype); with
+    parameters from the data the forward runs fused on CUDA (``qscale.qat.fused``).
     """
     if scale is None:
-        return straight_through(x, fake_quantize(x.detach(), spec))
+        return straight_through(x, fused_fake_quantize(x.detach(), spec))
     xd = x.detach()
     xg = grouped(xd.to(torch.promote_types(xd.dtype, torch.float32)), spec)
     if zero is None:

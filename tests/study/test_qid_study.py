@@ -10,7 +10,7 @@ from qscale.cli import main
 from qscale.data import DataConfig, load_token_streams
 from qscale.study.grid import QidGrid, get_preset
 from qscale.study.qid import build_study, run_qid_study
-from qscale.study.store import Store
+from qscale.study.qid_store import Store
 from qscale.train import TrainConfig
 from qscale.train.suite import SuiteConfig
 

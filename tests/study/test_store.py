@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qscale.errors import QscaleError
-from qscale.study.store import CellKey, CheckpointEval, QidRow, Store
+from qscale.study.qid_store import CellKey, CheckpointEval, QidRow, Store
 
 
 def _row(D=1000, method="rtn", P=4, loss_q=3.5):

@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 
-from qscale.study.noise import NoisePolicy
+from qscale.evaluate.noise import NoisePolicy
 
 
 def new_figure(nrows: int, ncols: int, size: tuple[float, float]):

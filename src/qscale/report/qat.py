@@ -3,7 +3,7 @@
 - The QAT law δ = k·D^γD·(log2 G)^γG / N^γN per scheme (laws engine, Huber in log space, bootstrap 95%
   CIs), on the held-out δ and, as in the paper, on the smoothed final training-loss δ. Per-channel
   scales enter as G = model width. Held-out points with δ <= 2 x paired SE (every δ <= 0 included) are
-  excluded and counted (:mod:`qscale.study.noise`); training-loss points with δ <= 0 likewise.
+  excluded and counted (:mod:`qscale.evaluate.noise`); training-loss points with δ <= 0 likewise.
 - The decomposition δ_W4A4 ≈ c·(δ_W4A16 + δ_W16A4) (paper: c = 0.906), least squares through 0.
 - Per-layer attribution of the activation error (input quantization MSE, kurtosis) and the FC2 fix:
   relative reduction of δ when the ``down_proj`` input is kept at 8 bits (paper: 20.5%-42.9% for W4A4).
@@ -22,7 +22,7 @@ import numpy as np
 
 from qscale.errors import ConvergenceError, QscaleError
 from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
-from qscale.study.noise import NoisePolicy
+from qscale.evaluate.noise import NoisePolicy
 
 PAPER = {  # SPEC §2: (k, gamma_N, gamma_D, gamma_G)
     "W4A4": (0.1582, 0.2186, 0.0745, 0.7779), "W4A16": (0.2522, 0.3589, 0.1610, 0.3533),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from qscale.report.plots import new_figure, to_png
-from qscale.study.noise import NoisePolicy
+from qscale.evaluate.noise import NoisePolicy
 
 
 def _loglog(ax, any_positive: bool = True) -> None:

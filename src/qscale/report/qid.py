@@ -2,7 +2,7 @@
 
 The law is Ouyang et al. 2024 (arXiv 2411.17691, SPEC §1), QiD = k · D^β / (N^α · P^γ), fitted per
 PTQ method in log space by the laws engine (Huber loss, SPEC §5) on the points above the noise floor
-(:mod:`qscale.study.noise`). Inverting it gives the training tokens at which a model of N parameters
+(:mod:`qscale.evaluate.noise`). Inverting it gives the training tokens at which a model of N parameters
 reaches a given QiD at P bits: D* = (QiD · N^α · P^γ / k)^(1/β).
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from qscale.errors import QscaleError
 from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
-from qscale.study.noise import NoisePolicy, NoiseSummary, summarize_noise
+from qscale.evaluate.noise import NoisePolicy, NoiseSummary, summarize_noise
 
 LAW_NAME = "qid"
 LAW_TEXT = "QiD = k * D^beta / (N^alpha * P^gamma)"

@@ -1,6 +1,6 @@
 """qscale.study: study grids and presets (``grid``), the SQLite result store (``store``), the QiD runner
-(``qid``: ``build_study``, ``run_qid_study``), the measurement-noise policy (``noise``) and the CLI (``cli``).
+(``qid``: ``build_study``, ``run_qid_study``) and the CLI (``cli``). The measurement-noise policy lives
+with evaluation (:mod:`qscale.evaluate.noise`).
 
-Import the submodules directly; this package imports nothing so that ``qscale.report`` can use
-``qscale.study.noise`` without a cycle.
+Import the submodules directly; this package imports nothing.
 """

@@ -2,7 +2,7 @@
 
 A cell is (model size, checkpoint D, method, bits P, group size G, seed). Evaluation windows are
 fixed (evenly spaced over the validation split) and shared by the full-precision and quantized
-models, so QiD's noise is that of paired differences (:mod:`qscale.study.noise`); calibration windows
+models, so QiD's noise is that of paired differences (:mod:`qscale.evaluate.noise`); calibration windows
 come from the training split with a fixed seed (Frantar et al. 2022; SPEC §1 protocol, §6 GPTQ).
 """
 

@@ -41,7 +41,7 @@ from qscale.qat import QATRecipeConfig, input_stats, prepare
 from qscale.qat.finetune import cosine_lr, lm_loss
 from qscale.qat.ste import act_spec
 from qscale.study.grid import get_preset as get_qid_preset
-from qscale.study.noise import paired_se
+from qscale.evaluate.noise import paired_se
 from qscale.study.qat_grid import CONTROL, PtqCompare, QatGrid, get_qat_preset, get_scheme
 from qscale.study.qat_store import QatStore
 from qscale.train import list_checkpoints, train

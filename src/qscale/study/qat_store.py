@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from qscale.errors import QscaleError
-from qscale.study.store import SqliteStore
+from qscale.study.qid_store import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS qat_fp (

@@ -29,8 +29,8 @@ from qscale.provenance import config_hash, seed_everything, versions
 from qscale.ptq import quantize_model
 from qscale.report.qid import Report, ReportConfig, write_qid_report
 from qscale.study.grid import QidGrid, get_preset
-from qscale.study.noise import paired_se
-from qscale.study.store import CellKey, CheckpointEval, QidRow, Store
+from qscale.evaluate.noise import paired_se
+from qscale.study.qid_store import CellKey, CheckpointEval, QidRow, Store
 from qscale.train import train
 from qscale.train.suite import SUITE_PRESETS, SuiteConfig
 

@@ -12,7 +12,8 @@ from qscale.laws import load_table
 from qscale.study.core import CellKey, Row, Table, Task, columns, topological
 from qscale.study.executor import LocalExecutor
 from qscale.study.runner import plan, run_study
-from qscale.study.store import SqliteStore, open_store
+from qscale.study.backends import open_store
+from qscale.study.store import SqliteStore
 
 TRAIN = Table("toy_train", columns("run:text model:text config_hash:text"), columns("steps:int seconds:float"))
 CELLS = Table("toy", columns("run:text model:text P:int config_hash:text"),

@@ -129,6 +129,7 @@ class Task:
     deps:  ids of tasks whose results are appended to ``args`` (in order). A task without keys (e.g.
            training one suite size) runs only when a task that depends on it runs.
     phase: the timing bucket of the runner (``train``, ``fp_eval``, ``quantize``, ...).
+    cpus, gpus: what the task needs on a cluster (the Ray executor reserves them; the local one ignores them).
 
     ``fn`` must be a module-level function and ``args`` picklable so that a remote executor can ship them.
     """
@@ -140,6 +141,8 @@ class Task:
     keys: tuple[CellKey, ...] = ()
     phase: str = "measure"
     label: str = ""
+    cpus: float = 1.0
+    gpus: float = 0.0
 
 
 class Store(ABC):
@@ -164,6 +167,18 @@ class Store(ABC):
     @abstractmethod
     def rows(self, table: str, where: Mapping[str, Any] | None = None) -> list[dict]:
         """Rows of ``table`` matching the equalities ``where`` (all if None), in insertion order."""
+
+    @abstractmethod
+    def record_failure(self, task_id: str, label: str, error: str, attempts: int) -> None:
+        """Record (or replace) that a task failed after ``attempts`` attempts with ``error``."""
+
+    @abstractmethod
+    def clear_failure(self, task_id: str) -> None:
+        """Forget a recorded failure (the task has now succeeded)."""
+
+    @abstractmethod
+    def failures(self) -> list[dict]:
+        """Recorded failures: ``task_id``, ``label``, ``error``, ``attempts``, ``created_at``."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -19,6 +19,7 @@ from qscale.study.core import Row, Task
 
 OnStart = Callable[[Task], None]
 OnDone = Callable[[Task, Any, float], None]
+OnFailed = Callable[[Task, str, int], None]  # (task, error, attempts)
 
 
 def result_rows(task: Task, result: Any) -> list[Row]:
@@ -42,17 +43,19 @@ class Executor(ABC):
 
     @abstractmethod
     def run(self, tasks: Sequence[Task], inputs: Mapping[str, Any], on_done: OnDone,
-            on_start: OnStart | None = None) -> None:
+            on_start: OnStart | None = None, on_failed: OnFailed | None = None) -> None:
         """Run ``tasks`` (dependencies first). ``inputs`` holds the values of dependencies that are not in
         ``tasks`` (already stored); ``on_done(task, result, seconds)`` is called in this process as each
-        task finishes, so rows are committed one by one. A task that raises stops the run."""
+        task finishes, so rows are committed one by one. A task that raises stops the run, unless the
+        executor retries tasks (Ray): then a task that still fails after its retries, and every task that
+        depends on it, is reported to ``on_failed(task, error, attempts)`` and the others go on."""
 
 
 class LocalExecutor(Executor):
     """In process, one task at a time, in the given order (deterministic on CPU)."""
 
     def run(self, tasks: Sequence[Task], inputs: Mapping[str, Any], on_done: OnDone,
-            on_start: OnStart | None = None) -> None:
+            on_start: OnStart | None = None, on_failed: OnFailed | None = None) -> None:
         values = dict(inputs)
         for task in tasks:
             if on_start is not None:

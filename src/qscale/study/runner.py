@@ -20,6 +20,7 @@ class Outcome:
 
     computed: int = 0
     skipped: int = 0
+    failed: int = 0  # tasks recorded in the store's task_failures (retried by the next run)
     tasks_run: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     report: Any = None
@@ -74,8 +75,15 @@ def run_study(study: StudyDefinition, store: Store, executor: Executor | None = 
                 store.add_many(result_rows(task, result))
                 out.computed += 1
                 bar.advance(task_id)
+            if task.id in failed_before:
+                store.clear_failure(task.id)
 
-        (executor or LocalExecutor()).run(todo, inputs, on_done, on_start)
+        def on_failed(task: Task, error: str, attempts: int) -> None:
+            store.record_failure(task.id, task.label or task.id, error, attempts)
+            out.failed += 1
+
+        failed_before = {f["task_id"] for f in store.failures()}
+        (executor or LocalExecutor()).run(todo, inputs, on_done, on_start, on_failed)
     t0 = time.perf_counter()
     out.report = study.report(store)
     out.seconds["report"] += time.perf_counter() - t0

@@ -31,6 +31,7 @@ from qscale.provenance import config_hash, to_jsonable, versions
 from qscale.train.checkpoint import (META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints,
                                      read_checkpoint)
 from qscale.train.config import TrainConfig
+from qscale.train.distributed import barrier, local_slice, mean_over_ranks, setup, wrap
 from qscale.train.fingerprint import check_parent_tokenizer, check_resume, parent_checkpoint, run_fingerprints
 from qscale.train.schedule import lr_at
 
@@ -151,17 +152,20 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
     """Train per ``cfg`` on ``streams``, writing checkpoints to ``out_dir``; resume from its state if any.
 
     ``stop_after_steps`` ends the process-local run after that global step without saving anything
-    extra, i.e. it simulates a kill (used by tests of resume).
+    extra, i.e. it simulates a kill (used by tests of resume). Under ``torchrun`` the batch is split over the
+    processes (DDP, :mod:`qscale.train.distributed`) and rank 0 alone writes.
     """
     out_dir = Path(out_dir)
-    device = _device(cfg)
+    info, device = setup(_device(cfg))
     parent = parent_checkpoint(cfg.model)  # continuing a qscale checkpoint: D counts its tokens, no new warmup
     check_parent_tokenizer(parent, streams.tokenizer_hash)
     offset, schedule = (parent.tokens, replace(cfg, warmup_steps=0)) if parent else (0, cfg)
     model, opt = _fresh(cfg, streams.vocab_size, device)
     val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
     run_meta = _run_meta(cfg, streams)
-    check_resume(out_dir, run_meta)  # the first write, after every check
+    if info.is_main:
+        check_resume(out_dir, run_meta)  # the first write, after every check
+    barrier(info)
     start, recent = _load_state(out_dir, model, opt)
     total, ckpts = cfg.total_steps, set(cfg.checkpoint_steps())
     missing = [s for s in sorted(ckpts) if s <= start and read_checkpoint(checkpoint_dir(out_dir, s)) is None]
@@ -171,10 +175,13 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
         model, opt = _fresh(cfg, streams.vocab_size, device)
         start, recent = 0, []
     end = total if stop_after_steps is None else min(total, stop_after_steps)
-    forward = torch.compile(model) if cfg.compile else model
-    micro = cfg.batch_size // cfg.grad_accum
+    parallel = wrap(model, info, device)
+    forward = torch.compile(parallel) if cfg.compile else parallel
+    require((cfg.batch_size // info.world) % cfg.grad_accum == 0,
+            f"the per-process batch {cfg.batch_size // info.world} is not divisible by grad accumulation {cfg.grad_accum}")
+    micro = cfg.batch_size // info.world // cfg.grad_accum
     model.train()
-    with _progress(progress) as bar:
+    with _progress(progress and info.is_main) as bar:
         task = bar.add_task(f"train {cfg.size if cfg.model is None else cfg.model.name}", total=total,
                             completed=start, info="")
         t0 = time.perf_counter()
@@ -182,7 +189,7 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
             lr = lr_at(step, schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed).to(device)
+            batch = local_slice(train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed), info).to(device)
             loss_sum = 0.0
             for chunk in batch.split(micro):
                 with _autocast(device):
@@ -190,6 +197,7 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
                 loss = F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten())
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
+            loss_sum = mean_over_ranks(loss_sum, info, device)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -198,7 +206,7 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
             done = step + 1
             tps = (done - start) * cfg.tokens_per_step / (time.perf_counter() - t0)
             bar.update(task, completed=done, info=f"loss {loss_sum:.3f}  {tps:,.0f} tok/s")
-            if done in ckpts:
+            if done in ckpts and info.is_main:
                 with _autocast(device):
                     val_loss = evaluate(model, val, batch_size=16).loss
                 model.train()
@@ -207,6 +215,8 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
                          "fingerprints": run_meta["fingerprints"], "eval_windows": cfg.eval_windows}
                 _save_checkpoint(out_dir, model, streams, cfg, done, extra)
                 bar.update(task, info=f"loss {loss_sum:.3f}  val {val_loss:.3f}  {tps:,.0f} tok/s")
-            if done in ckpts or done % STATE_EVERY == 0:
+            if (done in ckpts or done % STATE_EVERY == 0) and info.is_main:
                 _save_state(out_dir, model, opt, done, recent)
+            if done in ckpts:
+                barrier(info)
     return list_checkpoints(out_dir)

@@ -1,6 +1,8 @@
 """The model ladder: Llama-architecture causal LMs (RMSNorm, RoPE, SwiGLU, SDPA attention).
 
-Sizes are named ``xs`` .. ``xl``; their non-embedding parameter counts N span ~48x. Input embeddings
+Sizes are named ``xs`` .. ``xl``; their non-embedding parameter counts N span ~48x. Every width
+(model and SwiGLU hidden) is a multiple of 32, so a group size of 32 (or 16, 8) means the same
+thing at every size. Input embeddings
 and the LM head are untied (the Llama default), and neither counts toward N.
 """
 
@@ -28,11 +30,11 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     s.name: s
     for s in (
-        ModelSize("xs", d_model=64, n_layers=2, n_heads=2, ffn=176),
+        ModelSize("xs", d_model=64, n_layers=2, n_heads=2, ffn=192),
         ModelSize("s", d_model=96, n_layers=3, n_heads=3, ffn=256),
-        ModelSize("m", d_model=128, n_layers=4, n_heads=4, ffn=352),
+        ModelSize("m", d_model=128, n_layers=4, n_heads=4, ffn=384),
         ModelSize("l", d_model=192, n_layers=5, n_heads=6, ffn=512),
-        ModelSize("xl", d_model=256, n_layers=6, n_heads=8, ffn=688),
+        ModelSize("xl", d_model=256, n_layers=6, n_heads=8, ffn=704),
     )
 }
 

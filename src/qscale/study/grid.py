@@ -99,14 +99,14 @@ QID_PRESETS: dict[str, QidPreset] = {
     # (4 sizes x 7 checkpoints from 8K to 524K tokens x 4 bit widths = 112)
     "quick": QidPreset(
         suite="quick",
-        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 3, 4, 8), group_size=128, eval_windows=192,
+        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 3, 4, 8), group_size=32, eval_windows=192,
                      eval_seq_len=128, eval_batch_size=32, n_calib=32, calib_seq_len=128, min_tokens=8192),
         report=ReportConfig(n_boot=200),
     ),
     # the device: larger models, longer training, more held-out tokens
     "gpu": QidPreset(
         suite="gpu",
-        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 3, 4, 8), group_size=128, eval_windows=256,
+        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 3, 4, 8), group_size=32, eval_windows=256,
                      eval_seq_len=256, eval_batch_size=32, n_calib=128, calib_seq_len=256),
         report=ReportConfig(n_boot=500),
     ),

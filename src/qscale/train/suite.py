@@ -33,21 +33,25 @@ class SuiteConfig:
     name: str
     sizes: tuple[str, ...]
     base: TrainConfig
+    lrs: tuple[tuple[str, float], ...] = ()  # per-size peak learning rates; others use base.lr
 
     def __post_init__(self) -> None:
         require(len(self.sizes) >= 1, "a suite needs at least one size")
         for s in self.sizes:
             get_size(s)
+        for s, lr in self.lrs:
+            require(s in self.sizes and lr > 0, f"bad per-size learning rate {s}={lr}")
 
     def train_config(self, size: str) -> TrainConfig:
-        return replace(self.base, size=size)
+        return replace(self.base, size=size, lr=dict(self.lrs).get(size, self.base.lr))
 
 
 SUITE_PRESETS: dict[str, SuiteConfig] = {
     "tiny": SuiteConfig("tiny", ("xs", "s"), TrainConfig(
         tokens=24 * 8 * 32, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=4, eval_windows=8)),
     "quick": SuiteConfig("quick", ("xs", "s", "m", "l"), TrainConfig(
-        tokens=384 * 8 * 128, batch_size=8, seq_len=128, lr=3e-3, warmup_steps=20, ckpt_base=2, eval_windows=32)),
+        tokens=384 * 8 * 128, batch_size=8, seq_len=128, lr=3e-3, warmup_steps=20, ckpt_base=2, eval_windows=32),
+        lrs=(("xs", 3e-3), ("s", 4e-3), ("m", 1.5e-3), ("l", 1e-3))),
     "gpu": SuiteConfig("gpu", ("xs", "s", "m", "l", "xl"), TrainConfig(
         tokens=2048 * 64 * 256, batch_size=64, seq_len=256, lr=2e-3, warmup_steps=100, ckpt_base=8,
         eval_windows=256)),

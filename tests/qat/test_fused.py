@@ -1,7 +1,10 @@
 """Fused fake quantization (``qscale.qat.fused``): the Triton kernels, run on CPU by Triton's interpreter,
 against the plain torch definitions (forward values exactly, gradients to float32 rounding).
-On CPU the kernels run through Triton's interpreter (``TRITON_INTERPRET=1``, set in tests/conftest.py).
+On CPU the kernels run through Triton's interpreter (``TRITON_INTERPRET=1``, set in tests/conftest.py); with
+``TRITON_INTERPRET=0`` on a CUDA machine (bench/gpu_check.sh) the same tests run the compiled kernels on the GPU.
 """
+
+import os
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from qscale.qat.ste import act_spec, ste_fake_quantize, weight_spec
 from qscale.quant import QuantSpec, fake_quantize
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed (extra 'gpu')")
+DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") == "0" and torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture
@@ -23,6 +27,7 @@ def use(monkeypatch):
 
 
 def test_backend_defaults_to_plain_torch_on_cpu(monkeypatch):
+    """(On CUDA the default is triton, or torch.compile without it.)"""
     monkeypatch.delenv(ENV, raising=False)
     assert backend_for(torch.zeros(1)) == "torch"
     monkeypatch.setenv(ENV, "cuda-magic")
@@ -44,7 +49,7 @@ SPECS = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ste_forward_equals_definition(use, spec, dtype):
     torch.manual_seed(0)
-    x = (torch.randn(3, 5, 200) * torch.rand(3, 5, 1) * 4).to(dtype)
+    x = (torch.randn(3, 5, 200) * torch.rand(3, 5, 1) * 4).to(device=DEVICE, dtype=dtype)
     x[0, 0, :] = 0.0  # an all-zero row: scale 0, output exactly 0
     want = fake_quantize(x, spec)
     use("triton")
@@ -52,15 +57,15 @@ def test_ste_forward_equals_definition(use, spec, dtype):
     got = ste_fake_quantize(xr, spec)
     assert got.dtype == dtype
     assert torch.equal(got, want)
-    got.backward(torch.arange(got.numel(), dtype=dtype).reshape(got.shape))
-    assert torch.equal(xr.grad, torch.arange(got.numel(), dtype=dtype).reshape(got.shape))  # identity STE
+    got.backward(torch.arange(got.numel(), dtype=dtype, device=DEVICE).reshape(got.shape))
+    assert torch.equal(xr.grad, torch.arange(got.numel(), dtype=dtype, device=DEVICE).reshape(got.shape))  # identity STE
 
 
 @needs_triton
 def test_ste_ties_round_half_to_even(use):
     use("triton")
     spec = QuantSpec(4, symmetric=True, granularity="token", group_size=None, grid="restricted")  # qmax 7
-    x = torch.tensor([[7.0, -6.5, -0.5, 0.5, 1.5, 2.5, 3.5, -2.5]])  # scale 1: every other value is a tie
+    x = torch.tensor([[7.0, -6.5, -0.5, 0.5, 1.5, 2.5, 3.5, -2.5]], device=DEVICE)  # scale 1: every other value is a tie
     got = ste_fake_quantize(x, spec)
     assert got.tolist() == [[7.0, -6.0, -0.0, 0.0, 2.0, 2.0, 4.0, -2.0]]
     assert torch.equal(got, fake_quantize(x, spec))
@@ -69,7 +74,7 @@ def test_ste_ties_round_half_to_even(use):
 @needs_triton
 def test_nan_is_an_error(use):
     use("triton")
-    x = torch.ones(2, 64)
+    x = torch.ones(2, 64, device=DEVICE)
     x[1, 3] = float("nan")
     with pytest.raises(QscaleError, match="NaN"):
         ste_fake_quantize(x, act_spec(4, None))
@@ -78,7 +83,7 @@ def test_nan_is_an_error(use):
 def _lsq_grads(quantizer, x):
     x = x.clone().requires_grad_()
     y = quantizer(x)
-    (y * torch.linspace(-1, 2, y.numel()).reshape(y.shape)).sum().backward()
+    (y * torch.linspace(-1, 2, y.numel(), device=y.device).reshape(y.shape)).sum().backward()
     grads = {n: p.grad.clone() for n, p in quantizer.named_parameters()}
     quantizer.zero_grad()
     return y.detach(), x.grad, grads
@@ -88,7 +93,7 @@ def _lsq_grads(quantizer, x):
 @pytest.mark.parametrize("group_size", [32, None])
 def test_lsq_weight_forward_and_gradients_equal_definition(use, group_size):
     torch.manual_seed(1)
-    w = torch.randn(24, 96)
+    w = torch.randn(24, 96, device=DEVICE)
     q = LSQWeightQuantizer(w, weight_spec(4, group_size, grid="full"))
     use("torch")
     y0, gx0, gp0 = _lsq_grads(q, w)
@@ -103,8 +108,8 @@ def test_lsq_weight_forward_and_gradients_equal_definition(use, group_size):
 @pytest.mark.parametrize("offset", [False, True], ids=["lsq", "lsq+"])
 def test_lsq_activation_forward_and_gradients_equal_definition(use, offset):
     torch.manual_seed(2)
-    x = torch.randn(4, 300, 48) + 0.3  # 57 600 values share one step: several kernel blocks
-    q = LSQActQuantizer(48, 4, offset)
+    x = torch.randn(4, 300, 48, device=DEVICE) + 0.3  # 57 600 values share one step: several kernel blocks
+    q = LSQActQuantizer(48, 4, offset).to(DEVICE)
     use("torch")
     y0, gx0, gp0 = _lsq_grads(q, x)
     use("triton")

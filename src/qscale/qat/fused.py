@@ -11,7 +11,8 @@ Backends (same values as the plain torch definitions of ``qscale.quant.core`` / 
 - ``compile``: the plain definitions under ``torch.compile`` (inductor fuses the elementwise passes): CUDA
   default without triton.
 
-``QSCALE_FAKE_QUANT=torch|compile|triton`` forces a backend (the tests run ``triton`` on CPU through
+Inside a ``torch.compile``'d model (``qscale train --compile``, the benches on CUDA) the plain definition is
+traced, and inductor fuses it with the surrounding ops. ``QSCALE_FAKE_QUANT=torch|compile|triton`` forces a backend (the tests run ``triton`` on CPU through
 ``TRITON_INTERPRET=1``; benchmarks compare backends).
 """
 
@@ -39,6 +40,8 @@ def triton_available() -> bool:
 
 def backend_for(t: Tensor) -> str:
     """The fake-quantization backend for a tensor on ``t``'s device (``$QSCALE_FAKE_QUANT`` if set)."""
+    if torch.compiler.is_compiling():
+        return "torch"  # inside a compiled model inductor fuses the plain definition with its neighbours
     forced = os.environ.get(ENV)
     if forced:
         require(forced in BACKENDS, f"${ENV} must be one of {', '.join(BACKENDS)}, got {forced!r}")

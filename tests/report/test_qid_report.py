@@ -10,6 +10,13 @@ from qscale.report.markdown import _tokens
 from qscale.report.qid import ReportConfig, predict_qid, tokens_for_qid, trends, write_qid_report
 
 TRUE = {"k": 0.05, "alpha": 0.3, "beta": 0.5, "gamma": 2.0}
+
+
+def _law(p, N, D, P):
+    """QiD = k·D^β/(N^α·P^γ) typed out here (Ouyang et al. 2024, SPEC §1), independent of the engine."""
+    return p["k"] * D ** p["beta"] / (N ** p["alpha"] * P ** p["gamma"])
+
+
 SIZES = {"xs": 100_000, "s": 300_000, "m": 1_000_000}
 
 
@@ -19,13 +26,17 @@ def _rows(seed=0):
     for model, n in SIZES.items():
         for d in np.geomspace(1e5, 1e8, 6).round():
             for p in (2, 3, 4, 8):
-                q = float(predict_qid(TRUE, n, d, p)) * math.exp(rng.normal(0, 0.02))
+                q = float(_law(TRUE, n, d, p)) * math.exp(rng.normal(0, 0.02))
                 se = 0.002
                 if p == 8 and d < 1e6:  # measurement noise swamps the tiny 8-bit QiD of early checkpoints
                     q = -0.001 if d < 3e5 else 0.0
                 rows.append({"model": model, "method": "gptq", "N": n, "D": d, "P": p, "G": 128, "qid": q,
                              "qid_se": se, "loss_fp": 3.0, "loss_q": 3.0 + q})
     return rows
+
+
+def test_report_law_is_the_papers_formula():
+    assert float(predict_qid(TRUE, 3e5, 1e7, 3)) == pytest.approx(_law(TRUE, 3e5, 1e7, 3), rel=1e-12)
 
 
 def test_tokens_for_qid_inverts_the_law():

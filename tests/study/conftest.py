@@ -1,19 +1,70 @@
-"""Fixtures of the study tests: ``pg_url``, a throwaway PostgreSQL server: ``initdb`` + ``pg_ctl`` from the Debian ``postgresql`` package,
-listening only on a Unix socket in a temp dir (no TCP), trust auth; run as ``postgres`` when we are root
-(initdb refuses root)."""
-
-from __future__ import annotations
+"""Fixtures of the study tests: a small Pythia-like suite on disk (2 sizes x 4 checkpoints of tiny GPT-NeoX
+models, ``<size>/step<N>``), and ``pg_url``, a throwaway PostgreSQL server: ``initdb`` + ``pg_ctl`` from the
+Debian ``postgresql`` package, listening only on a Unix socket in a temp dir (no TCP), trust auth; run as
+``postgres`` when we are root (initdb refuses root)."""
 
 import contextlib
 import glob
 import os
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from qscale.data.tokenizer import train_bpe
+
+SIZES = {"neox-a": (32, 2, 2), "neox-b": (64, 2, 4)}  # hidden, layers, heads
+STEPS = (1, 2, 4, 8)
+BATCH, SEQ = 4, 32  # tokens per step = 128
+
+
+def corpus_text(n_chars: int, skip: int = 0) -> str:
+    """Python standard library sources as plain text (no download)."""
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[skip:]
+    out, size = [], 0
+    for f in files:
+        t = f.read_text(errors="replace")
+        out.append(t)
+        size += len(t)
+        if size >= n_chars:
+            break
+    return "\n".join(out)[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def pythia_like(tmp_path_factory):
+    """(suite folder, data file, calibration file): each checkpoint trained a few AdamW steps, own tokenizer."""
+    root = tmp_path_factory.mktemp("pythia-like")
+    text = corpus_text(120_000)
+    (root / "data.txt").write_text(text)
+    (root / "calib.txt").write_text(corpus_text(40_000, skip=40))
+    tok = train_bpe([text], 512)
+    ids = torch.tensor(tok.encode(text).ids)
+    suite = root / "suite"
+    for name, (hidden, layers, heads) in SIZES.items():
+        torch.manual_seed(0)
+        cfg = GPTNeoXConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=128)
+        model = GPTNeoXForCausalLM(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for step in range(1, max(STEPS) + 1):
+            starts = torch.arange(BATCH) * 997 + step * 131
+            batch = torch.stack([ids[s:s + SEQ + 1] for s in starts.tolist()])
+            loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step in STEPS:
+                folder = suite / name / f"step{step}"
+                model.save_pretrained(folder)
+                tok.save(str(folder / "tokenizer.json"))
+    return suite, root / "data.txt", root / "calib.txt"
 
 
 def server_bin() -> Path | None:

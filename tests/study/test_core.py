@@ -134,6 +134,7 @@ def test_runner_commits_each_row_resumes_after_a_kill_and_skips_stored_cells(tmp
         out = run_study(Toy(), s, progress=False)
     # the stored training rows are not re-run: the cells of "b" got the stored record as their dependency
     assert (CALLS["train"], CALLS["cell"]) == (0, 2) and (out.computed, out.skipped) == (2, 4)
+    assert out.by_table == {"toy_train": {"computed": 0, "skipped": 2}, "toy": {"computed": 2, "skipped": 2}}
     assert sorted((r["model"], r["P"], r["N"]) for r in out.report) == [("a", 2, 20), ("a", 4, 20), ("b", 2, 40),
                                                                          ("b", 4, 40)]
     assert set(out.seconds) == {"plan", "quantize", "report"}
@@ -149,7 +150,7 @@ def test_a_task_without_keys_runs_only_for_dependents_that_run(tmp_path):
                   keys=(CellKey.make("toy", {}, run="r", model="a", P=2),))]
     with SqliteStore(tmp_path / "s.sqlite", (CELLS,)) as s:
         todo, inputs, n_stored = plan(tasks, s)
-        assert [t.id for t in todo] == ["dep", "cell"] and n_stored == 0 and inputs == {}
+        assert [t.id for t in todo] == ["dep", "cell"] and n_stored == [] and inputs == {}
         s.add(ToyRow(tasks[1].keys[0], N=1, qid=1.0, per_window=np.zeros(1), meta={}))
         assert plan(tasks, s)[0] == []
 

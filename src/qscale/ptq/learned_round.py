@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError, require
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.layers import find_blocks, get_weight, quantizable, replace_module
+from qscale.ptq.registry import register
 from qscale.ptq.rtn import weight_stats
 from qscale.ptq.sequential import capture_block_inputs, run_block
 from qscale.quant import (
@@ -145,6 +146,7 @@ def learn_block(block: nn.Module, layers: dict[str, LearnedRoundLinear], inputs:
     return float(loss)
 
 
+@register("learned-round")
 def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """Learned rounding of every selected linear layer of the decoder blocks, block by block; per-layer stats."""
     require(calib is not None and calib.ndim == 2 and calib.numel() > 0,

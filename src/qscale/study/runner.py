@@ -16,18 +16,20 @@ from qscale.study.executor import Executor, LocalExecutor, result_rows
 
 @dataclass
 class Outcome:
-    """What a run did: row tasks computed and skipped, tasks run, seconds per phase, the report."""
+    """What a run did: row tasks computed and skipped (in all and per table of their first key), tasks run,
+    seconds per phase, the report."""
 
     computed: int = 0
     skipped: int = 0
     failed: int = 0  # tasks recorded in the store's task_failures (retried by the next run)
     tasks_run: int = 0
+    by_table: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     report: Any = None
 
 
-def plan(tasks: list[Task], store: Store) -> tuple[list[Task], dict[str, Any], int]:
-    """(tasks to run in order, stored values their dependencies need, number of stored row tasks).
+def plan(tasks: list[Task], store: Store) -> tuple[list[Task], dict[str, Any], list[Task]]:
+    """(tasks to run in order, stored values their dependencies need, the stored row tasks).
 
     A row task runs unless all its keys are stored; a task without keys runs only if a task that runs
     depends on it; a stored dependency hands on its stored record instead of running.
@@ -48,7 +50,7 @@ def plan(tasks: list[Task], store: Store) -> tuple[list[Task], dict[str, Any], i
         if t.keys:
             need(t)
     inputs = {d: store.get(by_id[d].keys[0]) for t in needed for d in by_id[t].deps if d in stored}
-    return [t for t in ordered if t.id in needed], inputs, sum(1 for t in ordered if t.id in stored)
+    return [t for t in ordered if t.id in needed], inputs, [t for t in ordered if t.id in stored]
 
 
 def run_study(study: StudyDefinition, store: Store, executor: Executor | None = None,
@@ -58,7 +60,13 @@ def run_study(study: StudyDefinition, store: Store, executor: Executor | None = 
     store.create(study.tables())
     t0 = time.perf_counter()
     tasks = study.tasks()
-    todo, inputs, out.skipped = plan(tasks, store)
+    todo, inputs, stored = plan(tasks, store)
+    for t in tasks:
+        if t.keys:
+            out.by_table.setdefault(t.keys[0].table, {"computed": 0, "skipped": 0})
+    for t in stored:
+        out.by_table[t.keys[0].table]["skipped"] += 1
+    out.skipped = len(stored)
     out.seconds["plan"] += time.perf_counter() - t0
     n_rows = sum(1 for t in tasks if t.keys)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -74,6 +82,7 @@ def run_study(study: StudyDefinition, store: Store, executor: Executor | None = 
             if task.keys:
                 store.add_many(result_rows(task, result))
                 out.computed += 1
+                out.by_table[task.keys[0].table]["computed"] += 1
                 bar.advance(task_id)
             if task.id in failed_before:
                 store.clear_failure(task.id)

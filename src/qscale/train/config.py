@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qscale.errors import require
+from qscale.models.ladder import get_size
 from qscale.train.schedule import SCHEDULES
 
 
@@ -42,8 +43,6 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        from qscale.models.ladder import get_size
-
         if self.model is None:
             get_size(self.size)
         else:

@@ -2,6 +2,7 @@
 same rows as the local executor, a worker killed mid-study loses nothing, a failing cell is recorded failed
 after its retries (and its dependents with it) and a re-run resumes."""
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -11,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from qscale.data import DataConfig, load_token_streams
+from qscale.study.backends import open_store
 from qscale.study.core import CellKey, Row, Table, Task, columns
 from qscale.study.executor import LocalExecutor
+from qscale.study.grid import QidGrid, get_preset
+from qscale.study.qid import build_study, run_qid_study
+from qscale.study.qid_cells import TABLES
 from qscale.study.runner import run_study
 from qscale.study.store import SqliteStore
+from qscale.train import TrainConfig
+from qscale.train.suite import SuiteConfig
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'qscale[ray]')")
 from qscale.study.ray_executor import RayExecutor  # noqa: E402
@@ -88,7 +96,7 @@ def local_ray():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     try:
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=f"{tmp}/ray", log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})  # as tests/conftest.py
         yield
     finally:
         ray.shutdown()
@@ -150,3 +158,34 @@ def test_a_failed_training_fails_its_cells_but_not_the_others(local_ray, tmp_pat
 
 def _broken_training(*_):
     raise RuntimeError("no GPU today")
+
+
+def _tiny_qid(out):
+    """2 sizes x 3 checkpoints (steps 1, 2, 4 of 4 x 16 tokens), RTN and GPTQ at 2 and 4 bits."""
+    suite = SuiteConfig("test", ("xs", "s"), TrainConfig(tokens=4 * 4 * 16, batch_size=4, seq_len=16, warmup_steps=1,
+                                                         eval_windows=2))
+    grid = QidGrid(methods=("rtn", "gptq"), bits=(2, 4), group_size=32, eval_windows=8, eval_seq_len=16, n_calib=2,
+                   calib_seq_len=16)
+    return dataclasses.replace(build_study("tiny", out=out), suite=suite, grid=grid)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_tiny_qid_study_on_ray_into_postgres_equals_local(local_ray, request, tmp_path):
+    """The real QiD study: trained on Ray workers, quantized there, rows committed to PostgreSQL (SQLite
+    where no server can start), equal to the local executor's rows in SQLite, losses bit for bit."""
+    p = get_preset("tiny")
+    streams = load_token_streams(DataConfig(vocab_size=p.vocab_size, max_files=p.max_files, cache_dir=tmp_path / "c"),
+                                 progress=False)
+    try:
+        db = request.getfixturevalue("pg_url")
+    except pytest.skip.Exception:
+        db = str(tmp_path / "ray.sqlite")
+    local = run_qid_study(_tiny_qid(tmp_path / "local"), progress=False, streams=streams)
+    remote = run_qid_study(_tiny_qid(tmp_path / "ray"), progress=False, streams=streams, db=db,
+                           executor=RayExecutor(retries=0))
+    assert local.n_rows == remote.n_rows == 24 and remote.computed == 24
+    measured = ("model", "D", "method", "P", "N", "N_total", "loss_fp", "loss_q", "qid", "qid_se", "eval_tokens")
+    with SqliteStore(tmp_path / "local" / "study.sqlite", TABLES) as a, open_store(db, TABLES) as b:
+        rows_a = sorted(tuple(r[k] for k in measured) for r in a.rows("qid"))
+        rows_b = sorted(tuple(r[k] for k in measured) for r in b.rows("qid"))
+    assert rows_a == rows_b

@@ -1,4 +1,5 @@
-"""Opening a study's store from the ``--db`` value, and the lock that lets one study run per folder."""
+"""What ``--db`` and ``--executor``/``--address`` name: the study's store and where its tasks run; and the lock
+that lets one study run per folder."""
 
 from __future__ import annotations
 
@@ -8,12 +9,25 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from qscale.errors import QscaleError
+import typer
+
+from qscale.errors import QscaleError, require
 from qscale.study.core import Store, Table
+from qscale.study.executor import Executor, LocalExecutor
 from qscale.study.pg_store import PostgresStore
+from qscale.study.ray_executor import RayExecutor
 from qscale.study.store import SqliteStore
 
 LOCK_FILE = ".study.lock"
+EXECUTORS = ("local", "ray")
+
+DB_OPTION = typer.Option(None, "--db", help="Result store: a SQLite file path (default: OUT/study.sqlite) or "
+                         "postgresql://user:pass@host/db (needs qscale[postgres]).")
+EXECUTOR_OPTION = typer.Option("local", "--executor", help="Where cells run: local (in this process) or ray "
+                               "(one Ray task per cell; needs qscale[ray]).")
+ADDRESS_OPTION = typer.Option("auto", "--address", help="Ray cluster for --executor ray: auto (the cluster this "
+                              "host belongs to), HOST:PORT, or local (start one here).")
+GPUS_OPTION = typer.Option(0.0, "--gpus-per-task", help="GPUs each Ray task reserves (e.g. 1 on a GPU cluster).")
 
 
 def open_store(target: str | Path, tables: Sequence[Table] = ()) -> Store:
@@ -24,6 +38,15 @@ def open_store(target: str | Path, tables: Sequence[Table] = ()) -> Store:
     if "://" in text and not text.startswith("sqlite://"):
         raise QscaleError(f"unsupported store {text!r}: give a path to a .sqlite file or a postgresql:// URL")
     return SqliteStore(text.removeprefix("sqlite://"), tables)
+
+
+def make_executor(name: str, address: str = "auto", gpus_per_task: float = 0.0) -> Executor:
+    """The executor ``--executor`` names."""
+    require(name in EXECUTORS, f"unknown executor {name!r} (choose from {', '.join(EXECUTORS)})")
+    require(gpus_per_task >= 0, f"--gpus-per-task must be >= 0, got {gpus_per_task}")
+    if name == "local":
+        return LocalExecutor()
+    return RayExecutor(address, gpus_per_task=gpus_per_task)
 
 
 @contextlib.contextmanager

@@ -24,13 +24,13 @@ from qscale.provenance import config_hash
 from qscale.report.qat import write_qat_report
 from qscale.study.checkpoints import SuiteCheckpoint, discover
 from qscale.study.core import CellKey, Store, Task
+from qscale.study.backends import open_store, study_lock
 from qscale.study.executor import Executor
 from qscale.study.grid import get_preset as get_qid_preset
 from qscale.study.qat_cells import TABLES, compare_job, fp_cell, qat_cell, suite_checkpoint, user_checkpoint
 from qscale.study.qat_grid import CONTROL, PtqCompare, QatGrid, get_qat_preset
 from qscale.study.qid_cells import device
 from qscale.study.runner import run_study
-from qscale.study.store import SqliteStore
 from qscale.train.suite import SUITE_PRESETS
 
 DEFAULT_ROOT = Path("qscale-runs")
@@ -234,7 +234,8 @@ class QatDefinition:
 
 
 def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams | None = None,
-                  compare_streams: TokenStreams | None = None, executor: Executor | None = None) -> QatOutcome:
+                  compare_streams: TokenStreams | None = None, executor: Executor | None = None,
+                  db: str | None = None) -> QatOutcome:
     """Run (or resume) the study and write its report; returns counts and per-phase timings.
 
     ``streams`` / ``compare_streams``: already loaded data for the grid / the comparison (loaded from the
@@ -242,7 +243,7 @@ def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams 
     """
     t0 = time.perf_counter()
     definition = QatDefinition(study, streams, compare_streams, progress)
-    with SqliteStore(study.store_path) as store:
+    with study_lock(study.out_dir), open_store(db or study.store_path) as store:
         res = run_study(definition, store, executor, progress=progress)
     seconds = {"total": time.perf_counter() - t0, **res.seconds}
     return QatOutcome(study.store_path, res.report, res.computed, res.skipped, seconds)

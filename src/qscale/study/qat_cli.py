@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from qscale.study.backends import ADDRESS_OPTION, DB_OPTION, EXECUTOR_OPTION, GPUS_OPTION, make_executor
 from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, ints, names
 from qscale.study.qat import build_qat_study, run_qat_study
 
@@ -36,6 +37,10 @@ def qat_command(
     tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = N x this for "
                                         "folders named step<N>."),
     progress: bool = PROGRESS_OPTION,
+    db: str = DB_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    address: str = ADDRESS_OPTION,
+    gpus_per_task: float = GPUS_OPTION,
 ) -> None:
     """Train full-precision and QAT models (W4A4, W4A16, W16A4; STE AbsMax) from scratch over a grid of
     N, D and G, record δ = loss_QAT − loss_fp, fit δ = k·D^γD·(log2 G)^γG/N^γN, attribute the activation
@@ -48,7 +53,7 @@ def qat_command(
     console = Console(stderr=True)
     console.print(f"QAT study [bold]{study.name}[/]: {study.out_dir}")
     t0 = time.perf_counter()
-    res = run_qat_study(study, progress=progress)
+    res = run_qat_study(study, progress=progress, db=db, executor=make_executor(executor, address, gpus_per_task))
     console.print(f"{res.computed} models trained/measured, {res.skipped} already in the store; "
                   f"{time.perf_counter() - t0:.0f} s in all.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))

@@ -21,11 +21,11 @@ from qscale.provenance import config_hash
 from qscale.report.qid import Report, ReportConfig, write_qid_report
 from qscale.study.checkpoints import SuiteCheckpoint, discover
 from qscale.study.core import CellKey, Store, Task
+from qscale.study.backends import open_store, study_lock
 from qscale.study.executor import Executor
 from qscale.study.grid import QidGrid, get_preset
 from qscale.study.qid_cells import TABLES, eval_checkpoint, quantize_cell, train_size
 from qscale.study.runner import run_study
-from qscale.study.store import SqliteStore
 from qscale.train.checkpoint import checkpoint_dir
 from qscale.train.suite import SUITE_PRESETS, SuiteConfig
 
@@ -224,11 +224,11 @@ class QidDefinition:
 
 
 def run_qid_study(study: QidStudy, progress: bool = True, streams: TokenStreams | None = None,
-                  executor: Executor | None = None) -> StudyOutcome:
+                  executor: Executor | None = None, db: str | None = None) -> StudyOutcome:
     """Run (or resume) the study and write its report; returns counts and per-phase timings."""
     study.grid.check_methods()
     definition = QidDefinition(study, streams, progress)
-    with SqliteStore(study.store_path) as store:
+    with study_lock(study.out_dir), open_store(db or study.store_path) as store:
         res = run_study(definition, store, executor, progress=progress)
         n_rows = len(definition.rows(store))
     cells = res.by_table.get("qid", {"computed": 0, "skipped": 0})

@@ -44,13 +44,14 @@ def _error(e: BaseException) -> str:
 
 class RayExecutor(Executor):
     """Tasks on the Ray cluster at ``address`` (``auto``: the one this host belongs to; ``local``: start one
-    here); connects on first use unless Ray is already initialized in this process."""
+    here); connects on first use unless Ray is already initialized in this process. Each task reserves its
+    own ``cpus``/``gpus``, at least ``gpus_per_task`` GPUs."""
 
-    def __init__(self, address: str = "auto", retries: int = 2):
+    def __init__(self, address: str = "auto", retries: int = 2, gpus_per_task: float = 0.0):
         if ray is None:
             raise QscaleError("--executor ray needs Ray: pip install 'qscale[ray]'")
         require(retries >= 0, f"retries must be >= 0, got {retries}")
-        self.address, self.retries = address, retries
+        self.address, self.retries, self.gpus_per_task = address, retries, gpus_per_task
 
     def _connect(self) -> None:
         if ray.is_initialized():
@@ -71,7 +72,7 @@ class RayExecutor(Executor):
             if missing:
                 raise QscaleError(f"task {task.id!r} runs before its dependencies {', '.join(missing)}")
             deps = [refs[d] if d in refs else (None, inputs[d], 0.0) for d in task.deps]
-            ref = remote.options(num_cpus=task.cpus, num_gpus=task.gpus, max_retries=self.retries,
+            ref = remote.options(num_cpus=task.cpus, num_gpus=max(task.gpus, self.gpus_per_task), max_retries=self.retries,
                                  retry_exceptions=True, name=task.label or task.id).remote(task, *deps)
             refs[task.id], owner[ref] = ref, task
             if on_start is not None:

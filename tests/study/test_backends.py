@@ -114,3 +114,17 @@ def test_second_study_on_the_same_folder_is_refused(tmp_path):
                 pass
     with study_lock(tmp_path):  # released when the holder ends
         pass
+
+
+def test_cli_refuses_a_second_study_and_bad_backends(tmp_path, capsys):
+    from qscale.cli import main
+
+    out = tmp_path / "study"
+    with study_lock(out):
+        assert main(["study", "qid", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("qscale: error: another study is running in")
+    assert main(["study", "qid", "--preset", "tiny", "--out", str(out), "--executor", "spark"]) == 2
+    assert "unknown executor 'spark'" in capsys.readouterr().err
+    assert main(["study", "qat", "--preset", "tiny", "--out", str(out), "--db", "mysql://h/db"]) == 2
+    assert "unsupported store" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def test_round_trip_insert_or_ignore_and_schema_version(db):
 
 def test_a_newer_schema_is_refused(db):
     with open_store(db, [T]) as s:
-        s._exec(f"INSERT INTO schema_version VALUES (9999, 'future', 0)")
+        s._exec("INSERT INTO schema_version VALUES (9999, 'future', 0)")
     with pytest.raises(QscaleError, match="schema version 9999, newer"):
         open_store(db, [T])
 
@@ -108,10 +108,10 @@ def test_bad_store_urls_are_one_line_errors(tmp_path):
 
 
 def test_second_study_on_the_same_folder_is_refused(tmp_path):
-    with study_lock(tmp_path):
-        with pytest.raises(QscaleError, match=rf"another study is running in .* \(pid {os.getpid()}\)"):
-            with study_lock(tmp_path):  # a second lock (flock is per open file, so this conflicts as a process would)
-                pass
+    busy = rf"another study is running in .* \(pid {os.getpid()}\)"
+    # the second lock conflicts with the first as another process's would (flock locks an open file, not a pid)
+    with study_lock(tmp_path), pytest.raises(QscaleError, match=busy), study_lock(tmp_path):
+        pass
     with study_lock(tmp_path):  # released when the holder ends
         pass
 

@@ -25,7 +25,7 @@ from qscale.train import TrainConfig
 from qscale.train.suite import SuiteConfig
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'qscale[ray]')")
-from qscale.study.ray_executor import RayExecutor  # noqa: E402
+from qscale.study.ray_executor import RayExecutor
 
 TRAIN = Table("toy_train", columns("run:text model:text config_hash:text"), columns("steps:int"))
 CELLS = Table("toy", columns("run:text model:text P:int config_hash:text"), columns("N:int qid:float"))
@@ -109,7 +109,7 @@ def local_ray():
 
 
 def _values(store, table):
-    return sorted((tuple(sorted((k, v) for k, v in r.items() if k != "created_at")) for r in store.rows(table)))
+    return sorted(tuple(sorted((k, v) for k, v in r.items() if k != "created_at")) for r in store.rows(table))
 
 
 def test_rows_equal_the_local_executor_and_a_killed_worker_loses_nothing(local_ray, tmp_path):

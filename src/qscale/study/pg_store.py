@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from qscale.errors import QscaleError
 from qscale.study.core import Table
@@ -37,7 +37,7 @@ def _redact(url: str) -> str:
 class PostgresStore(SqlStore):
     """A PostgreSQL database; tables created on :meth:`create` (also from ``tables`` at open)."""
 
-    types = {"int": "BIGINT", "float": "DOUBLE PRECISION", "text": "TEXT", "json": "TEXT", "array": "BYTEA"}
+    types: ClassVar[dict[str, str]] = {"int": "BIGINT", "float": "DOUBLE PRECISION", "text": "TEXT", "json": "TEXT", "array": "BYTEA"}
     mark = "%s"
 
     def __init__(self, url: str, tables: Sequence[Table] = ()):

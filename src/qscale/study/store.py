@@ -26,7 +26,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -212,7 +212,7 @@ class SqlStore(Store):
 class SqliteStore(SqlStore):
     """One SQLite file in WAL mode; tables created on :meth:`create` (also from ``tables`` at open)."""
 
-    types = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "json": "TEXT", "array": "BLOB"}
+    types: ClassVar[dict[str, str]] = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "json": "TEXT", "array": "BLOB"}
 
     def __init__(self, path: str | Path, tables: Sequence[Table] = ()):
         self.path = Path(path)

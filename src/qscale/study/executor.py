@@ -2,8 +2,8 @@
 
 An executor receives picklable :class:`~qscale.study.core.Task` objects (a module-level function and its
 arguments) in dependency order and reports each result back to the caller's process, where the runner
-commits its rows. :class:`LocalExecutor` runs them one after another in this process; a cluster executor
-(Ray) is one more class of this interface: it ships ``task.fn`` and ``task.args`` to workers, passes
+commits its rows. :class:`LocalExecutor` runs them one after another in this process; the cluster executor
+(:class:`qscale.study.ray_executor.RayExecutor`) ships ``task.fn`` and ``task.args`` to workers, passes
 the results of ``task.deps`` as extra arguments and calls ``on_done`` as results arrive.
 """
 

@@ -14,6 +14,7 @@ QSCALE_FAKE_QUANT forces one) is printed. SPEC §7 gives torchao's and a naive S
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from qscale.qat import QATRecipeConfig, prepare
-from qscale.qat.fused import backend_for
+from qscale.qat.fused import BACKENDS, ENV, backend_for
 
 RECIPES = {
     "ste": QATRecipeConfig("ste", w_bits=4, a_bits=4, group_size=128),
@@ -91,7 +92,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 on cpu, for stable timings)")
+    p.add_argument("--fake-quant", choices=BACKENDS, default=None,
+                   help="fake-quantization backend of eager steps (default: triton on CUDA, torch on CPU)")
     args = p.parse_args()
+    if args.fake_quant:
+        os.environ[ENV] = args.fake_quant
     device = torch.device(args.device)
     if args.compile is None:
         args.compile = device.type == "cuda"

@@ -1,19 +1,20 @@
-"""Data-parallel training under torchrun: 2 CPU processes on gloo train the tiny model and rank 0 writes the
-same checkpoints as one process on the whole batch (DDP averages the gradients)."""
+"""Data-parallel training under torchrun: ``qscale train`` in 2 CPU processes on gloo writes, from rank 0
+only, the same checkpoints as one process on the whole batch (DDP averages the gradients)."""
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from qscale.train import TrainConfig, list_checkpoints, train
+from qscale.cli import main
+from qscale.train import list_checkpoints
 from qscale.train.distributed import Dist, local_slice
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+ARGS = ["train", "--size", "xs", "--tokens", str(6 * 8 * 32), "--batch-size", "8", "--seq-len", "32", "--grad-accum",
+        "2", "--vocab-size", "512", "--max-files", "40", "--warmup-steps", "2", "--device", "cpu"]
 
 
 def test_local_slices_tile_the_batch():
@@ -22,16 +23,17 @@ def test_local_slices_tile_the_batch():
     assert torch.equal(torch.cat(parts), batch) and local_slice(batch, Dist()) is batch
 
 
-def test_two_process_ddp_equals_one_process(streams, data_cfg, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+def test_torchrun_two_processes_equal_one_process(streams, data_cfg, tmp_path, monkeypatch, capsys):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+           "QSCALE_CACHE": str(data_cfg.cache_dir)}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(WORKER), str(data_cfg.cache_dir), str(tmp_path / "ddp")],
+                        "-m", "qscale.cli", *ARGS, "--out", str(tmp_path / "ddp")],
                        check=False, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "rank 0 of 2" in r.stdout and "rank 1 of 2" in r.stdout
-    cfg = TrainConfig(size="xs", tokens=6 * 8 * 32, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=2,
-                      eval_windows=4, grad_accum=2, device="cpu")  # the worker's config
-    train(cfg, streams, tmp_path / "one", progress=False)
+    assert "data-parallel training on 2 processes (4 sequences each per step)" in r.stderr
+    assert r.stdout.count("validation loss") == 1  # rank 0 alone reports
+    monkeypatch.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))
+    assert main([*ARGS, "--out", str(tmp_path / "one")]) == 0
     ddp, one = list_checkpoints(tmp_path / "ddp"), list_checkpoints(tmp_path / "one")
     assert [c.step for c in ddp] == [c.step for c in one] == [1, 2, 4, 6]
     for a, b in zip(ddp, one):

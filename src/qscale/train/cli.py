@@ -13,6 +13,7 @@ from qscale.data import DataConfig, load_token_streams
 from qscale.data.tokenizer import model_tokenizer
 from qscale.train.checkpoint import CheckpointInfo
 from qscale.train.config import TrainConfig
+from qscale.train.distributed import finish, is_main_process
 from qscale.train.loop import train
 from qscale.train.suite import SUITE_PRESETS, get_preset, train_suite
 
@@ -76,13 +77,17 @@ def train_command(
         if compile_model:
             suite = replace(suite, base=replace(suite.base, compile=True))
         runs = train_suite(suite, load_token_streams(data_cfg), out or Path("runs") / f"suite-{preset}")
-        console.print(loss_table(runs, f"validation loss (nats/token) on {suite.base.eval_windows} windows x "
-                                       f"{suite.base.seq_len} tokens, suite {preset!r}"))
+        finish()
+        if is_main_process():
+            console.print(loss_table(runs, f"validation loss (nats/token) on {suite.base.eval_windows} windows x "
+                                           f"{suite.base.seq_len} tokens, suite {preset!r}"))
         return
     cfg = TrainConfig(size=size, tokens=tokens, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len,
                       lr=lr, schedule=schedule, warmup_steps=warmup_steps, seed=seed or 0, ckpt_every=ckpt_every,
                       model=model, device=device, compile=compile_model)
     name = size if model is None else model.name
     ckpts = train(cfg, load_token_streams(data_cfg), out or Path("runs") / f"train-{name}")
-    console.print(loss_table({name: ckpts}, f"validation loss (nats/token) on {cfg.eval_windows} windows x "
-                                            f"{cfg.seq_len} tokens"))
+    finish()
+    if is_main_process():
+        console.print(loss_table({name: ckpts}, f"validation loss (nats/token) on {cfg.eval_windows} windows x "
+                                                f"{cfg.seq_len} tokens"))

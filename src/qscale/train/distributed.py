@@ -84,3 +84,14 @@ def barrier(info: Dist) -> None:
     """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
     if info.enabled:
         dist.barrier()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun group, or a plain process (reads the environment: valid before ``setup``)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def finish() -> None:
+    """Leave the process group (end of a distributed command)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

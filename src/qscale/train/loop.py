@@ -175,6 +175,9 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
         model, opt = _fresh(cfg, streams.vocab_size, device)
         start, recent = 0, []
     end = total if stop_after_steps is None else min(total, stop_after_steps)
+    if info.enabled and info.is_main and progress:
+        print(f"qscale: data-parallel training on {info.world} processes ({cfg.batch_size // info.world} sequences "
+              "each per step); rank 0 writes", file=sys.stderr)
     parallel = wrap(model, info, device)
     forward = torch.compile(parallel) if cfg.compile else parallel
     require((cfg.batch_size // info.world) % cfg.grad_accum == 0,

@@ -58,14 +58,15 @@ def test_ste_forward_equals_definition(use, spec, dtype):
     assert got.dtype == dtype
     assert torch.equal(got, want)
     got.backward(torch.arange(got.numel(), dtype=dtype, device=DEVICE).reshape(got.shape))
-    assert torch.equal(xr.grad, torch.arange(got.numel(), dtype=dtype, device=DEVICE).reshape(got.shape))  # identity STE
+    upstream = torch.arange(got.numel(), dtype=dtype, device=DEVICE).reshape(got.shape)
+    assert torch.equal(xr.grad, upstream)  # the identity STE
 
 
 @needs_triton
 def test_ste_ties_round_half_to_even(use):
     use("triton")
     spec = QuantSpec(4, symmetric=True, granularity="token", group_size=None, grid="restricted")  # qmax 7
-    x = torch.tensor([[7.0, -6.5, -0.5, 0.5, 1.5, 2.5, 3.5, -2.5]], device=DEVICE)  # scale 1: every other value is a tie
+    x = torch.tensor([[7.0, -6.5, -0.5, 0.5, 1.5, 2.5, 3.5, -2.5]], device=DEVICE)  # scale 1: most are ties
     got = ste_fake_quantize(x, spec)
     assert got.tolist() == [[7.0, -6.0, -0.0, 0.0, 2.0, 2.0, 4.0, -2.0]]
     assert torch.equal(got, fake_quantize(x, spec))

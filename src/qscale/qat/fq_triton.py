@@ -129,7 +129,8 @@ def lsq_forward(vg: Tensor, step: Tensor, beta: Tensor | None, qmin: int, qmax: 
 
 def lsq_backward(grad: Tensor, vg: Tensor, step: Tensor, beta: Tensor | None, qmin: int, qmax: int
                  ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Input gradient ``[R, G]`` and, per row, ``Σ g·(v̂ − β) − Σ g_v·(v − β)`` and ``Σ (g − g_v)`` (float32)."""
+    """Input gradient ``[R, G]`` and, per row, ``Σ g·(v̂ − β) − Σ g_v·(v − β)`` and ``Σ (g − g_v)``
+    (float32)."""
     R, G = vg.shape
     C = triton.cdiv(G, _BLOCK)
     grad_v = torch.empty_like(vg)

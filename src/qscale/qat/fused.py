@@ -12,8 +12,9 @@ Backends (same values as the plain torch definitions of ``qscale.quant.core`` / 
   default without triton.
 
 Inside a ``torch.compile``'d model (``qscale train --compile``, the benches on CUDA) the plain definition is
-traced, and inductor fuses it with the surrounding ops. ``QSCALE_FAKE_QUANT=torch|compile|triton`` forces a backend (the tests run ``triton`` on CPU through
-``TRITON_INTERPRET=1``; benchmarks compare backends).
+traced, and inductor fuses it with the surrounding ops. ``QSCALE_FAKE_QUANT=torch|compile|triton`` forces a
+backend (the tests run ``triton`` on CPU through ``TRITON_INTERPRET=1``; benchmarks compare backends).
+QuEST's quantizer is not fused here (its per-row RMS and trust mask stay plain torch; compiled models fuse it).
 """
 
 from __future__ import annotations

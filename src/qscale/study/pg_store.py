@@ -37,7 +37,8 @@ def _redact(url: str) -> str:
 class PostgresStore(SqlStore):
     """A PostgreSQL database; tables created on :meth:`create` (also from ``tables`` at open)."""
 
-    types: ClassVar[dict[str, str]] = {"int": "BIGINT", "float": "DOUBLE PRECISION", "text": "TEXT", "json": "TEXT", "array": "BYTEA"}
+    types: ClassVar[dict[str, str]] = {"int": "BIGINT", "float": "DOUBLE PRECISION", "text": "TEXT", "json": "TEXT",
+                                       "array": "BYTEA"}
     mark = "%s"
 
     def __init__(self, url: str, tables: Sequence[Table] = ()):

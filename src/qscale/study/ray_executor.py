@@ -72,8 +72,9 @@ class RayExecutor(Executor):
             if missing:
                 raise QscaleError(f"task {task.id!r} runs before its dependencies {', '.join(missing)}")
             deps = [refs[d] if d in refs else (None, inputs[d], 0.0) for d in task.deps]
-            ref = remote.options(num_cpus=task.cpus, num_gpus=max(task.gpus, self.gpus_per_task), max_retries=self.retries,
-                                 retry_exceptions=True, name=task.label or task.id).remote(task, *deps)
+            ref = remote.options(num_cpus=task.cpus, num_gpus=max(task.gpus, self.gpus_per_task),
+                                 max_retries=self.retries, retry_exceptions=True,
+                                 name=task.label or task.id).remote(task, *deps)
             refs[task.id], owner[ref] = ref, task
             if on_start is not None:
                 on_start(task)
@@ -92,7 +93,10 @@ class RayExecutor(Executor):
         for task in tasks:  # dependency order: a dependency's failure is known before its dependents'
             if task.id in errors:
                 dep = next((d for d in task.deps if d in failed), None)
-                error, attempts = (f"dependency {dep} failed", 0) if dep else (_error(errors[task.id]), self.retries + 1)
+                if dep:
+                    error, attempts = f"dependency {dep} failed", 0
+                else:
+                    error, attempts = _error(errors[task.id]), self.retries + 1
                 if on_failed is None:
                     raise QscaleError(f"task {task.id} failed after {attempts} attempt(s): {error}")
                 on_failed(task, error, attempts)

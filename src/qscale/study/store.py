@@ -117,7 +117,8 @@ class SqlStore(Store):
         """Extra column definitions of a result table (PostgreSQL's explicit ``rowid``)."""
 
     def _fail(self, e: Exception) -> QscaleError:
-        return QscaleError(f"study store {self.where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+        text = str(e).strip()
+        return QscaleError(f"study store {self.where}: {text.splitlines()[0] if text else type(e).__name__}")
 
     def _migrate(self) -> None:
         """Apply the migrations newer than the stored ``schema_version``, each in its own transaction."""
@@ -212,7 +213,8 @@ class SqlStore(Store):
 class SqliteStore(SqlStore):
     """One SQLite file in WAL mode; tables created on :meth:`create` (also from ``tables`` at open)."""
 
-    types: ClassVar[dict[str, str]] = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "json": "TEXT", "array": "BLOB"}
+    types: ClassVar[dict[str, str]] = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "json": "TEXT",
+                                       "array": "BLOB"}
 
     def __init__(self, path: str | Path, tables: Sequence[Table] = ()):
         self.path = Path(path)

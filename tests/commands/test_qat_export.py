@@ -35,6 +35,16 @@ def test_qat_weight_activation_recipe_goes_to_qscale_layout(user_models, corpus,
     assert main(["eval", str(out), "--windows", "8", "--seq-len", "64", "--data", str(corpus)]) == 0
 
 
+def test_qat_with_teacher_intervention(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "ti"
+    rc = main(["qat", str(user_models["neox"]), "--recipe", "ste", "--w-bits", "2", "--tokens", "1280", "--group-size",
+               "32", "--intervention", "--out", str(out), "--data", str(corpus), *FAST])
+    assert rc == 0 and "teacher intervention" in capsys.readouterr().out
+    record = json.loads((out / "qscale-qat.json").read_text())
+    assert record["cfg"]["intervention"] == {"handback": 0.5} and record["cfg"]["distill"] is not None
+    assert record["train_loss_last"] < record["train_loss_first"]
+
+
 def test_qat_bad_rule_and_recipe(user_models, corpus, cache, tmp_path, capsys):
     for args, match in ((["--rule", "*.fc2"], "--rule must look like"), (["--recipe", "awq"], "unknown QAT recipe"),
                         (["--rule", "*.nothing=a8"], "matches no quantizable")):

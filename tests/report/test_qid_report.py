@@ -78,3 +78,24 @@ def test_report_fits_known_law_counts_exclusions_and_inverts(tmp_path):
     assert "QiD grows with D? yes" in md and "excluded" in md
     for r in inv:
         assert _tokens(r["tokens"]) in md
+
+
+def test_methods_ranked_at_a_target_with_intervals(tmp_path):
+    gptq = _rows(seed=1)
+    rtn = [{**r, "method": "rtn", "qid": r["qid"] * 4.0} for r in _rows(seed=2)]  # same law, k four times larger
+    twin = [{**r, "method": "twin"} for r in _rows(seed=3)]  # the same law as gptq, other noise
+    cfg = ReportConfig(thresholds=(0.1,), inversion_bits=(4,), n_boot=40, target=(7e9, 2e12, 4))
+    rep = write_qid_report(gptq + rtn + twin, tmp_path / "report", cfg)
+    doc = json.loads((tmp_path / "report" / "fit.json").read_text())
+    ranking = doc["ranking"]
+    assert ranking["target"] == {"N": 7e9, "D": 2e12, "P": 4.0}
+    order = [m["method"] for m in ranking["methods"]]
+    assert order[-1] == "rtn" and set(order[:2]) == {"gptq", "twin"}
+    by = {m["method"]: m for m in ranking["methods"]}
+    for m, f in rep.fits.items():  # the point value is the fitted law at the target
+        assert by[m]["value"] == pytest.approx(float(predict_qid(f.params, 7e9, 2e12, 4)), rel=1e-9)
+        assert by[m]["lo"] <= by[m]["value"] <= by[m]["hi"]
+    assert by["rtn"]["separated_from_previous"] is True  # 4x apart, 2% noise: the intervals separate
+    assert by[order[1]]["separated_from_previous"] is False and ranking["resolved"] is False  # the twins overlap
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "Methods ranked at the target" in md and "do not separate them" in md

@@ -20,8 +20,8 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from qscale.data.tokenizer import train_bpe
 
 SIZES = {"neox-a": (32, 2, 2), "neox-b": (64, 2, 4)}  # hidden, layers, heads
-STEPS = (1, 2, 4, 8)
-BATCH, SEQ = 4, 32  # tokens per step = 128
+STEPS = (8, 16, 32, 64)
+BATCH, SEQ = 8, 32  # tokens per step = 256
 
 
 def corpus_text(n_chars: int, skip: int = 0) -> str:
@@ -46,6 +46,7 @@ def pythia_like(tmp_path_factory):
     (root / "calib.txt").write_text(corpus_text(40_000, skip=40))
     tok = train_bpe([text], 512)
     ids = torch.tensor(tok.encode(text).ids)
+    gen = torch.Generator().manual_seed(0)
     suite = root / "suite"
     for name, (hidden, layers, heads) in SIZES.items():
         torch.manual_seed(0)
@@ -53,8 +54,9 @@ def pythia_like(tmp_path_factory):
                             num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=128)
         model = GPTNeoXForCausalLM(cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        gen.manual_seed(0)  # both sizes see the same batches
         for step in range(1, max(STEPS) + 1):
-            starts = torch.arange(BATCH) * 997 + step * 131
+            starts = torch.randint(0, len(ids) - SEQ - 1, (BATCH,), generator=gen)
             batch = torch.stack([ids[s:s + SEQ + 1] for s in starts.tolist()])
             loss = model(input_ids=batch, labels=batch).loss
             opt.zero_grad()

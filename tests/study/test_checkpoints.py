@@ -1,6 +1,7 @@
 """Your own suite: checkpoint discovery (folder, glob, manifest; D from metadata, manifest or step x tokens
 per step), one-line errors, and ``qscale study qid --checkpoints`` end to end, resumable and reproducible."""
 
+import dataclasses
 import json
 import shutil
 
@@ -9,6 +10,9 @@ import pytest
 from qscale.cli import main
 from qscale.errors import QscaleError
 from qscale.study.checkpoints import discover
+from qscale.study.qat import build_qat_study, run_qat_study
+from qscale.study.qat_cells import TABLES as QAT_TABLES
+from qscale.study.qat_grid import QatGrid
 from qscale.study.qid_cells import TABLES
 from qscale.study.store import SqliteStore
 
@@ -51,7 +55,7 @@ def test_bad_suites_are_one_line_errors(pythia_like, tmp_path, capsys):
         discover(tmp_path / "empty")
     with pytest.raises(QscaleError, match="pass --tokens-per-step"):
         discover(suite)
-    shutil.copytree(suite / "neox-a" / "step1", tmp_path / "odd" / "final")
+    shutil.copytree(suite / "neox-a" / f"step{STEPS[0]}", tmp_path / "odd" / "final")
     with pytest.raises(QscaleError, match="cannot derive D"):
         discover(tmp_path / "odd", TPS)
     bad = tmp_path / "bad.csv"
@@ -70,6 +74,7 @@ def test_bad_suites_are_one_line_errors(pythia_like, tmp_path, capsys):
 def _run(out, suite, data, calib, capsys) -> str:
     code = main(["study", "qid", "--checkpoints", str(suite), "--tokens-per-step", str(TPS), "--preset", "tiny",
                  "--data", str(data), "--calib-data", str(calib), "--target", "7e9,2e12,4", "--out", str(out),
+                 "--eval-windows", "32", "--bits", "2,3,4",
                  "--no-progress"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -85,7 +90,7 @@ def _rows(out):
 def test_study_on_a_pythia_like_suite_end_to_end(pythia_like, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("QSCALE_CACHE", str(tmp_path / "cache"))
     suite, data, calib = pythia_like
-    n_cells = len(SIZES) * len(STEPS) * 2 * 2  # tiny preset: rtn, gptq at 2 and 4 bits
+    n_cells = len(SIZES) * len(STEPS) * 2 * 3  # rtn, gptq at 2, 3 and 4 bits
     err = _run(tmp_path / "a", suite, data, calib, capsys)
     assert f"{n_cells} cells measured, 0 already in the store; {n_cells} rows reported" in err
     rows, n_fp = _rows(tmp_path / "a")
@@ -96,7 +101,8 @@ def test_study_on_a_pythia_like_suite_end_to_end(pythia_like, tmp_path, capsys, 
     n_by_size = {r["model"]: r["N"] for r in rows}
     assert n_by_size["neox-a"] < n_by_size["neox-b"]
     fp = {(r["model"], r["D"]): r["loss_fp"] for r in rows}
-    assert fp[("neox-b", 8 * TPS)] < fp[("neox-b", TPS)]  # D matters: more training, lower loss
+    for size in SIZES:  # D matters: more training, lower loss
+        assert fp[(size, STEPS[-1] * TPS)] < fp[(size, STEPS[0] * TPS)] - 0.1
     report = tmp_path / "a" / "report"
     doc = json.loads((report / "fit.json").read_text())
     assert set(doc["methods"]) == {"rtn", "gptq"} and doc["n_rows"] == n_cells
@@ -109,3 +115,25 @@ def test_study_on_a_pythia_like_suite_end_to_end(pythia_like, tmp_path, capsys, 
 
     _run(tmp_path / "b", suite, data, calib, capsys)  # the same command in a fresh folder: the same rows
     assert _rows(tmp_path / "b") == (rows, n_fp)
+
+
+def test_qat_vs_ptq_on_the_users_checkpoints(pythia_like, tmp_path, monkeypatch):
+    monkeypatch.setenv("QSCALE_CACHE", str(tmp_path / "cache"))
+    suite, data, _ = pythia_like
+    study = build_qat_study("tiny", out=tmp_path / "qat", data=data, checkpoints=str(suite), tokens_per_step=TPS,
+                            recipes=("lsq",))
+    grid = QatGrid(sizes=("xs",), steps=(2,), groups=(16,), schemes=("W4A4",), fc2_steps=(2,), batch_size=2,
+                   seq_len=16, warmup_steps=1, eval_windows=4, attribution=("xs", 2, 16), attribution_windows=1,
+                   control=False)
+    compare = dataclasses.replace(study.compare, schemes=("W4A16",))
+    study = dataclasses.replace(study, grid=grid, compare=compare, n_boot=0)
+    res = run_qat_study(study, progress=False)
+    with SqliteStore(study.store_path, QAT_TABLES) as s:
+        ptq = s.rows("qat_ptq")
+    final = {c.size: c for c in discover(suite, TPS) if c.D == STEPS[-1] * TPS}
+    assert {(r["model"], r["method"], r["scheme"]) for r in ptq} == {
+        (size, m, sc) for size in SIZES for m, sc in (("checkpoint", "W16A16"), ("gptq", "W4A16"),
+                                                      ("fp-finetune", "W16A16"), ("lsq", "W4A16"))}
+    assert all(r["checkpoint"] == final[r["model"]].path and r["D"] == final[r["model"]].D for r in ptq)
+    assert set(res.report.qat_vs_ptq) == set(SIZES)
+    assert run_qat_study(study, progress=False).computed == 0

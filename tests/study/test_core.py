@@ -11,6 +11,8 @@ from qscale.errors import QscaleError
 from qscale.laws import load_table
 from qscale.study.core import CellKey, Row, Table, Task, columns, topological
 from qscale.study.executor import LocalExecutor
+from qscale.study.qat import QatDefinition, build_qat_study
+from qscale.study.qid import QidDefinition, build_study
 from qscale.study.runner import plan, run_study
 from qscale.study.backends import open_store
 from qscale.study.store import SqliteStore
@@ -172,3 +174,17 @@ def test_local_executor_passes_dependency_values_in_order():
     ex.run([Task("a", lambda: 3), Task("b", lambda x, y: x + y, (1,), deps=("a",))], {},
            lambda t, r, s: seen.append((t.id, r)))
     assert seen == [("a", 3), ("b", 4)]
+
+
+def test_study_tasks_pickle_for_a_remote_executor(streams, tmp_path):
+    """QiD and QAT tasks (functions, configs, token windows, dependency ids) survive pickling."""
+    qid = QidDefinition(build_study("tiny", out=tmp_path / "qid"), streams, progress=False).tasks()
+    qat = QatDefinition(build_qat_study("tiny", out=tmp_path / "qat", qid_dir=tmp_path / "none"), streams, streams,
+                        progress=False).tasks()
+    for tasks in (qid, qat):
+        back = pickle.loads(pickle.dumps(tasks))
+        assert [(t.id, t.fn.__name__, t.deps, t.keys) for t in back] == [(t.id, t.fn.__name__, t.deps, t.keys)
+                                                                           for t in tasks]
+    train = [t for t in qid if t.phase == "train"]
+    assert train and all(t.deps for t in qid if t.phase == "quantize")  # cells depend on their size's training
+    assert {d for t in qid if t.phase == "fp_eval" for d in t.deps} == {t.id for t in train}

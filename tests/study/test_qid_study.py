@@ -114,7 +114,12 @@ def test_tiny_study_end_to_end_kill_and_resume(tmp_path, streams, monkeypatch):
     assert "Training tokens to reach" in (folder / "summary.md").read_text()
 
 
-def test_cli_bad_input_is_one_line(capsys):
+def test_cli_bad_input_is_one_line(capsys, tmp_path, monkeypatch, data_cfg):
+    monkeypatch.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))
+    assert main(["study", "qid", "--preset", "tiny", "--eval-windows", "100000000", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "validation tokens" in err
+    assert not (tmp_path / "o").exists()  # every check before the first write
     assert main(["study", "qid", "--preset", "nope"]) == 2
     assert "unknown study preset" in capsys.readouterr().err
     assert main(["study", "qid", "--preset", "tiny", "--bits", "2,x"]) == 2

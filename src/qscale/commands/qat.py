@@ -38,6 +38,7 @@ from qscale.provenance import config_hash, seed_everything, to_jsonable
 from qscale.qat import (
     RECIPES,
     DistillConfig,
+    InterventionConfig,
     LayerRule,
     QATRecipeConfig,
     convert,
@@ -80,6 +81,7 @@ def qat_command(
     group_size: int = typer.Option(128, "--group-size", "-g", help="Weight scale per G input columns; 0 = per channel."),
     rule: list[str] = typer.Option([], "--rule", help="Mixed precision, repeatable: PATTERN=w8a8, PATTERN=a8 or PATTERN=skip (glob or re:regex)."),
     distill: bool = typer.Option(False, "--distill/--no-distill", help="Distil from the full-precision model (KL + CE)."),
+    intervention: bool = typer.Option(False, "--intervention/--no-intervention", help="Teacher Intervention (Kim et al. 2023): the full-precision model's block inputs replace the student's, handed back block by block over the first half of the steps; implies --distill."),
     rank: int = typer.Option(16, "--rank", help="lrqat / l4q: rank r of the trained update (α/r)·A·B."),
     lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="lrqat / l4q: α of the update (α/r)·A·B."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW, warmup then cosine to 10%)."),
@@ -107,8 +109,9 @@ def qat_command(
     require(model_dir.resolve() != out.resolve(), "--out must not be the model folder itself")
     check_out(out)
     cfg = QATRecipeConfig(recipe, w_bits=w_bits, a_bits=a_bits, group_size=group_size or None,
-                          rules=tuple(parse_rule(r) for r in rule), distill=DistillConfig() if distill else None,
-                          rank=rank, lora_alpha=lora_alpha)
+                          rules=tuple(parse_rule(r) for r in rule),
+                          distill=DistillConfig() if distill or intervention else None, rank=rank,
+                          lora_alpha=lora_alpha, intervention=InterventionConfig() if intervention else None)
     out_dtype = export_dtype(dtype, model_dir)
     console = Console(stderr=True)
     seed_everything(seed)
@@ -122,7 +125,7 @@ def qat_command(
     windows = held_out(model, eval_streams, eval_windows, seq_len)
     fp = evaluate(model, windows, progress=progress)
     steps = -(-tokens // (batch_size * seq_len))
-    teacher = copy.deepcopy(model) if distill else None
+    teacher = copy.deepcopy(model) if cfg.distill is not None else None
     run = {"model": str(model_dir.resolve()), "cfg": to_jsonable(cfg), "tokens": tokens, "lr": lr,
            "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "tokenizer": train_streams.tokenizer_hash, "data_fingerprint": train_streams.data_fingerprint,
            "train_tokens": len(train_streams.train), "data": str(data or "embedded")}
@@ -141,7 +144,8 @@ def qat_command(
     chosen = _auto_format(model, fmt)
     fmts = ["compressed-tensors", "gptq"] if chosen == "all" else [chosen]
     results = export_and_evaluate(model, out, fmts, model_dir, out_dtype, windows, fp, progress)
-    report(f"QAT {cfg.label}{' + distill' if distill else ''}, {steps} steps: {model_dir}", counts, fp, results,
+    extra = " + teacher intervention" if intervention else " + distill" if distill else ""
+    report(f"QAT {cfg.label}{extra}, {steps} steps: {model_dir}", counts, fp, results,
            folder_bytes(model_dir))
     write_record(out / "qscale-qat.json", {
         "command": "qat", **run, "steps": steps, "train_loss_first": losses[0] if losses else None,

@@ -18,10 +18,11 @@ from scipy.stats import spearmanr
 from qscale.errors import QscaleError
 from qscale.evaluate.noise import NoisePolicy, NoiseSummary, summarize_noise
 from qscale.laws import bootstrap_problem, extrapolation_check, fit_problem, invert, make_problem, predict
+from qscale.laws.uncertainty import samples_record
 from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
 from qscale.report.markdown import summary_markdown
 from qscale.report.plots import plot_observed_vs_predicted, plot_qid_vs_d
-from qscale.report.ranking import predict_at, rank_methods
+from qscale.report.ranking import rank_at_target
 
 LAW_NAME = "qid"
 LAW_TEXT = "QiD = k * D^beta / (N^alpha * P^gamma)"
@@ -60,8 +61,8 @@ class MethodFit:
     ci: dict[str, tuple[float, float]] | None = None
     stats: dict | None = None
     extrapolation: dict | None = None
-    target: dict | None = None
     error: str | None = None
+    bootstrap: dict | None = None  # bootstrap parameter samples (qscale.laws.uncertainty.samples_record)
 
 
 def predict_qid(params: dict[str, float], N, D, P) -> np.ndarray:
@@ -87,12 +88,13 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict, dict, dict, dict | None]:
-    """Params, bootstrap CIs, fit stats, held-out extrapolation errors and the prediction at the target
-    (with its bootstrap interval) from the laws engine (SPEC §5)."""
+    """Params, bootstrap CIs, fit stats, held-out extrapolation errors and the bootstrap parameter samples
+    (``qscale.laws.uncertainty``: what ``qscale predict`` and the ranking turn into intervals) from the laws
+    engine (SPEC §5)."""
     problem = make_problem(LAW_NAME, data, "qid")
     res = fit_problem(problem, target="qid")
-    boot = bootstrap_problem(problem, res, n_boot=cfg.n_boot, seed=cfg.seed) if cfg.n_boot else None
-    ci = boot.ci() if boot is not None else {}
+    boot = bootstrap_problem(problem, res, cfg.n_boot, cfg.seed) if cfg.n_boot else None
+    ci = boot.ci() if boot else {}
     extrap = {}
     for hold in ("N", "D"):
         try:
@@ -100,8 +102,8 @@ def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict
         except QscaleError as err:  # e.g. no points left above the noise floor at the smaller values
             e = {"error": str(err)}
         extrap[hold] = {k: v for k, v in e.items() if k not in ("params", "rel_errors")}
-    target = predict_at(LAW_NAME, res.params, boot, cfg.target) if cfg.target else None
-    return dict(res.params), {k: tuple(v) for k, v in ci.items()}, res.stats(), extrap, target
+    samples = samples_record(boot) if boot else None
+    return dict(res.params), {k: tuple(v) for k, v in ci.items()}, res.stats(), extrap, samples
 
 
 def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
@@ -118,7 +120,7 @@ def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
             f"the points above the noise floor have a single value of {', '.join(varying)}"
         out.error = f"not fitted: {why}"
         return out
-    out.params, out.ci, out.stats, out.extrapolation, out.target = _fit_law(data, cfg)
+    out.params, out.ci, out.stats, out.extrapolation, out.bootstrap = _fit_law(data, cfg)
     return out
 
 
@@ -215,16 +217,18 @@ def write_qid_report(rows: list[dict], out_dir: str | Path, cfg: ReportConfig | 
     doc = {
         "title": title,
         "law": LAW_TEXT,
+        "law_name": LAW_NAME,
         "noise_policy": cfg.noise.describe(),
         "n_boot": cfg.n_boot,
         "n_rows": len(rows),
         "sizes": sizes,
         "measured_D_range": list(d_range),
+        "ranges": {c: [min(r[c] for r in rows), max(r[c] for r in rows)] for c in ("N", "D", "P")},
         "context": context or {},
         "methods": {m: fits[m] for m in methods},
         "inversion": inversions,
         "trends": trend,
-        "ranking": rank_methods(fits, cfg.target),
+        "ranking": rank_at_target(LAW_NAME, fits, cfg.target),
     }
     atomic_write_json(out / "fit.json", _strict_json(to_jsonable(doc)))
     files.append(out / "fit.json")

@@ -33,12 +33,12 @@ def qid_command(
     checkpoints: str = typer.Option(None, "--checkpoints", help="Your own suite instead of training one: a "
                                     "folder of checkpoint folders (suite/<size>/step<N>), a glob, or a CSV "
                                     "manifest (columns path, size, N, D; all but path optional)."),
-    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = N x this for "
-                                        "folders named step<N> without qscale metadata (Pythia: 2097152)."),
+    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = S x this for "
+                                        "folders named step<S> without qscale metadata (Pythia: 2097152)."),
     calib_data: Path = typer.Option(None, "--calib-data", help="With --checkpoints: calibration text (train "
                                     "split). Default: --data."),
     target: str = typer.Option(None, "--target", help="Rank the methods at N,D,P, e.g. 7e9,2e12,4: predicted "
-                               "QiD with a 95%% bootstrap interval per method."),
+                               "QiD with a 95% bootstrap interval per method."),
     progress: bool = PROGRESS_OPTION,
     db: str = DB_OPTION,
     executor: str = EXECUTOR_OPTION,
@@ -58,10 +58,10 @@ def qid_command(
                         thresholds=floats(threshold, "--threshold"), checkpoints=checkpoints,
                         tokens_per_step=tokens_per_step, calib_data=calib_data, target=parse_target(target),
                         **{k: v for k, v in overrides.items() if v is not None})
+    res = run_qid_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
+                        executor=make_executor(executor, address, gpus_per_task))
     console = Console(stderr=True)
     console.print(f"QiD study [bold]{study.name}[/]: {study.out_dir}")
-    res = run_qid_study(study, progress=progress, db=db,
-                        executor=make_executor(executor, address, gpus_per_task))
     console.print(f"{res.computed} cells measured, {res.skipped} already in the store; {res.n_rows} rows reported.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
     for m, f in res.report.fits.items():

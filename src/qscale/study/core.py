@@ -98,9 +98,6 @@ class CellKey:
         """This key with coordinates added or replaced (e.g. one more key column)."""
         return CellKey(self.table, tuple({**self.as_dict(), **coords}.items()))
 
-    def label(self) -> str:
-        return f"{self.table} " + " ".join(f"{k}={v}" for k, v in self.items if k not in ("run", "config_hash"))
-
 
 @dataclass(frozen=True)
 class Row:
@@ -127,9 +124,10 @@ class Task:
     keys:  the rows the task produces (returned as a :class:`Row` or a list of them); when every key is
            stored the task is skipped and its dependents receive the stored record of ``keys[0]``.
     deps:  ids of tasks whose results are appended to ``args`` (in order). A task without keys (e.g.
-           training one suite size) runs only when a task that depends on it runs.
+           finding or training a suite's final checkpoint) runs only when a task that depends on it runs.
     phase: the timing bucket of the runner (``train``, ``fp_eval``, ``quantize``, ...).
     cpus, gpus: what the task needs on a cluster (the Ray executor reserves them; the local one ignores them).
+    own_progress: the task draws its own progress bar (suite training): the runner pauses its bar meanwhile.
 
     ``fn`` must be a module-level function and ``args`` picklable so that a remote executor can ship them.
     """
@@ -143,6 +141,7 @@ class Task:
     label: str = ""
     cpus: float = 1.0
     gpus: float = 0.0
+    own_progress: bool = False
 
 
 class Store(ABC):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ from qscale.data.batches import calibration_windows, eval_windows
 from qscale.errors import require
 from qscale.provenance import config_hash
 from qscale.report.qat import write_qat_report
+from qscale.study.backends import open_store, study_lock
 from qscale.study.checkpoints import SuiteCheckpoint, discover
 from qscale.study.core import CellKey, Store, Task
-from qscale.study.backends import open_store, study_lock
 from qscale.study.executor import Executor
 from qscale.study.grid import get_preset as get_qid_preset
 from qscale.study.qat_cells import TABLES, compare_job, fp_cell, qat_cell, suite_checkpoint, user_checkpoint
@@ -121,18 +122,18 @@ class QatDefinition:
         self.name = f"QAT {study.name}"
         self.grid_where: dict = {}
         self.ptq_where: list[dict] = []
+        self._tasks: list[Task] | None = None
 
     def tables(self):
         return TABLES
 
     def tasks(self) -> list[Task]:
-        s = self.study
-        if self.streams is None:
-            self.streams = load_token_streams(s.data, progress=self.progress)
-        tasks = self._grid_tasks()
-        if s.compare is not None:
-            tasks += self._compare_tasks()
-        return tasks
+        """Every task of the study (built once: loads the data and checks the grid against it)."""
+        if self._tasks is None:
+            if self.streams is None:
+                self.streams = load_token_streams(self.study.data, progress=self.progress)
+            self._tasks = self._grid_tasks() + (self._compare_tasks() if self.study.compare is not None else [])
+        return self._tasks
 
     def _grid_tasks(self) -> list[Task]:
         s, g, streams = self.study, self.study.grid, self.streams
@@ -235,15 +236,19 @@ class QatDefinition:
 
 def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams | None = None,
                   compare_streams: TokenStreams | None = None, executor: Executor | None = None,
-                  db: str | None = None) -> QatOutcome:
+                  store: Store | None = None, db: str | None = None) -> QatOutcome:
     """Run (or resume) the study and write its report; returns counts and per-phase timings.
 
     ``streams`` / ``compare_streams``: already loaded data for the grid / the comparison (loaded from the
     study's data configs when None; the comparison re-uses the grid's when the configs are equal).
+    ``executor``: where the tasks run (default in process); ``store``: where rows go (default
+    ``study.store_path``, SQLite; a given store is left open).
     """
     t0 = time.perf_counter()
     definition = QatDefinition(study, streams, compare_streams, progress)
-    with study_lock(study.out_dir), open_store(db or study.store_path) as store:
-        res = run_study(definition, store, executor, progress=progress)
+    definition.tasks()  # every check before the store is created
+    with study_lock(study.out_dir), \
+            contextlib.nullcontext(store) if store is not None else open_store(db or study.store_path) as target:
+        res = run_study(definition, target, executor, progress=progress)
     seconds = {"total": time.perf_counter() - t0, **res.seconds}
     return QatOutcome(study.store_path, res.report, res.computed, res.skipped, seconds)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from qscale.data import TokenStreams
@@ -28,13 +27,14 @@ from qscale.models import build_model, count_params, get_size
 from qscale.provenance import seed_everything, versions
 from qscale.ptq import quantize_model
 from qscale.qat import QATRecipeConfig, input_stats, prepare
-from qscale.qat.finetune import cosine_lr, lm_loss
 from qscale.qat.ste import act_spec
 from qscale.study.checkpoints import SuiteCheckpoint
 from qscale.study.core import CellKey, Row, Table, columns
 from qscale.study.qat_grid import PtqCompare, QatGrid, get_scheme
 from qscale.study.qid_cells import checkpoint_model, device
 from qscale.train import list_checkpoints, train
+from qscale.train.engine import OptimConfig
+from qscale.train.engine import train_model as engine_train
 from qscale.train.suite import SuiteConfig
 
 SMOOTH_FRAC = 0.1  # the smoothed final training loss averages the last 10% of steps
@@ -112,35 +112,14 @@ def train_model(model: nn.Module, recipe: QATRecipeConfig | None, batches: Calla
                 lr: float, warmup_steps: int, weight_decay: float) -> list[float]:
     """Train ``model`` in place for ``steps`` steps on ``batches(step)``; ``recipe`` None = full precision.
 
-    The one code path of every model in the study, so fp and QAT differ only by ``prepare``: AdamW
-    (β = 0.9, 0.95), weight decay on weight matrices only (not norms, biases or quantizer parameters),
-    linear warm-up then cosine decay to 10%, gradient clipping at 1.0 (Chen et al. 2025, SPEC §2).
-    Returns the training loss of every step.
+    The one code path of every model in the study, so fp and QAT differ only by ``prepare``: qscale's
+    training engine (``qscale.train.engine``: AdamW β = 0.9, 0.95, weight decay on weight matrices only --
+    not norms, biases or quantizer parameters -- linear warm-up then cosine decay to 10%, gradient clipping
+    at 1.0; Chen et al. 2025 protocol, SPEC §2). Returns the training loss of every step.
     """
-    require(steps >= 1, f"steps must be >= 1, got {steps}")
-    dev = next(model.parameters()).device
     if recipe is not None:
         prepare(model, recipe)
-    model.train()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2 and "quantizer" not in n]
-    rest = [p for n, p in named if not (p.ndim >= 2 and "quantizer" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
-    params = [p for _, p in named]
-    losses = []
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup_steps)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, _ = lm_loss(model, batches(step).to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+    return engine_train(model, OptimConfig(lr=lr, warmup=warmup_steps, weight_decay=weight_decay), batches, steps)
 
 
 def smoothed(losses: list[float], frac: float = SMOOTH_FRAC) -> float:

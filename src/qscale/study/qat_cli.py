@@ -34,8 +34,8 @@ def qat_command(
     checkpoints: str = typer.Option(None, "--checkpoints", help="QAT vs PTQ on your own suite's final "
                                     "checkpoints (largest D per size): a folder of checkpoint folders, a glob or a "
                                     "CSV manifest, as for 'qscale study qid'."),
-    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = N x this for "
-                                        "folders named step<N>."),
+    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = S x this for "
+                                        "folders named step<S>."),
     progress: bool = PROGRESS_OPTION,
     db: str = DB_OPTION,
     executor: str = EXECUTOR_OPTION,
@@ -50,10 +50,11 @@ def qat_command(
                             sizes=names(sizes), steps=ints(steps, "--steps"), groups=ints(groups, "--groups"),
                             compare=compare, qid_dir=qid_dir, checkpoints=checkpoints,
                             tokens_per_step=tokens_per_step)
+    t0 = time.perf_counter()
+    res = run_qat_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
+                        executor=make_executor(executor, address, gpus_per_task))
     console = Console(stderr=True)
     console.print(f"QAT study [bold]{study.name}[/]: {study.out_dir}")
-    t0 = time.perf_counter()
-    res = run_qat_study(study, progress=progress, db=db, executor=make_executor(executor, address, gpus_per_task))
     console.print(f"{res.computed} models trained/measured, {res.skipped} already in the store; "
                   f"{time.perf_counter() - t0:.0f} s in all.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))

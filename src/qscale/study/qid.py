@@ -10,6 +10,7 @@ Everything resumes: a stored cell is skipped, each row is committed as soon as i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,9 @@ from qscale.data.batches import calibration_windows, eval_windows
 from qscale.errors import require
 from qscale.provenance import config_hash
 from qscale.report.qid import Report, ReportConfig, write_qid_report
+from qscale.study.backends import open_store, study_lock
 from qscale.study.checkpoints import SuiteCheckpoint, discover
 from qscale.study.core import CellKey, Store, Task
-from qscale.study.backends import open_store, study_lock
 from qscale.study.executor import Executor
 from qscale.study.grid import QidGrid, get_preset
 from qscale.study.qid_cells import TABLES, eval_checkpoint, quantize_cell, train_size
@@ -122,6 +123,7 @@ class QidDefinition:
         self.study, self.streams, self.progress = study, streams, progress
         self.name = f"QiD {study.name}"
         self.keys: list[CellKey] = []
+        self._tasks: list[Task] | None = None
 
     def tables(self):
         return TABLES
@@ -159,8 +161,11 @@ class QidDefinition:
         return out
 
     def tasks(self) -> list[Task]:
-        self.keys = []
-        return self._suite_tasks() if self.study.checkpoints is None else self._checkpoint_tasks()
+        """Every task of the study (built once: loads the data and checks the grid against it)."""
+        if self._tasks is None:
+            self.keys = []
+            self._tasks = self._suite_tasks() if self.study.checkpoints is None else self._checkpoint_tasks()
+        return self._tasks
 
     def _suite_tasks(self) -> list[Task]:
         s, g = self.study, self.study.grid
@@ -178,8 +183,8 @@ class QidDefinition:
             key = CellKey.make("qid_train", {"train": cfg, "tokenizer": self.streams.tokenizer_hash,
                                              "data": self.streams.data_fingerprint},
                                run=s.name, model=size, seed=cfg.seed)
-            train = Task(f"train:{size}", train_size, (cfg, self.streams, str(folder), key), keys=(key,),
-                         phase="train", label=f"train {size}")
+            train = Task(f"train:{size}", train_size, (cfg, self.streams, str(folder), key, self.progress),
+                         keys=(key,), phase="train", label=f"train {size}", own_progress=self.progress)
             tasks.append(train)
             for step in cfg.checkpoint_steps():
                 D = step * cfg.tokens_per_step
@@ -224,12 +229,20 @@ class QidDefinition:
 
 
 def run_qid_study(study: QidStudy, progress: bool = True, streams: TokenStreams | None = None,
-                  executor: Executor | None = None, db: str | None = None) -> StudyOutcome:
-    """Run (or resume) the study and write its report; returns counts and per-phase timings."""
+                  executor: Executor | None = None, store: Store | None = None, db: str | None = None
+                  ) -> StudyOutcome:
+    """Run (or resume) the study and write its report; returns counts and per-phase timings.
+
+    ``executor``: where the tasks run (default in process); ``store``: where rows go (a given store is left
+    open), else the store ``db`` names (``open_store``: a SQLite path or a postgresql:// URL; default
+    ``study.store_path``, SQLite). The study folder is locked meanwhile (one study per folder).
+    """
     study.grid.check_methods()
     definition = QidDefinition(study, streams, progress)
-    with study_lock(study.out_dir), open_store(db or study.store_path) as store:
-        res = run_study(definition, store, executor, progress=progress)
-        n_rows = len(definition.rows(store))
+    definition.tasks()  # every check before the store is created
+    with study_lock(study.out_dir), \
+            contextlib.nullcontext(store) if store is not None else open_store(db or study.store_path) as target:
+        res = run_study(definition, target, executor, progress=progress)
+        n_rows = len(definition.rows(target))
     cells = res.by_table.get("qid", {"computed": 0, "skipped": 0})
     return StudyOutcome(study.store_path, res.report, n_rows, cells["computed"], cells["skipped"], res.seconds)

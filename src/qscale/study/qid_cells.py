@@ -29,6 +29,7 @@ from qscale.provenance import seed_everything, versions
 from qscale.ptq import PTQConfig, quantize_model
 from qscale.study.core import CellKey, Row, Table, columns
 from qscale.train import TrainConfig, train
+from qscale.train.engine import device_for
 
 KEY = "run:text model:text D:int"
 TRAIN_TABLE = Table("qid_train", columns("run:text model:text seed:int config_hash:text"),
@@ -82,7 +83,8 @@ class QidRow(Row):
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where studies measure: CUDA when available, else CPU (the training engine's rule)."""
+    return device_for("auto")
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,10 +100,10 @@ def checkpoint_model(path: str) -> torch.nn.Module:
     return _cached(str(folder), stamp)
 
 
-def train_size(cfg: TrainConfig, streams, folder: str, key: CellKey) -> TrainRow:
+def train_size(cfg: TrainConfig, streams, folder: str, key: CellKey, progress: bool = False) -> TrainRow:
     """Train (or resume) one size of the suite into ``folder``; all its checkpoints exist afterwards."""
     t0 = time.perf_counter()
-    ckpts = train(cfg, streams, folder, progress=False)
+    ckpts = train(cfg, streams, folder, progress=progress)
     require(ckpts and ckpts[-1].step == cfg.total_steps, f"training of {folder} did not finish")
     return TrainRow(key, steps=cfg.total_steps, seconds=time.perf_counter() - t0)
 

@@ -75,8 +75,12 @@ def run_study(study: StudyDefinition, store: Store, executor: Executor | None = 
 
         def on_start(task: Task) -> None:
             bar.update(task_id, description=task.label or task.id)
+            if task.own_progress and progress:
+                bar.stop()
 
         def on_done(task: Task, result: Any, seconds: float) -> None:
+            if task.own_progress and progress:
+                bar.start()
             out.seconds[task.phase] += seconds
             out.tasks_run += 1
             if task.keys:

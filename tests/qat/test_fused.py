@@ -12,6 +12,7 @@ import torch
 from qscale.errors import QscaleError
 from qscale.qat.fused import ENV, backend_for, triton_available
 from qscale.qat.lsq import LSQActQuantizer, LSQWeightQuantizer
+from qscale.qat.quest import quest_fake_quantize
 from qscale.qat.ste import act_spec, ste_fake_quantize, weight_spec
 from qscale.quant import QuantSpec, fake_quantize
 
@@ -120,3 +121,23 @@ def test_lsq_activation_forward_and_gradients_equal_definition(use, offset):
     assert set(gp1) == set(gp0) == ({"step", "offset"} if offset else {"step"})
     for name in gp0:
         torch.testing.assert_close(gp1[name], gp0[name], rtol=1e-4, atol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quest_forward_and_trust_mask_equal_definition(use, bits, dtype):
+    torch.manual_seed(3)
+    x = (torch.randn(6, 33, 128) * 2).to(device=DEVICE, dtype=dtype)
+    x[0, 0, :5] = 40.0  # outliers clipped beyond half a step: their gradient is dropped
+    upstream = torch.randn(x.shape, device=DEVICE, dtype=dtype)
+    out = {}
+    for backend in ("torch", "triton"):
+        use(backend)
+        xr = x.clone().requires_grad_()
+        y = quest_fake_quantize(xr, bits)
+        y.backward(upstream)
+        out[backend] = (y.detach(), xr.grad)
+    assert torch.equal(out["triton"][0], out["torch"][0])
+    assert torch.equal(out["triton"][1], out["torch"][1])
+    assert (out["torch"][1] == 0).any()  # the trust mask is not all-true here

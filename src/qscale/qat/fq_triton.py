@@ -140,3 +140,28 @@ def lsq_backward(grad: Tensor, vg: Tensor, step: Tensor, beta: Tensor | None, qm
                             float(qmin), float(qmax), HAS_BETA=beta is not None, OUT_BF16=vg.dtype == torch.bfloat16,
                             BLOCK=_BLOCK)
     return grad_v, ps.sum(-1), (pb.sum(-1) if beta is not None else None)
+
+
+@triton.jit
+def _quest_kernel(x_ptr, step_ptr, y_ptr, m_ptr, G, zero, qmax, OUT_BF16: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < G
+    x = tl.load(x_ptr + row * G + offs, mask=m, other=0.0).to(tl.float32)
+    step = tl.load(step_ptr + row)
+    safe = tl.where(step > 0.0, step, 1.0)
+    q = tl.minimum(tl.maximum(_round_half_even(tl.math.div_rn(x, safe) + zero), 0.0), qmax)
+    y = (q - zero) * step
+    _store(y_ptr + row * G + offs, y, m, OUT_BF16)
+    tl.store(m_ptr + row * G + offs, (tl.abs(y - x) <= step / 2).to(tl.uint8), mask=m)
+
+
+def quest_round(xr: Tensor, step: Tensor, zero: float, qmax: int) -> tuple[Tensor, Tensor]:
+    """QuEST's ``x̂`` (in ``xr``'s dtype) and trust mask of a contiguous ``[R, G]`` view with one float32 step
+    per row (``[R]``): ``round_to_grid`` with the half-integer zero, and ``|x̂ − x| <= step/2``."""
+    R, G = xr.shape
+    y = torch.empty_like(xr)
+    mask = torch.empty(R, G, dtype=torch.uint8, device=xr.device)
+    _quest_kernel[(R, triton.cdiv(G, _BLOCK))](xr, step, y, mask, G, float(zero), float(qmax),
+                                               OUT_BF16=xr.dtype == torch.bfloat16, BLOCK=_BLOCK)
+    return y, mask.view(torch.bool)

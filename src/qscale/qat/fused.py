@@ -1,4 +1,4 @@
-"""Fused fake quantization for QAT: which backend computes the ``ste`` and ``lsq`` quantizers.
+"""Fused fake quantization for QAT: which backend computes the ``ste``, ``lsq`` and ``quest`` quantizers.
 
 Backends (same values as the plain torch definitions of ``qscale.quant.core`` / ``qscale.qat.lsq``):
 
@@ -14,7 +14,7 @@ Backends (same values as the plain torch definitions of ``qscale.quant.core`` / 
 Inside a ``torch.compile``'d model (``qscale train --compile``, the benches on CUDA) the plain definition is
 traced, and inductor fuses it with the surrounding ops. ``QSCALE_FAKE_QUANT=torch|compile|triton`` forces a
 backend (the tests run ``triton`` on CPU through ``TRITON_INTERPRET=1``; benchmarks compare backends).
-QuEST's quantizer is not fused here (its per-row RMS and trust mask stay plain torch; compiled models fuse it).
+QuEST: the rounding and its trust mask are one Triton kernel (the per-row RMS stays a torch reduction).
 """
 
 from __future__ import annotations
@@ -132,3 +132,11 @@ def lsq_triton_applies(vg: Tensor, s: Tensor) -> bool:
 
 def lsq_triton(vg: Tensor, s: Tensor, beta: Tensor | None, spec: QuantSpec, g: float) -> Tensor:
     return _LSQTriton.apply(vg, s, beta, spec, g)
+
+
+def quest_triton(x: Tensor, step: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    """QuEST's ``x̂`` (``x``'s dtype) and trust mask for rows of ``x`` with float32 steps ``[..., 1]`` (zero
+    ``levels/2``), by one Triton kernel (the RMS per row stays a torch reduction, so values equal the plain path)."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    y, mask = _kernels().quest_round(rows, step.reshape(-1).contiguous(), levels / 2, levels)
+    return y.reshape(x.shape), mask.reshape(x.shape)

@@ -14,7 +14,8 @@ from qscale.study.executor import LocalExecutor
 from qscale.study.qat import QatDefinition, build_qat_study
 from qscale.study.qid import QidDefinition, build_study
 from qscale.study.runner import plan, run_study
-from qscale.study.store import SqliteStore, open_store
+from qscale.study.backends import open_store
+from qscale.study.store import SqliteStore
 
 TRAIN = Table("toy_train", columns("run:text model:text config_hash:text"), columns("steps:int seconds:float"))
 CELLS = Table("toy", columns("run:text model:text P:int config_hash:text"),

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from qscale.study.backends import ADDRESS_OPTION, DB_OPTION, EXECUTOR_OPTION, GPUS_OPTION, make_executor
 from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, floats, ints, names, parse_target
 from qscale.study.qid import build_study, run_qid_study
 
@@ -39,6 +40,10 @@ def qid_command(
     target: str = typer.Option(None, "--target", help="Rank the methods at N,D,P, e.g. 7e9,2e12,4: predicted "
                                "QiD with a 95% bootstrap interval per method."),
     progress: bool = PROGRESS_OPTION,
+    db: str = DB_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    address: str = ADDRESS_OPTION,
+    gpus_per_task: float = GPUS_OPTION,
 ) -> None:
     """Reproduce 'low-bit quantization favors undertrained LLMs' on your own suite: train, quantize with RTN
     and GPTQ at several bit widths, record QiD = loss_quantized - loss_full_precision, fit
@@ -53,7 +58,8 @@ def qid_command(
                         thresholds=floats(threshold, "--threshold"), checkpoints=checkpoints,
                         tokens_per_step=tokens_per_step, calib_data=calib_data, target=parse_target(target),
                         **{k: v for k, v in overrides.items() if v is not None})
-    res = run_qid_study(study, progress=progress)  # every check before the first write: errors are one line
+    res = run_qid_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
+                        executor=make_executor(executor, address, gpus_per_task))
     console = Console(stderr=True)
     console.print(f"QiD study [bold]{study.name}[/]: {study.out_dir}")
     console.print(f"{res.computed} cells measured, {res.skipped} already in the store; {res.n_rows} rows reported.")

@@ -5,7 +5,7 @@ declares its tables, lists its tasks and writes its report from the stored rows.
 function call: either it measures cells into typed rows (it carries their :class:`CellKey`, and the
 runner skips it when they are stored), or it produces an input other tasks depend on (a trained suite
 size whose checkpoints the cells quantize). The runner (:mod:`qscale.study.runner`) hands the missing
-tasks to an executor (:mod:`qscale.study.executor`: in process now, a cluster later) and commits every
+tasks to an executor (:mod:`qscale.study.executor` in process, :mod:`qscale.study.ray_executor` on Ray) and commits every
 row to a store (:mod:`qscale.study.store`) as soon as it arrives.
 """
 
@@ -126,6 +126,7 @@ class Task:
     deps:  ids of tasks whose results are appended to ``args`` (in order). A task without keys (e.g.
            finding or training a suite's final checkpoint) runs only when a task that depends on it runs.
     phase: the timing bucket of the runner (``train``, ``fp_eval``, ``quantize``, ...).
+    cpus, gpus: what the task needs on a cluster (the Ray executor reserves them; the local one ignores them).
     own_progress: the task draws its own progress bar (suite training): the runner pauses its bar meanwhile.
 
     ``fn`` must be a module-level function and ``args`` picklable so that a remote executor can ship them.
@@ -138,14 +139,16 @@ class Task:
     keys: tuple[CellKey, ...] = ()
     phase: str = "measure"
     label: str = ""
+    cpus: float = 1.0
+    gpus: float = 0.0
     own_progress: bool = False
 
 
 class Store(ABC):
     """A result store: tables of rows with a UNIQUE cell key, every ``add`` committed at once.
 
-    SQLite (:class:`qscale.study.store.SqliteStore`) now; another backend is one more class of this
-    interface. Rows read back are dicts of column -> value (``json`` as dict, ``array`` as float64 array).
+    SQLite (:class:`qscale.study.store.SqliteStore`) or PostgreSQL (:class:`qscale.study.pg_store.PostgresStore`),
+    opened by :func:`qscale.study.backends.open_store`. Rows read back are dicts of column -> value (``json`` as dict, ``array`` as float64 array).
     """
 
     @abstractmethod
@@ -163,6 +166,18 @@ class Store(ABC):
     @abstractmethod
     def rows(self, table: str, where: Mapping[str, Any] | None = None) -> list[dict]:
         """Rows of ``table`` matching the equalities ``where`` (all if None), in insertion order."""
+
+    @abstractmethod
+    def record_failure(self, task_id: str, label: str, error: str, attempts: int) -> None:
+        """Record (or replace) that a task failed after ``attempts`` attempts with ``error``."""
+
+    @abstractmethod
+    def clear_failure(self, task_id: str) -> None:
+        """Forget a recorded failure (the task has now succeeded)."""
+
+    @abstractmethod
+    def failures(self) -> list[dict]:
+        """Recorded failures: ``task_id``, ``label``, ``error``, ``attempts``, ``created_at``."""
 
     @abstractmethod
     def close(self) -> None: ...

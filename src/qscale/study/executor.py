@@ -2,8 +2,8 @@
 
 An executor receives picklable :class:`~qscale.study.core.Task` objects (a module-level function and its
 arguments) in dependency order and reports each result back to the caller's process, where the runner
-commits its rows. :class:`LocalExecutor` runs them one after another in this process; a cluster executor
-(Ray) is one more class of this interface: it ships ``task.fn`` and ``task.args`` to workers, passes
+commits its rows. :class:`LocalExecutor` runs them one after another in this process; the cluster executor
+(:class:`qscale.study.ray_executor.RayExecutor`) ships ``task.fn`` and ``task.args`` to workers, passes
 the results of ``task.deps`` as extra arguments and calls ``on_done`` as results arrive.
 """
 
@@ -19,6 +19,7 @@ from qscale.study.core import Row, Task
 
 OnStart = Callable[[Task], None]
 OnDone = Callable[[Task, Any, float], None]
+OnFailed = Callable[[Task, str, int], None]  # (task, error, attempts)
 
 
 def result_rows(task: Task, result: Any) -> list[Row]:
@@ -42,17 +43,19 @@ class Executor(ABC):
 
     @abstractmethod
     def run(self, tasks: Sequence[Task], inputs: Mapping[str, Any], on_done: OnDone,
-            on_start: OnStart | None = None) -> None:
+            on_start: OnStart | None = None, on_failed: OnFailed | None = None) -> None:
         """Run ``tasks`` (dependencies first). ``inputs`` holds the values of dependencies that are not in
         ``tasks`` (already stored); ``on_done(task, result, seconds)`` is called in this process as each
-        task finishes, so rows are committed one by one. A task that raises stops the run."""
+        task finishes, so rows are committed one by one. A task that raises stops the run, unless the
+        executor retries tasks (Ray): then a task that still fails after its retries, and every task that
+        depends on it, is reported to ``on_failed(task, error, attempts)`` and the others go on."""
 
 
 class LocalExecutor(Executor):
     """In process, one task at a time, in the given order (deterministic on CPU)."""
 
     def run(self, tasks: Sequence[Task], inputs: Mapping[str, Any], on_done: OnDone,
-            on_start: OnStart | None = None) -> None:
+            on_start: OnStart | None = None, on_failed: OnFailed | None = None) -> None:
         values = dict(inputs)
         for task in tasks:
             if on_start is not None:

@@ -23,6 +23,7 @@ from qscale.data.batches import calibration_windows, eval_windows
 from qscale.errors import require
 from qscale.provenance import config_hash
 from qscale.report.qat import write_qat_report
+from qscale.study.backends import open_store, study_lock
 from qscale.study.checkpoints import SuiteCheckpoint, discover
 from qscale.study.core import CellKey, Store, Task
 from qscale.study.executor import Executor
@@ -31,7 +32,6 @@ from qscale.study.qat_cells import TABLES, compare_job, fp_cell, qat_cell, suite
 from qscale.study.qat_grid import CONTROL, PtqCompare, QatGrid, get_qat_preset
 from qscale.study.qid_cells import device
 from qscale.study.runner import run_study
-from qscale.study.store import open_store
 from qscale.train.suite import SUITE_PRESETS
 
 DEFAULT_ROOT = Path("qscale-runs")
@@ -236,7 +236,7 @@ class QatDefinition:
 
 def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams | None = None,
                   compare_streams: TokenStreams | None = None, executor: Executor | None = None,
-                  store: Store | None = None) -> QatOutcome:
+                  store: Store | None = None, db: str | None = None) -> QatOutcome:
     """Run (or resume) the study and write its report; returns counts and per-phase timings.
 
     ``streams`` / ``compare_streams``: already loaded data for the grid / the comparison (loaded from the
@@ -247,7 +247,8 @@ def run_qat_study(study: QatStudy, progress: bool = True, streams: TokenStreams 
     t0 = time.perf_counter()
     definition = QatDefinition(study, streams, compare_streams, progress)
     definition.tasks()  # every check before the store is created
-    with contextlib.nullcontext(store) if store is not None else open_store(study.store_path) as db:
-        res = run_study(definition, db, executor, progress=progress)
+    with study_lock(study.out_dir), \
+            contextlib.nullcontext(store) if store is not None else open_store(db or study.store_path) as target:
+        res = run_study(definition, target, executor, progress=progress)
     seconds = {"total": time.perf_counter() - t0, **res.seconds}
     return QatOutcome(study.store_path, res.report, res.computed, res.skipped, seconds)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from qscale.study.backends import ADDRESS_OPTION, DB_OPTION, EXECUTOR_OPTION, GPUS_OPTION, make_executor
 from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, ints, names
 from qscale.study.qat import build_qat_study, run_qat_study
 
@@ -36,6 +37,10 @@ def qat_command(
     tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = S x this for "
                                         "folders named step<S>."),
     progress: bool = PROGRESS_OPTION,
+    db: str = DB_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    address: str = ADDRESS_OPTION,
+    gpus_per_task: float = GPUS_OPTION,
 ) -> None:
     """Train full-precision and QAT models (W4A4, W4A16, W16A4; STE AbsMax) from scratch over a grid of
     N, D and G, record δ = loss_QAT − loss_fp, fit δ = k·D^γD·(log2 G)^γG/N^γN, attribute the activation
@@ -46,7 +51,8 @@ def qat_command(
                             compare=compare, qid_dir=qid_dir, checkpoints=checkpoints,
                             tokens_per_step=tokens_per_step)
     t0 = time.perf_counter()
-    res = run_qat_study(study, progress=progress)  # every check before the first write: errors are one line
+    res = run_qat_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
+                        executor=make_executor(executor, address, gpus_per_task))
     console = Console(stderr=True)
     console.print(f"QAT study [bold]{study.name}[/]: {study.out_dir}")
     console.print(f"{res.computed} models trained/measured, {res.skipped} already in the store; "

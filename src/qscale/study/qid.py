@@ -20,13 +20,13 @@ from qscale.data.batches import calibration_windows, eval_windows
 from qscale.errors import require
 from qscale.provenance import config_hash
 from qscale.report.qid import Report, ReportConfig, write_qid_report
+from qscale.study.backends import open_store, study_lock
 from qscale.study.checkpoints import SuiteCheckpoint, discover
 from qscale.study.core import CellKey, Store, Task
 from qscale.study.executor import Executor
 from qscale.study.grid import QidGrid, get_preset
 from qscale.study.qid_cells import TABLES, eval_checkpoint, quantize_cell, train_size
 from qscale.study.runner import run_study
-from qscale.study.store import open_store
 from qscale.train.checkpoint import checkpoint_dir
 from qscale.train.suite import SUITE_PRESETS, SuiteConfig
 
@@ -229,17 +229,20 @@ class QidDefinition:
 
 
 def run_qid_study(study: QidStudy, progress: bool = True, streams: TokenStreams | None = None,
-                  executor: Executor | None = None, store: Store | None = None) -> StudyOutcome:
+                  executor: Executor | None = None, store: Store | None = None, db: str | None = None
+                  ) -> StudyOutcome:
     """Run (or resume) the study and write its report; returns counts and per-phase timings.
 
-    ``executor``: where the tasks run (default in process); ``store``: where rows go (default
-    ``study.store_path``, SQLite; a given store is left open).
+    ``executor``: where the tasks run (default in process); ``store``: where rows go (a given store is left
+    open), else the store ``db`` names (``open_store``: a SQLite path or a postgresql:// URL; default
+    ``study.store_path``, SQLite). The study folder is locked meanwhile (one study per folder).
     """
     study.grid.check_methods()
     definition = QidDefinition(study, streams, progress)
     definition.tasks()  # every check before the store is created
-    with contextlib.nullcontext(store) if store is not None else open_store(study.store_path) as db:
-        res = run_study(definition, db, executor, progress=progress)
-        n_rows = len(definition.rows(db))
+    with study_lock(study.out_dir), \
+            contextlib.nullcontext(store) if store is not None else open_store(db or study.store_path) as target:
+        res = run_study(definition, target, executor, progress=progress)
+        n_rows = len(definition.rows(target))
     cells = res.by_table.get("qid", {"computed": 0, "skipped": 0})
     return StudyOutcome(study.store_path, res.report, n_rows, cells["computed"], cells["skipped"], res.seconds)

@@ -21,6 +21,7 @@ class Outcome:
 
     computed: int = 0
     skipped: int = 0
+    failed: int = 0  # tasks recorded in the store's task_failures (retried by the next run)
     tasks_run: int = 0
     by_table: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -87,8 +88,15 @@ def run_study(study: StudyDefinition, store: Store, executor: Executor | None = 
                 out.computed += 1
                 out.by_table[task.keys[0].table]["computed"] += 1
                 bar.advance(task_id)
+            if task.id in failed_before:
+                store.clear_failure(task.id)
 
-        (executor or LocalExecutor()).run(todo, inputs, on_done, on_start)
+        def on_failed(task: Task, error: str, attempts: int) -> None:
+            store.record_failure(task.id, task.label or task.id, error, attempts)
+            out.failed += 1
+
+        failed_before = {f["task_id"] for f in store.failures()}
+        (executor or LocalExecutor()).run(todo, inputs, on_done, on_start, on_failed)
     t0 = time.perf_counter()
     out.report = study.report(store)
     out.seconds["report"] += time.perf_counter() - t0

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qscale.errors import QscaleError, require
+from qscale.train.distributed import Dist, local_slice, mean_over_ranks, wrap
 from qscale.train.schedule import SCHEDULES, lr_factor
 
 NO_DECAY_ATTR = "no_weight_decay"
@@ -146,6 +147,7 @@ def train_steps(
     compile: bool = False,
     on_step: Callable[[int, float, float], None] | None = None,
     hooks: StepHooks | None = None,
+    parallel: Dist = Dist(),
 ) -> list[float]:
     """Optimiser steps ``start .. end-1`` of a ``total``-step schedule; returns each step's loss.
 
@@ -154,7 +156,9 @@ def train_steps(
     CE), so step-dependent losses (Teacher Intervention) are closures. ``on_step(done, loss, lr)`` runs
     after each step (checkpoints, resume state, progress); the model is back in train mode afterwards.
     ``hooks`` (a recipe's :class:`StepHooks`) may make the gradients their own way (SAM's two passes, extra
-    loss terms) and act after each optimiser step (rank decay). A non-finite loss is an error.
+    loss terms) and act after each optimiser step (rank decay). A non-finite loss is an error. ``parallel``
+    (a torchrun rank, :mod:`qscale.train.distributed`): each process runs its slice of every batch through
+    DDP, and the losses are the means over all processes.
     """
     hooks = StepHooks() if hooks is None else hooks
     require(total >= 1, f"steps must be >= 1, got {total}")
@@ -162,7 +166,8 @@ def train_steps(
     opt = make_optimizer(model, cfg) if opt is None else opt
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device if params else torch.device("cpu")
-    forward = torch.compile(model) if compile else model
+    forward = wrap(model, parallel, device)
+    forward = torch.compile(forward) if compile else forward
     losses = []
     opt.zero_grad(set_to_none=True)
     for step in range(start, end):
@@ -170,12 +175,13 @@ def train_steps(
         lr = cfg.lr_at(step, total)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = batches(step).to(device)
+        batch = local_slice(batches(step), parallel).to(device)
         require(batch.shape[0] % grad_accum == 0,
                 f"batch of {batch.shape[0]} sequences is not divisible by grad accumulation {grad_accum}")
         loss_sum = 0.0
         for chunk in batch.split(batch.shape[0] // grad_accum):
             loss_sum += hooks.backward(model, chunk, lambda b: loss_fn(forward, b, step) / grad_accum, step, total).item()
+        loss_sum = mean_over_ranks(loss_sum, parallel, device)
         if not math.isfinite(loss_sum):
             raise QscaleError(f"training loss is not finite at step {step + 1}: lower the learning rate")
         if cfg.grad_clip > 0:

@@ -29,8 +29,9 @@ from qscale.provenance import config_hash, to_jsonable, versions
 from qscale.train.checkpoint import (META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints,
                                      read_checkpoint)
 from qscale.train.config import TrainConfig
-from qscale.train.fingerprint import check_parent_tokenizer, check_resume, parent_checkpoint, run_fingerprints
+from qscale.train.distributed import barrier, setup
 from qscale.train.engine import autocast, device_for, make_optimizer, train_steps
+from qscale.train.fingerprint import check_parent_tokenizer, check_resume, parent_checkpoint, run_fingerprints
 
 STATE_EVERY = 200  # also save resume state every this many steps between checkpoints
 
@@ -125,17 +126,20 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
     """Train per ``cfg`` on ``streams``, writing checkpoints to ``out_dir``; resume from its state if any.
 
     ``stop_after_steps`` ends the process-local run after that global step without saving anything
-    extra, i.e. it simulates a kill (used by tests of resume).
+    extra, i.e. it simulates a kill (used by tests of resume). Under ``torchrun`` the batch is split over the
+    processes (DDP, :mod:`qscale.train.distributed`) and rank 0 alone evaluates and writes.
     """
     out_dir = Path(out_dir)
-    device = device_for(cfg.device)
+    info, device = setup(device_for(cfg.device))
     parent = parent_checkpoint(cfg.model)  # continuing a qscale checkpoint: D counts its tokens, no new warmup
     check_parent_tokenizer(parent, streams.tokenizer_hash)
     offset, schedule = (parent.tokens, replace(cfg.optim, warmup=0)) if parent else (0, cfg.optim)
     model, opt = _fresh(cfg, streams.vocab_size, device)
     val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
     run_meta = _run_meta(cfg, streams)
-    check_resume(out_dir, run_meta)  # the first write, after every check
+    if info.is_main:
+        check_resume(out_dir, run_meta)  # the first write, after every check
+    barrier(info)
     start, recent = _load_state(out_dir, model, opt)
     total, ckpts = cfg.total_steps, set(cfg.checkpoint_steps())
     missing = [s for s in sorted(ckpts) if s <= start and read_checkpoint(checkpoint_dir(out_dir, s)) is None]
@@ -145,7 +149,10 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
         model, opt = _fresh(cfg, streams.vocab_size, device)
         start, recent = 0, []
     end = total if stop_after_steps is None else min(total, stop_after_steps)
-    with _progress(progress) as bar:
+    if info.enabled and info.is_main and progress:
+        print(f"qscale: data-parallel training on {info.world} processes ({cfg.batch_size // info.world} sequences "
+              "each per step); rank 0 writes", file=sys.stderr)
+    with _progress(progress and info.is_main) as bar:
         task = bar.add_task(f"train {cfg.size if cfg.model is None else cfg.model.name}", total=total,
                             completed=start, info="")
         t0 = time.perf_counter()
@@ -155,7 +162,7 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
             recent = (recent + [loss])[-20:]
             tps = (done - start) * cfg.tokens_per_step / (time.perf_counter() - t0)
             bar.update(task, completed=done, info=f"loss {loss:.3f}  {tps:,.0f} tok/s")
-            if done in ckpts:
+            if done in ckpts and info.is_main:
                 with autocast(device):
                     val_loss = evaluate(model, val, batch_size=16).loss
                 extra = {"val_loss": val_loss, "train_loss": float(np.mean(recent)), "lr": lr,
@@ -163,10 +170,12 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
                          "fingerprints": run_meta["fingerprints"], "eval_windows": cfg.eval_windows}
                 _save_checkpoint(out_dir, model, streams, cfg, done, extra)
                 bar.update(task, info=f"loss {loss:.3f}  val {val_loss:.3f}  {tps:,.0f} tok/s")
-            if done in ckpts or done % STATE_EVERY == 0:
+            if (done in ckpts or done % STATE_EVERY == 0) and info.is_main:
                 _save_state(out_dir, model, opt, done, recent)
+            if done in ckpts:
+                barrier(info)  # the other ranks wait for the checkpoint
 
         train_steps(model, lambda step: train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed),
                     schedule, total, opt=opt, start=start, end=end, grad_accum=cfg.grad_accum, compile=cfg.compile,
-                    on_step=on_step)
+                    on_step=on_step, parallel=info)
     return list_checkpoints(out_dir)

@@ -35,6 +35,16 @@ def test_qat_weight_activation_recipe_goes_to_qscale_layout(user_models, corpus,
     assert main(["eval", str(out), "--windows", "8", "--seq-len", "64", "--data", str(corpus)]) == 0
 
 
+def test_qat_with_teacher_intervention(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "ti"
+    rc = main(["qat", str(user_models["neox"]), "--recipe", "ste", "--w-bits", "2", "--tokens", "1280", "--group-size",
+               "32", "--intervention", "--out", str(out), "--data", str(corpus), *FAST])
+    assert rc == 0 and "teacher intervention" in capsys.readouterr().out
+    record = json.loads((out / "qscale-qat.json").read_text())
+    assert record["cfg"]["intervention"] == {"handback": 0.5} and record["cfg"]["distill"] is not None
+    assert record["train_loss_last"] < record["train_loss_first"]
+
+
 def test_qat_bad_rule_and_recipe(user_models, corpus, cache, tmp_path, capsys):
     for args, match in ((["--rule", "*.fc2"], "--rule must look like"), (["--recipe", "awq"], "unknown QAT recipe"),
                         (["--rule", "*.nothing=a8"], "matches no quantizable")):
@@ -73,3 +83,22 @@ def test_qat_double_rounding_stores_8_bit_codes_and_eval_serves_lower_precisions
     rc = main(["qat", str(user_models["neox"]), "--recipe", "double-rounding", "--joint-bits", "6,4", "--out",
                str(tmp_path / "bad"), "--data", str(corpus), *FAST])
     assert rc == 2 and "--joint-bits" in capsys.readouterr().err
+
+
+def test_qat_seed_recipes_from_the_cli(user_models, corpus, cache, tmp_path, capsys):
+    for recipe, extra, method in (("qvgen", ["--rank", "4"], "compressed-tensors"),
+                                  ("efficientdm", ["--rank", "4", "--samples", "8"], "compressed-tensors"),
+                                  ("gaqat", ["--a-bits", "8"], "qscale"),
+                                  ("ifairy", [], "qscale")):
+        out = tmp_path / recipe
+        rc = main(["qat", str(user_models["neox"]), "--recipe", recipe, "--tokens", "1280", "--group-size", "32",
+                   "--out", str(out), "--data", str(corpus), *FAST, *extra])
+        assert rc == 0, capsys.readouterr().err
+        assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == method
+        record = json.loads((out / "qscale-qat.json").read_text())
+        assert record["data"] == ("self-generated (fp model samples)" if recipe == "efficientdm" else str(corpus))
+    capsys.readouterr()
+    rc = main(["qat", str(user_models["neox"]), "--recipe", "edgeqat", "--tokens", "640", "--out", str(tmp_path / "e"),
+               "--data", str(corpus), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'gpt_neox' is not supported" in err and len(err.strip().splitlines()) == 1

@@ -1,6 +1,8 @@
 """``qscale qat MODEL_DIR --recipe R --tokens N --out DIR``: QAT fine-tuning of a user's model, then a packed folder.
 
 ``efficientqat`` runs Block-AP on calibration windows first, then E2E-QP (step sizes only) for ``--tokens``.
+``efficientdm`` trains on ``--samples`` sequences the full-precision model samples itself (data-free; the corpus is
+read only for the held-out evaluation).
 The training state lives next to ``--out`` (``.<out>.qat-state``) until the folder is written, so a killed run
 re-run with the same command resumes where it stopped; a different model, data or config is refused.
 """
@@ -38,6 +40,7 @@ from qscale.provenance import config_hash, seed_everything, to_jsonable
 from qscale.qat import (
     RECIPES,
     DistillConfig,
+    InterventionConfig,
     LayerRule,
     QATRecipeConfig,
     convert,
@@ -45,6 +48,7 @@ from qscale.qat import (
     qat_finetune,
 )
 from qscale.qat.doublerounding import joint_finetune
+from qscale.qat.efficientdm import EfficientDMOptions, self_generated_batches
 from qscale.qat.efficientqat import block_ap, freeze_codes
 
 _RULE = re.compile(r"^(?P<pattern>[^=]+)=(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?$|^(?P<skip>[^=]+)=skip$")
@@ -93,8 +97,10 @@ def qat_command(
     group_size: int = typer.Option(128, "--group-size", "-g", help="Weight scale per G input columns; 0 = per channel."),
     rule: list[str] = typer.Option([], "--rule", help="Mixed precision, repeatable: PATTERN=w8a8, PATTERN=a8 or PATTERN=skip (glob or re:regex)."),
     distill: bool = typer.Option(False, "--distill/--no-distill", help="Distil from the full-precision model (KL + CE)."),
-    rank: int = typer.Option(16, "--rank", help="lrqat / l4q: rank r of the trained update (α/r)·A·B."),
-    lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="lrqat / l4q: α of the update (α/r)·A·B."),
+    intervention: bool = typer.Option(False, "--intervention/--no-intervention", help="Teacher Intervention (Kim et al. 2023): the full-precision model's block inputs replace the student's, handed back block by block over the first half of the steps; implies --distill."),
+    rank: int = typer.Option(16, "--rank", help="lrqat / l4q / efficientdm: rank r of the trained update (α/r)·A·B; qvgen: initial rank of the auxiliary branches."),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="lrqat / l4q / efficientdm: α of the update (α/r)·A·B."),
+    samples: int = typer.Option(256, "--samples", help="efficientdm: sequences sampled from the full-precision model to train on."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW, warmup then cosine to 10%)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training and evaluation window."),
@@ -121,8 +127,10 @@ def qat_command(
     require(model_dir.resolve() != out.resolve(), "--out must not be the model folder itself")
     check_out(out)
     cfg = QATRecipeConfig(recipe, w_bits=w_bits, a_bits=a_bits, group_size=group_size or None,
-                          rules=tuple(parse_rule(r) for r in rule), distill=DistillConfig() if distill else None,
-                          rank=rank, lora_alpha=lora_alpha)
+                          rules=tuple(parse_rule(r) for r in rule),
+                          distill=DistillConfig() if distill or intervention else None, rank=rank,
+                          lora_alpha=lora_alpha, intervention=InterventionConfig() if intervention else None,
+                          options=EfficientDMOptions(samples=samples) if recipe == "efficientdm" else None)
     out_dtype = export_dtype(dtype, model_dir)
     console = Console(stderr=True)
     seed_everything(seed)
@@ -136,7 +144,7 @@ def qat_command(
     windows = held_out(model, eval_streams, eval_windows, seq_len)
     fp = evaluate(model, windows, progress=progress)
     steps = -(-tokens // (batch_size * seq_len))
-    teacher = copy.deepcopy(model) if distill else None
+    teacher = copy.deepcopy(model) if cfg.distill is not None or recipe == "efficientdm" else None
     run = {"model": str(model_dir.resolve()), "cfg": to_jsonable(cfg), "tokens": tokens, "lr": lr,
            "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "tokenizer": train_streams.tokenizer_hash, "data_fingerprint": train_streams.data_fingerprint,
            "train_tokens": len(train_streams.train), "data": str(data or "embedded")}
@@ -147,7 +155,12 @@ def qat_command(
         block_ap(model, cfg, calib, steps=block_steps, progress=progress)
         freeze_codes(model)
         run.update(block_steps=block_steps, calib_windows=calib_windows)
-    batches = lambda step: train_batch(train_streams.train, step, batch_size, seq_len, seed)  # noqa: E731
+    if recipe == "efficientdm":  # data-free: the full-precision model's own samples
+        batches = self_generated_batches(teacher, cfg.options, batch_size, seq_len, seed)
+        run.update(samples=samples, data="self-generated (fp model samples)")
+    else:
+        def batches(step):
+            return train_batch(train_streams.train, step, batch_size, seq_len, seed)
     if recipe == "double-rounding":  # one-shot joint training of every precision (ALRS), one stored model
         bits = _joint_bits(joint_bits, cfg.default_bits[0])
         run["joint_bits"] = list(bits)
@@ -164,7 +177,8 @@ def qat_command(
     chosen = _auto_format(model, fmt)
     fmts = ["compressed-tensors", "gptq"] if chosen == "all" else [chosen]
     results = export_and_evaluate(model, out, fmts, model_dir, out_dtype, windows, fp, progress)
-    report(f"QAT {cfg.label}{' + distill' if distill else ''}, {steps} steps: {model_dir}", counts, fp, results,
+    extra = " + teacher intervention" if intervention else " + distill" if distill else ""
+    report(f"QAT {cfg.label}{extra}, {steps} steps: {model_dir}", counts, fp, results,
            folder_bytes(model_dir))
     write_record(out / "qscale-qat.json", {
         "command": "qat", **run, "steps": steps, "train_loss_first": losses[0] if losses else None,

@@ -36,7 +36,7 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
 def weight_only_problem(layer: QuantizedLinear) -> str | None:
     """Why a standard weight-only integer format (compressed-tensors, GPTQ) cannot hold ``layer``, or None."""
     if layer.layout != "uniform":
-        return f"its {layer.layout} layout (PB-LLM) has no such form"
+        return f"its {layer.layout} layout (PB-LLM / iFairy) has no such form"
     if layer.hadamard_group:
         return "it computes in a Hadamard-rotated basis (QuEST)"
     if layer.reassembled:

@@ -85,6 +85,10 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, bits: i
     for name, layer in layers.items():
         replace_module(model, name, layer)
     _load_rest(model, tensors, set(layers), path, dtype)
+    for layer in layers.values():  # activation quantizers that hook the model (EdgeQAT's attention)
+        attach = getattr(layer.act_quantizer, "attach", None)
+        if attach is not None:
+            attach(model)
     return model.eval()
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from qscale.errors import require
 from qscale.models.select import check_pattern
+from qscale.ptq.registry import PTQ_METHODS
 from qscale.quant import QuantSpec
 
 
@@ -54,8 +55,6 @@ class PTQConfig:
     qllm_lr: float = 1e-3
 
     def __post_init__(self) -> None:
-        from qscale.ptq.registry import PTQ_METHODS
-
         require(self.method in PTQ_METHODS, f"unknown PTQ method {self.method!r}; choose from {', '.join(PTQ_METHODS)}")
         require(isinstance(self.spec, QuantSpec), "spec must be a qscale.quant.QuantSpec")
         require(self.spec.granularity != "token", "PTQ quantizes weights: granularity 'token' is for activations")

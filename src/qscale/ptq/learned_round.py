@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError, require
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.layers import find_blocks, get_weight, quantizable, replace_module
+from qscale.ptq.registry import register
 from qscale.ptq.mixed import allocate_bits, fisher_diagonal, sensitivities
 from qscale.ptq.rtn import weight_stats
 from qscale.ptq.sequential import capture_block_inputs, run_block
@@ -157,6 +158,7 @@ def mixed_specs(model: nn.Module, layers: dict[str, nn.Module], calib: Tensor, c
     return {n: dataclasses.replace(cfg.spec, bits=b) for n, b in bits.items()}
 
 
+@register("learned-round")
 def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """Learned rounding of every selected linear layer of the decoder blocks, block by block; per-layer stats."""
     require(calib is not None and calib.ndim == 2 and calib.numel() > 0,

@@ -37,6 +37,7 @@ from qscale.errors import QscaleError, require
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.layers import find_blocks, get_weight, quantizable, replace_module
 from qscale.ptq.learned_round import layer_inputs
+from qscale.ptq.registry import register
 from qscale.ptq.rtn import weight_stats
 from qscale.ptq.sequential import capture_block_inputs, run_block
 from qscale.quant import (
@@ -215,6 +216,7 @@ def tune_block(block: nn.Module, layers: dict[str, QLLMLinear], inputs: list, ta
     return before, after
 
 
+@register("qllm")
 def qllm_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """QLLM on every selected linear layer of the decoder blocks, block by block; per-layer stats."""
     require(calib is not None and calib.ndim == 2 and calib.numel() > 0,

@@ -10,11 +10,16 @@
 from qscale.qat import (  # noqa: F401  (register the recipes)
     bitnet,
     doublerounding,
+    edgeqat,
+    efficientdm,
     efficientqat,
+    gaqat,
+    ifairy,
     lowrank,
     lsq,
     pbllm,
     quest,
+    qvgen,
     ste,
 )
 from qscale.qat.attribution import InputStats, input_stats, kurtosis

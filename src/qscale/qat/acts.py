@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qscale.errors import QscaleError
+from qscale.qat.edgeqat import TokenAdaptiveActQuantizer
 from qscale.qat.linear import ActQuantizer, params_to_buffers
 from qscale.qat.lsq import LSQActQuantizer
 from qscale.qat.quest import QuestActQuantizer
@@ -21,6 +22,9 @@ def act_quantizer_from(desc: dict) -> ActQuantizer:
             q = LSQActQuantizer(int(desc["in_features"]), int(desc["bits"]), bool(desc["offset"]))
             params_to_buffers(q)
             return q
+        if kind == "edgeqat":
+            return TokenAdaptiveActQuantizer(int(desc["bits"]), int(desc["high_bits"]), float(desc["fraction"]),
+                                             int(desc["qk_bits"]))
         if kind == "quest":
             return QuestActQuantizer(int(desc["bits"]))
     except (KeyError, TypeError, ValueError) as e:

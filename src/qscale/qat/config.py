@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from qscale.errors import require
 from qscale.models.select import check_pattern, name_matches
+from qscale.qat.registry import RECIPES
 
 UNQUANTIZED = 16  # a bit width of 16 means "keep this operand in full precision"
 
@@ -75,7 +76,8 @@ class InterventionConfig:
 class QATRecipeConfig:
     """Which recipe, at which precision, on which layers.
 
-    recipe:           registry name: ste | lsq | quest | bitnet | pbllm | lrqat | l4q | efficientqat |
+    recipe:           registry name: ste | lsq | quest | bitnet | pbllm | lrqat | l4q | efficientqat | edgeqat |
+                      gaqat | qvgen | efficientdm | ifairy |
                       double-rounding (``qscale.qat.RECIPES``).
     w_bits / a_bits:  default weight / input-activation bit widths; None = the recipe's default
                       (ste, lsq, quest: W4A4; bitnet: ternary weights (stored in 2 bits), A8; pbllm: W1A16;
@@ -92,6 +94,8 @@ class QATRecipeConfig:
     rank, lora_alpha: lrqat / l4q only: rank r of the trainable A·B and its scale α (the update is (α/r)·A·B).
     intervention:     Teacher Intervention during ``qat_finetune`` (with the distillation loss; ``distill``
                       defaults to ``DistillConfig()`` then); None = off.
+    options:          the recipe's own typed options (edgeqat, gaqat, qvgen, efficientdm, ifairy: the
+                      ``Recipe.options_type`` dataclass of its module); None = that type's defaults.
     """
 
     recipe: str = "ste"
@@ -107,10 +111,9 @@ class QATRecipeConfig:
     rank: int = 16
     lora_alpha: float = 16.0
     intervention: InterventionConfig | None = None
+    options: object | None = None
 
     def __post_init__(self) -> None:
-        from qscale.qat.registry import RECIPES
-
         require(self.recipe in RECIPES, f"unknown QAT recipe {self.recipe!r}; known: {', '.join(sorted(RECIPES))}")
         _check_bits(self.w_bits, "w_bits")
         _check_bits(self.a_bits, "a_bits")
@@ -132,20 +135,23 @@ class QATRecipeConfig:
         require(self.intervention is None or isinstance(self.intervention, InterventionConfig),
                 "intervention must be an InterventionConfig or None")
         RECIPES[self.recipe].check_bits(*self.default_bits)
+        kind = RECIPES[self.recipe].options_type
+        if kind is None:
+            require(self.options is None, f"the {self.recipe} recipe takes no options")
+        elif self.options is None:
+            object.__setattr__(self, "options", kind())
+        else:
+            require(isinstance(self.options, kind), f"options of {self.recipe} must be a {kind.__name__}")
 
     @property
     def default_bits(self) -> tuple[int, int]:
         """(w_bits, a_bits) before per-layer rules, with the recipe's defaults filled in."""
-        from qscale.qat.registry import RECIPES
-
         dw, da = RECIPES[self.recipe].default_bits
         return (dw if self.w_bits is None else self.w_bits, da if self.a_bits is None else self.a_bits)
 
     @property
     def label(self) -> str:
         """Short name, e.g. ``ste-w4a4-g128``, ``lsq+-w4a4-ch``, ``quest-w4a4``."""
-        from qscale.qat.registry import RECIPES
-
         w, a = self.default_bits
         name = f"{self.recipe}{'+' if self.lsq_plus else ''}-w{w}a{a}"
         if RECIPES[self.recipe].uses_group_size:

@@ -30,17 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from rich.progress import track
+from rich.progress import Progress
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qscale.errors import require
-from qscale.qat.finetune import _resume, _save, cosine_lr, lm_loss
+from qscale.qat.finetune import _resume, _save
 from qscale.qat.linear import QuantLinear, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
 from qscale.quant import QTensor, QuantizedWeight, QuantSpec, compute_qparams, grouped, require_finite, ungrouped
 from qscale.quant.ste import round_ste
+from qscale.train.engine import OptimConfig, lm_loss, make_optimizer, train_steps
 
 TEMP = 2.0
 
@@ -118,35 +119,39 @@ def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: in
                    fingerprint: str = "", progress: bool = False) -> dict[int, list[float]]:
     """One-shot joint training of ``bits`` on a prepared model; the training loss of each precision per step.
 
-    AdamW and the warm-up + cosine schedule of ``qat_finetune``; with ``state_dir`` the state is saved every
-    ``save_every`` steps and a re-run resumes from it (as ``qat_finetune``)."""
+    Each step's loss is the sum of the LM losses at every precision (one AdamW step on the summed
+    gradients), trained by qscale's engine (schedule, AdamW, clipping of ``qat_finetune``); with ``state_dir``
+    the state is saved every ``save_every`` steps and a re-run resumes from it (as ``qat_finetune``)."""
     quantizers = _quantizers(model)
     high = max(q.spec.bits for q in quantizers.values())
     require(steps >= 1 and lr > 0, "steps must be >= 1 and lr positive")
     require(all(2 <= b <= high for b in bits), f"joint bits must be in 2..{high}, got {bits}")
     for q in quantizers.values():
         q.alrs = alrs
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    optim = OptimConfig(lr=lr, warmup=warmup_steps, grad_clip=grad_clip)
+    opt = make_optimizer(model, optim)
     start, flat = _resume(state_dir, model, opt, fingerprint)
     losses: dict[int, list[float]] = {b: flat[i::len(bits)] for i, b in enumerate(bits)}
-    for step in track(range(start, steps), description="Double Rounding", total=steps - start, disable=not progress):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup_steps)
-        batch = batches(step)
-        opt.zero_grad(set_to_none=True)
+
+    def joint_loss(forward: nn.Module, batch: Tensor, step: int) -> Tensor:
+        total = 0.0
         for b in bits:
             set_bits(model, b)
-            loss, _ = lm_loss(model, batch)
-            loss.backward()
+            loss = lm_loss(forward, batch)[0]
             losses[b].append(loss.item())
             require(math.isfinite(losses[b][-1]), f"loss at {b} bits is not finite at step {step + 1}: lower the lr")
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        if state_dir is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
-            _save(state_dir, model, opt, step + 1, [x for row in zip(*losses.values()) for x in row], fingerprint)
+            total = total + loss
+        return total
+
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("Double Rounding", total=steps, completed=start)
+
+        def on_step(done: int, loss: float, lr_now: float) -> None:
+            bar.update(task, completed=done)
+            if state_dir is not None and (done % save_every == 0 or done == steps):
+                _save(state_dir, model, opt, done, [x for row in zip(*losses.values()) for x in row], fingerprint)
+
+        train_steps(model, batches, optim, steps, opt=opt, loss_fn=joint_loss, start=start, on_step=on_step)
     set_bits(model, high)
     return losses
 
@@ -191,18 +196,14 @@ def hasb_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int
     """One-shot mixed-precision training: each step every layer runs at a width drawn by HASB (with ALRS)."""
     _quantizers(model)
     gen = torch.Generator().manual_seed(seed)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    losses = []
-    for step in track(range(steps), description="HASB", disable=not progress):
+
+    def hasb_loss(forward: nn.Module, batch: Tensor, step: int) -> Tensor:
         set_bits(model, sample_bits(probs, bits, gen))
-        loss, _ = lm_loss(model, batches(step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        losses.append(loss.item())
+        return lm_loss(forward, batch)[0]
+
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("HASB", total=steps)
+        losses = train_steps(model, batches, OptimConfig(lr=lr, grad_clip=grad_clip), steps, loss_fn=hasb_loss,
+                             on_step=lambda done, loss, lr_now: bar.update(task, completed=done))
     set_bits(model, max(_quantizers(model)[n].spec.bits for n in probs))
     return losses

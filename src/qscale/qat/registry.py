@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from qscale.errors import require
+from qscale.qat.hooks import TrainHooks
 
 if TYPE_CHECKING:
     from qscale.qat.config import QATRecipeConfig
@@ -26,6 +27,8 @@ class Recipe:
     hadamard: ClassVar[bool] = False  # rotate input groups (and weights) before quantizing
     uses_group_size: ClassVar[bool] = True  # weight scales per group of ``cfg.group_size`` columns
     trains_quantizers_only: ClassVar[bool] = False  # freeze every other parameter (low-rank QAT)
+    options_type: ClassVar[type | None] = None  # dataclass of the recipe's own options (``cfg.options``)
+    needs_teacher: ClassVar[bool] = False  # ``qat_finetune`` keeps a full-precision copy for ``hooks``
 
     def check_bits(self, w_bits: int, a_bits: int) -> None:
         """Raise ``QscaleError`` for bit widths this recipe cannot represent."""
@@ -35,6 +38,10 @@ class Recipe:
 
     def act_quantizer(self, in_features: int, bits: int, cfg: QATRecipeConfig) -> ActQuantizer:
         raise NotImplementedError
+
+    def hooks(self, model: nn.Module, cfg: QATRecipeConfig, teacher: nn.Module | None) -> TrainHooks:
+        """The training hooks of the prepared ``model`` (``qscale.qat.hooks``); the plain step by default."""
+        return TrainHooks()
 
 
 RECIPES: dict[str, Recipe] = {}

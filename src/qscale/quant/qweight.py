@@ -9,7 +9,9 @@ groups); "channel" and "tensor" have one group (a tensor scale is repeated on ev
 
 Layouts: "uniform" (the above; also BitNet's ternary codes, a 2-bit symmetric uniform layout with one
 scale, and QuEST's half-integer zero point) and "partial-binary" (PB-LLM: where ``extras["mask"]`` the
-codes are 8-bit symmetric with ``scale``, elsewhere ±1 times ``extras["alpha"]`` ``[out, 1]``).
+codes are 8-bit symmetric with ``scale``, elsewhere ±1 times ``extras["alpha"]`` ``[out, 1]``) and
+"complex-phase" (iFairy/Fairy2i: 2-bit codes of {±1, ±i} of a widely-linear complex map, ``extras["phase_scale"]``;
+``scale``/``zero`` unused (ones/zeros), see ``qscale.quant.phase``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from torch import Tensor
 
 from qscale.errors import require
 from qscale.quant.core import QTensor
+from qscale.quant.phase import dequantize_layout
 from qscale.quant.spec import QuantSpec
 
-LAYOUTS = ("uniform", "partial-binary")
+LAYOUTS = ("uniform", "partial-binary", "complex-phase")
 
 
 def default_g_idx(in_features: int, spec: QuantSpec, device: torch.device | str = "cpu") -> Tensor:
@@ -76,6 +79,8 @@ class QuantizedWeight:
         dtype = torch.promote_types(self.scale.dtype, torch.float32)
         g = self.g_idx.long()
         q = self.codes.to(dtype)
+        if self.layout == "complex-phase":
+            return dequantize_layout(self.codes, self.extras["phase_scale"]).to(dtype)
         if self.layout == "partial-binary":
             salient = (q - self.zero.to(dtype)[:, g]) * self.scale.to(dtype)[:, g]
             return torch.where(self.extras["mask"], salient, q * self.extras["alpha"].to(dtype))

@@ -14,11 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from qscale.quant.core import fake_quantize, grouped, round_to_grid, ungrouped
+from qscale.quant.fused import fused_fake_quantize
 from qscale.quant.spec import QuantSpec
 
 
 class ActQuantizer(nn.Module):
-    """Fake-quantizes a layer input ``[..., in]`` (dynamic per token, or with learned parameters)."""
+    """Fake-quantizes a layer input ``[..., in]`` (dynamic per token, or with learned parameters).
+
+    Its learned parameters (step sizes, offsets) are quantizer parameters: never weight-decayed
+    (``no_weight_decay``, read by ``qscale.train.engine``).
+    """
+
+    no_weight_decay = True
 
     def describe(self) -> dict:
         """JSON-able description (format name, bits, granularity ...)."""
@@ -62,10 +69,11 @@ def straight_through(x: Tensor, x_hat: Tensor, mask: Tensor | None = None) -> Te
 def ste_fake_quantize(x: Tensor, spec: QuantSpec, scale: Tensor | None = None, zero: Tensor | None = None) -> Tensor:
     """Fake quantization with the clipped STE; parameters from the data unless given (grouped-view shapes).
 
-    Forward values equal ``dequantize(quantize(x, spec, scale, zero))`` exactly (in ``x``'s dtype).
+    Forward values equal ``dequantize(quantize(x, spec, scale, zero))`` exactly (in ``x``'s dtype); with
+    parameters from the data the forward runs fused on CUDA (``qscale.quant.fused``).
     """
     if scale is None:
-        return straight_through(x, fake_quantize(x.detach(), spec))
+        return straight_through(x, fused_fake_quantize(x.detach(), spec))
     xd = x.detach()
     xg = grouped(xd.to(torch.promote_types(xd.dtype, torch.float32)), spec)
     if zero is None:

@@ -1,11 +1,17 @@
-"""QiD of the PTQ methods on one checkpoint, and Double Rounding's precisions from one stored model.
+"""QiD of the PTQ methods on one checkpoint, QLLM's weight-activation quantization, and Double Rounding's
+precisions from one stored model.
 
-For each bit width: RTN, GPTQ and learned-round (symmetric, group G), QiD = loss_quantized − loss_fp on the
-held-out windows. Then one 8-bit GPTQ model is stored and every lower precision is served from its integer
-codes by Double Rounding (``load_quantized(path, bits=b)``), against models quantized separately at b bits.
+1. Weights only, for each bit width: RTN, GPTQ, learned-round (symmetric, group G) and learned-round with
+   importance-based mixed precision at the same average bits; QiD = loss_quantized − loss_fp on held-out windows.
+2. Weights and activations, W4A4 and W6A6: RTN weights with ``ste``-style per-token absmax activations, and
+   ``qllm`` (channel reassembly + low-rank tuning) with the same activation quantizer.
+3. Double Rounding: one 8-bit GPTQ model is stored and every lower precision is served from its integer codes
+   (``load_quantized(path, bits=b)``), against GPTQ at b bits; with ``--dr-steps N`` also one model trained
+   jointly at 8/6/4/2 bits (``double-rounding`` QAT recipe with ALRS, N steps) and served the same way.
+
 Example (the quick suite's largest model at its last checkpoint):
 
-    python bench/ptq_methods.py --ckpt qscale-runs/qid-quick/suite/l/step-000384 --bits 2,3,4 --group-size 64
+    OMP_NUM_THREADS=1 nice python bench/ptq_methods.py --ckpt /work/suite-quick/l/step-XXXXXX --group-size 64
 """
 
 from __future__ import annotations
@@ -19,12 +25,18 @@ from pathlib import Path
 import torch
 
 from qscale.data import DataConfig, load_token_streams
-from qscale.data.batches import calibration_windows, eval_windows
+from qscale.data.batches import calibration_windows, eval_windows, train_batch
 from qscale.evaluate.loss import evaluate
 from qscale.export import export_model, load_quantized
 from qscale.models import load_model
 from qscale.ptq import PTQConfig, quantize_model
+from qscale.qat import QATRecipeConfig, convert, prepare
+from qscale.qat.doublerounding import joint_finetune
 from qscale.quant import QuantSpec
+
+
+def _row(*cells) -> None:
+    print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
 
 def main() -> None:
@@ -32,43 +44,78 @@ def main() -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--bits", default="2,3,4")
     p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--methods", default="rtn,gptq,learned-round")
-    p.add_argument("--eval-windows", type=int, default=128)
+    p.add_argument("--methods", default="rtn,gptq,learned-round,learned-round-mix")
+    p.add_argument("--act-bits", default="4,6", help="W=A widths for the weight-activation table ('' = skip)")
+    p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--calib-windows", type=int, default=64)
-    p.add_argument("--round-steps", type=int, default=200)
+    p.add_argument("--calib-windows", type=int, default=32)
+    p.add_argument("--round-steps", type=int, default=100)
+    p.add_argument("--qllm-steps", type=int, default=100)
+    p.add_argument("--dr-steps", type=int, default=0, help="steps of joint Double Rounding QAT (0 = skip)")
+    p.add_argument("--dr-lr", type=float, default=1e-4)
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.manual_seed(0)
     fp = load_model(args.ckpt)
     streams = load_token_streams(DataConfig(tokenizer=Path(args.ckpt)), progress=False)
     windows = eval_windows(streams.val, args.eval_windows, args.seq_len)
     calib = calibration_windows(streams.train, args.calib_windows, args.seq_len, 0)
     base = evaluate(fp, windows).loss
     G = args.group_size
-    print(f"checkpoint {args.ckpt}: loss {base:.4f} ({args.eval_windows} windows x {args.seq_len})")
-    print("| method | bits | G | loss | QiD | s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    spec = lambda b: QuantSpec(b, True, "group", G)  # noqa: E731
+    print(f"checkpoint {args.ckpt}: loss {base:.4f} ({args.eval_windows} windows x {args.seq_len}); "
+          f"calibration {args.calib_windows} x {args.seq_len} train windows")
+
+    print("\nWeights only (symmetric, group G)")
+    _row("method", "bits", "G", "loss", "QiD", "s")
+    _row(*["---"] * 6)
     for bits in map(int, args.bits.split(",")):
         for method in args.methods.split(","):
             model = copy.deepcopy(fp)
             t0 = time.perf_counter()
-            quantize_model(model, PTQConfig(method, QuantSpec(bits, True, "group", G), round_steps=args.round_steps),
-                           calib)
+            mix = method == "learned-round-mix"
+            cfg = PTQConfig("learned-round" if mix else method, spec(bits), round_steps=args.round_steps,
+                            avg_bits=bits if mix else None)
+            quantize_model(model, cfg, calib)
             loss = evaluate(model, windows).loss
-            print(f"| {method} | {bits} | {G} | {loss:.4f} | {loss - base:+.4f} | {time.perf_counter() - t0:.0f} |")
-    print("\nDouble Rounding: one stored 8-bit GPTQ model, lower precisions by re-rounding its codes")
-    print("| bits | served from 8-bit codes: QiD | GPTQ at these bits: QiD |")
-    print("| --- | --- | --- |")
+            _row(method, f"{bits}{' (avg)' if mix else ''}", G, f"{loss:.4f}", f"{loss - base:+.4f}",
+                 f"{time.perf_counter() - t0:.0f}")
+
+    if args.act_bits:
+        print("\nWeights and activations (per-token absmax activations)")
+        _row("method", "W", "A", "G", "loss", "QiD", "s")
+        _row(*["---"] * 7)
+        for a in map(int, args.act_bits.split(",")):
+            for method in ("rtn", "qllm"):
+                model = copy.deepcopy(fp)
+                t0 = time.perf_counter()
+                quantize_model(model, PTQConfig(method, spec(a), act_bits=a, qllm_steps=args.qllm_steps), calib)
+                loss = evaluate(model, windows).loss
+                _row(method, a, a, G, f"{loss:.4f}", f"{loss - base:+.4f}", f"{time.perf_counter() - t0:.0f}")
+
+    print("\nDouble Rounding: one stored 8-bit model, lower precisions by re-rounding its codes")
     with tempfile.TemporaryDirectory() as tmp:
         m8 = copy.deepcopy(fp)
-        quantize_model(m8, PTQConfig("gptq", QuantSpec(8, True, "group", G)), calib)
+        quantize_model(m8, PTQConfig("gptq", spec(8)), calib)
         export_model(m8, Path(tmp) / "m8", "compressed-tensors")
+        stored = {"GPTQ 8-bit": Path(tmp) / "m8"}
+        if args.dr_steps:
+            dr = prepare(copy.deepcopy(fp), QATRecipeConfig("double-rounding", group_size=G))
+            t0 = time.perf_counter()
+            joint_finetune(dr, lambda s: train_batch(streams.train, s, 4, args.seq_len, 0), args.dr_steps,
+                           args.dr_lr, bits=(8, 6, 4, 2))
+            print(f"joint Double Rounding QAT: {args.dr_steps} steps x 4 x {args.seq_len} tokens at 8/6/4/2 bits "
+                  f"(ALRS), {time.perf_counter() - t0:.0f} s")
+            convert(dr.eval())
+            export_model(dr, Path(tmp) / "dr", "qscale")
+            stored[f"joint QAT ({args.dr_steps} steps)"] = Path(tmp) / "dr"
+        _row("bits", *(f"served from {k}: QiD" for k in stored), "GPTQ at these bits: QiD")
+        _row(*["---"] * (len(stored) + 2))
         for bits in (8, 6, 4, 2):
-            served = evaluate(load_quantized(Path(tmp) / "m8", bits=bits), windows).loss
+            served = [evaluate(load_quantized(path, bits=bits), windows).loss - base for path in stored.values()]
             separate = copy.deepcopy(fp)
-            quantize_model(separate, PTQConfig("gptq", QuantSpec(bits, True, "group", G)), calib)
+            quantize_model(separate, PTQConfig("gptq", spec(bits)), calib)
             own = evaluate(separate, windows).loss
-            print(f"| {bits} | {served - base:+.4f} | {own - base:+.4f} |")
+            _row(bits, *(f"{q:+.4f}" for q in served), f"{own - base:+.4f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ One step = forward, next-token cross-entropy, backward, AdamW update, on a small
 random weights and random tokens. CPU: float32, eager (``--compile`` to try inductor). CUDA: bf16 and
 ``torch.compile`` by default, fused AdamW. Reported per recipe: ms/step (median of ``--steps`` timed steps
 after ``--warmup``) and the ratio to the unquantized step. Targets on an H100 (issue 5): <= 1.15x for
-ste/lsq, <= 1.3x for quest; SPEC §7 gives torchao's and a naive STE's figures for comparison.
+ste/lsq, <= 1.3x for quest; the fake-quant backend (qscale.quant.fused: triton on CUDA, plain torch on CPU;
+QSCALE_FAKE_QUANT forces one) is printed. SPEC §7 gives torchao's and a naive STE's figures for comparison.
 
     python bench/qat_overhead.py                      # CPU, < 2 min
     python bench/qat_overhead.py --device cuda --hidden 768 --layers 12 --batch 16 --seq 1024
@@ -13,6 +14,7 @@ ste/lsq, <= 1.3x for quest; SPEC §7 gives torchao's and a naive STE's figures f
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from qscale.qat import QATRecipeConfig, prepare
+from qscale.quant.fused import BACKENDS, ENV, backend_for
 
 RECIPES = {
     "ste": QATRecipeConfig("ste", w_bits=4, a_bits=4, group_size=128),
@@ -89,7 +92,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 on cpu, for stable timings)")
+    p.add_argument("--fake-quant", choices=BACKENDS, default=None,
+                   help="fake-quantization backend of eager steps (default: triton on CUDA, torch on CPU)")
     args = p.parse_args()
+    if args.fake_quant:
+        os.environ[ENV] = args.fake_quant
     device = torch.device(args.device)
     if args.compile is None:
         args.compile = device.type == "cuda"
@@ -110,7 +117,7 @@ def main() -> None:
     base = times["(no quantization)"]
     print(f"device={device} dtype={str(dtype).removeprefix('torch.')} compile={args.compile} "
           f"threads={torch.get_num_threads()} model=llama d{args.hidden} L{args.layers} "
-          f"tokens/step={args.batch * args.seq}")
+          f"tokens/step={args.batch * args.seq} fake-quant={backend_for(torch.empty(0, device=device))}")
     print(f"{'recipe':<22}{'ms/step':>10}{'ratio':>8}")
     for label, t in times.items():
         print(f"{label:<22}{t * 1e3:>10.1f}{t / base:>8.2f}")

@@ -2,7 +2,9 @@
 
 One step = forward, cross-entropy, backward, AdamW (the training loop's work, without data loading).
 MFU = 6 · N_total · tokens/s / peak (Kaplan et al. 2020's 6N FLOPs per token, attention FLOPs not
-counted), with peak = 989 TFLOP/s, the H100 SXM dense bf16 spec (override with --peak-tflops).
+counted), with peak = 989 TFLOP/s, the H100 SXM dense bf16 spec (override with --peak-tflops). On CPU the
+achieved TFLOP/s are reported, and MFU too when --peak-tflops gives the CPU's fp32 peak (cores x GHz x
+FLOPs/cycle, e.g. 2 x 2.5 x 32 = 0.16 TFLOP/s for two AVX-512 FMA cores).
 
     python bench/train_throughput.py                       # CPU: every ladder size, short
     python bench/train_throughput.py --device cuda --compile
@@ -74,7 +76,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 2 on CPU, 10 on CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="peak for MFU")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help=f"peak for MFU (default: {H100_BF16_DENSE_TFLOPS:g} on CUDA, none on CPU)")
     a = p.parse_args()
     device = torch.device(a.device)
     cuda = device.type == "cuda"
@@ -87,7 +90,8 @@ def main() -> None:
     table = Table(title=f"training throughput on {torch.cuda.get_device_name() if cuda else 'CPU'} "
                         f"({'bf16 autocast' if cuda else f'fp32, {torch.get_num_threads()} threads'}, "
                         f"batch {bs} x seq {T}, vocab {vocab}{', compiled' if a.compile else ''})")
-    columns = ["model", "N (non-emb)", "total params", "tokens/s"] + (["TFLOP/s (6N)", "MFU"] if cuda else [])
+    peak = a.peak_tflops or (H100_BF16_DENSE_TFLOPS if cuda else None)
+    columns = ["model", "N (non-emb)", "total params", "tokens/s", "TFLOP/s (6N)"] + (["MFU"] if peak else [])
     for col in columns:
         table.add_column(col, justify="right")
     models = {"llama-125m": lambda: llama_125m(vocab, T)} if cuda else {
@@ -96,10 +100,10 @@ def main() -> None:
         model = make()
         counts = count_params(model)
         tps = measure(model, device, bs, T, steps, warmup, a.compile)
-        row = [name, f"{counts.non_embedding:,}", f"{counts.total:,}", f"{tps:,.0f}"]
-        if cuda:
-            tflops = 6 * counts.total * tps / 1e12
-            row += [f"{tflops:.1f}", f"{tflops / a.peak_tflops:.1%} of {a.peak_tflops:g}"]
+        tflops = 6 * counts.total * tps / 1e12
+        row = [name, f"{counts.non_embedding:,}", f"{counts.total:,}", f"{tps:,.0f}", f"{tflops:.4g}"]
+        if peak:
+            row.append(f"{tflops / peak:.1%} of {peak:g}")
         table.add_row(*row)
         del model
     Console().print(table)

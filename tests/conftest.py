@@ -3,12 +3,18 @@
 One torch thread: tiny models are dominated by per-op overhead, and intra-op threads only add
 contention on a busy 2-core machine. Tiny token streams shared by the session: the cache lives in
 pytest's session base temp folder, so the BPE is trained and the corpus tokenized once.
+Triton kernels (extra ``gpu``) run through Triton's CPU interpreter: the variable must be set before anything
+imports triton (torch does), so here (``TRITON_INTERPRET=0`` in the environment runs them compiled on a GPU).
 """
 
-import pytest
-import torch
+import os
 
-from qscale.data import DataConfig, load_token_streams
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from qscale.data import DataConfig, load_token_streams  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -185,7 +185,8 @@ CASES = [  # (argv with {name} = inputs/name and {out} = a folder under the work
     (["qat", "{run}/step-000002", "--seed", "-1", "--out", "{out}"], "--seed must be >= 0"),
     (["qat", "{extra-weight}", "--out", "{out}", "--data", "{other.txt}"], "does not use"),
     (["export", "{nan}", "--out", "{out}"], "not a quantized folder"),
-    (["export", "{run}/step-000002", "--format", "onnx", "--out", "{out}"], "onnx"),
+    (["export", "{run}/step-000002", "--format", "onnx", "--out", "{out}"], "not a quantized folder"),
+    (["export", "{run}/step-000002", "--format", "tflite", "--out", "{out}"], "tflite"),
     # studies
     (["study", "qid", "--preset", "tiny", "--seed", "-1", "--out", "{out}"], "seed must be >= 0"),
     (["study", "qid", "--preset", "nope", "--out", "{out}"], "unknown"),

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from qscale._version import __version__
+
 
 def versions() -> dict[str, str]:
     """Versions of Python and the libraries whose numbers a result depends on."""
     import scipy
     import torch
     import transformers
-
-    from qscale._version import __version__
 
     return {
         "qscale": __version__,

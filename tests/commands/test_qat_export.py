@@ -35,6 +35,16 @@ def test_qat_weight_activation_recipe_goes_to_qscale_layout(user_models, corpus,
     assert main(["eval", str(out), "--windows", "8", "--seq-len", "64", "--data", str(corpus)]) == 0
 
 
+def test_qat_with_teacher_intervention(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "ti"
+    rc = main(["qat", str(user_models["neox"]), "--recipe", "ste", "--w-bits", "2", "--tokens", "1280", "--group-size",
+               "32", "--intervention", "--out", str(out), "--data", str(corpus), *FAST])
+    assert rc == 0 and "teacher intervention" in capsys.readouterr().out
+    record = json.loads((out / "qscale-qat.json").read_text())
+    assert record["cfg"]["intervention"] == {"handback": 0.5} and record["cfg"]["distill"] is not None
+    assert record["train_loss_last"] < record["train_loss_first"]
+
+
 def test_qat_bad_rule_and_recipe(user_models, corpus, cache, tmp_path, capsys):
     for args, match in ((["--rule", "*.fc2"], "--rule must look like"), (["--recipe", "awq"], "unknown QAT recipe"),
                         (["--rule", "*.nothing=a8"], "matches no quantizable")):
@@ -51,6 +61,28 @@ def test_qat_efficientqat_and_lrqat_from_the_cli(user_models, corpus, cache, tmp
                    "--out", str(out), "--data", str(corpus), *FAST, *extra])
         assert rc == 0
         assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compressed-tensors"
+
+
+def test_qat_double_rounding_stores_8_bit_codes_and_eval_serves_lower_precisions(user_models, corpus, cache,
+                                                                                  tmp_path, capsys):
+    out = tmp_path / "dr"
+    rc = main(["qat", str(user_models["neox"]), "--recipe", "double-rounding", "--tokens", "640", "--group-size",
+               "32", "--joint-bits", "8,4,2", "--out", str(out), "--data", str(corpus), *FAST])
+    assert rc == 0
+    record = json.loads((out / "qscale-qat.json").read_text())
+    assert record["joint_bits"] == [8, 4, 2] and record["results"][0]["format"] == "compressed-tensors"
+    groups = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert [g["weights"]["num_bits"] for g in groups.values()] == [8]
+    capsys.readouterr()
+    losses = {}
+    for bits in (8, 4, 2):
+        assert main(["eval", str(out), "--bits", str(bits), "--windows", "8", "--seq-len", "64", "--data",
+                     str(corpus), "--json"]) == 0
+        losses[bits] = json.loads(capsys.readouterr().out)["loss"]
+    assert losses[8] == record["results"][0]["loss"] and losses[2] != losses[8]
+    rc = main(["qat", str(user_models["neox"]), "--recipe", "double-rounding", "--joint-bits", "6,4", "--out",
+               str(tmp_path / "bad"), "--data", str(corpus), *FAST])
+    assert rc == 2 and "--joint-bits" in capsys.readouterr().err
 
 
 def test_qat_seed_recipes_from_the_cli(user_models, corpus, cache, tmp_path, capsys):

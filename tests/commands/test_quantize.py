@@ -69,3 +69,34 @@ def test_refuses_to_overwrite_an_unrelated_folder(user_models, corpus, cache, tm
     rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "mine"), *_data(corpus), *FAST])
     assert rc == 2 and "not a qscale output" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_neox_qllm_w4a4_qscale_format(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "qllm"
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(out), "--method", "qllm", "--act-bits", "4",
+               "--group-size", "32", "--format", "qscale", *_data(corpus), *FAST])
+    assert rc == 0 and "qllm w4g32-sym a4" in capsys.readouterr().out
+    record = json.loads((out / "qscale-quantize.json").read_text())
+    assert record["config"]["act_bits"] == 4 and abs(record["results"][0]["qid"]) < 2
+    layers = json.loads((out / "config.json").read_text())["quantization_config"]["layers"]
+    assert all(isinstance(c["reassembly"], bool) and c["act"]["bits"] == 4 for c in layers.values())
+    layer = load_quantized(out).gpt_neox.layers[0].attention.query_key_value
+    assert layer.act_quantizer.spec.bits == 4
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "ct"), "--act-bits", "4", "--method",
+               "rtn", *_data(corpus), *FAST])
+    assert rc == 2 and "--format qscale" in capsys.readouterr().err
+
+
+def test_neox_learned_round_mixed_precision_budget(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "mix"
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(out), "--method", "learned-round", "--avg-bits",
+               "3", "--group-size", "32", "--format", "qscale", *_data(corpus), *FAST])
+    assert rc == 0 and "wmixg32-sym avg 3 bits" in capsys.readouterr().out
+    record = json.loads((out / "qscale-quantize.json").read_text())
+    model = load_quantized(out)
+    sizes = {n: m.out_features * m.in_features for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    bits = {n: s["bits"] for n, s in record["layers"].items()}
+    assert sum(sizes[n] * b for n, b in bits.items()) <= 3 * sum(sizes.values()) and len(set(bits.values())) > 1
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "g"), "--method", "learned-round",
+               "--avg-bits", "3", "--format", "gptq", *_data(corpus), *FAST])
+    assert rc == 2 and "one bit width" in capsys.readouterr().err

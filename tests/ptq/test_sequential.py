@@ -192,7 +192,7 @@ def test_non_finite_activations_are_an_error():
 
 
 def test_bad_configs():
-    assert set(PTQ_METHODS) == {"rtn", "gptq", "learned-round"}
+    assert set(PTQ_METHODS) == {"rtn", "gptq", "learned-round", "qllm"}
     with pytest.raises(QscaleError):
         PTQConfig("awq", SPEC4)
     with pytest.raises(QscaleError):

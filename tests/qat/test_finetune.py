@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from qscale.errors import QscaleError
-from qscale.qat import DistillConfig, QATRecipeConfig, distill_loss, qat_finetune
-from qscale.qat.finetune import cosine_lr
+import qscale.qat.finetune as finetune_mod
+from qscale.ptq.layers import find_blocks
+from qscale.qat import DistillConfig, InterventionConfig, QATRecipeConfig, distill_loss, prepare, qat_finetune
+from qscale.qat.finetune import qat_loss
+from qscale.train.engine import logits_of
 
 RUNS = [
     QATRecipeConfig("ste", w_bits=4, a_bits=4, group_size=32),
@@ -46,10 +49,32 @@ def test_distill_uses_the_teacher(llama, batches):
     assert 0 < losses[0] < 0.5  # a tiny quantization gap to the copy of itself, not a CE of ~ln 64
 
 
-def test_cosine_schedule():
-    assert cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
-    assert cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
-    assert cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.1)
+def test_intervention_finetune_lowers_loss_and_ends_without_teacher_signal(llama, batches, monkeypatch):
+    cfg = QATRecipeConfig("ste", w_bits=2, a_bits=16, group_size=32, intervention=InterventionConfig(handback=0.5))
+    firsts, real = [], finetune_mod.intervene
+
+    def spy(model, seen, first):
+        firsts.append(first)
+        return real(model, seen, first)
+
+    monkeypatch.setattr(finetune_mod, "intervene", spy)
+    losses = qat_finetune(llama, cfg, batches, steps=30, lr=3e-3, warmup_steps=3)
+    n = len(find_blocks(llama)[1])
+    assert len(losses) == 30 and len(firsts) == 30
+    assert firsts[0] == 1 and firsts == sorted(firsts) and firsts[-1] == n  # all blocks intervened, then none
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_intervention_loss_feeds_the_teacher_only_while_intervening(llama, batches):
+    teacher = copy.deepcopy(llama)
+    prepare(llama, QATRecipeConfig("ste", w_bits=2, a_bits=16, group_size=32))
+    cfg = QATRecipeConfig("ste", w_bits=2, a_bits=16, group_size=32, intervention=InterventionConfig(handback=1.0))
+    loss, batch, steps = qat_loss(cfg, teacher, steps=10), batches(0), 10
+    with torch.no_grad():
+        plain = distill_loss(logits_of(llama, batch[:, :-1]), logits_of(teacher, batch[:, :-1]), batch[:, 1:],
+                             DistillConfig())
+        assert torch.equal(loss(llama, batch, steps - 1), plain)  # last step: the student's own forward
+        assert not torch.allclose(loss(llama, batch, 0), plain)  # first step: teacher inputs replace its own
 
 
 class _Killed(Exception):

@@ -17,7 +17,8 @@ def test_schedule_hands_blocks_back_from_the_bottom_and_ends_with_none():
     assert firsts[0] == 1  # every block but the first (whose input is the embeddings) intervened
     assert firsts == sorted(firsts) and set(firsts) == {1, 2, 3, 4}
     assert all(f == 4 for f in firsts[50:])  # after the hand-back span: no intervention
-    assert first_intervened(99, 100, 4, InterventionConfig(handback=1.0)) == 3
+    full = InterventionConfig(handback=1.0)  # the hand-back takes every step but the last
+    assert first_intervened(98, 100, 4, full) == 3 and first_intervened(99, 100, 4, full) == 4
     with pytest.raises(QscaleError):
         InterventionConfig(handback=0)
 

@@ -5,10 +5,20 @@ import json
 import numpy as np
 import pytest
 
-from qscale.report.qat import (attribution_table, c_factor, fc2_reduction, fit_scheme, predict_delta, qat_vs_ptq,
-                               write_qat_report)
+from qscale.report.qat import attribution_table, c_factor, fc2_reduction, fit_scheme, qat_vs_ptq, write_qat_report
+from qscale.report.qat_law import predict_delta
 
 TRUE = {"k": 0.15, "gamma_N": 0.22, "gamma_D": 0.075, "gamma_G": 0.78}  # Chen et al. W4A4 (SPEC §2)
+
+
+def _law(p, N, D, G):
+    """δ = k·D^γD·(log2 G)^γG / N^γN typed out here (Chen et al. 2025, SPEC §2), independent of the engine."""
+    return p["k"] * D ** p["gamma_D"] * np.log2(G) ** p["gamma_G"] / N ** p["gamma_N"]
+
+
+def test_report_law_is_the_papers_formula():
+    for N, D, G in ((1e5, 1e4, 16), (3e8, 2e10, 128)):
+        assert float(predict_delta(TRUE, N, D, G)) == pytest.approx(_law(TRUE, N, D, G), rel=1e-12)
 
 
 def _cells(scheme="W4A4", params=TRUE, scale=1.0, se=1e-4):
@@ -16,7 +26,7 @@ def _cells(scheme="W4A4", params=TRUE, scale=1.0, se=1e-4):
     for model, N in (("xs", 1e5), ("s", 3e5), ("m", 8e5)):
         for D in (1e4, 3e4, 1e5):
             for G in (16, 32, 128):
-                d = scale * float(predict_delta(params, N, D, G))
+                d = scale * float(_law(params, N, D, G))
                 rows.append({"model": model, "N": N, "D": D, "G": G, "G_eff": G, "scheme": scheme, "delta": d,
                              "delta_se": se, "delta_train": d, "per_window": np.zeros(3)})
     return rows

@@ -10,6 +10,13 @@ from qscale.report.markdown import _tokens
 from qscale.report.qid import ReportConfig, predict_qid, tokens_for_qid, trends, write_qid_report
 
 TRUE = {"k": 0.05, "alpha": 0.3, "beta": 0.5, "gamma": 2.0}
+
+
+def _law(p, N, D, P):
+    """QiD = k·D^β/(N^α·P^γ) typed out here (Ouyang et al. 2024, SPEC §1), independent of the engine."""
+    return p["k"] * D ** p["beta"] / (N ** p["alpha"] * P ** p["gamma"])
+
+
 SIZES = {"xs": 100_000, "s": 300_000, "m": 1_000_000}
 
 
@@ -19,13 +26,17 @@ def _rows(seed=0):
     for model, n in SIZES.items():
         for d in np.geomspace(1e5, 1e8, 6).round():
             for p in (2, 3, 4, 8):
-                q = float(predict_qid(TRUE, n, d, p)) * math.exp(rng.normal(0, 0.02))
+                q = float(_law(TRUE, n, d, p)) * math.exp(rng.normal(0, 0.02))
                 se = 0.002
                 if p == 8 and d < 1e6:  # measurement noise swamps the tiny 8-bit QiD of early checkpoints
                     q = -0.001 if d < 3e5 else 0.0
                 rows.append({"model": model, "method": "gptq", "N": n, "D": d, "P": p, "G": 128, "qid": q,
                              "qid_se": se, "loss_fp": 3.0, "loss_q": 3.0 + q})
     return rows
+
+
+def test_report_law_is_the_papers_formula():
+    assert float(predict_qid(TRUE, 3e5, 1e7, 3)) == pytest.approx(_law(TRUE, 3e5, 1e7, 3), rel=1e-12)
 
 
 def test_tokens_for_qid_inverts_the_law():
@@ -67,3 +78,24 @@ def test_report_fits_known_law_counts_exclusions_and_inverts(tmp_path):
     assert "QiD grows with D? yes" in md and "excluded" in md
     for r in inv:
         assert _tokens(r["tokens"]) in md
+
+
+def test_methods_ranked_at_a_target_with_intervals(tmp_path):
+    gptq = _rows(seed=1)
+    rtn = [{**r, "method": "rtn", "qid": r["qid"] * 4.0} for r in _rows(seed=2)]  # same law, k four times larger
+    twin = [{**r, "method": "twin"} for r in _rows(seed=3)]  # the same law as gptq, other noise
+    cfg = ReportConfig(thresholds=(0.1,), inversion_bits=(4,), n_boot=40, target=(7e9, 2e12, 4))
+    rep = write_qid_report(gptq + rtn + twin, tmp_path / "report", cfg)
+    doc = json.loads((tmp_path / "report" / "fit.json").read_text())
+    ranking = doc["ranking"]
+    assert ranking["target"] == {"N": 7e9, "D": 2e12, "P": 4.0}
+    order = [m["method"] for m in ranking["methods"]]
+    assert order[-1] == "rtn" and set(order[:2]) == {"gptq", "twin"}
+    by = {m["method"]: m for m in ranking["methods"]}
+    for m, f in rep.fits.items():  # the point value is the fitted law at the target
+        assert by[m]["value"] == pytest.approx(float(predict_qid(f.params, 7e9, 2e12, 4)), rel=1e-9)
+        assert by[m]["lo"] <= by[m]["value"] <= by[m]["hi"]
+    assert by["rtn"]["separated_from_previous"] is True  # 4x apart, 2% noise: the intervals separate
+    assert by[order[1]]["separated_from_previous"] is False and ranking["resolved"] is False  # the twins overlap
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "Methods ranked at the target" in md and "do not separate them" in md

@@ -5,15 +5,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-import qscale.study.qat as qat_mod
+import qscale.study.qat_cells as qat_mod
 from qscale.cli import main
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.batches import eval_windows, train_batch
 from qscale.evaluate import evaluate
+from qscale.evaluate.noise import paired_delta
 from qscale.models import build_model
-from qscale.study.qat import build_qat_study, paired_delta, run_qat_study, smoothed, train_model
+from qscale.study.qat import build_qat_study, run_qat_study
+from qscale.study.qat_cells import TABLES, smoothed, train_model
 from qscale.study.qat_grid import QatGrid, get_qat_preset, get_scheme
-from qscale.study.qat_store import QatStore
+from qscale.study.store import SqliteStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -44,7 +46,7 @@ def test_tiny_cli_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
                  "delta_vs_D_W4A16.png", "delta_vs_D_W16A4.png", "delta_vs_D_W4A4-fc2a8.png"):
         assert (report / name).is_file(), name
     assert f"report: {report / 'summary.md'}" in capsys.readouterr().out
-    with QatStore(out / "study.sqlite") as store:
+    with SqliteStore(out / "study.sqlite", TABLES) as store:
         # per size: 2 D x 3 schemes x 2 G + fc2 (2 schemes x 2 G at one D) + the W8A8 control at each D
         assert store.count("qat") == 2 * (2 * 3 * 2 + 2 * 2 + 2)
         assert store.count("qat_fp") == 4
@@ -68,14 +70,14 @@ def test_resume_after_a_kill_adds_no_duplicates(tmp_path, streams, monkeypatch):
     monkeypatch.setattr(qat_mod, "train_model", killing)
     with pytest.raises(KeyboardInterrupt):
         run_qat_study(study, progress=False, streams=streams)
-    with QatStore(study.store_path) as store:
+    with SqliteStore(study.store_path, TABLES) as store:
         partial = store.count("qat")
     assert partial == 2  # fp(D=2), then two cells committed, the third killed
     monkeypatch.setattr(qat_mod, "train_model", real)
     first = run_qat_study(study, progress=False, streams=streams)
     again = run_qat_study(study, progress=False, streams=streams)
     assert again.computed == 0 and first.computed > 0
-    with QatStore(study.store_path) as store:
+    with SqliteStore(study.store_path, TABLES) as store:
         rows = store.rows("qat")
         assert store.count("qat_fp") == 2
     keys = [(r["model"], r["D"], r["scheme"], r["G"]) for r in rows]
@@ -86,7 +88,7 @@ def test_delta_is_paired_on_the_same_windows_and_seed(tmp_path, streams):
     study = _small(tmp_path / "qat", tmp_path)
     run_qat_study(study, progress=False, streams=streams)
     g = study.grid
-    with QatStore(study.store_path) as store:
+    with SqliteStore(study.store_path, TABLES) as store:
         row = store.rows("qat", {"model": "xs", "D": g.tokens(3), "scheme": "W4A4", "G": 16})[0]
         fp = store.rows("qat_fp", {"model": "xs", "D": g.tokens(3)})[0]
 

@@ -5,12 +5,13 @@ import json
 
 import pytest
 
-import qscale.study.qid as qid_mod
+import qscale.study.qid_cells as qid_mod
 from qscale.cli import main
 from qscale.data import DataConfig, load_token_streams
 from qscale.study.grid import QidGrid, get_preset
 from qscale.study.qid import build_study, run_qid_study
-from qscale.study.store import Store
+from qscale.study.qid_cells import TABLES
+from qscale.study.store import SqliteStore
 from qscale.train import TrainConfig
 from qscale.train.suite import SuiteConfig
 
@@ -67,8 +68,8 @@ def test_tiny_study_end_to_end_kill_and_resume(tmp_path, streams, monkeypatch):
     q, _ = _patch(monkeypatch, kill_at=3)  # killed while quantizing the third cell of the first checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_qid_study(study, progress=False, streams=streams)
-    with Store(study.store_path) as s:
-        assert (s.count("qid"), s.count("checkpoints")) == (2, 1)
+    with SqliteStore(study.store_path, TABLES) as s:
+        assert (s.count("qid"), s.count("qid_fp")) == (2, 1)
     monkeypatch.undo()
 
     q, e = _patch(monkeypatch)
@@ -84,14 +85,22 @@ def test_tiny_study_end_to_end_kill_and_resume(tmp_path, streams, monkeypatch):
     q, e = _patch(monkeypatch)
     res = run_qid_study(study, progress=False, streams=streams)
     assert (q.calls, e.calls, res.computed, res.skipped) == (0, 0, 0, total)
-    with Store(study.store_path) as s:
-        rows = s.qid_rows()
+    with SqliteStore(study.store_path, TABLES) as s:
+        rows = s.rows("qid")
         assert s.count("qid") == total
     assert len({(r["model"], r["D"], r["method"], r["P"]) for r in rows}) == total
     for r in rows:
         assert r["qid"] == pytest.approx(r["loss_q"] - r["loss_fp"])
         assert r["qid_se"] > 0 and r["eval_tokens"] == grid.eval_windows * grid.eval_seq_len
         assert r["G"] == grid.group_size and r["N"] < r["N_total"]
+
+    # the same study in a fresh folder, uninterrupted: the same rows, losses bit for bit
+    run_qid_study(_tiny_study(tmp_path / "fresh"), progress=False, streams=streams)
+    with SqliteStore(tmp_path / "fresh" / "study.sqlite", TABLES) as s:
+        fresh = s.rows("qid")
+    measured = ("N", "N_total", "loss_fp", "loss_q", "qid", "qid_se", "eval_tokens")
+    assert sorted(tuple(r[k] for k in ("model", "D", "method", "P", *measured)) for r in fresh) == \
+        sorted(tuple(r[k] for k in ("model", "D", "method", "P", *measured)) for r in rows)
 
     folder = study.report_dir
     doc = json.loads((folder / "fit.json").read_text())
@@ -105,7 +114,12 @@ def test_tiny_study_end_to_end_kill_and_resume(tmp_path, streams, monkeypatch):
     assert "Training tokens to reach" in (folder / "summary.md").read_text()
 
 
-def test_cli_bad_input_is_one_line(capsys):
+def test_cli_bad_input_is_one_line(capsys, tmp_path, monkeypatch, data_cfg):
+    monkeypatch.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))
+    assert main(["study", "qid", "--preset", "tiny", "--eval-windows", "100000000", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "validation tokens" in err
+    assert not (tmp_path / "o").exists()  # every check before the first write
     assert main(["study", "qid", "--preset", "nope"]) == 2
     assert "unknown study preset" in capsys.readouterr().err
     assert main(["study", "qid", "--preset", "tiny", "--bits", "2,x"]) == 2

@@ -4,7 +4,6 @@ import pytest
 
 from qscale.errors import QscaleError
 from qscale.train import TrainConfig
-from qscale.train.schedule import lr_at
 
 
 def test_log_spaced_checkpoints_like_pythia():
@@ -12,6 +11,10 @@ def test_log_spaced_checkpoints_like_pythia():
     assert cfg.total_steps == 1000
     assert cfg.checkpoint_steps() == [1, 2, 4, 8, 16, 32, 64] + list(range(100, 1001, 100))
     assert TrainConfig(tokens=8 * 4 * 10, batch_size=8, seq_len=4, ckpt_base=2).checkpoint_steps() == [2, 4, 8, 10]
+
+
+def lr_at(step, cfg):
+    return cfg.optim.lr_at(step, cfg.total_steps)
 
 
 def test_cosine_and_wsd_shapes():

@@ -20,7 +20,7 @@ from qscale.export import ExportResult, export_model, load_quantized
 from qscale.models.load import model_positions
 from qscale.models.params import ParamCount
 from qscale.provenance import atomic_write_json, versions
-from qscale.study.noise import paired_se
+from qscale.evaluate.noise import paired_se
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FORMAT_CHOICES = ("compressed-tensors", "gptq", "qscale", "all")

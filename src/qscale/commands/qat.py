@@ -40,11 +40,14 @@ from qscale.provenance import config_hash, seed_everything, to_jsonable
 from qscale.qat import (
     RECIPES,
     DistillConfig,
+    InterventionConfig,
     LayerRule,
     QATRecipeConfig,
     convert,
+    prepare,
     qat_finetune,
 )
+from qscale.qat.doublerounding import joint_finetune
 from qscale.qat.efficientdm import EfficientDMOptions, self_generated_batches
 from qscale.qat.efficientqat import block_ap, freeze_codes
 
@@ -60,6 +63,17 @@ def parse_rule(text: str) -> LayerRule:
         return LayerRule(m["skip"], skip=True)
     return LayerRule(m["pattern"], w_bits=None if m["w"] is None else int(m["w"]),
                      a_bits=None if m["a"] is None else int(m["a"]))
+
+
+def _joint_bits(text: str, high: int) -> tuple[int, ...]:
+    """``--joint-bits 8,6,4,2`` → (8, 6, 4, 2); the highest must be the stored precision ``--w-bits``."""
+    try:
+        bits = tuple(sorted({int(b) for b in text.split(",")}, reverse=True))
+    except ValueError:
+        raise QscaleError(f"--joint-bits must be comma-separated integers, got {text!r}") from None
+    require(bits and bits[0] == high and bits[-1] >= 2,
+            f"--joint-bits must lie in 2..{high} and include the stored precision --w-bits {high}, got {text!r}")
+    return bits
 
 
 def _auto_format(model, fmt: str) -> str:
@@ -83,6 +97,7 @@ def qat_command(
     group_size: int = typer.Option(128, "--group-size", "-g", help="Weight scale per G input columns; 0 = per channel."),
     rule: list[str] = typer.Option([], "--rule", help="Mixed precision, repeatable: PATTERN=w8a8, PATTERN=a8 or PATTERN=skip (glob or re:regex)."),
     distill: bool = typer.Option(False, "--distill/--no-distill", help="Distil from the full-precision model (KL + CE)."),
+    intervention: bool = typer.Option(False, "--intervention/--no-intervention", help="Teacher Intervention (Kim et al. 2023): the full-precision model's block inputs replace the student's, handed back block by block over the first half of the steps; implies --distill."),
     rank: int = typer.Option(16, "--rank", help="lrqat / l4q / efficientdm: rank r of the trained update (α/r)·A·B; qvgen: initial rank of the auxiliary branches."),
     lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="lrqat / l4q / efficientdm: α of the update (α/r)·A·B."),
     samples: int = typer.Option(256, "--samples", help="efficientdm: sequences sampled from the full-precision model to train on."),
@@ -98,6 +113,7 @@ def qat_command(
     save_every: int = typer.Option(50, "--save-every", help="Save the resume state every this many steps."),
     block_steps: int = typer.Option(50, "--block-steps", help="efficientqat: Block-AP steps per decoder block."),
     calib_windows: int = typer.Option(32, "--calib-windows", help="efficientqat: Block-AP calibration windows (train split)."),
+    joint_bits: str = typer.Option("8,6,4,2", "--joint-bits", help="double-rounding: precisions trained jointly, highest = --w-bits (default 8); serve any with qscale eval --bits."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
@@ -111,8 +127,9 @@ def qat_command(
     require(model_dir.resolve() != out.resolve(), "--out must not be the model folder itself")
     check_out(out)
     cfg = QATRecipeConfig(recipe, w_bits=w_bits, a_bits=a_bits, group_size=group_size or None,
-                          rules=tuple(parse_rule(r) for r in rule), distill=DistillConfig() if distill else None,
-                          rank=rank, lora_alpha=lora_alpha,
+                          rules=tuple(parse_rule(r) for r in rule),
+                          distill=DistillConfig() if distill or intervention else None, rank=rank,
+                          lora_alpha=lora_alpha, intervention=InterventionConfig() if intervention else None,
                           options=EfficientDMOptions(samples=samples) if recipe == "efficientdm" else None)
     out_dtype = export_dtype(dtype, model_dir)
     console = Console(stderr=True)
@@ -127,7 +144,7 @@ def qat_command(
     windows = held_out(model, eval_streams, eval_windows, seq_len)
     fp = evaluate(model, windows, progress=progress)
     steps = -(-tokens // (batch_size * seq_len))
-    teacher = copy.deepcopy(model) if distill or recipe == "efficientdm" else None
+    teacher = copy.deepcopy(model) if cfg.distill is not None or recipe == "efficientdm" else None
     run = {"model": str(model_dir.resolve()), "cfg": to_jsonable(cfg), "tokens": tokens, "lr": lr,
            "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "tokenizer": train_streams.tokenizer_hash, "data_fingerprint": train_streams.data_fingerprint,
            "train_tokens": len(train_streams.train), "data": str(data or "embedded")}
@@ -144,15 +161,24 @@ def qat_command(
     else:
         def batches(step):
             return train_batch(train_streams.train, step, batch_size, seq_len, seed)
-    losses = qat_finetune(
-        model, cfg, batches, steps, lr,
-        teacher=teacher, warmup_steps=min(50, steps // 10), state_dir=state, save_every=save_every,
-        fingerprint=config_hash(run), progress=progress)
+    if recipe == "double-rounding":  # one-shot joint training of every precision (ALRS), one stored model
+        bits = _joint_bits(joint_bits, cfg.default_bits[0])
+        run["joint_bits"] = list(bits)
+        prepare(model, cfg)
+        per_bits = joint_finetune(model, batches, steps, lr, bits, warmup_steps=min(50, steps // 10),
+                                  state_dir=state, save_every=save_every, fingerprint=config_hash(run),
+                                  progress=progress)
+        losses = [sum(x) / len(x) for x in zip(*per_bits.values())]
+    else:
+        losses = qat_finetune(model, cfg, batches, steps, lr, teacher=teacher, warmup_steps=min(50, steps // 10),
+                              state_dir=state, save_every=save_every, fingerprint=config_hash(run),
+                              progress=progress)
     convert(model)
     chosen = _auto_format(model, fmt)
     fmts = ["compressed-tensors", "gptq"] if chosen == "all" else [chosen]
     results = export_and_evaluate(model, out, fmts, model_dir, out_dtype, windows, fp, progress)
-    report(f"QAT {cfg.label}{' + distill' if distill else ''}, {steps} steps: {model_dir}", counts, fp, results,
+    extra = " + teacher intervention" if intervention else " + distill" if distill else ""
+    report(f"QAT {cfg.label}{extra}, {steps} steps: {model_dir}", counts, fp, results,
            folder_bytes(model_dir))
     write_record(out / "qscale-qat.json", {
         "command": "qat", **run, "steps": steps, "train_loss_first": losses[0] if losses else None,

@@ -40,6 +40,11 @@ def _check_formats(model, cfg: PTQConfig, fmts: list[str]) -> None:
     if "compressed-tensors" in fmts and any(isinstance(m, Conv1D) for m in targets.values()):
         raise QscaleError("compressed-tensors only replaces nn.Linear modules; this model's linear layers are GPT-2 "
                           "style Conv1D: use --format gptq or qscale")
+    if cfg.method == "qllm" or cfg.act_bits != 16:
+        require(fmts == ["qscale"], "quantized activations (--act-bits) and QLLM's channel reassembly are stored by "
+                                    "--format qscale only")
+    require("gptq" not in fmts or cfg.avg_bits is None, "GPTQ checkpoints hold one bit width: mixed precision "
+                                                         "(--avg-bits) needs --format compressed-tensors or qscale")
     require("gptq" not in fmts or cfg.spec.bits in GPTQ_BITS,
             f"GPTQ checkpoints hold {', '.join(map(str, GPTQ_BITS))} bits, not {cfg.spec.bits}: use --format "
             "compressed-tensors or qscale")
@@ -48,8 +53,10 @@ def _check_formats(model, cfg: PTQConfig, fmts: list[str]) -> None:
 def quantize_command(
     model_dir: Path = typer.Argument(..., help="Local Hugging Face causal-LM folder (Llama, GPT-NeoX/Pythia, GPT-2, ...)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (for --format all: one subfolder per format)."),
-    method: str = typer.Option("gptq", help="PTQ method: gptq or rtn."),
+    method: str = typer.Option("gptq", help="PTQ method: gptq, rtn, learned-round or qllm."),
     bits: int = typer.Option(4, help="Weight bit width, 2..8."),
+    avg_bits: float = typer.Option(None, "--avg-bits", help="learned-round: importance-based mixed precision, 2..8 bits per layer averaging this (replaces --bits); compressed-tensors or qscale."),
+    act_bits: int = typer.Option(16, "--act-bits", help="Input-activation bits (per-token absmax, 2..8); 16 = weights only. Needs --format qscale."),
     group_size: int = typer.Option(128, "--group-size", "-g", help="Input columns per scale; 0 = one scale per output channel."),
     sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid (s = 2·absmax/(2^b−1), GPTQ/compressed-tensors) or asymmetric with zero points."),
     act_order: bool = typer.Option(False, "--act-order/--no-act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal (static groups)."),
@@ -76,7 +83,8 @@ def quantize_command(
     check_out(out)
     fmts = formats(fmt)
     spec = QuantSpec(bits, sym, "group" if group_size else "channel", group_size or None)
-    cfg = PTQConfig(method, spec, n_calib=calib_windows, calib_seq_len=seq_len, act_order=act_order, skip=tuple(skip))
+    cfg = PTQConfig(method, spec, n_calib=calib_windows, calib_seq_len=seq_len, act_order=act_order, skip=tuple(skip),
+                    act_bits=act_bits, avg_bits=avg_bits)
     out_dtype = export_dtype(dtype, model_dir)
     console = Console(stderr=True)
     seed_everything(seed)
@@ -95,7 +103,9 @@ def quantize_command(
     require(stats, f"no linear layer of {model_dir} was selected for quantization (check --skip)")
     results = export_and_evaluate(model, out, fmts, model_dir, out_dtype, windows, fp, progress)
 
-    title = f"{method} {spec.label}{' act-order' if act_order else ''}: {model_dir}"
+    acts = (f" a{act_bits}" if act_bits != 16 else "") + (f" avg {avg_bits:g} bits" if avg_bits else "")
+    label = spec.label.replace(f"w{bits}", "wmix", 1) if avg_bits else spec.label
+    title = f"{method} {label}{acts}{' act-order' if act_order else ''}: {model_dir}"
     report(title, counts, fp, results, folder_bytes(model_dir))
     record = {
         "command": "quantize", "model": str(model_dir), "config": to_jsonable(cfg), "seed": seed,

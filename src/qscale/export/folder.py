@@ -39,6 +39,8 @@ def weight_only_problem(layer: QuantizedLinear) -> str | None:
         return f"its {layer.layout} layout (PB-LLM / iFairy) has no such form"
     if layer.hadamard_group:
         return "it computes in a Hadamard-rotated basis (QuEST)"
+    if layer.reassembled:
+        return "its inputs are reassembled (QLLM's channel index tensors have no place in it)"
     if layer.act_quantizer is not None:
         return "its input activations are quantized by a QAT recipe (the format is weight-only)"
     if not bool(torch.equal(layer.weight_zero, layer.weight_zero.round())):

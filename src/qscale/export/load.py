@@ -94,7 +94,8 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, bits: i
 
 def _switched(layer: QuantizedLinear, bits: int) -> QuantizedLinear:
     qw = switch_bits(layer.qweight(), bits)
-    return QuantizedLinear(qw, layer.bias, layer.act_quantizer, layer.hadamard_group, layer.name, layer.source)
+    return QuantizedLinear(qw, layer.bias, layer.act_quantizer, layer.hadamard_group, layer.name, layer.source,
+                           layer.reassembly())
 
 
 def _load_rest(model: nn.Module, tensors: dict[str, Tensor], taken: set[str], path: Path, dtype: torch.dtype) -> None:

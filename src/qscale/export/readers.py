@@ -23,6 +23,7 @@ from qscale.quant import (
     packed_words,
     unpack_rows,
 )
+from qscale.quant.reassembly import ChannelReassembly
 
 
 def _layer_keys(tensors: dict[str, Tensor], name: str, allowed: set[str], required: set[str]) -> dict[str, Tensor]:
@@ -153,16 +154,23 @@ def read_native(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dic
             out, n_in = int(c["out_features"]), int(c["in_features"])
             act = None if c["act"] is None else act_quantizer_from(c["act"])
             extras = list(c["extras"])
+            reassembled = bool(c.get("reassembly", False))
         except (KeyError, TypeError, ValueError) as e:
             raise QscaleError(f"layer {name}: malformed qscale layer config: {e}") from None
         _shape(get_weight(mod), (out, n_in), f"layer {name} of the model")
         own = {"weight_packed", "weight_scale", "weight_zero", "weight_g_idx", *(f"weight_{x}" for x in extras)}
+        if reassembled:
+            own |= {"input_src", "input_dst", "input_coef"}
         t = _layer_keys(tensors, name, own | {"bias"}, own)
         _shape(t["weight_packed"], (out, packed_words(n_in, spec.bits)), f"{name}.weight_packed")
         extra_t = {x: t[f"weight_{x}"] for x in extras}
         qw = QuantizedWeight(_codes(t["weight_packed"], spec, n_in, f"{name}.weight_packed"), t["weight_scale"],
                              t["weight_zero"], t["weight_g_idx"], spec, c["layout"], extra_t)
-        layer = QuantizedLinear(qw, t.get("bias"), act, int(c["hadamard_group"]), name=name, source=c["source"])
+        reassembly = None
+        if reassembled:
+            reassembly = ChannelReassembly(t["input_src"], t["input_dst"], t["input_coef"], n_in)
+        layer = QuantizedLinear(qw, t.get("bias"), act, int(c["hadamard_group"]), name=name, source=c["source"],
+                                reassembly=reassembly)
         if act is not None:
             prefix = f"{name}.act_quantizer."
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

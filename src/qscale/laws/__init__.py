@@ -16,12 +16,18 @@ target ``qid`` / ``delta`` / ``loss``)::
     PUBLISHED["ouyang2024-gptq"].params / .citation / .law          # published parameter sets
     load_table(path, table=None, where=None, columns={"N": "n_params"})  # CSV / Parquet / SQLite
     plot_observed_vs_predicted(fit, data, path=None); plot_law_curves(law, params, x, x_values, series)
+    law = LawSamples.from_record("qid", fit.params, samples_record(boot))   # point params + bootstrap samples
+    predict_interval(law, {"N": 7e9, "D": 2e12, "P": 4})           # Estimate(value, lo, hi) at 95%
+    invert_interval(law, {"N": 7e9, "P": 4}, 0.2, "D")               # tokens to reach QiD 0.2, with interval
+    rank_methods({"gptq": law_a, "rtn": law_b}, {"N": 7e9, "D": 2e12, "P": 4})  # Ranking: best, resolved
+    screen_rows(rows, "qid")   # the studies' noise policy on a store's rows (qid > 2 x qid_se)
 
 Bad input raises :class:`qscale.errors.QscaleError` naming the column / row; a fit that does not
 converge raises :class:`qscale.errors.ConvergenceError`.
 """
 
 from qscale.laws.bootstrap import Bootstrap, bootstrap_ci, bootstrap_problem
+from qscale.laws.compare import Ranking, rank_methods
 from qscale.laws.extrapolate import extrapolation_check
 from qscale.laws.fit import FitResult, fit_law, fit_problem, make_problem
 from qscale.laws.forms import LawForm, Param
@@ -30,11 +36,14 @@ from qscale.laws.plot import plot_law_curves, plot_observed_vs_predicted
 from qscale.laws.predict import invert, predict
 from qscale.laws.published import PUBLISHED, PublishedLaw, get_published
 from qscale.laws.registry import LAWS, get_law, register_law
+from qscale.laws.screen import Screening, screen_rows
+from qscale.laws.uncertainty import Estimate, LawSamples, invert_interval, predict_interval, samples_record
 from qscale.laws.user import UserLaw
 
 __all__ = [
-    "LAWS", "PUBLISHED", "Bootstrap", "FitResult", "LawForm", "Param", "PublishedLaw", "UserLaw",
-    "bootstrap_ci", "bootstrap_problem", "extrapolation_check", "fit_law", "fit_problem", "get_law",
-    "get_published", "invert", "load_table", "make_problem", "plot_law_curves", "plot_observed_vs_predicted",
-    "predict", "register_law",
+    "LAWS", "PUBLISHED", "Bootstrap", "Estimate", "FitResult", "LawForm", "LawSamples", "Param", "PublishedLaw",
+    "Ranking", "Screening", "UserLaw", "bootstrap_ci", "bootstrap_problem", "extrapolation_check", "fit_law",
+    "fit_problem", "get_law", "get_published", "invert", "invert_interval", "load_table", "make_problem",
+    "plot_law_curves", "plot_observed_vs_predicted", "predict", "predict_interval", "rank_methods", "register_law",
+    "samples_record", "screen_rows",
 ]

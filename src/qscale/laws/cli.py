@@ -12,15 +12,19 @@ from rich.table import Table
 
 from qscale._version import __version__
 from qscale.errors import QscaleError
+from qscale.evaluate.noise import NOISE_K, NoisePolicy
 from qscale.laws.bootstrap import bootstrap_problem
 from qscale.laws.extrapolate import extrapolation_check
 from qscale.laws.fit import fit_problem, make_problem
 from qscale.laws.flags import FLAGS, check_flags, extrapolations, fitted_ranges, flag_message, recorded_ranges
 from qscale.laws.io import load_table, parse_column_map
+from qscale.laws.paramfile import ParamEntry, ParamFile, load_params
 from qscale.laws.plot import plot_observed_vs_predicted
 from qscale.laws.predict import invert, predict
 from qscale.laws.published import PUBLISHED
 from qscale.laws.registry import LAWS, get_law
+from qscale.laws.screen import screen_rows
+from qscale.laws.uncertainty import invert_interval, predict_interval, samples_record
 from qscale.provenance import to_jsonable
 
 LAW_HELP = f"Law form: {', '.join(sorted(LAWS))}."
@@ -42,6 +46,8 @@ def fit_command(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
     holdout: Annotated[Optional[str], typer.Option(help="Extrapolation check: hold out the largest N or D.")] = None,
     huber_delta: Annotated[float, typer.Option(help="Huber delta on log residuals (Hoffmann et al. 2022).")] = 1e-3,
+    noise_k: Annotated[float, typer.Option(help="With a <target>_se column (a study's store): fit only rows with "
+                                                "value > k x SE, as the studies do; the others are counted.")] = NOISE_K,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (accepted by predict --params).")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Write an observed-vs-fitted plot here (.png, .pdf or .svg; "
                                                      "its folder must exist).")] = None,
@@ -56,10 +62,17 @@ def fit_command(
     if plot is not None and not plot.parent.is_dir():
         raise QscaleError(f"--plot {plot}: folder {plot.parent} does not exist")
     rows = load_table(data, table=table, where=where, columns=parse_column_map(col))
-    problem = make_problem(get_law(law), rows, target, huber_delta)
-    target = target or problem.form.target
+    target = target or get_law(law).target
+    rows, screening = screen_rows(rows, target, NoisePolicy(noise_k))
+    try:
+        problem = make_problem(get_law(law), rows, target, huber_delta)
+    except QscaleError as e:
+        if not screening or not screening.n_excluded:
+            raise
+        raise QscaleError(f"{e} ({screening.n_excluded} of {screening.n_rows} rows are at or under the noise floor, "
+                          f"value <= {noise_k:g} x {screening.se_column}, and were excluded)") from None
     fit = fit_problem(problem, target=target)
-    ci = bootstrap_problem(problem, fit, n_boot, seed).ci() if n_boot else {}
+    boot = bootstrap_problem(problem, fit, n_boot, seed) if n_boot else None
     extrapolation = extrapolation_check(law, rows, target, holdout, huber_delta) if holdout else None
     if plot is not None:
         plot_observed_vs_predicted(fit, rows, plot)
@@ -68,7 +81,9 @@ def fit_command(
         "target": target,
         "data": str(data),
         "params": fit.params,
-        "ci": ci,
+        "ci": boot.ci() if boot else {},
+        "bootstrap": samples_record(boot) if boot else None,
+        "noise": screening.as_dict() if screening else None,
         **fit.stats(),
         "n_boot": n_boot,
         "seed": seed,
@@ -97,6 +112,10 @@ def _print_fit(result: dict) -> None:
             shown = f"{name}[{label}]" if label is not None else name
             t.add_row(shown, f"{v:.6g}", f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else "-")
     console.print(t)
+    noise = result["noise"]
+    if noise:
+        console.print(f"noise policy: {noise['n_excluded']} of {noise['n_rows']} rows excluded "
+                      f"({noise['n_nonpositive']} with {result['target']} <= 0): {noise['policy']}")
     console.print(f"objective {result['objective']:.6g}  R²(log) {result['r2_log']:.4f}  "
                   f"RMSE(log) {result['rmse_log']:.4g}  {result['message']}")
     if result["at_bounds"]:
@@ -111,29 +130,12 @@ def _flag(name: str) -> str:
     return FLAGS.get(name, f"--{name}")
 
 
-def _load_params(spec: str) -> tuple[str | None, dict, str, dict]:
-    """(law name or None, params, source description, fitted ranges) from a published name or a JSON file."""
-    if spec in PUBLISHED:
-        pub = PUBLISHED[spec]
-        return pub.law_name, dict(pub.params), pub.citation, {k: list(v) for k, v in pub.ranges.items()}
-    path = Path(spec)
-    if not path.is_file():
-        raise QscaleError(f"--params {spec!r} is neither a published set ({', '.join(sorted(PUBLISHED))}) nor a file")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise QscaleError(f"--params {path}: not a JSON file from 'qscale fit --json' ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise QscaleError(f"{path}: expected a JSON object of parameters")
-    params = obj.get("params", obj)
-    if not isinstance(params, dict):
-        raise QscaleError(f"{path}: 'params' must be an object")
-    return obj.get("law"), params, str(path), recorded_ranges(obj)
-
-
 def predict_command(
-    params: Annotated[str, typer.Option("--params", help=f"Published set ({', '.join(sorted(PUBLISHED))}) or a JSON file from 'qscale fit --json'.")],
+    params: Annotated[str, typer.Option("--params", help=f"Published set ({', '.join(sorted(PUBLISHED))}), a JSON file "
+                                                         "from 'qscale fit --json', or a study's report/fit.json.")],
     law: Annotated[Optional[str], typer.Option("--law", help=LAW_HELP + " Default: the law the parameters belong to.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="A study's fit.json: the method (default: every "
+                                                                   "fitted method).")] = None,
     n: Annotated[Optional[float], typer.Option("--N", help="Non-embedding parameters.")] = None,
     d: Annotated[Optional[float], typer.Option("--D", help="Training tokens.")] = None,
     bits: Annotated[Optional[float], typer.Option("--bits", help="Bit width P.")] = None,
@@ -145,11 +147,14 @@ def predict_command(
     loss: Annotated[Optional[float], typer.Option("--loss", help="Solve for the missing input at which the loss reaches this value.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Evaluate a law at (N, D, bits, G, precision), or give a threshold and leave one input out to solve for it."""
-    params_law, values, source, ranges = _load_params(params)
-    if law and params_law and law != params_law:
-        raise QscaleError(f"--law {law!r} does not match the parameters' law {params_law!r}")
-    law = law or params_law
+    """Evaluate a law at (N, D, bits, G, precision), or give a threshold and leave one input out to solve for it.
+
+    With bootstrap samples in the parameter file (qscale fit, a study's fit.json) the value carries its 95% interval.
+    """
+    pf = load_params(params)
+    if law and pf.law and law != pf.law:
+        raise QscaleError(f"--law {law!r} does not match the parameters' law {pf.law!r}")
+    law = law or pf.law
     if law is None:
         raise QscaleError("--law is required: the parameter file does not name its law")
     form = get_law(law)
@@ -160,20 +165,56 @@ def predict_command(
         raise QscaleError(f"law {law!r} takes {', '.join(map(_flag, form.inputs))}; "
                           f"not {', '.join(map(_flag, extra))}")
     check_flags(form, inputs)
+    entries = _chosen(pf, method)
     try:
-        _predict_or_solve(form, law, values, source, ranges, inputs, {"qid": qid, "delta": delta, "loss": loss},
-                          json_out)
+        results = {name: _predict_or_solve(form, law, e, pf, inputs, {"qid": qid, "delta": delta, "loss": loss})
+                   for name, e in entries.items()}
     except QscaleError as e:
         raise QscaleError(flag_message(str(e))) from None
+    if json_out:
+        _print_json(results[""] if list(results) == [""] else
+                    {"law": law, "source": pf.source, "inputs": inputs, "methods": results,
+                     "unfitted": {m: pf.unfitted[m] for m in pf.unfitted if method in (None, m)}})
+        return
+    for name, r in results.items():
+        typer.echo(f"{name + ': ' if name else ''}{_line(r)}")
+    for name, why in pf.unfitted.items():
+        if method is None:
+            typer.echo(f"{name}: {why}")
 
 
-def _predict_or_solve(form, law: str, values: dict, source: str, ranges: dict, inputs: dict, thresholds: dict,
-                      json_out: bool) -> None:
+def _chosen(pf: ParamFile, method: str | None) -> dict[str, ParamEntry]:
+    if method is None:
+        if not pf.entries:
+            raise QscaleError(f"{pf.source}: no fitted law ({'; '.join(f'{m}: {w}' for m, w in pf.unfitted.items())})")
+        return pf.entries
+    if list(pf.entries) == [""] and not pf.unfitted:
+        raise QscaleError("--method applies to a study's fit.json with several methods")
+    if method in pf.unfitted:
+        raise QscaleError(f"method {method!r} has no fitted law in {pf.source}: {pf.unfitted[method]}")
+    if method not in pf.entries:
+        raise QscaleError(f"no method {method!r} in {pf.source} (have: {', '.join(list(pf.entries) + list(pf.unfitted))})")
+    return {method: pf.entries[method]}
+
+
+def _line(r: dict) -> str:
+    ci = r["interval"]
+    text = f"{r['solve_for']} = {r['value']:.6g}" if "solve_for" in r else f"{r['target']} = {r['prediction']:.6g}"
+    if ci and ci["lo"] == ci["lo"]:  # not NaN
+        text += f"  ({ci['level']:.0%} CI {ci['lo']:.4g} – {ci['hi']:.4g}, bootstrap)"
+    elif ci:
+        text += f"  (no interval: only {ci['n_samples'] - ci['n_failed']} of {ci['n_samples']} bootstrap samples solvable)"
+    mark = f"  (extrapolation: {'; '.join(r['extrapolation'])})" if r["extrapolation"] else ""
+    return text + mark
+
+
+def _predict_or_solve(form, law: str, entry: ParamEntry, pf: ParamFile, inputs: dict, thresholds: dict) -> dict:
     thresholds = {k: v for k, v in thresholds.items() if v is not None}
     if len(thresholds) > 1:
         raise QscaleError("give at most one of --qid, --delta, --loss")
+    values, samples = entry.params, entry.samples(law, pf.source)
     missing = [c for c in form.inputs if c not in inputs]
-    result: dict[str, object] = {"law": law, "params": values, "source": source, "inputs": inputs}
+    result: dict[str, object] = {"law": law, "params": values, "source": pf.source, "inputs": inputs}
     if thresholds:
         (name, value), = thresholds.items()
         if len(missing) != 1:
@@ -181,17 +222,14 @@ def _predict_or_solve(form, law: str, values: dict, source: str, ranges: dict, i
                               f"out (missing: {', '.join(map(_flag, missing)) or 'none'})")
         result.update(solve_for=missing[0], threshold={name: value},
                       value=float(invert(form, values, inputs, value, missing[0])))
+        est = invert_interval(samples, inputs, value, missing[0]) if samples else None
     else:
         if missing:
             raise QscaleError(f"law {law!r} needs {', '.join(map(_flag, missing))} "
                               "(or a threshold such as --qid to solve for one of them)")
         result.update(prediction=float(predict(form, values, inputs)), target=form.target)
+        est = predict_interval(samples, inputs) if samples else None
+    result["interval"] = est.as_dict() if est else None
     solved = {result["solve_for"]: result["value"]} if "solve_for" in result else {}
-    result["extrapolation"] = extrapolations(ranges, {**inputs, **solved})
-    mark = f"  (extrapolation: {'; '.join(result['extrapolation'])})" if result["extrapolation"] else ""
-    if json_out:
-        _print_json(result)
-    elif "solve_for" in result:
-        typer.echo(f"{result['solve_for']} = {result['value']:.6g}{mark}")
-    else:
-        typer.echo(f"{form.target} = {result['prediction']:.6g}{mark}")
+    result["extrapolation"] = extrapolations(pf.ranges, {**inputs, **solved})
+    return result

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qscale.errors import QscaleError
-from qscale.laws.forms import LawForm, labels_of
+
+if TYPE_CHECKING:  # annotations only: forms imports this module
+    from qscale.laws.forms import LawForm
+
+
+def label_of(value: object) -> str:
+    """Canonical string label of a precision value: 16, 16.0 and "16" are all "16"."""
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode()
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value).strip()
+
+
+def labels_of(column: Sequence) -> np.ndarray:
+    return np.array([label_of(v) for v in np.asarray(column, dtype=object).ravel()], dtype=object)
 
 
 def _numeric(name: str, values: object) -> np.ndarray:

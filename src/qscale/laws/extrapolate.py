@@ -11,8 +11,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from qscale.errors import QscaleError
+from qscale.laws.data import labels_of
 from qscale.laws.fit import fit_law, get_form
-from qscale.laws.forms import LawForm, labels_of
+from qscale.laws.forms import LawForm
 
 
 def extrapolation_check(law: LawForm | str, data: Mapping[str, object], target: str | None = None,

@@ -19,6 +19,7 @@ from scipy.optimize import minimize
 from qscale.errors import ConvergenceError, QscaleError
 from qscale.laws.data import check_inputs, check_target
 from qscale.laws.forms import LawForm, Params
+from qscale.laws.registry import get_law
 
 
 @contextlib.contextmanager
@@ -166,8 +167,6 @@ class FitResult:
 
 
 def get_form(law: LawForm | str) -> LawForm:
-    from qscale.laws.registry import get_law
-
     return get_law(law) if isinstance(law, str) else law
 
 

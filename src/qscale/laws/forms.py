@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qscale.errors import QscaleError
+from qscale.laws.data import check_inputs, label_of, labels_of
 
 Params = dict[str, object]  # natural parameters: name -> float, or name -> {label: float}
 
@@ -46,20 +47,6 @@ class Param:
 
     def to_natural(self, value: float) -> float:
         return float(np.exp(value)) if self.log else float(value)
-
-
-def label_of(value: object) -> str:
-    """Canonical string label of a precision value: 16, 16.0 and "16" are all "16"."""
-    if isinstance(value, (bytes, np.bytes_)):
-        value = value.decode()
-    try:
-        return f"{float(value):g}"
-    except (TypeError, ValueError):
-        return str(value).strip()
-
-
-def labels_of(column: Sequence) -> np.ndarray:
-    return np.array([label_of(v) for v in np.asarray(column, dtype=object).ravel()], dtype=object)
 
 
 _LABELLED = re.compile(r"^(\w+)\[(.+)\]$")
@@ -161,8 +148,6 @@ class LawForm:
 
     def predict(self, params: Mapping[str, object], inputs: Mapping[str, object]) -> np.ndarray:
         """The law's value at ``inputs`` (scalars or arrays, broadcast) with natural ``params``."""
-        from qscale.laws.data import check_inputs
-
         form = self.for_params(params)
         theta = form.to_internal(params)
         data = check_inputs(form, inputs)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qscale.laws.data import labels_of
 from qscale.laws.fit import FitResult, get_form
-from qscale.laws.forms import LawForm, labels_of
+from qscale.laws.forms import LawForm
 
 
 def _pyplot():

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from qscale.errors import QscaleError
-from qscale.laws.data import check_column
+from qscale.laws.data import check_column, labels_of
 from qscale.laws.fit import get_form
 from qscale.laws.forms import LawForm
 from qscale.laws.losslaws import Chinchilla, EffectiveParams
@@ -79,8 +79,6 @@ def _invert_loss(form: LawForm, params: Mapping[str, object], others: Mapping[st
     if isinstance(form, EffectiveParams):
         table = {str(k): float(v) for k, v in p["eff"].items()}  # type: ignore[union-attr]
         table.setdefault("16", 1.0)
-        from qscale.laws.forms import labels_of
-
         eff = np.array([table[lab] for lab in labels_of(others["precision"])])
     if var == "N":
         rest = target - E - B / check_column("D", others["D"], 0.0) ** beta

@@ -70,6 +70,10 @@ def _add(name: str, law_name: str, params: Params, citation: str, note: str = ""
 OUYANG_RANGES = {"N": (160e6, 12e9), "D": (2_097_152, 143_000 * 2_097_152), "P": (2, 4)}
 TABLE_RANGES = {"N": (1e9, 405e9), "D": (0.0071e12, 196.38e12), "P": (2, 4)}
 CHEN_RANGES = {"N": (74e6, 595e6), "D": (10e9, 100e9), "G": (32, 256)}
+# Chen et al. 2025 findings beside the fitted sets (SPEC §2): δ_W4A4 ≈ c·(δ_W4A16 + δ_W16A4), and the W4A4 δ
+# reduction when the FC2 input is kept at 8 bits, from G = 32 to G = 256.
+CHEN_DECOMPOSITION_C = 0.906
+CHEN_FC2_REDUCTION_W4A4 = {32: 0.205, 256: 0.429}
 
 
 _add("ouyang2024-gptq", "qid", {"k": 0.017, "alpha": 0.2261, "beta": 0.5251, "gamma": 5.4967},

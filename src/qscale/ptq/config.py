@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from qscale.errors import require
 from qscale.models.select import check_pattern
+from qscale.ptq.registry import PTQ_METHODS
 from qscale.quant import QuantSpec
 
 
@@ -13,7 +14,7 @@ from qscale.quant import QuantSpec
 class PTQConfig:
     """Which PTQ method, which quantizer, and how to calibrate.
 
-    method:        a name in ``qscale.ptq.PTQ_METHODS`` ("rtn", "gptq", "learned-round").
+    method:        a name in ``qscale.ptq.PTQ_METHODS`` ("rtn", "gptq", "learned-round", "qllm").
     spec:          the weight quantizer (granularity "tensor", "channel" or "group").
     n_calib, calib_seq_len: how many calibration windows of how many tokens the caller should draw
                    from the TRAIN split (``qscale.data.batches.calibration_windows``); recorded here so a
@@ -23,6 +24,14 @@ class PTQConfig:
     act_order:     GPTQ: quantize columns by decreasing Hessian diagonal.
     round_steps, round_lr, learn_scale: learned-round: Adam steps per block, its learning rate, and
                    whether the per-group scales learn with the rounding variables.
+    avg_bits:      learned-round only: importance-based mixed precision (``qscale.ptq.mixed``): each layer gets
+                   2..8 bits (``spec.bits`` is then unused) with this average over the weights; None = ``spec.bits``
+                   everywhere.
+    act_bits:      bits of the dynamic per-token absmax activation quantizer (``qscale.quant.ste``, the ``ste``
+                   recipe's) put on the input of every quantized layer; 16 = weights only. QLLM also
+                   calibrates with it.
+    qllm_rank, qllm_steps, qllm_lr: qllm: rank of the low-rank correction of each layer, Adam steps per
+                   block and its learning rate (0 steps = channel reassembly only).
     skip:          linear layers left in full precision: patterns of qscale's layer-selection grammar
                    (``qscale.models.select``: globs or ``re:`` expressions on the qualified name);
                    embedding tables and heads tied to them are never quantized.
@@ -39,10 +48,13 @@ class PTQConfig:
     round_steps: int = 200
     round_lr: float = 3e-2
     learn_scale: bool = False
+    avg_bits: float | None = None
+    act_bits: int = 16
+    qllm_rank: int = 8
+    qllm_steps: int = 100
+    qllm_lr: float = 1e-3
 
     def __post_init__(self) -> None:
-        from qscale.ptq.registry import PTQ_METHODS
-
         require(self.method in PTQ_METHODS, f"unknown PTQ method {self.method!r}; choose from {', '.join(PTQ_METHODS)}")
         require(isinstance(self.spec, QuantSpec), "spec must be a qscale.quant.QuantSpec")
         require(self.spec.granularity != "token", "PTQ quantizes weights: granularity 'token' is for activations")
@@ -51,5 +63,13 @@ class PTQConfig:
         require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
         require(self.round_steps >= 1 and self.round_lr > 0, "round_steps must be >= 1 and round_lr positive")
         require(isinstance(self.learn_scale, bool), "learn_scale must be a bool")
+        require(isinstance(self.act_bits, int) and (2 <= self.act_bits <= 8 or self.act_bits == 16),
+                f"act_bits must be in 2..8 or 16 (activations unquantized), got {self.act_bits!r}")
+        if self.avg_bits is not None:
+            require(self.method == "learned-round", "avg_bits (mixed precision) applies to learned-round only")
+            require(isinstance(self.avg_bits, (int, float)) and 2 <= self.avg_bits <= 8,
+                    f"avg_bits must be in 2..8, got {self.avg_bits!r}")
+        require(self.qllm_rank >= 1 and self.qllm_steps >= 0 and self.qllm_lr > 0,
+                "qllm_rank must be >= 1, qllm_steps >= 0 and qllm_lr positive")
         for pattern in self.skip:
             check_pattern(pattern)

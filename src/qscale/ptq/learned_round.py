@@ -11,11 +11,13 @@ the same calibration inputs, optimised with Adam, the degrees of freedom being t
 quantized blocks before it, as in GPTQ. At the end ``h`` is hardened to {0, 1} and each layer keeps the
 hardened rounding unless round-to-nearest reconstructs its outputs on the calibration inputs better (so it is
 never worse than RTN); it becomes a ``QuantizedLinear`` on the spec's grid (symmetric: the full
-GPTQ/compressed-tensors grid).
+GPTQ/compressed-tensors grid). With ``avg_bits`` the widths are allocated per layer by the paper's
+importance-based mixed precision (``qscale.ptq.mixed``) before the blocks are learned.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -27,6 +29,8 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError, require
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.layers import find_blocks, get_weight, quantizable, replace_module
+from qscale.ptq.registry import register
+from qscale.ptq.mixed import allocate_bits, fisher_diagonal, sensitivities
 from qscale.ptq.rtn import weight_stats
 from qscale.ptq.sequential import capture_block_inputs, run_block
 from qscale.quant import (
@@ -145,6 +149,16 @@ def learn_block(block: nn.Module, layers: dict[str, LearnedRoundLinear], inputs:
     return float(loss)
 
 
+def mixed_specs(model: nn.Module, layers: dict[str, nn.Module], calib: Tensor, cfg: PTQConfig) -> dict[str, QuantSpec]:
+    """Each layer's quantizer: ``cfg.spec``, or with ``cfg.avg_bits`` the importance-based allocation's widths."""
+    if cfg.avg_bits is None:
+        return dict.fromkeys(layers, cfg.spec)
+    sens = sensitivities({n: get_weight(m) for n, m in layers.items()}, fisher_diagonal(model, layers, calib), cfg.spec)
+    bits = allocate_bits(sens, {n: get_weight(m).numel() for n, m in layers.items()}, cfg.avg_bits)
+    return {n: dataclasses.replace(cfg.spec, bits=b) for n, b in bits.items()}
+
+
+@register("learned-round")
 def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """Learned rounding of every selected linear layer of the decoder blocks, block by block; per-layer stats."""
     require(calib is not None and calib.ndim == 2 and calib.numel() > 0,
@@ -157,6 +171,7 @@ def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, 
     if outside:
         raise QscaleError(f"learned-round quantizes decoder-block layers only: skip {outside[0]} (--skip)")
     model.requires_grad_(False)
+    specs = mixed_specs(model, targets_all, calib, cfg)
     with torch.no_grad():
         inputs = capture_block_inputs(model, blocks[0], calib, progress)
     stats = {}
@@ -169,7 +184,7 @@ def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, 
         layers = {}
         for name, mod in targets_all.items():
             if name.startswith(prefix):
-                layers[name] = LearnedRoundLinear(get_weight(mod), mod.bias, cfg.spec, cfg.learn_scale)
+                layers[name] = LearnedRoundLinear(get_weight(mod), mod.bias, specs[name], cfg.learn_scale)
                 replace_module(model, name, layers[name])
         loss = learn_block(block, layers, inputs, targets, cfg.round_steps, cfg.round_lr) if layers else math.nan
         xs = layer_inputs(block, layers, inputs)
@@ -178,7 +193,7 @@ def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, 
             source = targets_all[name]
             replace_module(model, name, QuantizedLinear(qw, source.bias, name=name, source=type(source).__name__))
             stats[name] = {**weight_stats(layer.w, qw.dequantize(), (time.perf_counter() - t0) / len(layers)),
-                           "block_loss": loss}
+                           "block_loss": loss, "bits": layer.spec.bits}
         with torch.no_grad():
             inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
     model.train(was_training)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.layers import get_weight, quantizable, to_quantized_linear
+from qscale.ptq.registry import register
 from qscale.quant import QuantizedWeight, quantize
 
 
@@ -31,6 +32,7 @@ def rtn_weight(name: str, W: Tensor, cfg: PTQConfig) -> QuantizedWeight:
         raise QscaleError(f"layer {name}: weight: {e}") from None
 
 
+@register("rtn")
 @torch.no_grad()
 def rtn_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None = None, progress: bool = False) -> dict:
     """Quantize every linear layer not skipped (calibration is not used); per-layer stats."""

@@ -26,6 +26,7 @@ from qscale.errors import require
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.gptq import gptq_quantize, split_rows
 from qscale.ptq.layers import find_blocks, get_weight, quantizable, to_quantized_linear
+from qscale.ptq.registry import register
 from qscale.ptq.rtn import weight_stats
 
 CALIB_BATCH = 16  # calibration windows per forward pass
@@ -156,6 +157,7 @@ def _gptq_layers(model: nn.Module, names: list[str], prefix: str, layers: dict[s
     return stats
 
 
+@register("gptq")
 @torch.no_grad()
 def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """GPTQ-quantize ``model`` in place, block by block, on ``calib`` token windows ``[n, T]``."""

@@ -7,7 +7,21 @@
     convert(model)           # freeze to integer codes + scales (buffers), same logits
 """
 
-from qscale.qat import bitnet, edgeqat, efficientdm, efficientqat, gaqat, ifairy, lowrank, lsq, pbllm, quest, qvgen, ste  # noqa: F401  (register the recipes)
+from qscale.qat import (  # noqa: F401  (register the recipes)
+    bitnet,
+    doublerounding,
+    edgeqat,
+    efficientdm,
+    efficientqat,
+    gaqat,
+    ifairy,
+    lowrank,
+    lsq,
+    pbllm,
+    quest,
+    qvgen,
+    ste,
+)
 from qscale.qat.attribution import InputStats, input_stats, kurtosis
 from qscale.qat.config import (
     DistillConfig,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from qscale.errors import require
 from qscale.models.select import check_pattern, name_matches
+from qscale.qat.registry import RECIPES
 
 UNQUANTIZED = 16  # a bit width of 16 means "keep this operand in full precision"
 
@@ -112,8 +113,6 @@ class QATRecipeConfig:
     options: object | None = None
 
     def __post_init__(self) -> None:
-        from qscale.qat.registry import RECIPES
-
         require(self.recipe in RECIPES, f"unknown QAT recipe {self.recipe!r}; known: {', '.join(sorted(RECIPES))}")
         _check_bits(self.w_bits, "w_bits")
         _check_bits(self.a_bits, "a_bits")
@@ -146,16 +145,12 @@ class QATRecipeConfig:
     @property
     def default_bits(self) -> tuple[int, int]:
         """(w_bits, a_bits) before per-layer rules, with the recipe's defaults filled in."""
-        from qscale.qat.registry import RECIPES
-
         dw, da = RECIPES[self.recipe].default_bits
         return (dw if self.w_bits is None else self.w_bits, da if self.a_bits is None else self.a_bits)
 
     @property
     def label(self) -> str:
         """Short name, e.g. ``ste-w4a4-g128``, ``lsq+-w4a4-ch``, ``quest-w4a4``."""
-        from qscale.qat.registry import RECIPES
-
         w, a = self.default_bits
         name = f"{self.recipe}{'+' if self.lsq_plus else ''}-w{w}a{a}"
         if RECIPES[self.recipe].uses_group_size:

@@ -1,43 +1,63 @@
 """``qat_finetune``: quantization-aware fine-tuning of a full-precision causal LM with one recipe.
 
-AdamW (β = 0.9, 0.95), linear warm-up then cosine decay to 10 % of the peak rate, gradient clipping — the
-optimizer protocol of Chen et al. 2025 (SPEC §2). With ``cfg.distill`` the loss is ``distill_loss`` to the
-full-precision teacher (a frozen copy of the model taken before ``prepare`` unless one is given). A recipe's
-``hooks`` (``qscale.qat.hooks``) make each step's gradients and act after it (SAM, extra loss terms, rank decay).
+The steps are qscale's one training engine (``qscale.train.engine``): AdamW (β = 0.9, 0.95), no weight
+decay on norms, biases or quantizer parameters, linear warm-up then cosine decay to 10 % of the peak rate,
+gradient clipping -- the optimizer protocol of Chen et al. 2025 (SPEC §2). With ``cfg.distill`` the loss is
+``distill_loss`` to the full-precision teacher (a frozen copy of the model taken before ``prepare`` unless
+one is given). With ``cfg.intervention`` (Teacher Intervention, Kim et al. 2023, arXiv 2302.11812) the
+teacher's block inputs also replace the student's for the blocks the schedule still intervenes
+(``qscale.qat.intervention``); the loss is then the distillation loss (``DistillConfig()`` by default).
+A recipe's ``hooks`` (``qscale.qat.hooks``) make each step's gradients and act after it (SAM, extra
+loss terms, rank decay).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from rich.progress import track
+from rich.progress import Progress
 from torch import Tensor, nn
 
 from qscale.errors import QscaleError, require
-from qscale.qat.config import QATRecipeConfig
+from qscale.ptq.layers import find_blocks
+from qscale.qat.config import DistillConfig, QATRecipeConfig
 from qscale.qat.distill import distill_loss
+from qscale.qat.intervention import first_intervened, intervene, teacher_block_inputs
 from qscale.qat.prepare import prepare, quant_layers
 from qscale.qat.registry import get_recipe
 from qscale.train.checkpoint import atomic_folder
+from qscale.train.engine import LossFn, OptimConfig, lm_loss, logits_of, make_optimizer, train_steps
 
 
-def lm_loss(model: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
-    """Next-token cross-entropy (nats/token) of ``batch [B, T+1]`` and the logits ``[B, T, V]``."""
-    logits = model(input_ids=batch[:, :-1]).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten()), logits
+def qat_loss(cfg: QATRecipeConfig, teacher: nn.Module | None, steps: int) -> LossFn:
+    """The loss of step ``step`` as a closure ``(model, batch, step) -> loss``.
 
+    Plain next-token CE without ``cfg.distill`` and ``cfg.intervention``; else the distillation loss to
+    the teacher's logits, where under intervention the teacher's forward records its block inputs and the
+    student's forward takes them from block ``first_intervened(step, ...)`` on (none at the last steps).
+    """
+    if cfg.distill is None and cfg.intervention is None:
+        return lambda model, batch, step: lm_loss(model, batch)[0]
+    require(teacher is not None, "distillation and Teacher Intervention need a teacher model")
+    dcfg = cfg.distill or DistillConfig()
+    n_blocks = len(find_blocks(teacher)[1]) if cfg.intervention is not None else 0
 
-def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from ``peak`` to ``peak/10``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+    def loss(model: nn.Module, batch: Tensor, step: int) -> Tensor:
+        ids = batch[:, :-1]
+        if cfg.intervention is None:
+            with torch.no_grad():
+                t_logits = logits_of(teacher, ids)
+            return distill_loss(logits_of(model, ids), t_logits, batch[:, 1:], dcfg)
+        with torch.no_grad(), teacher_block_inputs(teacher) as seen:
+            t_logits = logits_of(teacher, ids)
+        with intervene(model, seen, first_intervened(step, steps, n_blocks, cfg.intervention)):
+            s_logits = logits_of(model, ids)
+        return distill_loss(s_logits, t_logits, batch[:, 1:], dcfg)
+
+    return loss
 
 
 def qat_finetune(
@@ -58,48 +78,37 @@ def qat_finetune(
     """Prepare ``model`` (in place) for ``cfg`` and train it ``steps`` steps on ``batches(step)``.
 
     batches(step) -> LongTensor ``[B, T+1]`` (e.g. ``qscale.data.batches.train_batch``). Returns the
-    training loss of every step (the distillation loss when ``cfg.distill`` is set; the recipe's own loss for
-    edgeqat and efficientdm). With ``state_dir``
-    the weights, quantizer parameters, optimizer state and step are saved atomically every ``save_every``
-    steps and a re-run resumes from them (batches are a function of the step, so the result is the same as
-    an uninterrupted run); ``fingerprint`` (of model, data and config) must match the saved one.
+    training loss of every step (the distillation loss when ``cfg.distill`` or ``cfg.intervention`` is set;
+    the recipe's own loss for edgeqat and efficientdm).
+    With ``state_dir`` the weights, quantizer parameters, optimizer state and step are saved atomically
+    every ``save_every`` steps and a re-run resumes from them (batches are a function of the step, so the
+    result is the same as an uninterrupted run); ``fingerprint`` (of model, data and config) must match
+    the saved one.
     """
     require(steps >= 1, f"steps must be >= 1, got {steps}")
-    require(lr > 0, f"learning rate must be positive, got {lr}")
+    require(save_every >= 1, f"save_every must be >= 1, got {save_every}")
+    optim = OptimConfig(lr=lr, warmup=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip)
     recipe = get_recipe(cfg.recipe)
-    if (cfg.distill is not None or recipe.needs_teacher) and teacher is None:
+    if (cfg.distill is not None or cfg.intervention is not None or recipe.needs_teacher) and teacher is None:
         teacher = copy.deepcopy(model)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     if not quant_layers(model):  # a block-wise recipe (efficientqat) arrives prepared
         prepare(model, cfg)
     hooks = recipe.hooks(model, cfg, teacher)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    opt = make_optimizer(model, optim)
     start, losses = _resume(state_dir, model, opt, fingerprint)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("QAT", total=steps, completed=start)
 
-    def objective(batch: Tensor) -> Tensor:
-        loss, logits = lm_loss(model, batch)
-        if cfg.distill is None:
-            return loss
-        with torch.no_grad():
-            teacher_logits = teacher(input_ids=batch[:, :-1]).logits
-        return distill_loss(logits, teacher_logits, batch[:, 1:], cfg.distill)
+        def on_step(done: int, loss: float, lr_now: float) -> None:
+            losses.append(loss)
+            bar.update(task, completed=done)
+            if state_dir is not None and (done % save_every == 0 or done == steps):
+                _save(state_dir, model, opt, done, losses, fingerprint)
 
-    for step in track(range(start, steps), description="QAT", total=steps - start, disable=not progress):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup_steps)
-        opt.zero_grad(set_to_none=True)
-        loss = hooks.backward(model, batches(step), objective, step, steps)
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        hooks.after_step(model, opt, step, steps)
-        losses.append(loss.item())
-        require(math.isfinite(losses[-1]), f"QAT loss is not finite at step {step + 1}: lower --lr")
-        if state_dir is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
-            _save(state_dir, model, opt, step + 1, losses, fingerprint)
+        train_steps(model, batches, optim, steps, opt=opt, loss_fn=qat_loss(cfg, teacher, steps), start=start,
+                    on_step=on_step, hooks=hooks)
     return losses
 
 
@@ -121,6 +130,9 @@ def _resume(state_dir: Path | None, model: nn.Module, opt, fingerprint: str) -> 
         raise QscaleError(f"cannot resume from {state_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     require(state.get("fingerprint") == fingerprint,
             f"{state_dir} holds a QAT run with another model, data or config: remove it or use another --out")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise QscaleError(f"cannot resume from {state_dir} (saved by another qscale version?): remove it") from e
     return int(state["step"]), [float(x) for x in state["losses"]]

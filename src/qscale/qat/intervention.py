@@ -5,10 +5,10 @@ The full-precision teacher's layer-wise signals replace the student's propagated
 hidden state at the same place, so the quantization error of the earlier blocks does not reach it and each
 block learns against clean inputs (the paper's intervention on the block input). The gradual schedule hands
 the sub-sections back to the student: ``first`` moves from block 1 (every block intervened) to past the last
-block over the first ``handback`` fraction of the steps, one block at a time from the bottom; after that the
-forward pass carries no teacher signal at all, and training ends as plain distillation. The loss is the
-distillation loss to the teacher's logits (``qscale.qat.distill``), the paper's KD objective; plain ``distill``
-without intervention is the control.
+block over the first ``handback`` fraction of the steps (never the last step), one block at a time from the
+bottom; after that the forward pass carries no teacher signal at all, and training ends as plain distillation.
+The loss is the distillation loss to the teacher's logits (``qscale.qat.distill``), the paper's KD objective;
+plain ``distill`` without intervention is the control. ``qscale.qat.finetune.qat_loss`` wires it in.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ from qscale.qat.config import InterventionConfig
 
 
 def first_intervened(step: int, steps: int, n_blocks: int, cfg: InterventionConfig) -> int:
-    """Index of the first block fed the teacher's input at ``step`` (``n_blocks`` = no intervention)."""
-    span = cfg.handback * steps
+    """Index of the first block fed the teacher's input at ``step`` (``n_blocks`` = no intervention).
+
+    The hand-back spans ``handback · steps`` steps but always ends before the last step, so the last
+    step (at least) trains the student's own forward pass.
+    """
+    span = min(cfg.handback * steps, steps - 1)
     if n_blocks <= 1 or step >= span:
         return n_blocks
     return 1 + math.floor((n_blocks - 1) * step / span)

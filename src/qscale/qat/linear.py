@@ -16,14 +16,7 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError
 from qscale.quant import QuantizedLinear, QuantizedWeight
 from qscale.quant.hadamard import hadamard_transform
-
-
-class ActQuantizer(nn.Module):
-    """Fake-quantizes a layer input ``[..., in]`` (dynamic per token, or with learned parameters)."""
-
-    def describe(self) -> dict:
-        """JSON-able description (format name, bits, granularity ...)."""
-        raise NotImplementedError
+from qscale.quant.ste import ActQuantizer  # noqa: F401  (re-exported)
 
 
 class WeightQuantizer(nn.Module):
@@ -32,9 +25,12 @@ class WeightQuantizer(nn.Module):
     Contract: ``forward(w)`` (differentiable, recipe-specific gradient) has the values of
     ``freeze(w).dequantize()``, so converting a trained layer does not change its outputs. A quantizer with
     ``owns_weight = True`` keeps its own (frozen, possibly downcast) copy of the weight: the layer then holds
-    no float weight and calls ``forward(None)`` / ``freeze(None)`` (low-rank QAT: LR-QAT, L4Q).
+    no float weight and calls ``forward(None)`` / ``freeze(None)`` (low-rank QAT: LR-QAT, L4Q). Its learned
+    parameters (scales, step sizes, zero points, low-rank factors) are never weight-decayed (``no_weight_decay``,
+    read by ``qscale.train.engine``).
     """
 
+    no_weight_decay = True
     owns_weight = False
 
     def forward(self, w: Tensor) -> Tensor:

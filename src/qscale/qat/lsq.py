@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from qscale.errors import require
+from qscale.quant.fused import backend_for, compiled, lsq_triton, lsq_triton_applies
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
@@ -84,9 +85,21 @@ def _sum_prod(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
 def lsq_fake_quantize(
     v: Tensor, spec: QuantSpec, step: Tensor, grad_scale: float, offset: Tensor | None = None
 ) -> Tensor:
-    """LSQ(+) fake quantization of ``v`` with step ``step`` (grouped-view shape of ``spec``)."""
+    """LSQ(+) fake quantization of ``v`` with step ``step`` (grouped-view shape of ``spec``); fused on CUDA
+    (``qscale.quant.fused``: a Triton kernel for the forward and one for the backward, or ``torch.compile``)."""
     vg = grouped(v, spec)
-    return ungrouped(_LSQ.apply(vg, step, offset, spec, grad_scale), spec, v.shape)
+    backend = backend_for(v)
+    if backend == "triton" and lsq_triton_applies(vg, step):
+        out = lsq_triton(vg, step, offset, spec, grad_scale)
+    elif backend == "compile":
+        out = compiled(_lsq_apply)(vg, step, offset, spec, grad_scale)
+    else:
+        out = _lsq_apply(vg, step, offset, spec, grad_scale)
+    return ungrouped(out, spec, v.shape)
+
+
+def _lsq_apply(vg: Tensor, step: Tensor, offset: Tensor | None, spec: QuantSpec, grad_scale: float) -> Tensor:
+    return _LSQ.apply(vg, step, offset, spec, grad_scale)
 
 
 def _check_lsq_bits(bits: int) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from qscale.errors import require
+from qscale.quant.fused import backend_for, quest_triton
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import straight_through
@@ -54,11 +55,15 @@ def quest_qparams(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 
 
 def quest_fake_quantize(x: Tensor, bits: int) -> Tensor:
-    """QuEST quantization of the (already rotated) rows of ``x`` with the trust-estimator gradient."""
+    """QuEST quantization of the (already rotated) rows of ``x`` with the trust-estimator gradient; the
+    rounding and the trust mask run as one Triton kernel on CUDA (``qscale.quant.fused``)."""
     xd = x.detach()
-    xf = xd.float()
     step, zero = quest_qparams(xd, bits)
     require_finite(step, "values")  # a NaN/Inf anywhere in a row makes its RMS non-finite
+    if backend_for(x) == "triton":
+        x_hat, trust = quest_triton(xd, step, 2**bits - 1)
+        return straight_through(x, x_hat, trust)
+    xf = xd.float()
     x_hat = round_to_grid(xf, step, zero, quest_spec(bits))
     trust = (x_hat - xf).abs() <= step / 2
     return straight_through(x, x_hat.to(x.dtype), trust)

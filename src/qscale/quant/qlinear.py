@@ -4,7 +4,9 @@ It keeps the weight packed in memory (``weight_packed``: the unsigned codes ``q 
 bitstream of ``qscale.quant.packing``, byte for byte compressed-tensors' ``weight_packed``) with
 ``weight_scale``, ``weight_zero``, ``weight_g_idx`` and any layout extras (``weight_<name>``), and
 dequantizes on the fly in ``forward``. A QAT-converted layer may also carry its activation quantizer and
-the Hadamard rotation of its inputs (QuEST): ``y = a_q(x H) · Ŵᵀ + b`` with ``Ŵ`` the rotated weight.
+the Hadamard rotation of its inputs (QuEST): ``y = a_q(x H) · Ŵᵀ + b`` with ``Ŵ`` the rotated weight; a QLLM
+layer carries the channel reassembly of its inputs (``input_src``/``input_dst``/``input_coef``,
+``qscale.quant.reassembly``): ``y = a_q(M(x)) · Ŵ'ᵀ + b``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from qscale.errors import QscaleError
 from qscale.quant.hadamard import hadamard_transform
 from qscale.quant.packing import pack_rows, unpack_rows
 from qscale.quant.qweight import QuantizedWeight
+from qscale.quant.reassembly import ChannelReassembly, reassemble
 from qscale.quant.spec import QuantSpec
 
 
@@ -24,9 +27,18 @@ class QuantizedLinear(nn.Module):
     """Packed integer weight + scales, dequantized per forward; drop-in for ``nn.Linear`` (and GPT-2's Conv1D)."""
 
     def __init__(self, qweight: QuantizedWeight, bias: Tensor | None = None, act_quantizer: nn.Module | None = None,
-                 hadamard_group: int = 0, name: str = "", source: str = "Linear"):
+                 hadamard_group: int = 0, name: str = "", source: str = "Linear",
+                 reassembly: ChannelReassembly | None = None):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
+        if reassembly is not None:
+            if hadamard_group or reassembly.width != self.in_features:
+                raise QscaleError(f"layer {name or '?'}: a channel reassembly of width {reassembly.width} does not "
+                                  f"fit {self.in_features} weight columns{' with a rotation' if hadamard_group else ''}")
+            self.register_buffer("input_src", reassembly.src.to(torch.int32).clone())
+            self.register_buffer("input_dst", reassembly.dst.to(torch.int32).clone())
+            self.register_buffer("input_coef", reassembly.coef.float().clone())
+        self.reassembled = reassembly is not None
         self.spec: QuantSpec = qweight.spec
         self.layout = qweight.layout
         self.name = name
@@ -51,6 +63,12 @@ class QuantizedLinear(nn.Module):
         return QuantizedWeight(codes, self.weight_scale, self.weight_zero, self.weight_g_idx, self.spec,
                                self.layout, extras)
 
+    def reassembly(self) -> ChannelReassembly | None:
+        """The channel reassembly of the inputs (QLLM), or None."""
+        if not self.reassembled:
+            return None
+        return ChannelReassembly(self.input_src, self.input_dst, self.input_coef, self.in_features)
+
     def dequantized_weight(self) -> Tensor:
         """The weight ``[out, in]`` the matmul uses (in the rotated basis when ``hadamard_group``)."""
         return self.qweight().dequantize()
@@ -58,6 +76,8 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.hadamard_group:
             x = hadamard_transform(x, self.hadamard_group)
+        if self.reassembled:
+            x = reassemble(x, self.input_src, self.input_dst, self.input_coef, self.in_features)
         if self.act_quantizer is not None:
             try:
                 x = self.act_quantizer(x)
@@ -71,4 +91,5 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"{self.spec.label}, layout={self.layout}, hadamard_group={self.hadamard_group}")
+                f"{self.spec.label}, layout={self.layout}, hadamard_group={self.hadamard_group}"
+                f"{', reassembled' if self.reassembled else ''}")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 
+from qscale.laws import get_published
+from qscale.report.ranking import ranking_markdown
+
 # Direction each exponent's sign implies in QiD = k·D^β/(N^α·P^γ): (variable, positive meaning).
 _DIRECTIONS = {"beta": ("D", "grows with D"), "alpha": ("N", "falls with N"), "gamma": ("P", "falls with P")}
 
@@ -39,7 +42,7 @@ def _verdict(name: str, fit) -> str:
     return f"{'yes' if v > 0 else 'no'} by the point estimate {name} = {_num(v)} (no interval)"
 
 
-def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, context) -> str:
+def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, context, ranking=None) -> str:
     """The whole ``summary.md`` text."""
     lines = [f"# {title}", ""]
     if context:
@@ -70,7 +73,10 @@ def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, contex
         ex = [_extrap(f.extrapolation.get(h)) for h in ("N", "D")]
         lines.append(f"| {m} | {' | '.join(cells)} | {f.stats['n_points']} | {f.excluded['total']} | "
                      f"{f.excluded['nonpositive']} | {_num(f.stats['r2_log'])} | {ex[0]} | {ex[1]} |")
-    lines += ["", "Paper (GPTQ, Pythia 160M–12B): k = 0.017, α = 0.2261, β = 0.5251, γ = 5.4967.", ""]
+    paper = get_published("ouyang2024-gptq").params
+    lines += ["", f"Paper (GPTQ, Pythia 160M–12B; published set ouyang2024-gptq): k = {paper['k']:g}, "
+              f"α = {paper['alpha']:g}, β = {paper['beta']:g}, γ = {paper['gamma']:g}.", ""]
+    lines += ranking_markdown(ranking)
     lines += ["## Noise", ""]
     for m, f in fits.items():
         n = f.noise

@@ -11,7 +11,8 @@ import io
 
 import numpy as np
 
-from qscale.study.noise import NoisePolicy
+from qscale.evaluate.noise import NoisePolicy
+from qscale.laws import predict
 
 
 def new_figure(nrows: int, ncols: int, size: tuple[float, float]):
@@ -47,8 +48,6 @@ def to_png(plt, fig) -> bytes:
 
 def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> bytes:
     """One panel per bit width: QiD against training tokens D, one colour per model size, fitted curves."""
-    from qscale.report.qid import predict_qid
-
     bits = sorted({int(r["P"]) for r in rows})
     models = sorted({(int(r["N"]), r["model"]) for r in rows})
     plt, fig, axes = new_figure(1, len(bits), (4.2 * len(bits), 3.8))
@@ -68,7 +67,7 @@ def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> by
             ax.scatter(d[pos & ~keep], q[pos & ~keep], facecolors="none", edgecolors=color, s=18)
             if fit.params is not None:
                 grid = np.geomspace(d.min(), d.max(), 50)
-                ax.plot(grid, predict_qid(fit.params, n, grid, p), color=color, lw=1)
+                ax.plot(grid, predict("qid", fit.params, {"N": n, "D": grid, "P": p}), color=color, lw=1)
         _log_axes(ax)
         ax.set_xlabel("training tokens D")
         ax.set_ylabel("QiD (nats)")
@@ -79,8 +78,6 @@ def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> by
 
 def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, policy: NoisePolicy) -> bytes:
     """One panel per method: observed QiD against the fitted law's prediction, with the y = x line."""
-    from qscale.report.qid import predict_qid
-
     methods = list(by_method)
     plt, fig, axes = new_figure(1, len(methods), (4.2 * len(methods), 4.0))
     for ax, m in zip(axes[0], methods):
@@ -92,7 +89,7 @@ def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, pol
             continue
         q = np.array([r["qid"] for r in rows], dtype=float)
         se = np.array([r["qid_se"] for r in rows], dtype=float)
-        pred = predict_qid(fit.params, *(np.array([r[c] for r in rows], dtype=float) for c in ("N", "D", "P")))
+        pred = predict("qid", fit.params, {c: np.array([r[c] for r in rows], dtype=float) for c in ("N", "D", "P")})
         keep, pos = policy.keep(q, se), q > 0
         bits = np.array([r["P"] for r in rows])
         for p in sorted(set(bits.tolist())):

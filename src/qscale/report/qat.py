@@ -3,7 +3,7 @@
 - The QAT law δ = k·D^γD·(log2 G)^γG / N^γN per scheme (laws engine, Huber in log space, bootstrap 95%
   CIs), on the held-out δ and, as in the paper, on the smoothed final training-loss δ. Per-channel
   scales enter as G = model width. Held-out points with δ <= 2 x paired SE (every δ <= 0 included) are
-  excluded and counted (:mod:`qscale.study.noise`); training-loss points with δ <= 0 likewise.
+  excluded and counted (:mod:`qscale.evaluate.noise`); training-loss points with δ <= 0 likewise.
 - The decomposition δ_W4A4 ≈ c·(δ_W4A16 + δ_W16A4) (paper: c = 0.906), least squares through 0.
 - Per-layer attribution of the activation error (input quantization MSE, kurtosis) and the FC2 fix:
   relative reduction of δ when the ``down_proj`` input is kept at 8 bits (paper: 20.5%-42.9% for W4A4).
@@ -21,17 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from qscale.errors import ConvergenceError, QscaleError
+from qscale.evaluate.noise import NoisePolicy, paired_delta
+from qscale.laws import bootstrap_ci, fit_law
 from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
-from qscale.study.noise import NoisePolicy
+from qscale.report import qat_plots
+from qscale.report.qat_law import PAPER_C, PAPER_FC2, PARAMS, law_name, noise_text, paper_params
+from qscale.report.qat_markdown import summary_markdown
 
-PAPER = {  # SPEC §2: (k, gamma_N, gamma_D, gamma_G)
-    "W4A4": (0.1582, 0.2186, 0.0745, 0.7779), "W4A16": (0.2522, 0.3589, 0.1610, 0.3533),
-    "W16A4": (0.1004, 0.1816, 0.0331, 0.9812), "W4A4-fc2a8": (0.3519, 0.2637, 0.0964, 0.3407),
-    "W16A4-fc2a8": (0.1273, 0.2347, 0.0827, 0.4491),
-}
-PAPER_C = 0.906
 CONTROL = "W8A8"
-PARAMS = ("k", "gamma_N", "gamma_D", "gamma_G")
 MIN_FIT_POINTS = 6
 
 
@@ -61,28 +58,9 @@ class QatReport:
     control: dict
 
 
-def predict_delta(params: dict[str, float], N, D, G) -> np.ndarray:
-    """δ = k·D^γD·(log2 G)^γG / N^γN (Chen et al. 2025, δ_p; SPEC §2)."""
-    N, D, G = (np.asarray(x, dtype=np.float64) for x in (N, D, G))
-    return params["k"] * D ** params["gamma_D"] * np.log2(G) ** params["gamma_G"] / N ** params["gamma_N"]
-
-
-def noise_text(policy: NoisePolicy) -> str:
-    return (f"held-out points with δ <= {policy.k:g} x their paired standard error (every δ <= 0 included) are "
-            "excluded from the log-space fit and counted, never clipped; training-loss points with δ <= 0 likewise")
-
-
-def _law(scheme: str) -> str:
-    from qscale.laws import LAWS
-
-    return f"qat_{scheme.lower()}" if f"qat_{scheme.lower()}" in LAWS else "qat"
-
-
 def fit_scheme(rows: list[dict], scheme: str, metric: str, n_boot: int, seed: int,
                policy: NoisePolicy = NoisePolicy()) -> SchemeFit:
     """Fit the QAT law to one scheme's rows on ``delta`` (noise policy) or ``delta_train`` (δ > 0)."""
-    from qscale.laws import bootstrap_ci, fit_law
-
     y = np.array([r[metric] for r in rows], dtype=np.float64)
     keep = policy.keep(y, np.array([r["delta_se"] for r in rows])) if metric == "delta" else np.isfinite(y) & (y > 0)
     f = SchemeFit(scheme, metric, len(rows), int((~keep).sum()), int((y <= 0).sum()))
@@ -95,12 +73,12 @@ def fit_scheme(rows: list[dict], scheme: str, metric: str, n_boot: int, seed: in
                    f"N/D/G counts {distinct} (need >= 2 each)")
         return f
     try:
-        fit = fit_law(_law(scheme), data, "delta")
+        fit = fit_law(law_name(scheme), data, "delta")
         f.params = {p: float(fit.params[p]) for p in PARAMS}
         f.stats = {"n_points": fit.n_points, "r2_log": fit.r2_log, "rmse_log": fit.rmse_log,
                    "converged": fit.converged}
         if n_boot:
-            f.ci = {p: tuple(map(float, v)) for p, v in bootstrap_ci(_law(scheme), data, "delta", n_boot=n_boot,
+            f.ci = {p: tuple(map(float, v)) for p, v in bootstrap_ci(law_name(scheme), data, "delta", n_boot=n_boot,
                                                                      seed=seed, fit=fit).items() if p in PARAMS}
     except (ConvergenceError, QscaleError) as e:
         f.params, f.error = None, f"fit failed: {e}"
@@ -173,7 +151,7 @@ def fc2_reduction(rows: list[dict], policy: NoisePolicy = NoisePolicy()) -> dict
                                            "cells": cs} for g, cs in sorted(per_g.items())},
                          "mean_reduction": float(np.mean([c["reduction"] for cs in per_g.values() for c in cs]))
                          if per_g else None, "n_below_floor": skipped}
-    out["paper"] = "W4A4: 20.5% (G = 32) to 42.9% (G = 256)"
+    out["paper"] = PAPER_FC2
     return out
 
 
@@ -196,8 +174,6 @@ def control_summary(rows: list[dict]) -> dict:
 
 def qat_vs_ptq(ptq: list[dict]) -> dict:
     """Per size: δ vs the checkpoint and vs the fp fine-tune control (paired over the same windows)."""
-    from qscale.study.qat import paired_delta
-
     out = {}
     for model in dict.fromkeys(r["model"] for r in ptq):
         rows = {(r["method"], r["scheme"]): r for r in ptq if r["model"] == model}
@@ -229,9 +205,6 @@ def write_qat_report(cells: list[dict], fps: list[dict], attr: list[dict], ptq: 
                      n_boot: int = 200, seed: int = 0, title: str = "QAT study", context: dict | None = None,
                      policy: NoisePolicy = NoisePolicy()) -> QatReport:
     """Fit, tabulate and write ``fit.json``, ``summary.md`` and the PNG plots into ``folder``."""
-    from qscale.report import qat_plots
-    from qscale.report.qat_markdown import summary_markdown
-
     folder = Path(folder)
     schemes = list(dict.fromkeys(r["scheme"] for r in cells if r["scheme"] != CONTROL))
     by_scheme = {s: [r for r in cells if r["scheme"] == s] for s in schemes}
@@ -245,7 +218,7 @@ def write_qat_report(cells: list[dict], fps: list[dict], attr: list[dict], ptq: 
         "n_boot": n_boot,
         "fits": {k: {"scheme": f.scheme, "metric": f.metric, "params": f.params, "ci": f.ci, "stats": f.stats,
                      "n_rows": f.n_rows, "n_excluded": f.n_excluded, "n_nonpositive": f.n_nonpositive,
-                     "error": f.error, "paper": dict(zip(PARAMS, PAPER[f.scheme])) if f.scheme in PAPER else None}
+                     "error": f.error, "paper": paper_params(f.scheme)}
                  for k, f in fits.items()},
         "c_factor": report.c_factor, "attribution": report.attribution, "fc2_int8": report.fc2,
         "qat_vs_ptq": report.qat_vs_ptq, "training_noise_control": report.control, "context": context or {},

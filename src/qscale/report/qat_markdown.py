@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from qscale.report.qat import PAPER, PARAMS, noise_text
+from qscale.report.qat_law import PARAMS, noise_text, paper_params
 
 
 def _num(x) -> str:
@@ -23,7 +23,8 @@ def _fits(report) -> list[str]:
     lines = ["| scheme | metric | k | γN | γD | γG | points | excluded | R² (log) | paper (k, γN, γD, γG) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for f in report.fits.values():
-        paper = ", ".join(_num(v) for v in PAPER[f.scheme]) if f.scheme in PAPER else "n/a"
+        pp = paper_params(f.scheme)
+        paper = ", ".join(_num(pp[p]) for p in PARAMS) if pp else "n/a"
         metric = "held-out δ" if f.metric == "delta" else "train-loss δ"
         if f.params is None:
             lines.append(f"| {f.scheme} | {metric} | {f.error} | | | | 0 | {f.n_excluded} | | {paper} |")

@@ -8,11 +8,11 @@ in each panel's title.
 
 from __future__ import annotations
 
-
 import numpy as np
 
+from qscale.evaluate.noise import NoisePolicy
 from qscale.report.plots import new_figure, to_png
-from qscale.study.noise import NoisePolicy
+from qscale.report.qat_law import predict_delta
 
 
 def _loglog(ax, any_positive: bool = True) -> None:
@@ -27,8 +27,6 @@ def _loglog(ax, any_positive: bool = True) -> None:
 
 def delta_vs_d(rows: list[dict], fit, policy: NoisePolicy) -> bytes:
     """One panel per group size: δ against D, one colour per model size, with the fitted law."""
-    from qscale.report.qat import predict_delta
-
     groups = sorted({int(r["G"]) for r in rows}, key=lambda g: (g == 0, g))
     models = sorted({(int(r["N"]), r["model"]) for r in rows})
     plt, fig, axes = new_figure(1, len(groups), (4.0 * len(groups), 3.6))
@@ -65,8 +63,6 @@ def delta_vs_d(rows: list[dict], fit, policy: NoisePolicy) -> bytes:
 
 def observed_vs_predicted(by_scheme: dict[str, list[dict]], fits: dict, policy: NoisePolicy) -> bytes:
     """One panel per scheme: observed δ against the fitted law's prediction, with y = x."""
-    from qscale.report.qat import predict_delta
-
     schemes = list(by_scheme)
     plt, fig, axes = new_figure(1, len(schemes), (3.8 * len(schemes), 3.8))
     for ax, s in zip(axes[0], schemes):

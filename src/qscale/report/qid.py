@@ -2,7 +2,7 @@
 
 The law is Ouyang et al. 2024 (arXiv 2411.17691, SPEC §1), QiD = k · D^β / (N^α · P^γ), fitted per
 PTQ method in log space by the laws engine (Huber loss, SPEC §5) on the points above the noise floor
-(:mod:`qscale.study.noise`). Inverting it gives the training tokens at which a model of N parameters
+(:mod:`qscale.evaluate.noise`). Inverting it gives the training tokens at which a model of N parameters
 reaches a given QiD at P bits: D* = (QiD · N^α · P^γ / k)^(1/β).
 """
 
@@ -13,10 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from qscale.errors import QscaleError
+from qscale.evaluate.noise import NoisePolicy, NoiseSummary, summarize_noise
+from qscale.laws import bootstrap_problem, extrapolation_check, fit_problem, invert, make_problem, predict
+from qscale.laws.uncertainty import samples_record
 from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
-from qscale.study.noise import NoisePolicy, NoiseSummary, summarize_noise
+from qscale.report.markdown import summary_markdown
+from qscale.report.plots import plot_observed_vs_predicted, plot_qid_vs_d
+from qscale.report.ranking import rank_at_target
 
 LAW_NAME = "qid"
 LAW_TEXT = "QiD = k * D^beta / (N^alpha * P^gamma)"
@@ -34,6 +40,7 @@ class ReportConfig:
     noise: NoisePolicy = field(default_factory=NoisePolicy)
     n_boot: int = 200
     seed: int = 0
+    target: tuple[float, float, float] | None = None  # (N, D, P) at which to rank the methods
 
     def __post_init__(self) -> None:
         if not self.thresholds or any(not (t > 0) for t in self.thresholds):
@@ -55,12 +62,12 @@ class MethodFit:
     stats: dict | None = None
     extrapolation: dict | None = None
     error: str | None = None
+    bootstrap: dict | None = None  # bootstrap parameter samples (qscale.laws.uncertainty.samples_record)
 
 
 def predict_qid(params: dict[str, float], N, D, P) -> np.ndarray:
-    """The unified law QiD = k·D^β/(N^α·P^γ) (SPEC §1)."""
-    N, D, P = (np.asarray(x, dtype=np.float64) for x in (N, D, P))
-    return params["k"] * D ** params["beta"] / (N ** params["alpha"] * P ** params["gamma"])
+    """The unified law QiD = k·D^β/(N^α·P^γ) (SPEC §1), evaluated by the laws engine."""
+    return predict(LAW_NAME, params, {"N": N, "D": D, "P": P})
 
 
 def tokens_for_qid(params: dict[str, float], qid: float, N: float, P: float) -> float:
@@ -69,8 +76,6 @@ def tokens_for_qid(params: dict[str, float], qid: float, N: float, P: float) -> 
     D* = (qid·N^α·P^γ/k)^(1/β), solved by the laws engine. NaN when β <= 0: QiD then does not grow
     with D, so no amount of training makes it reach the threshold from below.
     """
-    from qscale.laws import invert
-
     if not (params["beta"] > 0 and qid > 0):
         return float("nan")
     return float(invert(LAW_NAME, params, {"N": N, "P": P}, qid, solve_for="D"))
@@ -82,12 +87,14 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
     return cols
 
 
-def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict, dict, dict]:
-    """Params, bootstrap CIs, fit stats and held-out extrapolation errors from the laws engine (SPEC §5)."""
-    from qscale.laws import bootstrap_ci, extrapolation_check, fit_law
-
-    res = fit_law(LAW_NAME, data, target="qid")
-    ci = bootstrap_ci(LAW_NAME, data, "qid", n_boot=cfg.n_boot, seed=cfg.seed, fit=res) if cfg.n_boot else {}
+def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict, dict, dict, dict | None]:
+    """Params, bootstrap CIs, fit stats, held-out extrapolation errors and the bootstrap parameter samples
+    (``qscale.laws.uncertainty``: what ``qscale predict`` and the ranking turn into intervals) from the laws
+    engine (SPEC §5)."""
+    problem = make_problem(LAW_NAME, data, "qid")
+    res = fit_problem(problem, target="qid")
+    boot = bootstrap_problem(problem, res, cfg.n_boot, cfg.seed) if cfg.n_boot else None
+    ci = boot.ci() if boot else {}
     extrap = {}
     for hold in ("N", "D"):
         try:
@@ -95,7 +102,8 @@ def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict
         except QscaleError as err:  # e.g. no points left above the noise floor at the smaller values
             e = {"error": str(err)}
         extrap[hold] = {k: v for k, v in e.items() if k not in ("params", "rel_errors")}
-    return dict(res.params), {k: tuple(v) for k, v in ci.items()}, res.stats(), extrap
+    samples = samples_record(boot) if boot else None
+    return dict(res.params), {k: tuple(v) for k, v in ci.items()}, res.stats(), extrap, samples
 
 
 def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
@@ -112,7 +120,7 @@ def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
             f"the points above the noise floor have a single value of {', '.join(varying)}"
         out.error = f"not fitted: {why}"
         return out
-    out.params, out.ci, out.stats, out.extrapolation = _fit_law(data, cfg)
+    out.params, out.ci, out.stats, out.extrapolation, out.bootstrap = _fit_law(data, cfg)
     return out
 
 
@@ -127,8 +135,6 @@ def inversion_table(fit: MethodFit, sizes: dict[str, int], cfg: ReportConfig) ->
 
 
 def _rank_corr(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     return float(spearmanr(x, y).statistic)
@@ -186,9 +192,6 @@ class Report:
 def write_qid_report(rows: list[dict], out_dir: str | Path, cfg: ReportConfig | None = None,
                      title: str = "QiD study", context: dict | None = None) -> Report:
     """Fit every method in ``rows`` and write ``fit.json``, ``summary.md`` and PNG plots to ``out_dir``."""
-    from qscale.report.markdown import summary_markdown
-    from qscale.report.plots import plot_observed_vs_predicted, plot_qid_vs_d
-
     cfg = cfg or ReportConfig()
     if not rows:
         raise QscaleError("no QiD rows to report: the study has not measured any cell yet")
@@ -214,19 +217,22 @@ def write_qid_report(rows: list[dict], out_dir: str | Path, cfg: ReportConfig | 
     doc = {
         "title": title,
         "law": LAW_TEXT,
+        "law_name": LAW_NAME,
         "noise_policy": cfg.noise.describe(),
         "n_boot": cfg.n_boot,
         "n_rows": len(rows),
         "sizes": sizes,
         "measured_D_range": list(d_range),
+        "ranges": {c: [min(r[c] for r in rows), max(r[c] for r in rows)] for c in ("N", "D", "P")},
         "context": context or {},
         "methods": {m: fits[m] for m in methods},
         "inversion": inversions,
         "trends": trend,
+        "ranking": rank_at_target(LAW_NAME, fits, cfg.target),
     }
     atomic_write_json(out / "fit.json", _strict_json(to_jsonable(doc)))
     files.append(out / "fit.json")
-    md = summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, context or {})
+    md = summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, context or {}, doc["ranking"])
     atomic_write_bytes(out / "summary.md", md.encode())
     files.append(out / "summary.md")
     return Report(out, fits, tuple(files))

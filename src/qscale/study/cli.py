@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, floats, ints, names
+from qscale.study.backends import ADDRESS_OPTION, DB_OPTION, EXECUTOR_OPTION, GPUS_OPTION, make_executor
+from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, floats, ints, names, parse_target
+from qscale.study.qid import build_study, run_qid_study
 
 
 def qid_command(
@@ -28,15 +30,24 @@ def qid_command(
     seed: int = typer.Option(0, "--seed", help="Seed for calibration windows (and the suite's training)."),
     threshold: str = typer.Option(None, "--threshold", help="Comma-separated QiD levels for the tokens-to-reach "
                                   "table, e.g. 0.05,0.1,0.2. Default: the preset's."),
+    checkpoints: str = typer.Option(None, "--checkpoints", help="Your own suite instead of training one: a "
+                                    "folder of checkpoint folders (suite/<size>/step<N>), a glob, or a CSV "
+                                    "manifest (columns path, size, N, D; all but path optional)."),
+    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = S x this for "
+                                        "folders named step<S> without qscale metadata (Pythia: 2097152)."),
+    calib_data: Path = typer.Option(None, "--calib-data", help="With --checkpoints: calibration text (train "
+                                    "split). Default: --data."),
+    target: str = typer.Option(None, "--target", help="Rank the methods at N,D,P, e.g. 7e9,2e12,4: predicted "
+                               "QiD with a 95% bootstrap interval per method."),
     progress: bool = PROGRESS_OPTION,
+    db: str = DB_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    address: str = ADDRESS_OPTION,
+    gpus_per_task: float = GPUS_OPTION,
 ) -> None:
     """Reproduce 'low-bit quantization favors undertrained LLMs' on your own suite: train, quantize with RTN
     and GPTQ at several bit widths, record QiD = loss_quantized - loss_full_precision, fit
     QiD = k·D^β/(N^α·P^γ) and write a report. Resumable: re-run the same command after an interruption."""
-    from qscale.data import load_token_streams
-    from qscale.data.batches import check_eval_windows
-    from qscale.study.qid import build_study, run_qid_study
-
     overrides = {
         "methods": names(methods),
         "bits": ints(bits, "--bits"),
@@ -44,13 +55,13 @@ def qid_command(
         "eval_windows": eval_windows,
     }
     study = build_study(preset, out=out, data=data, tokenizer=tokenizer, seed=seed,
-                        thresholds=floats(threshold, "--threshold"),
+                        thresholds=floats(threshold, "--threshold"), checkpoints=checkpoints,
+                        tokens_per_step=tokens_per_step, calib_data=calib_data, target=parse_target(target),
                         **{k: v for k, v in overrides.items() if v is not None})
-    streams = load_token_streams(study.data, progress=progress)
-    check_eval_windows(len(streams.val), study.grid.eval_windows, study.grid.eval_seq_len)  # bad input: one line
+    res = run_qid_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
+                        executor=make_executor(executor, address, gpus_per_task))
     console = Console(stderr=True)
     console.print(f"QiD study [bold]{study.name}[/]: {study.out_dir}")
-    res = run_qid_study(study, progress=progress, streams=streams)
     console.print(f"{res.computed} cells measured, {res.skipped} already in the store; {res.n_rows} rows reported.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
     for m, f in res.report.fits.items():

@@ -2,7 +2,7 @@
 
 A cell is (model size, checkpoint D, method, bits P, group size G, seed). Evaluation windows are
 fixed (evenly spaced over the validation split) and shared by the full-precision and quantized
-models, so QiD's noise is that of paired differences (:mod:`qscale.study.noise`); calibration windows
+models, so QiD's noise is that of paired differences (:mod:`qscale.evaluate.noise`); calibration windows
 come from the training split with a fixed seed (Frantar et al. 2022; SPEC §1 protocol, §6 GPTQ).
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qscale.errors import QscaleError, require
+from qscale.ptq import PTQ_METHODS, PTQConfig
+from qscale.quant import QuantSpec
 from qscale.report.qid import DEFAULT_THRESHOLDS, ReportConfig
 
 
@@ -52,17 +54,12 @@ class QidGrid:
 
     def check_methods(self) -> None:
         """Fail early, naming the problem, if a method is not in the PTQ registry."""
-        from qscale.ptq import PTQ_METHODS
-
         unknown = [m for m in self.methods if m not in PTQ_METHODS]
         if unknown:
             raise QscaleError(f"unknown PTQ method(s) {', '.join(unknown)} (choose from {', '.join(PTQ_METHODS)})")
 
     def ptq_config(self, method: str, bits: int):
         """The :class:`qscale.ptq.PTQConfig` of one cell (symmetric, per group or per channel)."""
-        from qscale.ptq import PTQConfig
-        from qscale.quant import QuantSpec
-
         if self.group_size:
             spec = QuantSpec(bits=bits, symmetric=True, granularity="group", group_size=self.group_size)
         else:

@@ -39,3 +39,13 @@ DATA_OPTION = typer.Option(None, "--data", help="Text corpus: .txt, .jsonl, .par
 TOKENIZER_OPTION = typer.Option(None, "--tokenizer", help="tokenizer.json to use. Default: a byte-level BPE "
                                 "trained on the train split (cached).")
 PROGRESS_OPTION = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+
+
+def parse_target(text: str | None) -> tuple[float, float, float] | None:
+    """``"7e9,2e12,4"`` -> (N, D, P) for ranking methods; None when not given."""
+    values = floats(text, "--target")
+    if values is None:
+        return None
+    if len(values) != 3 or not all(v > 0 for v in values):
+        raise QscaleError(f"--target must be three positive numbers N,D,P (e.g. 7e9,2e12,4), got {text!r}")
+    return values

@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from qscale.study.backends import ADDRESS_OPTION, DB_OPTION, EXECUTOR_OPTION, GPUS_OPTION, make_executor
 from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, ints, names
+from qscale.study.qat import build_qat_study, run_qat_study
 
 
 def qat_command(
@@ -29,21 +31,30 @@ def qat_command(
     data: Path = DATA_OPTION,
     tokenizer: Path = TOKENIZER_OPTION,
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order and calibration."),
+    checkpoints: str = typer.Option(None, "--checkpoints", help="QAT vs PTQ on your own suite's final "
+                                    "checkpoints (largest D per size): a folder of checkpoint folders, a glob or a "
+                                    "CSV manifest, as for 'qscale study qid'."),
+    tokens_per_step: int = typer.Option(None, "--tokens-per-step", help="With --checkpoints: D = S x this for "
+                                        "folders named step<S>."),
     progress: bool = PROGRESS_OPTION,
+    db: str = DB_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    address: str = ADDRESS_OPTION,
+    gpus_per_task: float = GPUS_OPTION,
 ) -> None:
     """Train full-precision and QAT models (W4A4, W4A16, W16A4; STE AbsMax) from scratch over a grid of
     N, D and G, record δ = loss_QAT − loss_fp, fit δ = k·D^γD·(log2 G)^γG/N^γN, attribute the activation
     error per layer, test the FC2-at-8-bits fix, and compare QAT fine-tuning (ste/lsq/quest) with GPTQ W4.
     Resumable: re-run the same command after an interruption."""
-    from qscale.study.qat import build_qat_study, run_qat_study
-
     study = build_qat_study(preset, out=out, data=data, tokenizer=tokenizer, seed=seed, recipes=names(recipes),
                             sizes=names(sizes), steps=ints(steps, "--steps"), groups=ints(groups, "--groups"),
-                            compare=compare, qid_dir=qid_dir)
+                            compare=compare, qid_dir=qid_dir, checkpoints=checkpoints,
+                            tokens_per_step=tokens_per_step)
+    t0 = time.perf_counter()
+    res = run_qat_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
+                        executor=make_executor(executor, address, gpus_per_task))
     console = Console(stderr=True)
     console.print(f"QAT study [bold]{study.name}[/]: {study.out_dir}")
-    t0 = time.perf_counter()
-    res = run_qat_study(study, progress=progress)
     console.print(f"{res.computed} models trained/measured, {res.skipped} already in the store; "
                   f"{time.perf_counter() - t0:.0f} s in all.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 
 from qscale.errors import require
 from qscale.models.ladder import get_size
-from qscale.qat import LayerRule, QATRecipeConfig
+from qscale.ptq import PTQConfig
+from qscale.qat import RECIPES, LayerRule, QATRecipeConfig
 from qscale.qat.config import UNQUANTIZED
+from qscale.quant import QuantSpec
+from qscale.train.suite import SUITE_PRESETS
 
 FC2 = "*.down_proj"
 
@@ -143,9 +146,6 @@ class PtqCompare:
     calib_seq_len: int = 128
 
     def __post_init__(self) -> None:
-        from qscale.qat import RECIPES
-        from qscale.train.suite import SUITE_PRESETS
-
         require(self.suite in SUITE_PRESETS, f"unknown suite {self.suite!r} (choose from {', '.join(SUITE_PRESETS)})")
         suite = SUITE_PRESETS[self.suite]
         require(len(self.sizes) >= 1 and set(self.sizes) <= set(suite.sizes),
@@ -162,9 +162,6 @@ class PtqCompare:
                 f"compare windows must not be longer than the suite's sequences ({suite.base.seq_len})")
 
     def gptq_config(self):
-        from qscale.ptq import PTQConfig
-        from qscale.quant import QuantSpec
-
         spec = (QuantSpec(4, symmetric=True, granularity="group", group_size=self.group_size) if self.group_size
                 else QuantSpec(4, symmetric=True, granularity="channel", group_size=None))
         return PTQConfig(method="gptq", spec=spec, n_calib=self.n_calib, calib_seq_len=self.calib_seq_len)

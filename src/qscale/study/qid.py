@@ -1,37 +1,33 @@
-"""The QiD study runner (Ouyang et al. 2024, arXiv 2411.17691; SPEC §1 protocol):
+"""The QiD study as a definition on the study core (Ouyang et al. 2024, arXiv 2411.17691; SPEC §1 protocol).
 
-train a suite of model sizes with log-spaced checkpoints -> evaluate each checkpoint in full precision
-once on fixed held-out windows -> for each PTQ method and bit width quantize a copy (calibration windows
-from the TRAIN split, fixed seed) and evaluate it on the SAME windows -> store QiD = loss_q - loss_fp
-with its paired standard error -> fit the unified law and write the report.
-
-Every step is resumable: training re-uses finished checkpoints, the full-precision loss of a checkpoint
-is stored once, each quantized cell is committed as soon as it is measured and skipped when present,
-and the report is rewritten atomically from the store.
+Suite -> checkpoints -> for each checkpoint its full-precision loss once on fixed held-out windows ->
+for each PTQ method and bit width a quantized copy on the SAME windows (calibration from the TRAIN
+split, fixed seed) -> QiD = loss_q - loss_fp with its paired SE -> fit and report. The suite is either
+the built-in one (trained here, one task per size that its checkpoints' cells depend on) or the user's
+own checkpoints (:mod:`qscale.study.checkpoints`: any HF causal-LM folders, each with its own tokenizer).
+Everything resumes: a stored cell is skipped, each row is committed as soon as it is measured.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from qscale.data import DataConfig, TokenStreams, load_token_streams
-from qscale.data.batches import calibration_windows, check_eval_windows, eval_windows
+from qscale.data.batches import calibration_windows, eval_windows
 from qscale.errors import require
-from qscale.evaluate import evaluate
-from qscale.models import count_params, load_model
-from qscale.provenance import config_hash, seed_everything, versions
-from qscale.ptq import quantize_model
+from qscale.provenance import config_hash
 from qscale.report.qid import Report, ReportConfig, write_qid_report
+from qscale.study.backends import open_store, study_lock
+from qscale.study.checkpoints import SuiteCheckpoint, discover
+from qscale.study.core import CellKey, Store, Task
+from qscale.study.executor import Executor
 from qscale.study.grid import QidGrid, get_preset
-from qscale.study.noise import paired_se
-from qscale.study.store import CellKey, CheckpointEval, QidRow, Store
-from qscale.train import train
+from qscale.study.qid_cells import TABLES, eval_checkpoint, quantize_cell, train_size
+from qscale.study.runner import run_study
+from qscale.train.checkpoint import checkpoint_dir
 from qscale.train.suite import SUITE_PRESETS, SuiteConfig
 
 DEFAULT_ROOT = Path("qscale-runs")
@@ -39,7 +35,11 @@ DEFAULT_ROOT = Path("qscale-runs")
 
 @dataclass(frozen=True)
 class QidStudy:
-    """Everything a QiD study needs: data, suite, PTQ grid, report settings and where to write."""
+    """Everything a QiD study needs: data, suite (built-in or the user's checkpoints), grid, report, folder.
+
+    ``checkpoints`` set: the user's suite (``suite`` unused); held-out text from ``data.data`` tokenized with
+    each checkpoint's own tokenizer, calibration text from ``calib_data`` (default: ``data.data``).
+    """
 
     name: str
     data: DataConfig
@@ -47,6 +47,9 @@ class QidStudy:
     grid: QidGrid
     report: ReportConfig
     out_dir: Path
+    checkpoints: tuple[SuiteCheckpoint, ...] | None = None
+    calib_data: Path | None = None
+    source: str = ""
 
     @property
     def store_path(self) -> Path:
@@ -63,7 +66,7 @@ class QidStudy:
 
 @dataclass
 class StudyOutcome:
-    """What a run did: rows computed and skipped, seconds per phase, the report written."""
+    """What a run did: cells computed and skipped, seconds per phase, the report written."""
 
     store_path: Path
     report: Report | None
@@ -74,144 +77,172 @@ class StudyOutcome:
 
 
 def build_study(preset: str, out: Path | None = None, data: Path | None = None, tokenizer: Path | None = None,
-                seed: int = 0, thresholds: tuple[float, ...] | None = None, **grid_overrides) -> QidStudy:
+                seed: int = 0, thresholds: tuple[float, ...] | None = None, checkpoints: str | None = None,
+                tokens_per_step: int | None = None, calib_data: Path | None = None,
+                target: tuple[float, float, float] | None = None, **grid_overrides) -> QidStudy:
     """A :class:`QidStudy` from a named preset and the user's overrides (CLI edge; all validated here).
 
-    ``grid_overrides`` are :class:`QidGrid` fields (methods, bits, group_size, eval_windows, ...).
-    The default folder is ``./qscale-runs/qid-<preset>``.
+    ``grid_overrides`` are :class:`QidGrid` fields. The default folder is ``./qscale-runs/qid-<preset>``
+    (``qid-<name of the checkpoints path>`` for a user suite).
     """
     p = get_preset(preset)
     unknown = set(grid_overrides) - {f.name for f in dataclasses.fields(QidGrid)}
     require(not unknown, f"unknown study grid option(s): {', '.join(sorted(unknown))}")
     grid = dataclasses.replace(p.grid, seed=seed, **grid_overrides)
     report = dataclasses.replace(p.report, thresholds=tuple(thresholds) if thresholds else p.report.thresholds,
-                                 seed=seed)
+                                 seed=seed, target=target)
     suite = SUITE_PRESETS[p.suite]
     suite = dataclasses.replace(suite, base=dataclasses.replace(suite.base, seed=seed))
     data_cfg = DataConfig(data=data, tokenizer=tokenizer, vocab_size=p.vocab_size,
                           max_files=p.max_files if data is None else None)
-    out_dir = Path(out) if out is not None else DEFAULT_ROOT / f"qid-{preset}"
-    return QidStudy(name=preset, data=data_cfg, suite=suite, grid=grid, report=report, out_dir=out_dir)
+    if checkpoints is None:
+        require(tokens_per_step is None and calib_data is None,
+                "--tokens-per-step and --calib-data apply to a suite given with --checkpoints")
+        return QidStudy(preset, data_cfg, suite, grid, report, Path(out) if out else DEFAULT_ROOT / f"qid-{preset}")
+    require(tokenizer is None, "--tokenizer does not apply with --checkpoints: each checkpoint's own is used")
+    found = discover(checkpoints, tokens_per_step)
+    name = Path(str(checkpoints).rstrip("/*")).stem or "checkpoints"
+    return QidStudy(name, data_cfg, suite, grid, report, Path(out) if out else DEFAULT_ROOT / f"qid-{name}",
+                    checkpoints=found, calib_data=calib_data, source=str(checkpoints))
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@dataclass
+class _Inputs:
+    """Held-out and calibration windows of one tokenizer, and the hash of what they were made from."""
+
+    windows: object
+    calib: object
+    eval_hash: str
+    calib_hash: str
 
 
-def run_qid_study(study: QidStudy, progress: bool = True, streams: TokenStreams | None = None) -> StudyOutcome:
-    """Run (or resume) the study and write its report; returns counts and per-phase timings."""
-    grid = study.grid
-    grid.check_methods()
-    seq_len = study.suite.base.seq_len
-    require(grid.eval_seq_len <= seq_len and grid.calib_seq_len <= seq_len,
-            f"evaluation ({grid.eval_seq_len}) and calibration ({grid.calib_seq_len}) windows must not be longer "
-            f"than the suite's training sequences ({seq_len})")
-    out = StudyOutcome(study.store_path, report=None, n_rows=0,
-                       seconds={k: 0.0 for k in ("data", "train", "fp_eval", "quantize", "q_eval", "report")})
-    t0 = time.perf_counter()
-    streams = streams if streams is not None else load_token_streams(study.data, progress=progress)
-    check_eval_windows(len(streams.val), grid.eval_windows, grid.eval_seq_len)  # before hours of training
-    out.seconds["data"] = time.perf_counter() - t0
+class QidDefinition:
+    """The QiD study on the core: tables, tasks (train sizes, fp evaluations, quantized cells), report."""
 
-    with Store(study.store_path) as store:
-        checkpoints = _train_suite(study, streams, store, out, progress)
-        keys = _measure(study, streams, checkpoints, store, out, progress)
-        rows = store.qid_rows(keys)
+    def __init__(self, study: QidStudy, streams: TokenStreams | None = None, progress: bool = True):
+        self.study, self.streams, self.progress = study, streams, progress
+        self.name = f"QiD {study.name}"
+        self.keys: list[CellKey] = []
+        self._tasks: list[Task] | None = None
 
-    t0 = time.perf_counter()
-    context = {"study": study.name, "suite": study.suite_dir.name, "group size": grid.group_size or "per channel",
-               "eval tokens per loss": f"{grid.eval_tokens:,}",
-               "calibration": f"{grid.n_calib} x {grid.calib_seq_len} tokens (train split)"}
-    out.report = write_qid_report(rows, study.report_dir, study.report, title=f"QiD study '{study.name}'",
-                                  context=context)
-    out.seconds["report"] = time.perf_counter() - t0
-    out.n_rows = len(rows)
-    return out
+    def tables(self):
+        return TABLES
+
+    def _inputs(self, streams: TokenStreams, calib_streams: TokenStreams, extra: dict) -> _Inputs:
+        g = self.study.grid
+        eval_hash = config_hash({**extra, "tokenizer": streams.tokenizer_hash, "data": streams.data_fingerprint,
+                                 "split_sizes": [len(streams.train), len(streams.val)],
+                                 "eval_windows": g.eval_windows, "eval_seq_len": g.eval_seq_len})
+        calib_hash = config_hash({"data": calib_streams.data_fingerprint, "train": len(calib_streams.train),
+                                  "tokenizer": calib_streams.tokenizer_hash})
+        return _Inputs(eval_windows(streams.val, g.eval_windows, g.eval_seq_len),
+                       calibration_windows(calib_streams.train, g.n_calib, g.calib_seq_len, g.seed), eval_hash,
+                       calib_hash)
+
+    def _cells(self, size: str, D: int, path: str, inp: _Inputs, N: int | None, train: Task | None) -> list[Task]:
+        """The fp evaluation of one checkpoint and its quantized cells (after ``train``, if any)."""
+        g, run = self.study.grid, self.study.name
+        after = (train.id,) if train else ()
+        fp_key = CellKey.make("qid_fp", {"eval": inp.eval_hash, "N": N}, run=run, model=size, D=D, seed=g.seed)
+        fp = Task(f"fp:{size}:{D}", eval_checkpoint, (path, inp.windows, g.eval_batch_size, fp_key, N), deps=after,
+                  keys=(fp_key,), phase="fp_eval", label=f"{size} D={D:,}: full precision")
+        out = [fp]
+        for method in g.methods:
+            for bits in g.bits:
+                cfg = g.ptq_config(method, bits)
+                key = CellKey.make("qid", {"eval": inp.eval_hash, "ptq": cfg, "calib": inp.calib_hash,
+                                           "calib_seed": g.seed, "N": N},
+                                   run=run, model=size, D=D, method=method, P=bits, G=g.group_size, seed=g.seed)
+                self.keys.append(key)
+                out.append(Task(f"q:{size}:{D}:{method}:{bits}", quantize_cell,
+                                (path, cfg, inp.calib, inp.windows, g.eval_batch_size, g.seed, key),
+                                deps=(fp.id, *after), keys=(key,), phase="quantize",
+                                label=f"{size} D={D:,}: {method} {bits}-bit"))
+        return out
+
+    def tasks(self) -> list[Task]:
+        """Every task of the study (built once: loads the data and checks the grid against it)."""
+        if self._tasks is None:
+            self.keys = []
+            self._tasks = self._suite_tasks() if self.study.checkpoints is None else self._checkpoint_tasks()
+        return self._tasks
+
+    def _suite_tasks(self) -> list[Task]:
+        s, g = self.study, self.study.grid
+        seq_len = s.suite.base.seq_len
+        require(g.eval_seq_len <= seq_len and g.calib_seq_len <= seq_len,
+                f"evaluation ({g.eval_seq_len}) and calibration ({g.calib_seq_len}) windows must not be longer "
+                f"than the suite's training sequences ({seq_len})")
+        if self.streams is None:
+            self.streams = load_token_streams(s.data, progress=self.progress)
+        inp = self._inputs(self.streams, self.streams, {"suite": s.suite})
+        tasks = []
+        for size in s.suite.sizes:
+            cfg = s.suite.train_config(size)
+            folder = s.suite_dir / size
+            key = CellKey.make("qid_train", {"train": cfg, "tokenizer": self.streams.tokenizer_hash,
+                                             "data": self.streams.data_fingerprint},
+                               run=s.name, model=size, seed=cfg.seed)
+            train = Task(f"train:{size}", train_size, (cfg, self.streams, str(folder), key, self.progress),
+                         keys=(key,), phase="train", label=f"train {size}", own_progress=self.progress)
+            tasks.append(train)
+            for step in cfg.checkpoint_steps():
+                D = step * cfg.tokens_per_step
+                if D >= g.min_tokens:
+                    tasks += self._cells(size, D, str(checkpoint_dir(folder, step)), inp, None, train)
+        return tasks
+
+    def _checkpoint_tasks(self) -> list[Task]:
+        s, g = self.study, self.study.grid
+        by_tok: dict[str, _Inputs] = {}
+        tasks = []
+        for ck in s.checkpoints:
+            if ck.D < max(1, g.min_tokens):  # step0 (untrained, D = 0) has no place on a log-D law
+                continue
+            if ck.tokenizer not in by_tok:
+                cfg = dataclasses.replace(s.data, tokenizer=Path(ck.tokenizer))
+                streams = load_token_streams(cfg, progress=self.progress)
+                calib = streams if s.calib_data is None else load_token_streams(
+                    dataclasses.replace(cfg, data=s.calib_data, max_files=None), progress=self.progress)
+                by_tok[ck.tokenizer] = self._inputs(streams, calib, {})
+            inp = by_tok[ck.tokenizer]
+            inp_ck = dataclasses.replace(inp, eval_hash=config_hash({"eval": inp.eval_hash, "path": ck.path}))
+            tasks += self._cells(ck.size, ck.D, ck.path, inp_ck, ck.N, None)
+        require(tasks, f"every checkpoint has fewer training tokens than the preset's minimum ({g.min_tokens:,})")
+        return tasks
+
+    def context(self) -> dict:
+        s, g = self.study, self.study.grid
+        suite = (s.suite_dir.name if s.checkpoints is None
+                 else f"{len(s.checkpoints)} checkpoints of {len({c.size for c in s.checkpoints})} sizes from {s.source}")
+        return {"study": s.name, "suite": suite, "group size": g.group_size or "per channel",
+                "eval tokens per loss": f"{g.eval_tokens:,}",
+                "calibration": f"{g.n_calib} x {g.calib_seq_len} tokens (train split"
+                               f"{' of ' + str(s.calib_data) if s.calib_data else ''})"}
+
+    def rows(self, store: Store) -> list[dict]:
+        return [r for k in self.keys if (r := store.get(k)) is not None]
+
+    def report(self, store: Store) -> Report:
+        return write_qid_report(self.rows(store), self.study.report_dir, self.study.report,
+                                title=f"QiD study '{self.study.name}'", context=self.context())
 
 
-def _train_suite(study: QidStudy, streams, store: Store, out: StudyOutcome, progress: bool) -> dict[str, list]:
-    """Train (or resume) each size of the suite; the seconds spent are added to the store per size."""
-    checkpoints = {}
-    for size in study.suite.sizes:
-        t0 = time.perf_counter()
-        checkpoints[size] = train(study.suite.train_config(size), streams, study.suite_dir / size, progress=progress)
-        elapsed = time.perf_counter() - t0
-        store.add_train_seconds(study.name, size, study.suite.base.seed, elapsed)
-        out.seconds["train"] += elapsed
-    require(any(checkpoints.values()), "the training suite produced no checkpoints")
-    return checkpoints
+def run_qid_study(study: QidStudy, progress: bool = True, streams: TokenStreams | None = None,
+                  executor: Executor | None = None, store: Store | None = None, db: str | None = None
+                  ) -> StudyOutcome:
+    """Run (or resume) the study and write its report; returns counts and per-phase timings.
 
-
-def _measure(study: QidStudy, streams, checkpoints: dict[str, list], store: Store, out: StudyOutcome,
-             progress: bool) -> list[CellKey]:
-    """Measure every missing cell of every checkpoint, committing each row; returns all the grid's keys."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    grid = study.grid
-    checkpoints = {size: [ck for ck in ckpts if ck.tokens >= grid.min_tokens] for size, ckpts in checkpoints.items()}
-    windows = eval_windows(streams.val, grid.eval_windows, grid.eval_seq_len)
-    calib = calibration_windows(streams.train, grid.n_calib, grid.calib_seq_len, grid.seed)
-    eval_hash = config_hash({"suite": study.suite, "tokenizer": streams.tokenizer_hash,
-                             "data": streams.data_fingerprint, "split_sizes": [len(streams.train), len(streams.val)],
-                             "eval_windows": grid.eval_windows, "eval_seq_len": grid.eval_seq_len})
-    cells = [(m, p, grid.ptq_config(m, p)) for m in grid.methods for p in grid.bits]
-    cell_hash = {(m, p): config_hash({"eval": eval_hash, "ptq": cfg, "calib_seed": grid.seed}) for m, p, cfg in cells}
-    vers, device, keys = versions(), _device(), []
-
-    total = sum(len(c) for c in checkpoints.values()) * len(cells)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress) as bar:
-        task = bar.add_task("QiD cells", total=total)
-        for size, ckpts in checkpoints.items():
-            train_s = store.train_seconds(study.name, size, study.suite.base.seed)
-            for ck in ckpts:
-                ck_keys = {(m, p): CellKey(study.name, size, int(ck.tokens), m, p, grid.group_size, grid.seed,
-                                           cell_hash[(m, p)]) for m, p, _ in cells}
-                keys.extend(ck_keys.values())
-                todo = [(m, p, cfg) for m, p, cfg in cells if not store.has_qid(ck_keys[(m, p)])]
-                out.skipped += len(cells) - len(todo)
-                bar.advance(task, len(cells) - len(todo))
-                if not todo:
-                    continue
-                bar.update(task, description=f"{size} D={ck.tokens:,}: full precision")
-                model = load_model(ck.path).to(device)
-                fp = _full_precision(store, study.name, size, ck, eval_hash, model, windows, grid, out)
-                for method, bits, cfg in todo:
-                    bar.update(task, description=f"{size} D={ck.tokens:,}: {method} {bits}-bit")
-                    seed_everything(grid.seed)
-                    qmodel = copy.deepcopy(model)
-                    t = time.perf_counter()
-                    quantize_model(qmodel, cfg, calib, progress=False)
-                    quantize_s = time.perf_counter() - t
-                    t = time.perf_counter()
-                    res = evaluate(qmodel, windows, batch_size=grid.eval_batch_size)
-                    eval_s = time.perf_counter() - t
-                    del qmodel
-                    store.add_qid(QidRow(
-                        key=ck_keys[(method, bits)], N=fp.N, N_total=fp.N_total, loss_fp=fp.loss_fp,
-                        loss_q=res.loss, qid_se=paired_se(fp.per_window, res.per_window), eval_tokens=res.n_tokens,
-                        versions=vers, train_s=train_s, quantize_s=quantize_s, eval_s=eval_s,
-                    ))
-                    out.seconds["quantize"] += quantize_s
-                    out.seconds["q_eval"] += eval_s
-                    out.computed += 1
-                    bar.advance(task)
-                del model
-    return keys
-
-
-def _full_precision(store: Store, run: str, size: str, ck, eval_hash: str, model, windows, grid: QidGrid,
-                    out: StudyOutcome) -> CheckpointEval:
-    """The checkpoint's full-precision loss on the study windows: from the store, or measured and stored."""
-    fp = store.get_checkpoint(run, size, int(ck.tokens), grid.seed, eval_hash)
-    if fp is not None:
-        return fp
-    t = time.perf_counter()
-    res = evaluate(model, windows, batch_size=grid.eval_batch_size)
-    eval_s = time.perf_counter() - t
-    out.seconds["fp_eval"] += eval_s
-    pc = count_params(model)
-    fp = CheckpointEval(run, size, int(ck.tokens), grid.seed, eval_hash, pc.non_embedding, pc.total, res.loss,
-                        res.per_window, res.n_tokens, eval_s, str(ck.path))
-    store.add_checkpoint(fp)
-    return fp
+    ``executor``: where the tasks run (default in process); ``store``: where rows go (a given store is left
+    open), else the store ``db`` names (``open_store``: a SQLite path or a postgresql:// URL; default
+    ``study.store_path``, SQLite). The study folder is locked meanwhile (one study per folder).
+    """
+    study.grid.check_methods()
+    definition = QidDefinition(study, streams, progress)
+    definition.tasks()  # every check before the store is created
+    with study_lock(study.out_dir), \
+            contextlib.nullcontext(store) if store is not None else open_store(db or study.store_path) as target:
+        res = run_study(definition, target, executor, progress=progress)
+        n_rows = len(definition.rows(target))
+    cells = res.by_table.get("qid", {"computed": 0, "skipped": 0})
+    return StudyOutcome(study.store_path, res.report, n_rows, cells["computed"], cells["skipped"], res.seconds)

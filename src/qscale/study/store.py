@@ -1,248 +1,256 @@
-"""The study store: one SQLite file, one row per measured cell, committed as soon as it is computed.
+"""Study stores: the SQL implementation of :class:`~qscale.study.core.Store`, and SQLite.
 
-Tables: ``qid`` (one row per quantized cell), ``checkpoints`` (full-precision loss and per-window
-losses of each checkpoint, measured once), ``train_time`` (seconds spent training each model size).
+One database holds every table of a study: a ``study.sqlite`` file (default) or a PostgreSQL database
+(:mod:`qscale.study.pg_store`, ``postgresql://...``), with the same schema. Each ``add_many`` is one committed
+transaction that inserts-or-ignores on the table's UNIQUE cell key, so a study killed at any point loses at
+most the cell it was computing, a re-run skips what is stored, and many writers (processes, hosts) can add
+rows at once without losing any. SQLite runs in WAL mode (a reader, e.g. the laws engine, can open the file
+while a study writes; writers wait on each other up to 60 s). Column names follow the laws engine's
+defaults (``N``, ``D``, ``P``, ``G``, ``qid``, ``delta``), so ``qscale.laws.load_table("study.sqlite",
+table="qid")`` reads a table as it is.
 
-A study that is killed at any point loses at most the cell it was computing: every row is its own
-transaction, and the runner asks :meth:`Store.has_qid` before computing a cell, so a re-run resumes.
-WAL journaling lets a reader (the laws engine, a notebook) open the file while a study writes to it.
-
-Column names follow the laws engine's defaults (``N``, ``D``, ``P``, ``G``, ``qid``), so
-``qscale.laws.load_table("study.sqlite", table="qid")`` reads the table as it is.
+The store's own tables (``task_failures``: cells that failed after their retries) come from the versioned
+SQL files in ``qscale/study/migrations`` (``NNNN_name.sql``), applied in order and recorded in
+``schema_version``; result tables are created from each study's :class:`Table` definitions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.resources
 import json
+import math
+import re
 import sqlite3
 import time
-from dataclasses import dataclass, fields
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from qscale.errors import QscaleError
+from qscale.study.core import CellKey, Column, Row, Store, Table
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS checkpoints (
-    run         TEXT    NOT NULL,
-    model       TEXT    NOT NULL,
-    D           INTEGER NOT NULL,
-    seed        INTEGER NOT NULL,
-    eval_hash   TEXT    NOT NULL,
-    N           INTEGER NOT NULL,
-    N_total     INTEGER NOT NULL,
-    loss_fp     REAL    NOT NULL,
-    per_window  BLOB    NOT NULL,
-    eval_tokens INTEGER NOT NULL,
-    eval_s      REAL    NOT NULL,
-    path        TEXT    NOT NULL,
-    created_at  REAL    NOT NULL,
-    UNIQUE (run, model, D, seed, eval_hash)
-);
-CREATE TABLE IF NOT EXISTS train_time (
-    run         TEXT    NOT NULL,
-    model       TEXT    NOT NULL,
-    seed        INTEGER NOT NULL,
-    seconds     REAL    NOT NULL,
-    UNIQUE (run, model, seed)
-);
-CREATE TABLE IF NOT EXISTS qid (
-    id          INTEGER PRIMARY KEY,
-    run         TEXT    NOT NULL,
-    model       TEXT    NOT NULL,
-    N           INTEGER NOT NULL,
-    N_total     INTEGER NOT NULL,
-    D           INTEGER NOT NULL,
-    method      TEXT    NOT NULL,
-    P           INTEGER NOT NULL,
-    G           INTEGER NOT NULL,
-    seed        INTEGER NOT NULL,
-    config_hash TEXT    NOT NULL,
-    loss_fp     REAL    NOT NULL,
-    loss_q      REAL    NOT NULL,
-    qid         REAL    NOT NULL,
-    qid_se      REAL    NOT NULL,
-    eval_tokens INTEGER NOT NULL,
-    versions    TEXT    NOT NULL,
-    train_s     REAL    NOT NULL,
-    quantize_s  REAL    NOT NULL,
-    eval_s      REAL    NOT NULL,
-    created_at  REAL    NOT NULL,
-    UNIQUE (run, model, D, method, P, G, seed, config_hash)
-);
-"""
+__all__ = ["SqlStore", "SqliteStore", "Store", "decode", "encode", "migrations", "row_values"]
 
 
-@dataclass(frozen=True)
-class CellKey:
-    """What identifies one QiD measurement; the UNIQUE key of the ``qid`` table.
-
-    ``G`` is the group size in input columns; ``0`` stands for per-output-channel scales.
-    """
-
-    run: str
-    model: str
-    D: int
-    method: str
-    P: int
-    G: int
-    seed: int
-    config_hash: str
-
-
-@dataclass(frozen=True)
-class CheckpointEval:
-    """Full-precision loss of one checkpoint on the study's fixed held-out windows (stored once)."""
-
-    run: str
-    model: str
-    D: int
-    seed: int
-    eval_hash: str
-    N: int
-    N_total: int
-    loss_fp: float
-    per_window: np.ndarray
-    eval_tokens: int
-    eval_s: float
-    path: str
+def encode(col: Column, value: Any, table: str) -> Any:
+    """A Python value as stored: ints, finite floats, text, JSON text, float64 bytes; None only if nullable."""
+    if value is None:
+        if not col.nullable:
+            raise QscaleError(f"table {table}: column {col.name} is missing")
+        return None
+    if col.type == "int":
+        return int(value)
+    if col.type == "float":
+        v = float(value)
+        if not math.isfinite(v):
+            raise QscaleError(f"table {table}: column {col.name} is {v} (NaN/inf is an error, not a number)")
+        return v
+    if col.type == "text":
+        return str(value)
+    if col.type == "json":
+        return json.dumps(value, sort_keys=True)
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1 or not np.isfinite(arr).all():
+        raise QscaleError(f"table {table}: column {col.name} must be a finite 1-D array")
+    return arr.tobytes()
 
 
-@dataclass(frozen=True)
-class QidRow:
-    """One quantized checkpoint: QiD = loss_q - loss_fp (Ouyang et al. 2024, SPEC §1) and its paired SE."""
-
-    key: CellKey
-    N: int
-    N_total: int
-    loss_fp: float
-    loss_q: float
-    qid_se: float
-    eval_tokens: int
-    versions: dict
-    train_s: float
-    quantize_s: float
-    eval_s: float
-
-    @property
-    def qid(self) -> float:
-        return self.loss_q - self.loss_fp
+def decode(col: Column | None, value: Any) -> Any:
+    if value is None or col is None:
+        return value
+    if col.type == "json":
+        return json.loads(value)
+    if col.type == "array":
+        return np.frombuffer(bytes(value), dtype=np.float64).copy()
+    return value
 
 
-_KEY_COLUMNS = tuple(f.name for f in fields(CellKey))
+def row_values(table: Table, row: Row) -> dict[str, Any]:
+    """Key and value columns of ``row`` checked against ``table`` (no column missing, none unknown)."""
+    values = {**row.key.as_dict(), **row.record()}
+    unknown = set(values) - {c.name for c in table.columns}
+    if unknown:
+        raise QscaleError(f"table {table.name}: unknown column(s) {', '.join(sorted(unknown))}")
+    return {c.name: encode(c, values.get(c.name), table.name) for c in table.columns}
 
 
-class SqliteStore:
-    """One ``study.sqlite`` file (WAL mode) with the tables of ``schema`` created if missing.
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of every file in ``qscale/study/migrations``, in version order."""
+    out = []
+    for f in importlib.resources.files("qscale.study").joinpath("migrations").iterdir():
+        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", f.name)
+        if m:
+            out.append((int(m.group(1)), m.group(2), f.read_text()))
+    return sorted(out)
 
-    Subclasses declare ``schema`` and hold the queries; several stores may share one file.
-    """
 
-    schema: str = ""
+class SqlStore(Store):
+    """A :class:`Store` over a DB-API connection; subclasses give the dialect (types, placeholders,
+    inserting without overwriting, transactions and the lock that serializes schema changes)."""
 
-    def __init__(self, path: str | Path):
+    where: str  # the database, in messages
+    types: dict[str, str]  # column type -> SQL type
+    mark = "?"  # parameter placeholder
+
+    def _setup(self, tables: Sequence[Table]) -> None:
+        self._tables: dict[str, Table] = {}
+        self._migrate()
+        self.create(tables)
+
+    @abstractmethod
+    def _tx(self, exclusive: bool = False) -> contextlib.AbstractContextManager:
+        """A transaction (committed on exit, rolled back on error) holding the schema lock if ``exclusive``."""
+
+    @abstractmethod
+    def _exec(self, sql: str, args: Sequence = ()) -> Any:
+        """Execute one statement; returns the cursor."""
+
+    @abstractmethod
+    def _insert_ignore(self, table: str, cols: Sequence[str]) -> str: ...
+
+    @abstractmethod
+    def _ddl_extra(self) -> str:
+        """Extra column definitions of a result table (PostgreSQL's explicit ``rowid``)."""
+
+    def _fail(self, e: Exception) -> QscaleError:
+        text = str(e).strip()
+        return QscaleError(f"study store {self.where}: {text.splitlines()[0] if text else type(e).__name__}")
+
+    def _migrate(self) -> None:
+        """Apply the migrations newer than the stored ``schema_version``, each in its own transaction."""
+        known = migrations()
+        with self._tx(exclusive=True):
+            self._exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                       "applied_at DOUBLE PRECISION NOT NULL)")
+            current = self._exec("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        if known and current > known[-1][0]:
+            raise QscaleError(f"study store {self.where} has schema version {current}, newer than this qscale's "
+                              f"{known[-1][0]}: upgrade qscale")
+        for version, name, sql in known:
+            with self._tx(exclusive=True):
+                if self._exec(f"SELECT 1 FROM schema_version WHERE version={self.mark}", [version]).fetchone():
+                    continue  # another process applied it meanwhile
+                for statement in (s.strip() for s in sql.split(";")):
+                    if statement and not all(line.startswith("--") for line in statement.splitlines()):
+                        self._exec(statement)
+                self._exec(f"INSERT INTO schema_version VALUES ({self.mark}, {self.mark}, {self.mark})",
+                           [version, name, time.time()])
+
+    def schema_version(self) -> int:
+        return int(self._exec("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+
+    def create(self, tables: Sequence[Table]) -> None:
+        for t in tables:
+            cols = [f"{c.name} {self.types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in t.columns]
+            ddl = (f"CREATE TABLE IF NOT EXISTS {t.name} ({self._ddl_extra()}{', '.join(cols)}, "
+                   f"created_at DOUBLE PRECISION NOT NULL, UNIQUE ({', '.join(t.key_names)}))")
+            with self._tx(exclusive=True):
+                self._exec(ddl)
+            self._tables[t.name] = t
+
+    def _table(self, name: str) -> Table:
+        if name not in self._tables:
+            raise QscaleError(f"unknown store table {name!r} (known: {', '.join(self._tables) or 'none'})")
+        return self._tables[name]
+
+    def _where(self, table: Table, where: Mapping[str, Any]) -> tuple[str, list]:
+        cols = {c.name: c for c in table.columns}
+        bad = [k for k in where if k not in cols]
+        if bad:
+            raise QscaleError(f"table {table.name}: unknown column(s) {', '.join(bad)}")
+        clause = " AND ".join(f"{k}={self.mark}" for k in where)
+        return (f" WHERE {clause}" if clause else ""), [encode(cols[k], v, table.name) for k, v in where.items()]
+
+    def has(self, key: CellKey) -> bool:
+        t = self._table(key.table)
+        clause, args = self._where(t, key.as_dict())
+        with self._tx():
+            return self._exec(f"SELECT 1 FROM {t.name}{clause} LIMIT 1", args).fetchone() is not None
+
+    def add_many(self, rows: Sequence[Row]) -> int:
+        n = 0
+        with self._tx():
+            for row in rows:
+                t = self._table(row.key.table)
+                values = {**row_values(t, row), "created_at": time.time()}
+                n += self._exec(self._insert_ignore(t.name, list(values)), list(values.values())).rowcount
+        return n
+
+    def rows(self, table: str, where: Mapping[str, Any] | None = None) -> list[dict]:
+        t = self._table(table)
+        clause, args = self._where(t, where or {})
+        names = [c.name for c in t.columns] + ["created_at"]
+        with self._tx():
+            found = self._exec(f"SELECT {', '.join(names)} FROM {t.name}{clause} ORDER BY rowid", args).fetchall()
+        cols = {c.name: c for c in t.columns}
+        return [{k: decode(cols.get(k), v) for k, v in zip(names, r)} for r in found]
+
+    def count(self, table: str) -> int:
+        with self._tx():
+            return int(self._exec(f"SELECT COUNT(*) FROM {self._table(table).name}").fetchone()[0])
+
+    def record_failure(self, task_id: str, label: str, error: str, attempts: int) -> None:
+        with self._tx():
+            self._exec(f"DELETE FROM task_failures WHERE task_id={self.mark}", [task_id])
+            self._exec(f"INSERT INTO task_failures VALUES ({', '.join([self.mark] * 5)})",
+                       [task_id, label, error, attempts, time.time()])
+
+    def clear_failure(self, task_id: str) -> None:
+        with self._tx():
+            self._exec(f"DELETE FROM task_failures WHERE task_id={self.mark}", [task_id])
+
+    def failures(self) -> list[dict]:
+        names = ["task_id", "label", "error", "attempts", "created_at"]
+        with self._tx():
+            found = self._exec(f"SELECT {', '.join(names)} FROM task_failures ORDER BY task_id").fetchall()
+        return [dict(zip(names, r)) for r in found]
+
+
+class SqliteStore(SqlStore):
+    """One SQLite file in WAL mode; tables created on :meth:`create` (also from ``tables`` at open)."""
+
+    types: ClassVar[dict[str, str]] = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "json": "TEXT",
+                                       "array": "BLOB"}
+
+    def __init__(self, path: str | Path, tables: Sequence[Table] = ()):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.where = str(self.path)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)  # explicit transactions
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(self.schema)
-        except sqlite3.DatabaseError as e:
+            self._setup(tables)
+        except (sqlite3.DatabaseError, OSError) as e:
             raise QscaleError(f"cannot open study store {self.path}: {e}") from e
-        self._db.row_factory = sqlite3.Row
+
+    @contextlib.contextmanager
+    def _tx(self, exclusive: bool = False) -> Iterator[None]:
+        if self._db.in_transaction:  # nested: the outer transaction commits
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _exec(self, sql: str, args: Sequence = ()) -> Any:
+        try:
+            return self._db.execute(sql, list(args))
+        except sqlite3.DatabaseError as e:
+            raise self._fail(e) from e
+
+    def _insert_ignore(self, table: str, cols: Sequence[str]) -> str:
+        return f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+    def _ddl_extra(self) -> str:
+        return ""
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Store(SqliteStore):
-    """SQLite store of a study (``checkpoints`` and ``qid`` tables); safe to re-open and resume."""
-
-    schema = SCHEMA
-
-    # ---- checkpoints ----
-    def get_checkpoint(self, run: str, model: str, D: int, seed: int, eval_hash: str) -> CheckpointEval | None:
-        """The stored full-precision evaluation of a checkpoint, or None if not yet measured."""
-        r = self._db.execute(
-            "SELECT * FROM checkpoints WHERE run=? AND model=? AND D=? AND seed=? AND eval_hash=?",
-            (run, model, D, seed, eval_hash),
-        ).fetchone()
-        if r is None:
-            return None
-        values = {k: r[k] for k in r.keys() if k != "created_at"}
-        values["per_window"] = np.frombuffer(r["per_window"], dtype=np.float64).copy()
-        return CheckpointEval(**values)
-
-    def add_checkpoint(self, ev: CheckpointEval) -> None:
-        """Insert (and commit) a checkpoint's full-precision evaluation; an existing one is kept."""
-        with self._db:
-            self._db.execute(
-                "INSERT OR IGNORE INTO checkpoints (run, model, D, seed, eval_hash, N, N_total, loss_fp, per_window,"
-                " eval_tokens, eval_s, path, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (ev.run, ev.model, int(ev.D), int(ev.seed), ev.eval_hash, int(ev.N), int(ev.N_total),
-                 float(ev.loss_fp), np.asarray(ev.per_window, dtype=np.float64).tobytes(), int(ev.eval_tokens),
-                 float(ev.eval_s), ev.path, time.time()),
-            )
-
-    # ---- training time (summed over resumed runs) ----
-    def add_train_seconds(self, run: str, model: str, seed: int, seconds: float) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT INTO train_time (run, model, seed, seconds) VALUES (?,?,?,?) "
-                "ON CONFLICT (run, model, seed) DO UPDATE SET seconds = seconds + excluded.seconds",
-                (run, model, int(seed), float(seconds)),
-            )
-
-    def train_seconds(self, run: str, model: str, seed: int) -> float:
-        r = self._db.execute("SELECT seconds FROM train_time WHERE run=? AND model=? AND seed=?",
-                             (run, model, int(seed))).fetchone()
-        return float(r[0]) if r else 0.0
-
-    # ---- qid rows ----
-    def has_qid(self, key: CellKey) -> bool:
-        where = " AND ".join(f"{c}=?" for c in _KEY_COLUMNS)
-        return self._db.execute(f"SELECT 1 FROM qid WHERE {where}", _key_values(key)).fetchone() is not None
-
-    def add_qid(self, row: QidRow) -> bool:
-        """Insert (and commit) one row; returns False (and changes nothing) if the cell is already stored."""
-        cols = (*_KEY_COLUMNS, "N", "N_total", "loss_fp", "loss_q", "qid", "qid_se", "eval_tokens", "versions",
-                "train_s", "quantize_s", "eval_s", "created_at")
-        values = (*_key_values(row.key), int(row.N), int(row.N_total), float(row.loss_fp), float(row.loss_q),
-                  float(row.qid), float(row.qid_se), int(row.eval_tokens), json.dumps(row.versions, sort_keys=True),
-                  float(row.train_s), float(row.quantize_s), float(row.eval_s), time.time())
-        with self._db:
-            cur = self._db.execute(
-                f"INSERT OR IGNORE INTO qid ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values
-            )
-        return cur.rowcount == 1
-
-    def qid_rows(self, keys: list[CellKey] | None = None) -> list[dict]:
-        """Rows as dicts (``versions`` parsed), all of them or those of ``keys`` in that order (missing skipped)."""
-        if keys is None:
-            rows = self._db.execute("SELECT * FROM qid ORDER BY id").fetchall()
-        else:
-            where = " AND ".join(f"{c}=?" for c in _KEY_COLUMNS)
-            rows = [r for k in keys if (r := self._db.execute(f"SELECT * FROM qid WHERE {where}",
-                                                               _key_values(k)).fetchone()) is not None]
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["versions"] = json.loads(d["versions"])
-            out.append(d)
-        return out
-
-    def count(self, table: str = "qid") -> int:
-        if table not in ("qid", "checkpoints", "train_time"):
-            raise QscaleError(f"unknown store table {table!r} (use 'qid', 'checkpoints' or 'train_time')")
-        return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-
-
-def _key_values(key: CellKey) -> tuple:
-    return tuple(getattr(key, c) for c in _KEY_COLUMNS)

@@ -13,6 +13,7 @@ from qscale.data import DataConfig, load_token_streams
 from qscale.data.tokenizer import model_tokenizer
 from qscale.train.checkpoint import CheckpointInfo
 from qscale.train.config import TrainConfig
+from qscale.train.distributed import finish, is_main_process
 from qscale.train.loop import train
 from qscale.train.suite import SUITE_PRESETS, get_preset, train_suite
 
@@ -55,11 +56,16 @@ def train_command(
     warmup_steps: int = typer.Option(_DEFAULT.warmup_steps, help="Linear warmup steps."),
     ckpt_every: int = typer.Option(None, help="After the log-spaced checkpoints, save one every this many steps."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on cuda)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (worth it on CUDA "
+                                                                "for long runs; minutes of compile time first)."),
     preset: str = typer.Option(None, help="Train a whole suite preset (tiny, quick, gpu) instead of one model; "
                                           "only --seed and the data options apply then."),
     max_files: int = typer.Option(None, help="Use at most this many documents of the corpus (quick trials)."),
 ) -> None:
-    """Train a Llama model (or a preset suite) with Pythia-style log-spaced checkpoints; re-run to resume."""
+    """Train a Llama model (or a preset suite) with Pythia-style log-spaced checkpoints; re-run to resume.
+
+    Under ``torchrun --nproc_per_node K -m qscale.cli train ...`` the batch is split over K data-parallel
+    processes (DDP; rank 0 writes)."""
     console = Console()
     if model is not None and preset is None:
         tokenizer = model_tokenizer(model, tokenizer)
@@ -68,14 +74,20 @@ def train_command(
         suite = get_preset(preset)
         if seed is not None:
             suite = replace(suite, base=replace(suite.base, seed=seed))
+        if compile_model:
+            suite = replace(suite, base=replace(suite.base, compile=True))
         runs = train_suite(suite, load_token_streams(data_cfg), out or Path("runs") / f"suite-{preset}")
-        console.print(loss_table(runs, f"validation loss (nats/token) on {suite.base.eval_windows} windows x "
-                                       f"{suite.base.seq_len} tokens, suite {preset!r}"))
+        finish()
+        if is_main_process():
+            console.print(loss_table(runs, f"validation loss (nats/token) on {suite.base.eval_windows} windows x "
+                                           f"{suite.base.seq_len} tokens, suite {preset!r}"))
         return
     cfg = TrainConfig(size=size, tokens=tokens, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len,
                       lr=lr, schedule=schedule, warmup_steps=warmup_steps, seed=seed or 0, ckpt_every=ckpt_every,
-                      model=model, device=device)
+                      model=model, device=device, compile=compile_model)
     name = size if model is None else model.name
     ckpts = train(cfg, load_token_streams(data_cfg), out or Path("runs") / f"train-{name}")
-    console.print(loss_table({name: ckpts}, f"validation loss (nats/token) on {cfg.eval_windows} windows x "
-                                            f"{cfg.seq_len} tokens"))
+    finish()
+    if is_main_process():
+        console.print(loss_table({name: ckpts}, f"validation loss (nats/token) on {cfg.eval_windows} windows x "
+                                                f"{cfg.seq_len} tokens"))

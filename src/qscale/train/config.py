@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qscale.errors import require
-from qscale.train.schedule import SCHEDULES
+from qscale.models.ladder import get_size
+from qscale.train.engine import OptimConfig
 
 
 @dataclass
@@ -42,8 +43,6 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        from qscale.models.ladder import get_size
-
         if self.model is None:
             get_size(self.size)
         else:
@@ -51,16 +50,18 @@ class TrainConfig:
         for name in ("tokens", "batch_size", "seq_len", "grad_accum", "ckpt_base", "eval_windows"):
             require(getattr(self, name) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
         require(self.ckpt_every is None or self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}")
-        require(self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}")
         require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         require(self.batch_size % self.grad_accum == 0,
                 f"batch size {self.batch_size} is not divisible by grad accumulation {self.grad_accum}")
-        require(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
-        require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        require(0 < self.decay_frac <= 1, f"decay_frac must be in (0, 1], got {self.decay_frac}")
-        require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight decay and grad clip must be >= 0")
-        require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        _ = self.optim  # validates the optimiser and schedule fields (one place: OptimConfig)
         require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r} (auto, cpu or cuda)")
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The engine's optimiser/schedule settings of this run."""
+        return OptimConfig(lr=self.lr, min_lr_ratio=self.min_lr_ratio, warmup=self.warmup_steps, schedule=self.schedule,
+                           decay_frac=self.decay_frac, weight_decay=self.weight_decay, betas=(self.beta1, self.beta2),
+                           grad_clip=self.grad_clip)
 
     @property
     def tokens_per_step(self) -> int:

@@ -1,4 +1,4 @@
-"""The training loop: AdamW, scheduled LR, grad clipping and accumulation, checkpoint suite, resume.
+"""Suite training: the engine's steps (``qscale.train.engine``) plus the checkpoint suite and resume.
 
 Deterministic on CPU: data batches are a pure function of ``(seed, step)``, the LR a pure function of
 the step, and the resume state (weights, AdamW moments, RNG) is restored exactly, so a killed and
@@ -7,7 +7,6 @@ re-run training ends with the same weights, bit for bit, as an uninterrupted one
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 from transformers.utils import logging as hf_logging
@@ -31,24 +29,11 @@ from qscale.provenance import config_hash, to_jsonable, versions
 from qscale.train.checkpoint import (META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints,
                                      read_checkpoint)
 from qscale.train.config import TrainConfig
+from qscale.train.distributed import barrier, setup
+from qscale.train.engine import autocast, device_for, make_optimizer, train_steps
 from qscale.train.fingerprint import check_parent_tokenizer, check_resume, parent_checkpoint, run_fingerprints
-from qscale.train.schedule import lr_at
 
 STATE_EVERY = 200  # also save resume state every this many steps between checkpoints
-
-
-def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    require(cfg.device != "cuda" or torch.cuda.is_available(), "device 'cuda' requested but CUDA is not available")
-    return torch.device(cfg.device)
-
-
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA, plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _init_model(cfg: TrainConfig, vocab_size: int):
@@ -63,16 +48,6 @@ def _init_model(cfg: TrainConfig, vocab_size: int):
     return model
 
 
-def _optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms and biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
-
-
 def _run_meta(cfg: TrainConfig, streams) -> dict:
     return {"config": to_jsonable(cfg), "config_hash": config_hash(cfg), "tokenizer_hash": streams.tokenizer_hash,
             "fingerprints": run_fingerprints(cfg, streams)}
@@ -82,7 +57,7 @@ def _fresh(cfg: TrainConfig, vocab_size: int, device: torch.device):
     """The step-0 model (seeded) and its optimizer."""
     torch.manual_seed(cfg.seed)
     model = _init_model(cfg, vocab_size).to(device)
-    return model, _optimizer(model, cfg, device)
+    return model, make_optimizer(model, cfg.optim)
 
 
 def _save_state(out_dir: Path, model, opt, step: int, recent: list[float]) -> None:
@@ -151,17 +126,20 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
     """Train per ``cfg`` on ``streams``, writing checkpoints to ``out_dir``; resume from its state if any.
 
     ``stop_after_steps`` ends the process-local run after that global step without saving anything
-    extra, i.e. it simulates a kill (used by tests of resume).
+    extra, i.e. it simulates a kill (used by tests of resume). Under ``torchrun`` the batch is split over the
+    processes (DDP, :mod:`qscale.train.distributed`) and rank 0 alone evaluates and writes.
     """
     out_dir = Path(out_dir)
-    device = _device(cfg)
+    info, device = setup(device_for(cfg.device))
     parent = parent_checkpoint(cfg.model)  # continuing a qscale checkpoint: D counts its tokens, no new warmup
     check_parent_tokenizer(parent, streams.tokenizer_hash)
-    offset, schedule = (parent.tokens, replace(cfg, warmup_steps=0)) if parent else (0, cfg)
+    offset, schedule = (parent.tokens, replace(cfg.optim, warmup=0)) if parent else (0, cfg.optim)
     model, opt = _fresh(cfg, streams.vocab_size, device)
     val = eval_windows(streams.val, cfg.eval_windows, cfg.seq_len)
     run_meta = _run_meta(cfg, streams)
-    check_resume(out_dir, run_meta)  # the first write, after every check
+    if info.is_main:
+        check_resume(out_dir, run_meta)  # the first write, after every check
+    barrier(info)
     start, recent = _load_state(out_dir, model, opt)
     total, ckpts = cfg.total_steps, set(cfg.checkpoint_steps())
     missing = [s for s in sorted(ckpts) if s <= start and read_checkpoint(checkpoint_dir(out_dir, s)) is None]
@@ -171,42 +149,33 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
         model, opt = _fresh(cfg, streams.vocab_size, device)
         start, recent = 0, []
     end = total if stop_after_steps is None else min(total, stop_after_steps)
-    forward = torch.compile(model) if cfg.compile else model
-    micro = cfg.batch_size // cfg.grad_accum
-    model.train()
-    with _progress(progress) as bar:
+    if info.enabled and info.is_main and progress:
+        print(f"qscale: data-parallel training on {info.world} processes ({cfg.batch_size // info.world} sequences "
+              "each per step); rank 0 writes", file=sys.stderr)
+    with _progress(progress and info.is_main) as bar:
         task = bar.add_task(f"train {cfg.size if cfg.model is None else cfg.model.name}", total=total,
                             completed=start, info="")
         t0 = time.perf_counter()
-        for step in range(start, end):
-            lr = lr_at(step, schedule)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed).to(device)
-            loss_sum = 0.0
-            for chunk in batch.split(micro):
-                with _autocast(device):
-                    logits = forward(input_ids=chunk[:, :-1], use_cache=False).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten())
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            recent = (recent + [loss_sum])[-20:]
-            done = step + 1
+
+        def on_step(done: int, loss: float, lr: float) -> None:
+            nonlocal recent
+            recent = (recent + [loss])[-20:]
             tps = (done - start) * cfg.tokens_per_step / (time.perf_counter() - t0)
-            bar.update(task, completed=done, info=f"loss {loss_sum:.3f}  {tps:,.0f} tok/s")
-            if done in ckpts:
-                with _autocast(device):
+            bar.update(task, completed=done, info=f"loss {loss:.3f}  {tps:,.0f} tok/s")
+            if done in ckpts and info.is_main:
+                with autocast(device):
                     val_loss = evaluate(model, val, batch_size=16).loss
-                model.train()
                 extra = {"val_loss": val_loss, "train_loss": float(np.mean(recent)), "lr": lr,
                          "tokens": offset + done * cfg.tokens_per_step, "start_tokens": offset,
                          "fingerprints": run_meta["fingerprints"], "eval_windows": cfg.eval_windows}
                 _save_checkpoint(out_dir, model, streams, cfg, done, extra)
-                bar.update(task, info=f"loss {loss_sum:.3f}  val {val_loss:.3f}  {tps:,.0f} tok/s")
-            if done in ckpts or done % STATE_EVERY == 0:
+                bar.update(task, info=f"loss {loss:.3f}  val {val_loss:.3f}  {tps:,.0f} tok/s")
+            if (done in ckpts or done % STATE_EVERY == 0) and info.is_main:
                 _save_state(out_dir, model, opt, done, recent)
+            if done in ckpts:
+                barrier(info)  # the other ranks wait for the checkpoint
+
+        train_steps(model, lambda step: train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed),
+                    schedule, total, opt=opt, start=start, end=end, grad_accum=cfg.grad_accum, compile=cfg.compile,
+                    on_step=on_step, parallel=info)
     return list_checkpoints(out_dir)

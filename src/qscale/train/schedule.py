@@ -1,8 +1,12 @@
 """Learning-rate schedules as pure functions of the step (so resuming needs no scheduler state).
 
-* ``cosine``: linear warmup, then cosine decay to ``min_lr_ratio · lr`` (Loshchilov & Hutter 2017).
+* ``cosine``: linear warmup, then cosine decay to ``min_lr_ratio · lr`` at the last step (Loshchilov &
+  Hutter 2017).
 * ``wsd``: warmup-stable-decay (Hu et al. 2024, MiniCPM, arXiv 2404.06395): linear warmup, constant,
   then linear decay to ``min_lr_ratio · lr`` over the last ``decay_frac`` of the steps.
+
+The one schedule implementation of qscale: suite training, ``qscale qat`` fine-tuning and the QAT study
+all take their rate from :func:`lr_factor` (through ``qscale.train.engine.OptimConfig``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ def wsd(step: int, total: int, warmup: int, min_ratio: float, decay_frac: float)
 SCHEDULES = {"cosine": cosine, "wsd": wsd}
 
 
-def lr_at(step: int, cfg) -> float:
-    """Learning rate for optimiser step ``step`` (0-based) of a :class:`TrainConfig`."""
-    factor = SCHEDULES[cfg.schedule](step, cfg.total_steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_frac)
-    return cfg.lr * factor
+def lr_factor(schedule: str, step: int, total: int, warmup: int, min_ratio: float, decay_frac: float) -> float:
+    """Multiplier of the peak rate at optimiser step ``step`` (0-based) of ``total`` steps."""
+    return SCHEDULES[schedule](step, total, warmup, min_ratio, decay_frac)

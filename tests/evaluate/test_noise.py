@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qscale.errors import QscaleError
-from qscale.study.noise import NoisePolicy, paired_se, summarize_noise
+from qscale.evaluate.noise import NoisePolicy, paired_se, summarize_noise
 
 
 def test_paired_se_is_se_of_differences():

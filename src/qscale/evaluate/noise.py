@@ -90,3 +90,9 @@ def summarize_noise(qid: np.ndarray, se: np.ndarray, bits: np.ndarray, policy: N
         median_qid_kept=float(np.median(qid[keep])) if keep.any() else float("nan"),
         max_abs_qid_8bit=float(np.max(np.abs(at8))) if at8.size else None,
     )
+
+
+def paired_delta(per_window_ref: np.ndarray, per_window_q: np.ndarray) -> tuple[float, float]:
+    """δ = mean(q) − mean(ref) over the same windows and its paired standard error."""
+    ref, q = np.asarray(per_window_ref, dtype=np.float64), np.asarray(per_window_q, dtype=np.float64)
+    return float(q.mean() - ref.mean()), paired_se(ref, q)

@@ -33,11 +33,11 @@ import torch
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.batches import eval_windows, train_batch
 from qscale.evaluate.loss import evaluate
+from qscale.evaluate.noise import paired_se
 from qscale.models import load_model
 from qscale.qat import QATRecipeConfig, convert, qat_finetune
 from qscale.qat.efficientdm import EfficientDMOptions, self_generated_batches
-from qscale.study.noise import paired_se
-from qscale.study.qat import train_model
+from qscale.train.engine import OptimConfig, train_model
 
 RUNS = {  # name: (recipe, w_bits, a_bits, reference)
     "fp-finetune": (None, 16, 16, None),
@@ -67,7 +67,7 @@ def run(name: str, args) -> dict:
     t0 = time.perf_counter()
     extra = {}
     if recipe is None:
-        train_model(model, None, batches, args.steps, args.lr, args.steps // 10, 0.0)
+        train_model(model, OptimConfig(lr=args.lr, warmup=args.steps // 10), batches, args.steps)
     else:
         cfg = QATRecipeConfig(recipe, w_bits=w_bits or args.bits, a_bits=a_bits, group_size=args.group,
                               rank=args.rank, options=EfficientDMOptions(samples=args.samples) if recipe == "efficientdm" else None)

@@ -11,7 +11,8 @@ batches and learning rate and evaluated on the same held-out windows:
   the same packed bytes);
 - the control: a full-precision fine-tune of the same steps (fine-tuning alone moves the loss).
 
-δ = loss − loss of the reference method at the same bits (``lsq``, or ``bitnet`` for ``ifairy``); QiD = loss −
+δ = loss − loss of the reference method at the same bits (``lsq``, or ``bitnet`` for ``ifairy``), ± its paired
+standard error over the windows; QiD = loss −
 checkpoint loss. Every run is its own process. Example:
 
     OMP_NUM_THREADS=1 nice python bench/qat_seeds.py --ckpt /work/study-quick/suite-quick-seed0/l/step-000384
@@ -26,15 +27,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.batches import eval_windows, train_batch
 from qscale.evaluate.loss import evaluate
+from qscale.evaluate.noise import paired_se
 from qscale.models import load_model
 from qscale.qat import QATRecipeConfig, convert, qat_finetune
 from qscale.qat.efficientdm import EfficientDMOptions, self_generated_batches
-from qscale.study.qat import train_model
+from qscale.train.engine import OptimConfig, train_model
 
 RUNS = {  # name: (recipe, w_bits, a_bits, reference)
     "fp-finetune": (None, 16, 16, None),
@@ -64,7 +67,7 @@ def run(name: str, args) -> dict:
     t0 = time.perf_counter()
     extra = {}
     if recipe is None:
-        train_model(model, None, batches, args.steps, args.lr, args.steps // 10, 0.0)
+        train_model(model, OptimConfig(lr=args.lr, warmup=args.steps // 10), batches, args.steps)
     else:
         cfg = QATRecipeConfig(recipe, w_bits=w_bits or args.bits, a_bits=a_bits, group_size=args.group,
                               rank=args.rank, options=EfficientDMOptions(samples=args.samples) if recipe == "efficientdm" else None)
@@ -76,8 +79,9 @@ def run(name: str, args) -> dict:
         convert(model)
         extra = {"label": cfg.label, "train_first": losses[0], "train_last": losses[-1]}
     seconds = time.perf_counter() - t0
-    loss = evaluate(model, windows).loss
-    return {"method": name, "loss": loss, "ckpt_loss": base, "seconds": seconds, **extra}
+    res = evaluate(model, windows)
+    return {"method": name, "loss": res.loss, "ckpt_loss": base, "seconds": seconds,
+            "per_window": [float(x) for x in res.per_window], **extra}
 
 
 def main() -> None:
@@ -109,7 +113,7 @@ def main() -> None:
             print(f"{name}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             continue
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(json.dumps(results[name]), file=sys.stderr)
+        print(json.dumps({k: v for k, v in results[name].items() if k != "per_window"}), file=sys.stderr)
     first = next(iter(results.values()))
     control = results.get("fp-finetune", {}).get("loss")
     print(f"checkpoint {args.ckpt}: loss {first['ckpt_loss']:.4f}; fp fine-tune ({args.steps} steps) "
@@ -120,7 +124,10 @@ def main() -> None:
         if name == "fp-finetune":
             continue
         ref = RUNS[name][3]
-        delta = f"{r['loss'] - results[ref]['loss']:+.4f} (vs {ref})" if ref in results else ""
+        delta = ""
+        if ref in results:
+            se = paired_se(np.array(results[ref]["per_window"]), np.array(r["per_window"]))
+            delta = f"{r['loss'] - results[ref]['loss']:+.4f} ± {se:.4f} (vs {ref})"
         vs_ft = "" if control is None else f"{r['loss'] - control:+.4f}"
         print(f"| {name} | {r['label']} | {r['loss']:.4f} | {delta} | {r['loss'] - r['ckpt_loss']:+.4f} | {vs_ft} | "
               f"{r['train_first']:.3f} → {r['train_last']:.3f} | {r['seconds']:.0f} |")

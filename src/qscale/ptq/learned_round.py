@@ -26,13 +26,12 @@ import torch.nn.functional as F
 from rich.progress import track
 from torch import Tensor, nn
 
-from qscale.errors import QscaleError, require
 from qscale.ptq.config import PTQConfig
-from qscale.ptq.layers import find_blocks, get_weight, quantizable, replace_module
+from qscale.ptq.layers import get_weight, replace_module
 from qscale.ptq.registry import register
 from qscale.ptq.mixed import allocate_bits, fisher_diagonal, sensitivities
 from qscale.ptq.rtn import weight_stats
-from qscale.ptq.sequential import capture_block_inputs, run_block
+from qscale.ptq.sequential import block_layers, capture_block_inputs, run_block
 from qscale.quant import (
     QTensor,
     QuantizedLinear,
@@ -161,15 +160,9 @@ def mixed_specs(model: nn.Module, layers: dict[str, nn.Module], calib: Tensor, c
 @register("learned-round")
 def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """Learned rounding of every selected linear layer of the decoder blocks, block by block; per-layer stats."""
-    require(calib is not None and calib.ndim == 2 and calib.numel() > 0,
-            "learned-round needs calibration token windows [n, T] drawn from the train split")
+    targets_all, blocks_name, blocks = block_layers(model, cfg, calib, "learned-round")
     was_training = model.training
     model.eval()
-    targets_all = quantizable(model, cfg.skip)
-    blocks_name, blocks = find_blocks(model)
-    outside = [n for n in targets_all if not n.startswith(blocks_name + ".")]
-    if outside:
-        raise QscaleError(f"learned-round quantizes decoder-block layers only: skip {outside[0]} (--skip)")
     model.requires_grad_(False)
     specs = mixed_specs(model, targets_all, calib, cfg)
     with torch.no_grad():

@@ -22,7 +22,7 @@ import torch
 from rich.progress import track
 from torch import Tensor, nn
 
-from qscale.errors import require
+from qscale.errors import QscaleError, require
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.gptq import gptq_quantize, split_rows
 from qscale.ptq.layers import find_blocks, get_weight, quantizable, to_quantized_linear
@@ -56,6 +56,20 @@ def run_block(block: nn.Module, inp: BlockInput) -> Tensor:
     """The block's hidden-state output for one captured batch of its inputs."""
     out = block(*inp.args, **inp.kwargs)
     return out[0] if isinstance(out, tuple) else out
+
+
+def block_layers(model: nn.Module, cfg: PTQConfig, calib: Tensor | None,
+                 method: str) -> tuple[dict[str, nn.Module], str, list[nn.Module]]:
+    """The selected layers, the blocks' name and the blocks of a block-wise method (learned-round, qllm),
+    after its checks: calibration windows given and every selected layer inside a decoder block."""
+    require(calib is not None and calib.ndim == 2 and calib.numel() > 0,
+            f"{method} needs calibration token windows [n, T] drawn from the train split")
+    targets = quantizable(model, cfg.skip)
+    blocks_name, blocks = find_blocks(model)
+    outside = [n for n in targets if not n.startswith(blocks_name + ".")]
+    if outside:
+        raise QscaleError(f"{method} quantizes decoder-block layers only: skip {outside[0]} (--skip)")
+    return targets, blocks_name, blocks
 
 
 def capture_block_inputs(model: nn.Module, block: nn.Module, calib: Tensor, progress: bool) -> list[BlockInput]:

@@ -4,10 +4,11 @@ precisions from one stored model.
 1. Weights only, for each bit width: RTN, GPTQ, learned-round (symmetric, group G) and learned-round with
    importance-based mixed precision at the same average bits; QiD = loss_quantized − loss_fp on held-out windows.
 2. Weights and activations, W4A4 and W6A6: RTN weights with ``ste``-style per-token absmax activations, and
-   ``qllm`` (channel reassembly + low-rank tuning) with the same activation quantizer.
+   ``qllm`` with the same activation quantizer, with its channel reassembly alone and with the low-rank tuning.
 3. Double Rounding: one 8-bit GPTQ model is stored and every lower precision is served from its integer codes
    (``load_quantized(path, bits=b)``), against GPTQ at b bits; with ``--dr-steps N`` also one model trained
-   jointly at 8/6/4/2 bits (``double-rounding`` QAT recipe with ALRS, N steps) and served the same way.
+   jointly at 8/6/4/2 bits (``double-rounding`` QAT recipe with ALRS, N steps) and served the same way, its
+   QiD taken against the full-precision model fine-tuned the same N steps (QAT also trains the model).
 
 Example (the quick suite's largest model at its last checkpoint):
 
@@ -32,11 +33,26 @@ from qscale.models import load_model
 from qscale.ptq import PTQConfig, quantize_model
 from qscale.qat import QATRecipeConfig, convert, prepare
 from qscale.qat.doublerounding import joint_finetune
+from qscale.qat.finetune import cosine_lr, lm_loss
 from qscale.quant import QuantSpec
 
 
 def _row(*cells) -> None:
     print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+
+
+def _fp_control(fp, batches, steps: int, lr: float, windows) -> float:
+    """Held-out loss of the full-precision model fine-tuned like the joint QAT run (AdamW, same schedule)."""
+    model = copy.deepcopy(fp).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr, 0)
+        opt.zero_grad(set_to_none=True)
+        lm_loss(model, batches(step))[0].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return evaluate(model.eval(), windows).loss
 
 
 def main() -> None:
@@ -73,6 +89,9 @@ def main() -> None:
             model = copy.deepcopy(fp)
             t0 = time.perf_counter()
             mix = method == "learned-round-mix"
+            if mix and bits == 2:  # the budget's floor: every layer gets 2 bits, the uniform run again
+                _row(method, "2 (avg)", G, "= learned-round (every layer at the 2-bit floor)", "", "")
+                continue
             cfg = PTQConfig("learned-round" if mix else method, spec(bits), round_steps=args.round_steps,
                             avg_bits=bits if mix else None)
             quantize_model(model, cfg, calib)
@@ -85,10 +104,10 @@ def main() -> None:
         _row("method", "W", "A", "G", "loss", "QiD", "s")
         _row(*["---"] * 7)
         for a in map(int, args.act_bits.split(",")):
-            for method in ("rtn", "qllm"):
+            for method, steps in (("rtn", 0), ("qllm (reassembly only)", 0), ("qllm", args.qllm_steps)):
                 model = copy.deepcopy(fp)
                 t0 = time.perf_counter()
-                quantize_model(model, PTQConfig(method, spec(a), act_bits=a, qllm_steps=args.qllm_steps), calib)
+                quantize_model(model, PTQConfig(method.split()[0], spec(a), act_bits=a, qllm_steps=steps), calib)
                 loss = evaluate(model, windows).loss
                 _row(method, a, a, G, f"{loss:.4f}", f"{loss - base:+.4f}", f"{time.perf_counter() - t0:.0f}")
 
@@ -98,20 +117,25 @@ def main() -> None:
         quantize_model(m8, PTQConfig("gptq", spec(8)), calib)
         export_model(m8, Path(tmp) / "m8", "compressed-tensors")
         stored = {"GPTQ 8-bit": Path(tmp) / "m8"}
+        bases = {"GPTQ 8-bit": base}
         if args.dr_steps:
+            batches = lambda s: train_batch(streams.train, s, 4, args.seq_len, 0)  # noqa: E731
             dr = prepare(copy.deepcopy(fp), QATRecipeConfig("double-rounding", group_size=G))
             t0 = time.perf_counter()
-            joint_finetune(dr, lambda s: train_batch(streams.train, s, 4, args.seq_len, 0), args.dr_steps,
-                           args.dr_lr, bits=(8, 6, 4, 2))
+            joint_finetune(dr, batches, args.dr_steps, args.dr_lr, bits=(8, 6, 4, 2))
             print(f"joint Double Rounding QAT: {args.dr_steps} steps x 4 x {args.seq_len} tokens at 8/6/4/2 bits "
                   f"(ALRS), {time.perf_counter() - t0:.0f} s")
             convert(dr.eval())
             export_model(dr, Path(tmp) / "dr", "qscale")
-            stored[f"joint QAT ({args.dr_steps} steps)"] = Path(tmp) / "dr"
+            name = f"joint QAT ({args.dr_steps} steps)"
+            stored[name] = Path(tmp) / "dr"
+            bases[name] = _fp_control(fp, batches, args.dr_steps, args.dr_lr, windows)
+            print(f"its QiD is against the fp model fine-tuned the same steps on the same batches "
+                  f"(loss {bases[name]:.4f})")
         _row("bits", *(f"served from {k}: QiD" for k in stored), "GPTQ at these bits: QiD")
         _row(*["---"] * (len(stored) + 2))
         for bits in (8, 6, 4, 2):
-            served = [evaluate(load_quantized(path, bits=bits), windows).loss - base for path in stored.values()]
+            served = [evaluate(load_quantized(path, bits=bits), windows).loss - bases[k] for k, path in stored.items()]
             separate = copy.deepcopy(fp)
             quantize_model(separate, PTQConfig("gptq", spec(bits)), calib)
             own = evaluate(separate, windows).loss

@@ -15,7 +15,7 @@ arXiv 2310.08041) for weight-activation quantization (W4A4, W6A6), block by bloc
    layer's weight becomes ``Q_w(W' + A·B)`` (``A`` ``[out, r]`` zero, ``B`` ``[r, in]`` small random, as LoRA;
    round-to-nearest with the straight-through estimator on the fixed RTN scales of ``W'``, activations through
    ``Q_a``), and Adam trains ``A, B`` on the MSE of the block's output against the full-precision block on the
-   same inputs; the tuned rounding is kept only if it lowers that error. ``A·B`` is fused into the integer
+   same inputs; the tuned rounding is kept only if it lowers that error on a held-out calibration batch. ``A·B`` is fused into the integer
    codes, so inference costs nothing extra beyond the reassembly's gather-add.
 
 Activations: per-token absmax (``qscale.quant.ste``, the ``ste`` recipe's activation quantizer), put on every
@@ -189,9 +189,13 @@ def block_error(block: nn.Module, inputs: list, targets: list[Tensor]) -> float:
 
 def tune_block(block: nn.Module, layers: dict[str, QLLMLinear], inputs: list, targets: list[Tensor], steps: int,
                lr: float) -> tuple[float, float]:
-    """Adam on every layer's ``A, B`` against the block's full-precision outputs; (error before, error after).
-    If tuning did not lower the error, the low-rank terms are reset to zero (the start)."""
-    before = block_error(block, inputs, targets)
+    """Adam on every layer's ``A, B`` against the block's full-precision outputs; (error before, error after) on
+    the held-out last calibration batch (when there are several: the rest train). If tuning did not lower
+    that error, the low-rank terms are reset to zero (the start)."""
+    held = (inputs[-1:], targets[-1:]) if len(inputs) > 1 else (inputs, targets)
+    if len(inputs) > 1:
+        inputs, targets = inputs[:-1], targets[:-1]
+    before = block_error(block, *held)
     if steps == 0:
         return before, before
     params = [p for m in layers.values() for p in (m.a, m.b)]
@@ -203,7 +207,7 @@ def tune_block(block: nn.Module, layers: dict[str, QLLMLinear], inputs: list, ta
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    after = block_error(block, inputs, targets)
+    after = block_error(block, *held)
     if not after < before:
         with torch.no_grad():
             for m in layers.values():

@@ -77,10 +77,11 @@ class QATRecipeConfig:
     """Which recipe, at which precision, on which layers.
 
     recipe:           registry name: ste | lsq | quest | bitnet | pbllm | lrqat | l4q | efficientqat | edgeqat |
-                      gaqat | qvgen | efficientdm | ifairy (``qscale.qat.RECIPES``).
+                      gaqat | qvgen | efficientdm | ifairy |
+                      double-rounding (``qscale.qat.RECIPES``).
     w_bits / a_bits:  default weight / input-activation bit widths; None = the recipe's default
                       (ste, lsq, quest: W4A4; bitnet: ternary weights (stored in 2 bits), A8; pbllm: W1A16;
-                      lrqat, l4q: W4A16).
+                      lrqat, l4q: W4A16; double-rounding: W8A16, the stored precision of its joint training).
     group_size:       G, input columns per weight scale; None = one scale per output channel
                       (ste, lsq; quest scales each rotated row, bitnet the tensor, pbllm each row).
     act_group_size:   None = one activation scale per token; G = per token per G features (Chen et al.;

@@ -25,6 +25,8 @@ def qid_command(
                              "preset's."),
     group_size: int = typer.Option(None, "--group-size", "-g", help="Input columns per scale (0 = per output "
                                    "channel). Default: the preset's."),
+    grid: str = typer.Option(None, "--grid", help="Symmetric grid: full (GPTQ / compressed-tensors, all 2^b codes) "
+                             "or restricted (absmax/(2^(b-1)-1)). Default: the preset's (full)."),
     eval_windows: int = typer.Option(None, "--eval-windows", help="Held-out windows per loss; more windows lower "
                                      "the noise floor. Default: the preset's."),
     seed: int = typer.Option(0, "--seed", help="Seed for calibration windows (and the suite's training)."),
@@ -52,6 +54,7 @@ def qid_command(
         "methods": names(methods),
         "bits": ints(bits, "--bits"),
         "group_size": group_size,
+        "grid": grid,
         "eval_windows": eval_windows,
     }
     study = build_study(preset, out=out, data=data, tokenizer=tokenizer, seed=seed,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from qscale.errors import QscaleError, require
 from qscale.ptq import PTQ_METHODS, PTQConfig
-from qscale.quant import QuantSpec
+from qscale.quant import GRIDS, QuantSpec
 from qscale.report.qid import DEFAULT_THRESHOLDS, ReportConfig
 
 
@@ -21,6 +21,8 @@ class QidGrid:
     """PTQ cells measured on every checkpoint, and how losses are measured.
 
     group_size: G input columns per scale; 0 means one scale per output channel.
+    grid: the symmetric grid, "full" (GPTQ / compressed-tensors: s = 2·absmax/(2^b − 1), all 2^b codes; the
+    default) or "restricted" (s = absmax/(2^(b−1) − 1), 2^b − 1 codes), to measure what the grid costs.
     eval_windows x eval_seq_len held-out tokens per loss; n_calib x calib_seq_len calibration tokens.
     min_tokens: checkpoints trained on fewer tokens are not measured (the first log-spaced steps of a
     small suite are near-random models, and skipping them keeps the quick preset inside its budget).
@@ -29,6 +31,7 @@ class QidGrid:
     methods: tuple[str, ...] = ("rtn", "gptq")
     bits: tuple[int, ...] = (2, 3, 4, 8)
     group_size: int = 128
+    grid: str = "full"
     eval_windows: int = 64
     eval_seq_len: int = 256
     eval_batch_size: int = 16
@@ -44,6 +47,7 @@ class QidGrid:
                 f"bit widths must be integers in 1..8, got {self.bits}")
         require(len(set(self.bits)) == len(self.bits), f"repeated bit width in {self.bits}")
         require(self.group_size >= 0, f"group size must be >= 0 (0 = per channel), got {self.group_size}")
+        require(self.grid in GRIDS, f"unknown grid {self.grid!r} (choose from {', '.join(GRIDS)})")
         require(self.eval_windows >= 2, f"need >= 2 evaluation windows for a noise estimate, got {self.eval_windows}")
         require(self.eval_seq_len >= 2, f"evaluation sequence length must be >= 2, got {self.eval_seq_len}")
         require(self.eval_batch_size >= 1, f"evaluation batch size must be >= 1, got {self.eval_batch_size}")
@@ -61,9 +65,9 @@ class QidGrid:
     def ptq_config(self, method: str, bits: int):
         """The :class:`qscale.ptq.PTQConfig` of one cell (symmetric, per group or per channel)."""
         if self.group_size:
-            spec = QuantSpec(bits=bits, symmetric=True, granularity="group", group_size=self.group_size)
+            spec = QuantSpec(bits=bits, symmetric=True, granularity="group", group_size=self.group_size, grid=self.grid)
         else:
-            spec = QuantSpec(bits=bits, symmetric=True, granularity="channel", group_size=None)
+            spec = QuantSpec(bits=bits, symmetric=True, granularity="channel", group_size=None, grid=self.grid)
         return PTQConfig(method=method, spec=spec, n_calib=self.n_calib, calib_seq_len=self.calib_seq_len)
 
     @property

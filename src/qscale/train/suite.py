@@ -5,11 +5,12 @@ Presets:
 
 * ``tiny``  - tests: two sizes, 24 steps of 8 x 32 tokens, seconds.
 * ``quick`` - the default study: xs, s, m, l; 384 steps of 8 x 128 tokens (393k tokens) each,
-  checkpoints at steps 2, 4, ..., 256, 384 (9 per size). Measured on one core of a shared 2-core
-  machine (CPU seconds, fp32, incl. checkpoint evals and saves): xs 33, s 43, m 63, l 115, i.e.
-  ~4.2 min single-threaded, less with two idle cores. At this budget training is step-limited:
-  final validation losses are 4.93 / 4.97 / 5.05 / 5.09 nats/token (larger N does not win yet),
-  which a QiD study should keep in mind.
+  checkpoints at steps 2, 4, ..., 256, 384 (9 per size), peak learning rates per size (``lrs``: xs 3e-3,
+  s 4e-3, m 1.5e-3, l 1e-3; m measured at 1.5e-3 and 2.5e-3, the lower won). Every width is a multiple of
+  32 and the QiD preset uses G = 32, so the group size is the same at every size. Final validation losses
+  (32 windows x 128 tokens): xs 4.986, s 4.925, m 4.971, l 5.089 nats/token. At this budget all four
+  sizes are still falling steeply at the last step (step-limited: 8.3 -> 5.0 over the run, the same curve
+  for every size) and the larger models do not win yet; a QiD study should keep that in mind.
 * ``gpu``   - all five sizes, 2048 steps of 64 x 256 tokens (33.5M tokens) each, checkpoints at
   8, 16, ..., 2048 (9 per size), bf16 on one GPU.
 """

@@ -33,7 +33,8 @@ from qscale.models import load_model
 from qscale.ptq import PTQConfig, quantize_model
 from qscale.qat import QATRecipeConfig, convert, prepare
 from qscale.qat.doublerounding import joint_finetune
-from qscale.qat.finetune import cosine_lr, lm_loss
+from qscale.train.engine import lm_loss
+from qscale.train.schedule import cosine
 from qscale.quant import QuantSpec
 
 
@@ -47,7 +48,7 @@ def _fp_control(fp, batches, steps: int, lr: float, windows) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, 0)
+            group["lr"] = lr * cosine(step, steps, 0, 0.1, 1.0)
         opt.zero_grad(set_to_none=True)
         lm_loss(model, batches(step))[0].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -191,11 +191,13 @@ QAT_PRESETS: dict[str, QatPreset] = {
     # < 15 minutes on 2 CPU cores: 3 sizes x 3 D x 3 G = 27 points per scheme. A 512-token vocabulary makes
     # the tiny models learn far enough in 25k-100k tokens for δ to stand above the run-to-run noise.
     "quick": QatPreset(grid=QatGrid(), compare=PtqCompare(), vocab_size=512),
-    # one GPU (bf16 autocast): larger models, longer runs, more groups and the fc2 fix at every D
+    # one GPU (bf16 autocast): larger models, longer runs; sized for ~20 minutes of one H100 (estimated, not
+    # yet measured): 4 sizes x 3 D x (3 schemes x 3 G + fp + control) + the fc2 fix at the longest D is
+    # ~104k steps of 32 x 256 tokens, ~17-35 min at 10-20 ms a step for these launch-bound models
     "gpu": QatPreset(
-        grid=QatGrid(sizes=("s", "m", "l", "xl"), steps=(256, 512, 1024, 2048), groups=(32, 64, 128, 0),
-                     fc2_steps=(256, 512, 1024, 2048), batch_size=32, seq_len=256, lr=2e-3, warmup_steps=50,
-                     eval_windows=256, attribution=("xl", 2048, 32), attribution_windows=32),
+        grid=QatGrid(sizes=("s", "m", "l", "xl"), steps=(256, 512, 1024), groups=(32, 128, 0),
+                     fc2_steps=(1024,), batch_size=32, seq_len=256, lr=2e-3, warmup_steps=50,
+                     eval_windows=256, attribution=("xl", 1024, 32), attribution_windows=32),
         compare=PtqCompare(suite="gpu", sizes=("m", "xl"), steps=256, batch_size=32, seq_len=256, lr=5e-4,
                            warmup_steps=20, eval_windows=256, n_calib=128, calib_seq_len=256),
         n_boot=500,

@@ -31,6 +31,7 @@ from qscale.qat.lowrank import L4QWeightQuantizer
 from qscale.qat.lsq import LSQActQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
+from qscale.train.engine import logits_of
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ class EfficientDMHooks(TrainHooks):
     def backward(self, model: nn.Module, batch: Tensor, objective: Objective, step: int, steps: int) -> Tensor:
         inputs = batch[:, :-1]
         with torch.no_grad():
-            t_logits = self.teacher(input_ids=inputs).logits
-        loss = distill_loss(model(input_ids=inputs).logits, t_logits, batch[:, 1:], self.distill)
+            t_logits = logits_of(self.teacher, inputs)
+        loss = distill_loss(logits_of(model, inputs), t_logits, batch[:, 1:], self.distill)
         loss.backward()
         return loss.detach()
 

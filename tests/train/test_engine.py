@@ -44,6 +44,27 @@ def test_no_decay_on_norms_biases_and_quantizer_parameters():
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
 
 
+def test_embedding_lr_moves_embeddings_and_head_at_their_own_rate():
+    """Adam's first step moves every parameter with a gradient by ~its group's LR (|m / sqrt(v)| = 1)."""
+    model, ref = tiny_llama_model(), tiny_llama_model()
+    cfg = OptimConfig(lr=1e-3, embed_lr=1e-2, min_lr_ratio=1.0)
+    opt = make_optimizer(model, cfg)
+    embed = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    scaled = [g for g in opt.param_groups if g.get("lr_scale")]
+    assert {id(p) for g in scaled for p in g["params"]} == embed and scaled[0]["lr_scale"] == pytest.approx(10.0)
+    train_steps(model, structured, cfg, 1, opt=opt)
+    moved = {n: (p - q).abs().max().item() for (n, p), q in zip(model.named_parameters(), ref.parameters())}
+    assert moved["lm_head.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["model.embed_tokens.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["model.layers.0.mlp.up_proj.weight"] == pytest.approx(1e-3, rel=1e-3)
+    same_a, same_b = tiny_llama_model(), tiny_llama_model()  # embed_lr = lr is the plain optimiser, bit for bit
+    train_steps(same_a, structured, OptimConfig(lr=1e-3, warmup=1), 3)
+    train_steps(same_b, structured, OptimConfig(lr=1e-3, warmup=1, embed_lr=1e-3), 3)
+    assert all(torch.equal(p, q) for p, q in zip(same_a.parameters(), same_b.parameters()))
+    with pytest.raises(QscaleError, match="embedding learning rate"):
+        OptimConfig(lr=1e-3, embed_lr=0.0)
+
+
 def test_low_rank_factors_are_quantizer_parameters():
     model = tiny_llama_model()
     prepare(model, QATRecipeConfig("lrqat", w_bits=4, group_size=32, rank=4))

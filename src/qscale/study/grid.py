@@ -14,6 +14,7 @@ from qscale.errors import QscaleError, require
 from qscale.ptq import PTQ_METHODS, PTQConfig
 from qscale.quant import GRIDS, QuantSpec
 from qscale.report.qid import DEFAULT_THRESHOLDS, ReportConfig
+from qscale.train.suite import SUITE_PRESETS
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,17 @@ class QidGrid:
 
 @dataclass(frozen=True)
 class QidPreset:
-    """A named study: the training suite preset, the PTQ grid, the report settings, the tokenizer size."""
+    """A named study: the training suite preset, the PTQ grid, the report settings, the corpus cap."""
 
     suite: str
     grid: QidGrid
     report: ReportConfig = field(default_factory=ReportConfig)
-    vocab_size: int = 4096
     max_files: int | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        """The BPE vocabulary of the preset's suite."""
+        return SUITE_PRESETS[self.suite].vocab_size
 
 
 QID_PRESETS: dict[str, QidPreset] = {
@@ -93,7 +98,6 @@ QID_PRESETS: dict[str, QidPreset] = {
         grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 4), group_size=32, eval_windows=8, eval_seq_len=32,
                      n_calib=4, calib_seq_len=32),
         report=ReportConfig(thresholds=DEFAULT_THRESHOLDS, inversion_bits=(2, 4), n_boot=20),
-        vocab_size=512,
         max_files=60,
     ),
     # the README's main command: < 15 minutes on 2 CPU cores, >= 100 (N, D, P) points per method

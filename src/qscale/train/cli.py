@@ -17,7 +17,8 @@ from qscale.train.distributed import finish, is_main_process
 from qscale.train.loop import train
 from qscale.train.suite import SUITE_PRESETS, get_preset, train_suite
 
-_DEFAULT = SUITE_PRESETS["quick"].base
+_QUICK = SUITE_PRESETS["quick"]
+_DEFAULT = _QUICK.base
 
 
 def loss_table(runs: dict[str, list[CheckpointInfo]], title: str) -> Table:
@@ -46,12 +47,17 @@ def train_command(
                                               "folder's own, else a BPE trained on the data)."),
     model: Path = typer.Option(None, help="Continue training from this local Hugging Face or qscale checkpoint "
                                           "folder (a qscale checkpoint's tokens seen count towards D)."),
-    vocab_size: int = typer.Option(4096, help="Vocabulary size of the trained BPE tokenizer (>= 256)."),
+    vocab_size: int = typer.Option(None, help="Vocabulary size of the trained BPE tokenizer (>= 256; default: the "
+                                              f"preset's, else the quick suite's, {_QUICK.vocab_size})."),
     seed: int = typer.Option(None, help="Random seed for initialisation and data order (default: 0)."),
     batch_size: int = typer.Option(_DEFAULT.batch_size, help="Sequences per optimiser step."),
     grad_accum: int = typer.Option(1, help="Micro-batches per step (gradient accumulation)."),
     seq_len: int = typer.Option(_DEFAULT.seq_len, help="Tokens per training sequence."),
-    lr: float = typer.Option(_DEFAULT.lr, help="Peak learning rate (AdamW)."),
+    lr: float = typer.Option(None, help="Peak learning rate (AdamW) of the hidden matrices (default: the quick "
+                                        f"suite's width-scaled one, {_DEFAULT.lr:g} x 64 / d_model; {_DEFAULT.lr:g} "
+                                        "with --model)."),
+    embed_lr: float = typer.Option(None, "--embed-lr", help="Peak learning rate of the token embedding and LM head "
+                                   f"(default: the quick suite's {_DEFAULT.embed_lr:g} at every width; --lr with --model)."),
     schedule: str = typer.Option("cosine", help="LR schedule: cosine (warmup + cosine) or wsd (warmup-stable-decay)."),
     warmup_steps: int = typer.Option(_DEFAULT.warmup_steps, help="Linear warmup steps."),
     ckpt_every: int = typer.Option(None, help="After the log-spaced checkpoints, save one every this many steps."),
@@ -69,9 +75,10 @@ def train_command(
     console = Console()
     if model is not None and preset is None:
         tokenizer = model_tokenizer(model, tokenizer)
+    suite = get_preset(preset) if preset is not None else _QUICK
+    vocab_size = suite.vocab_size if vocab_size is None else vocab_size
     data_cfg = DataConfig(data=data, tokenizer=tokenizer, vocab_size=vocab_size, max_files=max_files)
     if preset is not None:
-        suite = get_preset(preset)
         if seed is not None:
             suite = replace(suite, base=replace(suite.base, seed=seed))
         if compile_model:
@@ -82,9 +89,13 @@ def train_command(
             console.print(loss_table(runs, f"validation loss (nats/token) on {suite.base.eval_windows} windows x "
                                            f"{suite.base.seq_len} tokens, suite {preset!r}"))
         return
+    if model is None:
+        lr = _QUICK.train_config(size).lr if lr is None else lr
+        embed_lr = _DEFAULT.embed_lr if embed_lr is None else embed_lr
+    lr = _DEFAULT.lr if lr is None else lr
     cfg = TrainConfig(size=size, tokens=tokens, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len,
-                      lr=lr, schedule=schedule, warmup_steps=warmup_steps, seed=seed or 0, ckpt_every=ckpt_every,
-                      model=model, device=device, compile=compile_model)
+                      lr=lr, embed_lr=embed_lr, schedule=schedule, warmup_steps=warmup_steps, seed=seed or 0,
+                      ckpt_every=ckpt_every, model=model, device=device, compile=compile_model)
     name = size if model is None else model.name
     ckpts = train(cfg, load_token_streams(data_cfg), out or Path("runs") / f"train-{name}")
     finish()

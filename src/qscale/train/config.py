@@ -26,6 +26,7 @@ class TrainConfig:
     seq_len: int = 128
     grad_accum: int = 1
     lr: float = 3e-3
+    embed_lr: float | None = None  # peak LR of the token embedding and LM head (None: lr)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
     schedule: str = "cosine"  # "cosine" | "wsd"
@@ -61,7 +62,7 @@ class TrainConfig:
         """The engine's optimiser/schedule settings of this run."""
         return OptimConfig(lr=self.lr, min_lr_ratio=self.min_lr_ratio, warmup=self.warmup_steps, schedule=self.schedule,
                            decay_frac=self.decay_frac, weight_decay=self.weight_decay, betas=(self.beta1, self.beta2),
-                           grad_clip=self.grad_clip)
+                           grad_clip=self.grad_clip, embed_lr=self.embed_lr)
 
     @property
     def tokens_per_step(self) -> int:

@@ -46,6 +46,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # 0 = no clipping
+    embed_lr: float | None = None  # peak LR of the token embedding and LM head (None: lr)
 
     def __post_init__(self) -> None:
         require(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
@@ -55,6 +56,8 @@ class OptimConfig:
         require(0 < self.decay_frac <= 1, f"decay_frac must be in (0, 1], got {self.decay_frac}")
         require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight decay and grad clip must be >= 0")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1), got {self.betas}")
+        require(self.embed_lr is None or (math.isfinite(self.embed_lr) and self.embed_lr > 0),
+                f"embedding learning rate must be > 0, got {self.embed_lr}")
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based) of ``total``."""
@@ -124,12 +127,30 @@ def decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return decay, [p for p in params if id(p) not in taken]
 
 
+def _embedding_ids(model: nn.Module) -> set[int]:
+    """Parameters of the token embedding and the LM head (a Hugging Face model's input/output embeddings)."""
+    mods = [getattr(model, name)() for name in ("get_input_embeddings", "get_output_embeddings") if hasattr(model, name)]
+    return {id(p) for m in mods if m is not None for p in m.parameters()}
+
+
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, weight decay per :func:`decay_groups` (fused on CUDA)."""
+    """AdamW over the trainable parameters, weight decay per :func:`decay_groups` (fused on CUDA).
+
+    With ``cfg.embed_lr`` the token embedding and LM head form their own group whose LR is ``embed_lr / lr``
+    times the schedule's (its ``lr_scale``): width-scaled learning rates keep the hidden matrices' LR
+    falling with width while the embeddings learn at one rate at every size (Yang et al. 2021, muP).
+    """
     decay, rest = decay_groups(model)
     require(decay or rest, "the model has no trainable parameters")
     device = (decay or rest)[0].device
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    embed = _embedding_ids(model) if cfg.embed_lr is not None else set()
+    groups = [{"params": [p for p in decay if id(p) not in embed], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if id(p) not in embed], "weight_decay": 0.0}]
+    if embed:
+        scale = cfg.embed_lr / cfg.lr
+        extra = [{"params": [p for p in decay if id(p) in embed], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                 {"params": [p for p in rest if id(p) in embed], "weight_decay": 0.0, "lr_scale": scale}]
+        groups += [g for g in extra if g["params"]]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
 
 
@@ -174,7 +195,7 @@ def train_steps(
         model.train()
         lr = cfg.lr_at(step, total)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         batch = local_slice(batches(step), parallel).to(device)
         require(batch.shape[0] % grad_accum == 0,
                 f"batch of {batch.shape[0]} sequences is not divisible by grad accumulation {grad_accum}")

@@ -28,32 +28,46 @@ from qscale.train.config import TrainConfig
 from qscale.train.loop import train
 
 
+def width_scaled_lr(lr: float, size: str, ref_width: int) -> float:
+    """Peak LR of the hidden matrices of ``size``: ``lr · ref_width / d_model`` (Adam under muP, Yang et al.
+    2021: the hidden-matrix LR falls as 1/width, the embeddings' stays fixed)."""
+    require(ref_width >= 1, f"reference width must be >= 1, got {ref_width}")
+    return lr * ref_width / get_size(size).d_model
+
+
 @dataclass(frozen=True)
 class SuiteConfig:
-    """Sizes to train and the shared training settings (``base.size`` is replaced per size)."""
+    """Sizes to train and the shared training settings (``base.size`` is replaced per size).
+
+    vocab_size: the BPE vocabulary trained on the corpus for this suite.
+    lr_ref_width: when set, each size's hidden-matrix LR is :func:`width_scaled_lr` of ``base.lr`` (the LR at
+    that width) and the embeddings train at ``base.embed_lr`` at every size; otherwise every size uses ``base``.
+    """
 
     name: str
     sizes: tuple[str, ...]
     base: TrainConfig
-    lrs: tuple[tuple[str, float], ...] = ()  # per-size peak learning rates; others use base.lr
+    vocab_size: int = 4096
+    lr_ref_width: int | None = None
 
     def __post_init__(self) -> None:
         require(len(self.sizes) >= 1, "a suite needs at least one size")
         for s in self.sizes:
             get_size(s)
-        for s, lr in self.lrs:
-            require(s in self.sizes and lr > 0, f"bad per-size learning rate {s}={lr}")
+        require(self.vocab_size >= 256, f"vocab size must be >= 256 (the byte alphabet), got {self.vocab_size}")
+        require(self.lr_ref_width is None or self.lr_ref_width >= 1, f"bad reference width {self.lr_ref_width}")
 
     def train_config(self, size: str) -> TrainConfig:
-        return replace(self.base, size=size, lr=dict(self.lrs).get(size, self.base.lr))
+        lr = self.base.lr if self.lr_ref_width is None else width_scaled_lr(self.base.lr, size, self.lr_ref_width)
+        return replace(self.base, size=size, lr=lr)
 
 
 SUITE_PRESETS: dict[str, SuiteConfig] = {
     "tiny": SuiteConfig("tiny", ("xs", "s"), TrainConfig(
-        tokens=24 * 8 * 32, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=4, eval_windows=8)),
+        tokens=24 * 8 * 32, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=4, eval_windows=8), vocab_size=512),
     "quick": SuiteConfig("quick", ("xs", "s", "m", "l"), TrainConfig(
-        tokens=384 * 8 * 128, batch_size=8, seq_len=128, lr=3e-3, warmup_steps=20, ckpt_base=2, eval_windows=32),
-        lrs=(("xs", 3e-3), ("s", 4e-3), ("m", 1.5e-3), ("l", 1e-3))),
+        tokens=384 * 8 * 128, batch_size=8, seq_len=128, lr=3e-3, embed_lr=1e-2, warmup_steps=20, ckpt_base=2,
+        eval_windows=32), vocab_size=1024, lr_ref_width=64),
     "gpu": SuiteConfig("gpu", ("xs", "s", "m", "l", "xl"), TrainConfig(
         tokens=2048 * 64 * 256, batch_size=64, seq_len=256, lr=2e-3, warmup_steps=100, ckpt_base=8,
         eval_windows=256)),

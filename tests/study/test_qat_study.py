@@ -140,5 +140,5 @@ def test_overrides_keep_the_attribution_and_fc2_cells_inside_the_grid(tmp_path):
     study = build_qat_study("quick", out=tmp_path, sizes=("xs", "s"), steps=(10, 20), groups=(32, 0))
     g = study.grid
     assert g.attribution == ("s", 20, 32) and g.fc2_steps == (20,)
-    assert study.data.vocab_size == 512 and study.compare_data.vocab_size == 4096  # the QiD quick suite's tokenizer
+    assert study.data.vocab_size == 512 and study.compare_data.vocab_size == 1024  # the QiD quick suite's tokenizer
     assert g.tokens(20) == 20 * g.batch_size * g.seq_len

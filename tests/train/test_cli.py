@@ -25,6 +25,15 @@ def test_train_then_eval_cli(cache_env, streams, tmp_path, capsys):
     assert result["fingerprints"] == {k: meta["fingerprints"][k] for k in ("data", "tokenizer")}
     assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
     assert abs(result["loss"] - meta["val_loss"]) < 0.5  # 4 windows vs the 32 used in training
+    assert (meta["config"]["lr"], meta["config"]["embed_lr"]) == (3e-3, 1e-2)  # the quick suite's xs
+
+
+def test_train_defaults_follow_the_quick_suite_width_rule(cache_env, streams, tmp_path):
+    out = tmp_path / "run-s"
+    assert main(["train", "--size", "s", "--tokens", str(8 * 32), "--batch-size", "8", "--seq-len", "32",
+                 "--vocab-size", "512", "--max-files", "40", "--out", str(out)]) == 0
+    config = json.loads((out / "step-000001" / "qscale.json").read_text())["config"]
+    assert config["lr"] == pytest.approx(3e-3 * 64 / 96) and config["embed_lr"] == 1e-2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -3,7 +3,9 @@ import math
 import pytest
 
 from qscale.errors import QscaleError
+from qscale.models.ladder import get_size
 from qscale.train import TrainConfig
+from qscale.train.suite import SUITE_PRESETS, SuiteConfig, width_scaled_lr
 
 
 def test_log_spaced_checkpoints_like_pythia():
@@ -40,3 +42,19 @@ def test_cosine_and_wsd_shapes():
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(QscaleError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_width_scaled_suite_learning_rates():
+    """The quick suite's rule: hidden LR = lr · 64 / d_model, the embeddings at one LR for every size."""
+    quick = SUITE_PRESETS["quick"]
+    lrs = {s: quick.train_config(s).lr for s in quick.sizes}
+    assert lrs == pytest.approx({s: 3e-3 * 64 / get_size(s).d_model for s in quick.sizes})
+    assert lrs["xs"] == pytest.approx(3e-3) and lrs["l"] == pytest.approx(1e-3)
+    assert {quick.train_config(s).embed_lr for s in quick.sizes} == {1e-2}
+    assert width_scaled_lr(1e-3, "m", 256) == pytest.approx(2e-3)
+    plain = SuiteConfig("plain", ("xs", "l"), TrainConfig(lr=2e-3))
+    assert plain.train_config("l").lr == 2e-3 and plain.train_config("l").size == "l"
+    with pytest.raises(QscaleError, match="reference width"):
+        SuiteConfig("bad", ("xs",), TrainConfig(), lr_ref_width=0)
+    with pytest.raises(QscaleError, match="vocab size"):
+        SuiteConfig("bad", ("xs",), TrainConfig(), vocab_size=100)

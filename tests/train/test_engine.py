@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from qscale.errors import QscaleError
 from qscale.qat import QATRecipeConfig, prepare
-from qscale.train.engine import (OptimConfig, autocast, decay_groups, device_for, lm_loss, make_optimizer,
+from qscale.train.engine import (OptimConfig, StepHooks, autocast, decay_groups, device_for, lm_loss, make_optimizer,
                                  train_model, train_steps)
 
 VOCAB = 64
@@ -101,6 +101,25 @@ def test_accumulation_matches_the_full_batch_and_losses_are_the_mean():
         assert torch.allclose(p, q, atol=1e-5)
     with torch.no_grad():
         assert lm_loss(a, structured(3))[0].item() < la[0]
+
+
+class OwnLossHooks(StepHooks):
+    """Like a distillation recipe's hooks: its own loss (not the engine's objective) plus a batch-independent term."""
+
+    def backward(self, model, batch, objective, step, total):
+        loss = lm_loss(model, batch)[0] + 0.1 * model.lm_head.weight.square().sum()
+        loss.backward()
+        return loss.detach()
+
+
+def test_accumulation_with_hooks_that_make_their_own_gradients():
+    a, b = tiny_llama_model(), tiny_llama_model()
+    cfg = OptimConfig(lr=1e-3, warmup=1)
+    la = train_steps(a, structured, cfg, 3, hooks=OwnLossHooks())
+    lb = train_steps(b, structured, cfg, 3, grad_accum=2, hooks=OwnLossHooks())
+    assert la == pytest.approx(lb, rel=1e-5)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
 
 
 def test_resumed_steps_equal_uninterrupted_ones_and_nan_is_an_error():

@@ -96,7 +96,8 @@ class StepHooks:
     """How one step's gradients are made and what follows the optimiser step; the default is the plain step.
 
     ``backward(model, batch, objective, step, total)`` leaves the gradients in ``.grad`` and returns the
-    (detached) loss it reports; ``objective(batch)`` is the step's training loss. Recipes with their own
+    (detached) loss it reports; ``objective(batch)`` is the step's training loss. Under gradient accumulation
+    it sees one micro-batch on cleared gradients and the engine weights and sums them (:func:`accumulate`). Recipes with their own
     procedure (``qscale.qat.hooks``: SAM, attention terms, rank decay) subclass it.
     """
 
@@ -108,6 +109,22 @@ class StepHooks:
 
     def after_step(self, model: nn.Module, opt: torch.optim.Optimizer, step: int, total: int) -> None:
         """Called after the optimiser step ``step`` (0-based) of ``total``."""
+
+
+def accumulate(params: list[nn.Parameter], backward: Callable[[], Tensor], weight: float) -> float:
+    """One micro-batch of gradient accumulation: ``backward()`` runs on cleared gradients (so recipe hooks
+    with extra loss terms or several passes, e.g. SAM, see only this micro-batch), then ``weight`` times its
+    gradients is added to the earlier micro-batches'; returns ``weight`` times its loss."""
+    earlier = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    loss = backward()
+    for p, g in zip(params, earlier):
+        if p.grad is not None:
+            p.grad.mul_(weight)
+        if g is not None:
+            p.grad = g if p.grad is None else g.add_(p.grad)
+    return loss.item() * weight
 
 
 def _plain_loss(model: nn.Module, batch: Tensor, step: int) -> Tensor:
@@ -201,7 +218,9 @@ def train_steps(
                 f"batch of {batch.shape[0]} sequences is not divisible by grad accumulation {grad_accum}")
         loss_sum = 0.0
         for chunk in batch.split(batch.shape[0] // grad_accum):
-            loss_sum += hooks.backward(model, chunk, lambda b: loss_fn(forward, b, step) / grad_accum, step, total).item()
+            def chunk_backward(chunk=chunk) -> Tensor:
+                return hooks.backward(model, chunk, lambda b: loss_fn(forward, b, step), step, total)
+            loss_sum += chunk_backward().item() if grad_accum == 1 else accumulate(params, chunk_backward, 1 / grad_accum)
         loss_sum = mean_over_ranks(loss_sum, parallel, device)
         if not math.isfinite(loss_sum):
             raise QscaleError(f"training loss is not finite at step {step + 1}: lower the learning rate")

@@ -100,7 +100,7 @@ QID_PRESETS: dict[str, QidPreset] = {
         report=ReportConfig(thresholds=DEFAULT_THRESHOLDS, inversion_bits=(2, 4), n_boot=20),
         max_files=60,
     ),
-    # the README's main command: < 15 minutes on 2 CPU cores, >= 100 (N, D, P) points per method
+    # the README's main command: ~6.5 minutes on 2 CPU cores with the install, >= 100 (N, D, P) points per method
     # (4 sizes x 7 checkpoints from 8K to 524K tokens x 4 bit widths = 112)
     "quick": QidPreset(
         suite="quick",

@@ -57,7 +57,8 @@ def train_command(
                                         f"suite's width-scaled one, {_DEFAULT.lr:g} x 64 / d_model; {_DEFAULT.lr:g} "
                                         "with --model)."),
     embed_lr: float = typer.Option(None, "--embed-lr", help="Peak learning rate of the token embedding and LM head "
-                                   f"(default: the quick suite's {_DEFAULT.embed_lr:g} at every width; --lr with --model)."),
+                                   f"(default: the quick suite's {_DEFAULT.embed_lr:g} at every width; --lr with "
+                                   "--model)."),
     schedule: str = typer.Option("cosine", help="LR schedule: cosine (warmup + cosine) or wsd (warmup-stable-decay)."),
     warmup_steps: int = typer.Option(_DEFAULT.warmup_steps, help="Linear warmup steps."),
     ckpt_every: int = typer.Option(None, help="After the log-spaced checkpoints, save one every this many steps."),
@@ -89,10 +90,9 @@ def train_command(
             console.print(loss_table(runs, f"validation loss (nats/token) on {suite.base.eval_windows} windows x "
                                            f"{suite.base.seq_len} tokens, suite {preset!r}"))
         return
-    if model is None:
-        lr = _QUICK.train_config(size).lr if lr is None else lr
-        embed_lr = _DEFAULT.embed_lr if embed_lr is None else embed_lr
-    lr = _DEFAULT.lr if lr is None else lr
+    default = _QUICK.train_config(size) if model is None else _DEFAULT  # with --model: one LR, no width rule
+    lr = default.lr if lr is None else lr
+    embed_lr = default.embed_lr if model is None and embed_lr is None else embed_lr
     cfg = TrainConfig(size=size, tokens=tokens, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len,
                       lr=lr, embed_lr=embed_lr, schedule=schedule, warmup_steps=warmup_steps, seed=seed or 0,
                       ckpt_every=ckpt_every, model=model, device=device, compile=compile_model)

@@ -97,8 +97,8 @@ class StepHooks:
 
     ``backward(model, batch, objective, step, total)`` leaves the gradients in ``.grad`` and returns the
     (detached) loss it reports; ``objective(batch)`` is the step's training loss. Under gradient accumulation
-    it sees one micro-batch on cleared gradients and the engine weights and sums them (:func:`accumulate`). Recipes with their own
-    procedure (``qscale.qat.hooks``: SAM, attention terms, rank decay) subclass it.
+    it sees one micro-batch on cleared gradients and the engine weights and sums them (:func:`accumulate`).
+    Recipes with their own procedure (``qscale.qat.hooks``: SAM, attention terms, rank decay) subclass it.
     """
 
     def backward(self, model: nn.Module, batch: Tensor, objective: Callable[[Tensor], Tensor], step: int,
@@ -114,13 +114,14 @@ class StepHooks:
 def accumulate(params: list[nn.Parameter], backward: Callable[[], Tensor], weight: float) -> float:
     """One micro-batch of gradient accumulation: ``backward()`` runs on cleared gradients (so recipe hooks
     with extra loss terms or several passes, e.g. SAM, see only this micro-batch), then ``weight`` times its
-    gradients is added to the earlier micro-batches'; returns ``weight`` times its loss."""
+    gradients is added to the earlier micro-batches'; returns ``weight`` times its loss. With one micro-batch
+    (``weight`` 1) the gradients are left as computed."""
     earlier = [p.grad for p in params]
     for p in params:
         p.grad = None
     loss = backward()
     for p, g in zip(params, earlier):
-        if p.grad is not None:
+        if p.grad is not None and weight != 1:
             p.grad.mul_(weight)
         if g is not None:
             p.grad = g if p.grad is None else g.add_(p.grad)
@@ -146,7 +147,8 @@ def decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 def _embedding_ids(model: nn.Module) -> set[int]:
     """Parameters of the token embedding and the LM head (a Hugging Face model's input/output embeddings)."""
-    mods = [getattr(model, name)() for name in ("get_input_embeddings", "get_output_embeddings") if hasattr(model, name)]
+    names = ("get_input_embeddings", "get_output_embeddings")
+    mods = [getattr(model, name)() for name in names if hasattr(model, name)]
     return {id(p) for m in mods if m is not None for p in m.parameters()}
 
 
@@ -217,10 +219,11 @@ def train_steps(
         require(batch.shape[0] % grad_accum == 0,
                 f"batch of {batch.shape[0]} sequences is not divisible by grad accumulation {grad_accum}")
         loss_sum = 0.0
+        def objective(b: Tensor) -> Tensor:
+            return loss_fn(forward, b, step)
+
         for chunk in batch.split(batch.shape[0] // grad_accum):
-            def chunk_backward(chunk=chunk) -> Tensor:
-                return hooks.backward(model, chunk, lambda b: loss_fn(forward, b, step), step, total)
-            loss_sum += chunk_backward().item() if grad_accum == 1 else accumulate(params, chunk_backward, 1 / grad_accum)
+            loss_sum += accumulate(params, lambda: hooks.backward(model, chunk, objective, step, total), 1 / grad_accum)
         loss_sum = mean_over_ranks(loss_sum, parallel, device)
         if not math.isfinite(loss_sum):
             raise QscaleError(f"training loss is not finite at step {step + 1}: lower the learning rate")

@@ -15,8 +15,8 @@ Presets:
   the worse ones (l 4.120 vs xs 3.785 at this vocabulary): at 384 steps learning is limited by how fast
   the embeddings move, which is what the fixed embedding LR lifts (l 3.913 at 3e-3, 3.420 at 1e-2,
   3.450 at 3e-2). Seed 1: 3.618, 3.537, 3.510, 3.479. Before step 256 (D <= 131K) the larger models are
-  still behind the smaller ones. Every width is a multiple of 32 and the QiD preset uses G = 32, so the group size is
-  the same at every size.
+  still behind the smaller ones. Every width is a multiple of 32 and the QiD preset uses G = 32, so the
+  group size is the same at every size.
 * ``gpu``   - all five sizes, 2048 steps of 64 x 256 tokens (33.5M tokens) each, checkpoints at
   8, 16, ..., 2048 (9 per size), bf16 on one GPU, a 4096-token BPE; the quick suite's LR rule (not yet
   tuned at this batch size: no GPU has been lent to measure it).

@@ -80,17 +80,24 @@ def absmax_fake_quant(xg: Tensor, mult: float, div: float, zero: float, qmin: in
 
 
 @triton.jit
-def _lsq_fwd_kernel(v_ptr, s_ptr, b_ptr, y_ptr, G, qmin, qmax, HAS_BETA: tl.constexpr, OUT_BF16: tl.constexpr,
-                    BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < G
+def _lsq_codes(v_ptr, s_ptr, b_ptr, row, offs, m, G, qmin, qmax, HAS_BETA: tl.constexpr):
+    """One row block's LSQ(+) codes: (v − β, s, β, q = clamp(round_half_even((v − β) / s), qmin, qmax))."""
     v = tl.load(v_ptr + row * G + offs, mask=m, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + row).to(tl.float32)
     beta = tl.load(b_ptr + row).to(tl.float32) if HAS_BETA else 0.0
     shifted = v - beta
     safe = tl.where(s > 0.0, s, 1.0)
     q = tl.minimum(tl.maximum(_round_half_even(tl.math.div_rn(shifted, safe)), qmin), qmax)
+    return shifted, s, beta, q
+
+
+@triton.jit
+def _lsq_fwd_kernel(v_ptr, s_ptr, b_ptr, y_ptr, G, qmin, qmax, HAS_BETA: tl.constexpr, OUT_BF16: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < G
+    shifted, s, beta, q = _lsq_codes(v_ptr, s_ptr, b_ptr, row, offs, m, G, qmin, qmax, HAS_BETA)
     y = q * s + beta
     _store(y_ptr + row * G + offs, y, m, OUT_BF16)
 
@@ -103,12 +110,7 @@ def _lsq_bwd_kernel(g_ptr, v_ptr, s_ptr, b_ptr, gv_ptr, ps_ptr, pb_ptr, G, C, qm
     offs = blk * BLOCK + tl.arange(0, BLOCK)
     m = offs < G
     grad = tl.load(g_ptr + row * G + offs, mask=m, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + row * G + offs, mask=m, other=0.0).to(tl.float32)
-    s = tl.load(s_ptr + row).to(tl.float32)
-    beta = tl.load(b_ptr + row).to(tl.float32) if HAS_BETA else 0.0
-    shifted = v - beta
-    safe = tl.where(s > 0.0, s, 1.0)
-    q = tl.minimum(tl.maximum(_round_half_even(tl.math.div_rn(shifted, safe)), qmin), qmax)
+    shifted, s, _, q = _lsq_codes(v_ptr, s_ptr, b_ptr, row, offs, m, G, qmin, qmax, HAS_BETA)
     inside = (shifted >= qmin * s) & (shifted <= qmax * s)
     grad_v = tl.where(inside, grad, 0.0)
     _store(gv_ptr + row * G + offs, grad_v, m, OUT_BF16)

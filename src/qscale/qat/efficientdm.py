@@ -27,7 +27,7 @@ from qscale.errors import require
 from qscale.qat.config import DistillConfig
 from qscale.qat.distill import distill_loss
 from qscale.qat.hooks import Objective, TrainHooks
-from qscale.qat.lowrank import L4QWeightQuantizer
+from qscale.qat.lowrank import MergedLSQWeightQuantizer
 from qscale.qat.lsq import LSQActQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
@@ -46,7 +46,7 @@ class EfficientDMOptions:
         require(self.temperature > 0, f"efficientdm temperature must be positive, got {self.temperature}")
 
 
-class QALoRAWeightQuantizer(L4QWeightQuantizer):
+class QALoRAWeightQuantizer(MergedLSQWeightQuantizer):
     """LSQ on ``W₀ + s̄·(α/r)·A·B`` (scale-aware QALoRA); ``W₀`` a frozen buffer."""
 
     def _merged(self, A: Tensor, B: Tensor) -> Tensor:

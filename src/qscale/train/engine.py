@@ -8,7 +8,8 @@ the QAT study, so every model qscale trains gets the same AdamW, the same schedu
   only -- never on norms, biases (1-D) or quantizer parameters (step sizes, scales, offsets and low-rank
   factors of a QAT quantizer: every parameter inside a module whose class sets ``no_weight_decay = True``,
   as ``qscale.qat``'s weight and activation quantizers do). The engine sits below ``qscale.qat`` and knows
-  quantizers only by that marker.
+  quantizers only by that marker. A module may also give some of its parameters their own learning rate,
+  a fixed multiple of the schedule's (``param_lr_scales``, e.g. LR-QAT's scales).
 * bf16 autocast on CUDA, plain fp32 on CPU; the loss is computed in fp32.
 * Deterministic on CPU: the LR is a pure function of the step and batches a function of the step, so the
   same seed gives the same weights bit for bit, and a resumed run equals an uninterrupted one.
@@ -30,6 +31,7 @@ from qscale.train.distributed import Dist, local_slice, mean_over_ranks, wrap
 from qscale.train.schedule import SCHEDULES, lr_factor
 
 NO_DECAY_ATTR = "no_weight_decay"
+LR_SCALES_ATTR = "param_lr_scales"  # module attribute {parameter name: factor of the schedule's LR}
 
 LossFn = Callable[[nn.Module, Tensor, int], Tensor]  # (model, batch [B, T+1], step) -> scalar loss
 
@@ -158,6 +160,7 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     With ``cfg.embed_lr`` the token embedding and LM head form their own group whose LR is ``embed_lr / lr``
     times the schedule's (its ``lr_scale``): width-scaled learning rates keep the hidden matrices' LR
     falling with width while the embeddings learn at one rate at every size (Yang et al. 2021, muP).
+    Parameters a module lists in ``param_lr_scales`` get groups of their own (:func:`_own_lr_groups`).
     """
     decay, rest = decay_groups(model)
     require(decay or rest, "the model has no trainable parameters")
@@ -170,7 +173,25 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         extra = [{"params": [p for p in decay if id(p) in embed], "weight_decay": cfg.weight_decay, "lr_scale": scale},
                  {"params": [p for p in rest if id(p) in embed], "weight_decay": 0.0, "lr_scale": scale}]
         groups += [g for g in extra if g["params"]]
+    groups += _own_lr_groups(model, groups)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+
+
+def _own_lr_groups(model: nn.Module, groups: list[dict]) -> list[dict]:
+    """Move the parameters a module names in ``param_lr_scales`` out of ``groups`` (in place) into groups of their
+    own whose ``lr_scale`` is the group's times the module's factor; the new groups (appended, so the order of
+    the groups is unchanged for models without such parameters)."""
+    factor = {id(getattr(m, name)): f for m in model.modules() for name, f in getattr(m, LR_SCALES_ATTR, {}).items()
+              if getattr(m, name, None) is not None}
+    extra: list[dict] = []
+    for g in list(groups):
+        own = [p for p in g["params"] if id(p) in factor]
+        if not own:
+            continue
+        g["params"] = [p for p in g["params"] if id(p) not in factor]
+        for f in sorted({factor[id(p)] for p in own}):
+            extra.append({**g, "params": [p for p in own if factor[id(p)] == f], "lr_scale": g.get("lr_scale", 1.0) * f})
+    return extra
 
 
 def train_steps(

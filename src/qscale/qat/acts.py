@@ -23,8 +23,7 @@ def act_quantizer_from(desc: dict) -> ActQuantizer:
             params_to_buffers(q)
             return q
         if kind == "edgeqat":
-            return TokenAdaptiveActQuantizer(int(desc["bits"]), int(desc["high_bits"]), float(desc["fraction"]),
-                                             int(desc["qk_bits"]))
+            return TokenAdaptiveActQuantizer(int(desc["bits"]), int(desc["high_bits"]), float(desc["low_fraction"]))
         if kind == "quest":
             return QuestActQuantizer(int(desc["bits"]))
     except (KeyError, TypeError, ValueError) as e:

@@ -1,20 +1,32 @@
 """``edgeqat``: EdgeQAT (Shen et al. 2024, arXiv 2402.10787; SPEC §6) — entropy- and distribution-guided QAT
 of weights, activations and the attention's query and key, with token-importance-aware activation bits.
+Checked against the authors' code (shawnricecake/EdgeQAT @ d1af625: ``distill_train/models/
+modeling_llama_qat_mix.py`` and ``modeling_llama_qat_distribution_guide.py``, ``quant-train-distribution-guide-
+llama-58m-distill.py``).
 
-- Weights: LSQ (``qscale.qat.lsq``). Linear inputs: absmax per token on the restricted grid with the STE, at
-  ``high_bits`` for the ``important_fraction`` most important tokens of each sequence and ``a_bits`` for the
-  rest. A token's importance is the mean attention it receives, ``I_t = mean_h Σ_q A[h, q, t] / (T − t)``
-  (the queries that can see it, causal), from the latest attention layer of the same forward (the first
-  block's q/k/v inputs, before any attention, use ``a_bits`` for all tokens).
-- Query and key (after RoPE, the operands of ``QKᵀ``): absmax per token per head to ``qk_bits`` with the STE.
-- Entropy term (quantized q/k taken Gaussian, ``H = ½·log(2πe·σ²)``):
-  ``L_E = −mean_l [mean_h H(Q̂_{l,h}) + mean_g H(K̂_{l,g})]`` (query heads h, key heads g) with ``σ²`` the variance of all elements of that head's quantized query (key) — minimising it maximises
-  their entropy, countering the collapse of quantized q/k.
-- Distribution term: ``L_D = mean_{l,b,h,q} KL(A_fp ‖ A_q)`` between the full-precision model's attention
-  rows (a frozen copy run on the same batch) and the quantized model's.
-- Loss: the task loss (CE, or the distillation loss with ``cfg.distill``) ``+ entropy_weight·L_E +
-  distribution_weight·L_D``.
+- Token importance (the authors' ``score_token``): each token's *pre-softmax* attention score to the first
+  token, summed over heads and averaged over the batch, ``I_t = Σ_h mean_b (q_t·k_0)/√d`` — one ranking per
+  batch, as the authors compute it. The ``int(low_fraction·T)`` least important tokens (50%) take ``a_bits``,
+  the rest ``high_bits`` (8). A layer's ranking sets the bits of its own MLP inputs (and ``o_proj``'s) and of the
+  next layer's q/k/v inputs, query and key; the first layer's, before any ranking, are all at ``high_bits``.
+- Weights: LSQ (``qscale.qat.lsq``). Linear inputs, query and key (after RoPE): absmax per token (per token
+  per head for q/k) on the restricted grid with the STE at the token's bits.
+- Entropy term (the authors' ``loss_entropy``): ``L_E = −log Σ_{l,b,h,t} [log(1 + Var_d Q̂) + log(1 + Var_d K̂)]``
+  (unbiased variance over the head dimension, keys repeated to the query heads): minimising it maximises the
+  spread of the quantized q/k, countering their collapse.
+- Distribution term: the cosine similarity of the quantized model's pre-softmax score maps to the
+  full-precision model's (the authors' ``attn_all_layer``: ``q·kᵀ/√d`` before the causal mask, flattened per
+  batch row and head), ``L_D = −log Σ_{l,b,h} cos(S_q, S_fp)``. The authors' script *adds* ``+log Σ cos``,
+  which, minimised, pushes the maps apart — the opposite of the paper's stated aim (align the quantized
+  attention's distribution with the full-precision one); qscale implements the sign that aligns them.
+- Loss (the authors' ``DistillationTrainer``): ``ce_weight·CE + (1 − ce_weight)·T²·KL(p_fp^T ‖ p_q^T)`` with the
+  KL summed over positions and averaged over sequences (``KLDivLoss(reduction="batchmean")`` on ``[B, T, V]``),
+  ``T = 2``, ``ce_weight = 0.5``, ``+ distribution_weight·L_D`` (1) ``+ entropy_weight·L_E`` (0.5). The teacher
+  is the full-precision model (the authors average it with two larger teachers qscale does not have).
 
+Differences kept on purpose: the authors' activation quantizers are LSQ+ (a learned step and offset per tensor)
+and also quantize the values and the attention probabilities but not ``o_proj``'s input; qscale keeps its
+per-token absmax on every linear input. ``cfg.distill`` does not apply (the loss above is EdgeQAT's own).
 The hooks are an attention implementation registered with transformers (``qscale_edgeqat``: eager attention
 with the quantization and the records) installed on the Llama-family models whose attention calls it
 (:data:`SUPPORTED`); another architecture is an error. ``load_quantized`` re-installs it (``attach``).
@@ -37,6 +49,7 @@ from qscale.qat.linear import ActQuantizer
 from qscale.qat.lsq import LSQRecipe
 from qscale.qat.registry import register
 from qscale.qat.ste import straight_through
+from qscale.train.engine import logits_of
 
 ATTN_NAME = "qscale_edgeqat"
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
@@ -44,34 +57,47 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 @dataclass(frozen=True)
 class EdgeQATOptions:
-    """qk_bits: query/key bits (None = the recipe's a_bits); high_bits / important_fraction: the adaptive
-    activation bits; entropy_weight, distribution_weight: λ of L_E and L_D."""
+    """high_bits / low_fraction: the adaptive activation bits (the least important ``low_fraction`` of the tokens
+    at the recipe's ``a_bits``, the rest at ``high_bits``); entropy_weight, distribution_weight: λ of L_E and L_D;
+    temperature, ce_weight: the logit distillation ``ce_weight·CE + (1 − ce_weight)·T²·KL``."""
 
-    qk_bits: int | None = None
     high_bits: int = 8
-    important_fraction: float = 0.1
-    entropy_weight: float = 0.01
+    low_fraction: float = 0.5
+    entropy_weight: float = 0.5
     distribution_weight: float = 1.0
+    temperature: float = 2.0
+    ce_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        for name, b in (("qk_bits", self.qk_bits), ("high_bits", self.high_bits)):
-            require(b is None or (isinstance(b, int) and 2 <= b <= 8), f"edgeqat {name} must be in 2..8, got {b!r}")
-        require(0 <= self.important_fraction <= 1, f"edgeqat important_fraction must be in [0, 1], got {self.important_fraction}")
+        require(isinstance(self.high_bits, int) and 2 <= self.high_bits <= 8,
+                f"edgeqat high_bits must be in 2..8, got {self.high_bits!r}")
+        require(0 <= self.low_fraction <= 1, f"edgeqat low_fraction must be in [0, 1], got {self.low_fraction}")
         require(self.entropy_weight >= 0 and self.distribution_weight >= 0, "edgeqat loss weights must be >= 0")
+        require(self.temperature > 0, f"edgeqat temperature must be positive, got {self.temperature}")
+        require(0 <= self.ce_weight <= 1, f"edgeqat ce_weight must be in [0, 1], got {self.ce_weight}")
 
 
 @dataclass
 class EdgeState:
     """Shared by a model's attention layers and activation quantizers during one forward."""
 
-    qk_bits: int | None  # None: full-precision q/k (the teacher)
+    bits: int | None  # low bits of q/k; None: full-precision q/k (the teacher)
+    high_bits: int = 8
+    low_fraction: float = 0.5
     record: bool = False
-    importance: Tensor | None = None  # [B, T]
+    low_tokens: Tensor | None = None  # positions at low bits (the latest ranking), shared by the batch
     qk: list[tuple[Tensor, Tensor]] = field(default_factory=list)
-    maps: list[Tensor] = field(default_factory=list)  # log attention probabilities [B, H, T, T]
+    scores: list[Tensor] = field(default_factory=list)  # pre-softmax, pre-mask q·kᵀ/√d [B, H, T, T]
 
     def reset(self) -> None:
-        self.importance, self.qk, self.maps = None, [], []
+        self.low_tokens, self.qk, self.scores = None, [], []
+
+    def token_bits(self, n: int, low: int, device: torch.device) -> Tensor:
+        """Bits of ``n`` token positions ``[n]``: ``low`` at the ranked low positions, ``high_bits`` elsewhere."""
+        bits = torch.full((n,), self.high_bits, device=device)
+        if self.low_tokens is not None and self.low_tokens.numel() and int(self.low_tokens.max()) < n:
+            bits[self.low_tokens.to(device)] = low
+        return bits
 
 
 def absmax_fake_quant(x: Tensor, bits: Tensor | int) -> Tensor:
@@ -84,53 +110,56 @@ def absmax_fake_quant(x: Tensor, bits: Tensor | int) -> Tensor:
     return straight_through(x, (torch.round(xd / scale) * scale).to(x.dtype))
 
 
-def token_importance(log_maps: Tensor) -> Tensor:
-    """``I_t = mean_h Σ_q A[h, q, t] / (T − t)`` from log attention probabilities ``[B, H, T, T]`` → ``[B, T]``."""
-    received = log_maps.exp().sum(dim=2).mean(dim=1)
-    T = log_maps.shape[-1]
-    return received / torch.arange(T, 0, -1, device=log_maps.device, dtype=received.dtype)
-
-
-def gaussian_entropy(x: Tensor) -> Tensor:
-    """``½·log(2πe·Var(x))`` over all elements of ``x``."""
-    return 0.5 * torch.log(2 * math.pi * math.e * x.float().var(unbiased=False))
+def low_tokens(scores: Tensor, fraction: float) -> Tensor:
+    """The ``int(fraction·T)`` least important positions of pre-softmax scores ``[B, H, T, T]``, importance
+    ``Σ_h mean_b scores[b, h, t, 0]`` (the authors' ``score_token``)."""
+    importance = scores[..., 0].float().mean(dim=0).sum(dim=0)
+    return torch.topk(importance, int(scores.shape[2] * fraction), largest=False).indices
 
 
 def entropy_term(qk: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """``L_E = −mean_l [mean_h H(Q̂_{l,h}) + mean_g H(K̂_{l,g})]`` (q ``[B, H, T, d]``, k ``[B, G, T, d]``)."""
-    terms = [torch.stack([gaussian_entropy(q[:, h]) for h in range(q.shape[1])]).mean()
-             + torch.stack([gaussian_entropy(k[:, g]) for g in range(k.shape[1])]).mean() for q, k in qk]
-    return -torch.stack(terms).mean()
+    """``−log Σ_l Σ_{b,h,t} [log(1 + Var_d q) + log(1 + Var_d k)]`` (q, k ``[B, H, T, d]``, keys repeated)."""
+    total = sum(torch.log1p(q.float().var(dim=-1)).sum() + torch.log1p(k.float().var(dim=-1)).sum() for q, k in qk)
+    return -torch.log(total)
 
 
-def distribution_term(fp_maps: list[Tensor], q_maps: list[Tensor]) -> Tensor:
-    """``L_D = mean over layers, batch, heads and query rows of KL(A_fp ‖ A_q)`` (log maps ``[B, H, T, T]``)."""
-    terms = []
-    for lp, lq in zip(fp_maps, q_maps, strict=True):
-        p = lp.exp()
-        terms.append(torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1).mean())
-    return torch.stack(terms).mean()
+def distribution_term(fp_scores: list[Tensor], q_scores: list[Tensor]) -> Tensor:
+    """``−log Σ_{l,b,h} cos(S_q[b, h], S_fp[b, h])`` over score maps ``[B, H, T, T]`` flattened per (b, h)."""
+    total = sum(F.cosine_similarity(sq.float().flatten(2), sf.float().flatten(2), dim=2, eps=1e-6).sum()
+                for sf, sq in zip(fp_scores, q_scores, strict=True))
+    return -torch.log(total)
+
+
+def logit_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``T²·KL(softmax(teacher/T) ‖ softmax(student/T))`` summed over positions, averaged over sequences."""
+    s = F.log_softmax(student.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher.float().detach() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="sum") / student.shape[0] * temperature**2
 
 
 def edgeqat_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                       scaling: float, dropout: float = 0.0, **kwargs) -> tuple[Tensor, Tensor]:
-    """Eager attention with q/k fake quantization, the records of ``EdgeState`` and the token importance."""
+    """Eager attention with q/k fake quantization at the tokens' bits, the records of ``EdgeState`` and the
+    new ranking of the tokens."""
     state: EdgeState = module._qscale_edgeqat
-    if state.qk_bits is not None:
-        query, key = absmax_fake_quant(query, state.qk_bits), absmax_fake_quant(key, state.qk_bits)
     groups = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
     v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    if state.bits is not None:
+        q_bits = state.token_bits(query.shape[2], state.bits, query.device)[:, None]
+        k_bits = state.token_bits(k.shape[2], state.bits, k.device)[:, None] if k.shape[2] == query.shape[2] \
+            else state.high_bits  # with a KV cache the keys of earlier steps have no ranking here
+        query, k = absmax_fake_quant(query, q_bits), absmax_fake_quant(k, k_bits)
     scores = torch.matmul(query, k.transpose(2, 3)) * scaling
+    if state.record:
+        state.qk.append((query, k))
+        state.scores.append(scores)
+    state.low_tokens = low_tokens(scores.detach(), state.low_fraction)
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : k.shape[-2]]
-    log_maps = F.log_softmax(scores.float(), dim=-1)
-    if state.record:
-        state.qk.append((query, key))
-        state.maps.append(log_maps)
-    state.importance = token_importance(log_maps.detach())
-    out = torch.matmul(log_maps.exp().to(value.dtype), v)
-    return out.transpose(1, 2).contiguous(), log_maps.exp()
+    probs = F.softmax(scores.float(), dim=-1)
+    out = torch.matmul(probs.to(value.dtype), v)
+    return out.transpose(1, 2).contiguous(), probs
 
 
 AttentionInterface.register(ATTN_NAME, edgeqat_attention)
@@ -138,37 +167,34 @@ AttentionMaskInterface.register(ATTN_NAME, eager_mask)
 
 
 class TokenAdaptiveActQuantizer(ActQuantizer):
-    """Per-token absmax: ``high_bits`` for the most important tokens (``EdgeState.importance``), else ``bits``."""
+    """Per-token absmax: ``bits`` for the positions ranked least important (``EdgeState.low_tokens``), else
+    ``high_bits``."""
 
-    def __init__(self, bits: int, high_bits: int, fraction: float, qk_bits: int):
+    def __init__(self, bits: int, high_bits: int, low_fraction: float):
         super().__init__()
-        self.bits, self.high_bits, self.fraction, self.qk_bits = bits, high_bits, fraction, qk_bits
+        self.bits, self.high_bits, self.low_fraction = bits, high_bits, low_fraction
         self.state: EdgeState | None = None  # linked by ``install`` (not a submodule, not saved)
 
     def token_bits(self, x: Tensor) -> Tensor:
         """Bits per token ``[..., T, 1]``."""
-        imp = None if self.state is None else self.state.importance
-        bits = torch.full(x.shape[:-1], self.bits, device=x.device)
-        if imp is None or x.ndim != 3 or tuple(imp.shape) != tuple(x.shape[:2]) or self.fraction == 0:
-            return bits[..., None]
-        k = max(1, math.ceil(self.fraction * x.shape[1]))
-        top = imp.topk(min(k, x.shape[1]), dim=-1).indices
-        return bits.scatter(1, top, self.high_bits)[..., None]
+        if self.state is None or x.ndim != 3:
+            return torch.full((*x.shape[:-1], 1), self.high_bits, device=x.device)
+        return self.state.token_bits(x.shape[1], self.bits, x.device).expand(x.shape[0], -1)[..., None]
 
     def forward(self, x: Tensor) -> Tensor:
         return absmax_fake_quant(x, self.token_bits(x))
 
     def attach(self, model: nn.Module) -> None:
-        install(model, self.qk_bits)
+        install(model, self.bits, self.high_bits, self.low_fraction)
 
     def describe(self) -> dict:
-        return {"kind": "edgeqat", "bits": self.bits, "high_bits": self.high_bits, "fraction": self.fraction,
-                "qk_bits": self.qk_bits}
+        return {"kind": "edgeqat", "bits": self.bits, "high_bits": self.high_bits, "low_fraction": self.low_fraction}
 
 
-def install(model: nn.Module, qk_bits: int | None) -> EdgeState:
+def install(model: nn.Module, bits: int | None, high_bits: int = 8, low_fraction: float = 0.5) -> EdgeState:
     """Put ``model``'s attention on ``qscale_edgeqat`` with one shared state (idempotent); link its EdgeQAT
-    activation quantizers. ``QscaleError`` for an architecture whose attention is not hooked."""
+    activation quantizers. ``bits`` None: q/k unquantized (the teacher). ``QscaleError`` for an architecture
+    whose attention is not hooked."""
     existing = getattr(model, "_qscale_edgeqat", None)
     if existing is not None:
         return existing
@@ -176,7 +202,7 @@ def install(model: nn.Module, qk_bits: int | None) -> EdgeState:
     require(kind in SUPPORTED, f"edgeqat hooks the attention of {', '.join(SUPPORTED)} models; {kind!r} is not supported")
     attns = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "k_proj") and hasattr(m, "scaling")]
     require(attns, f"edgeqat found no attention layer with q_proj/k_proj in this {kind} model")
-    state = EdgeState(qk_bits)
+    state = EdgeState(bits, high_bits, low_fraction)
     for m in attns:
         m._qscale_edgeqat = state
     for m in model.modules():
@@ -189,27 +215,30 @@ def install(model: nn.Module, qk_bits: int | None) -> EdgeState:
 
 
 class EdgeQATHooks(TrainHooks):
-    def __init__(self, model: nn.Module, teacher: nn.Module, qk_bits: int, opts: EdgeQATOptions):
-        self.state = install(model, qk_bits)
-        self.teacher_state = install(teacher, None)
+    def __init__(self, model: nn.Module, teacher: nn.Module, bits: int | None, opts: EdgeQATOptions):
+        self.state = install(model, bits, opts.high_bits, opts.low_fraction)
+        self.teacher_state = install(teacher, None, opts.high_bits, opts.low_fraction)
         self.teacher, self.opts = teacher, opts
         self.last: dict[str, float] = {}
 
     def backward(self, model: nn.Module, batch: Tensor, objective: Objective, step: int, steps: int) -> Tensor:
+        o, ids = self.opts, batch[:, :-1]
         self.teacher_state.record = self.state.record = True
         try:
             with torch.no_grad():
-                self.teacher(input_ids=batch[:, :-1])
-            fp_maps = self.teacher_state.maps
-            task = objective(batch)
-            l_e, l_d = entropy_term(self.state.qk), distribution_term(fp_maps, self.state.maps)
+                t_logits = logits_of(self.teacher, ids)
+            s_logits = logits_of(model, ids)
+            ce = F.cross_entropy(s_logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            kd = logit_distillation(s_logits, t_logits, o.temperature)
+            l_d = distribution_term(self.teacher_state.scores, self.state.scores)
+            l_e = entropy_term(self.state.qk)
         finally:
             self.teacher_state.record = self.state.record = False
-        loss = task + self.opts.entropy_weight * l_e + self.opts.distribution_weight * l_d
+            self.state.reset()
+            self.teacher_state.reset()
+        loss = o.ce_weight * ce + (1 - o.ce_weight) * kd + o.distribution_weight * l_d + o.entropy_weight * l_e
         loss.backward()
-        self.last = {"task": float(task.detach()), "entropy": float(l_e.detach()), "distribution": float(l_d.detach())}
-        self.state.reset()
-        self.teacher_state.reset()
+        self.last = {n: float(t.detach()) for n, t in (("ce", ce), ("kd", kd), ("distribution", l_d), ("entropy", l_e))}
         return loss.detach()
 
 
@@ -222,8 +251,10 @@ class EdgeQATRecipe(LSQRecipe):
 
     def act_quantizer(self, in_features, bits, cfg):
         o = cfg.options
-        return TokenAdaptiveActQuantizer(bits, max(bits, o.high_bits), o.important_fraction, o.qk_bits or bits)
+        return TokenAdaptiveActQuantizer(bits, max(bits, o.high_bits), o.low_fraction)
 
     def hooks(self, model, cfg, teacher):
-        qk = cfg.options.qk_bits or (cfg.default_bits[1] if cfg.default_bits[1] != 16 else None)
-        return EdgeQATHooks(model, teacher, qk, cfg.options)
+        require(cfg.distill is None and cfg.intervention is None,
+                "edgeqat trains on its own loss (CE + logit distillation + attention terms): drop distill/intervention")
+        a_bits = cfg.default_bits[1]
+        return EdgeQATHooks(model, teacher, None if a_bits == 16 else a_bits, cfg.options)

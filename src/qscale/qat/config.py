@@ -94,7 +94,7 @@ class QATRecipeConfig:
     rank, lora_alpha: lrqat / l4q only: rank r of the trainable A·B and its scale α (the update is (α/r)·A·B).
     intervention:     Teacher Intervention during ``qat_finetune`` (with the distillation loss; ``distill``
                       defaults to ``DistillConfig()`` then); None = off.
-    options:          the recipe's own typed options (edgeqat, gaqat, qvgen, efficientdm, ifairy: the
+    options:          the recipe's own typed options (edgeqat, l4q, gaqat, qvgen, efficientdm, ifairy: the
                       ``Recipe.options_type`` dataclass of its module); None = that type's defaults.
     """
 

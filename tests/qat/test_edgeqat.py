@@ -105,7 +105,7 @@ def test_hooked_attention_without_quantization_is_the_model(llama):
     assert torch.allclose(before, after, atol=1e-5)
 
 
-def test_edgeqat_trains_records_terms_and_round_trips(llama, batches, tmp_path):
+def test_edgeqat_trains_and_round_trips_through_export(llama, batches, tmp_path):
     cfg = QATRecipeConfig("edgeqat", w_bits=4, a_bits=4, group_size=32)
     losses = qat_finetune(llama, cfg, batches, steps=15, lr=1e-2, warmup_steps=2)
     assert losses[-1] < losses[0]

@@ -63,6 +63,8 @@ def test_low_rank_layers_of_the_same_shape_start_from_different_B(llama):
 # Golden values: an independent autograd re-derivation of L4Q's joint stage (LSQ+ on W0 + l*A@B with LSQ's
 # gradient scale on s and beta, straight-through rounding) and of its warm-up stage (Q(W0; s, beta) + l*A@B),
 # float64, written in a scratch folder from the paper's equations (no qscale code); 3 bits, one group per row.
+# No code from the L4Q authors could be found; the joint-stage numbers also agree (to 1e-15) with an unattributed
+# public L4Q-style autograd function (``LSQP_WQuantizer``, found by code search) run in the same scratch folder.
 W0 = [[0.30, -0.12, 0.05, 0.41], [-0.27, 0.18, -0.36, 0.09]]
 A0, B0 = [[0.10, -0.20], [0.05, 0.15]], [[0.30, -0.10, 0.20, 0.05], [-0.25, 0.40, 0.10, -0.30]]
 S0, BETA0 = [[0.07], [0.09]], [[0.01], [-0.02]]

@@ -5,8 +5,8 @@ batches and learning rate and evaluated on the same held-out windows:
 
 - weight-only W``--bits`` g``--group``: ``lsq``, ``qvgen`` (auxiliary branches, rank decay to 0), ``gaqat``
   (SAM + scale-gradient freezing), ``efficientdm`` (QALoRA, data-free: trained on the fp model's own samples);
-- weight-activation W4A4: ``lsq`` and ``edgeqat`` (q/k quantized, entropy + distribution terms, 10% of tokens
-  at 8 bits);
+- weight-activation W4A4: ``lsq`` and ``edgeqat`` (q/k quantized, entropy + distribution terms and logit
+  distillation, the more important 50% of the tokens at 8 bits);
 - 2-bit storage, A8: ``bitnet`` (b1.58 ternary in the 2-bit packing) and ``ifairy`` (two {±1, ±i} phase stages,
   the same packed bytes);
 - the control: a full-precision fine-tune of the same steps (fine-tuning alone moves the loss).

@@ -1,5 +1,6 @@
 """``double-rounding``: one-shot joint QAT of several weight precisions stored as one integer model
-("Nearly Lossless Adaptive Bit Switching", Huang et al. 2025, arXiv 2502.01199).
+("Nearly Lossless Adaptive Bit Switching", Huang et al. 2025, arXiv 2502.01199; the authors' repository
+haiduo/Double-Rounding holds no code in the stored copy, so everything here follows the paper's equations).
 
 Quantizer (Double Rounding): one learned step ``s`` per group at the highest precision ``h`` (symmetric full
 grid, initialised to RTN's ``2·absmax/(2^h − 1)``); ``q_h = clamp(⌊W/s⌉, −2^(h−1), 2^(h−1) − 1)`` and each lower
@@ -9,18 +10,21 @@ converted model (``h``-bit codes, no float weights) serves every trained precisi
 ``load_quantized(path, bits=b)``. Rounding is straight-through, so ``∂Ŵ/∂s`` is LSQ's (``q − W/s`` inside,
 the clamped code outside).
 
-- **Joint training** (:func:`joint_finetune`): every step runs the LM loss at each precision of ``bits`` in
-  turn and accumulates the gradients before one AdamW step.
-- **ALRS** (adaptive learning-rate scaling of the scales): the shared ``s`` moves precision ``b``'s step
-  ``s·2^(h−b)`` by ``2^(h−b)`` times more, relative to itself, than precision ``h``'s for the same gradient, so
-  the low precisions dominate the scales' updates (the paper's "competitive interference"). Precision ``b``'s
-  contribution to ``∂L/∂s`` is scaled by ``λ_b = 2^(b−h)`` (a per-precision learning rate of the scales under
-  SGD; weights are not scaled). The paper's own schedule is not reproduced; this factor is our reading of it.
-- **HASB** (Hessian-aware stochastic bit switching, for one-shot mixed precision): each layer's bits are
-  sampled every step from ``p_l(b_k) ∝ exp(TEMP · z_l · k/(K−1))`` over the ascending widths ``b_0 < … < b_{K−1}``,
-  where ``z_l`` is the standardised log of the magnitude of the Hessian trace of the layer's weight
-  (Hutchinson's estimator on the full-precision model; away from a minimum an estimate can be negative):
-  more sensitive layers sample higher precisions more often, an average layer uniformly.
+- **Joint training** (:func:`joint_finetune`, the paper's Algorithm A.2): every step runs the LM loss at each
+  precision of ``bits`` in turn; the weights take one AdamW step on the summed gradients (qscale's engine).
+- **ALRS** (adaptive learning-rate scaling, Eq. 6–7): the scales are not stepped with the summed gradient.
+  Each precision ``b`` updates them with its own gradient ``∇s_b`` at its own learning rate
+  ``λ_b = η_b · (λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1))`` (``L`` quantized layers, ``clip`` to [−1, 1],
+  ``max`` over the layer's scales), ``η_b = 1, 0.1, 0.01, 0.001`` for 8/6/4/2 bits (``10^((b−h)/2)``, which is
+  that table for ``h = 8`` and extends it to other widths), ``λ`` the scheduled learning rate of the step. Under
+  AdamW a learning rate is not a gradient factor, so each precision has its own AdamW state on the scales
+  (:class:`ALRSHooks`): precision ``b``'s Adam-normalised step is taken at ``λ_b``, one precision after the
+  other, all from gradients at the same point. Reading of the passage: ``λ`` is the base learning rate (the
+  paper trains with SGD at rates where the subtracted gradient term is small); a rate the formula makes
+  negative is set to 0 (that precision does not move the scales at that step); ``ALRSHooks.rates`` records
+  every ``λ_b`` so a run shows when that happens.
+- **HASB** (mixed precision, Algorithm 1) and the ILP search of a sub-network (Algorithm 2):
+  ``qscale.qat.hasb``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qscale.errors import require
 from qscale.qat.finetune import _resume, _save
+from qscale.qat.hooks import TrainHooks
 from qscale.qat.linear import QuantLinear, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
@@ -43,17 +47,18 @@ from qscale.quant import QTensor, QuantizedWeight, QuantSpec, compute_qparams, g
 from qscale.quant.ste import round_ste
 from qscale.train.engine import OptimConfig, lm_loss, make_optimizer, train_steps
 
-TEMP = 2.0
+
+def alrs_eta(bits: int, high: int) -> float:
+    """``η_b`` of Eq. 6: 1, 0.1, 0.01, 0.001 for 8/6/4/2 bits below ``h = 8`` (``10^((b−h)/2)``)."""
+    return 10.0 ** ((bits - high) / 2)
 
 
-def alrs_factor(bits: int, high: int) -> float:
-    """ALRS's factor ``λ_b = 2^(b−h)`` on precision ``b``'s gradient of the shared scales."""
-    return 2.0 ** (bits - high)
-
-
-def _scale_grad(t: Tensor, factor: float) -> Tensor:
-    """``t`` in the forward pass, ``factor · grad`` in the backward pass."""
-    return t if factor == 1.0 else t * factor + (t * (1 - factor)).detach()
+def alrs_rate(lr: float, bits: int, high: int, grads: list[Tensor]) -> float:
+    """Eq. 6–7: ``λ_b = η_b·(λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1))`` over the ``L`` layers' scale
+    gradients ``grads`` of precision ``bits``; 0 where the formula is negative (see the module docstring)."""
+    require(len(grads) > 0, "ALRS needs the scale gradients of at least one layer")
+    penalty = sum(min(float(g.clamp(-1, 1).abs().max()), 1.0) for g in grads) / len(grads)
+    return max(alrs_eta(bits, high) * (lr - penalty), 0.0)
 
 
 class DoubleRoundingWeightQuantizer(WeightQuantizer):
@@ -66,13 +71,12 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
         s, _ = compute_qparams(weight.detach().float(), spec)
         self.scale = nn.Parameter(s.clamp_min(1e-8))
         self.bits = spec.bits
-        self.alrs = True
 
     def forward(self, w: Tensor) -> Tensor:
         require_finite(w, "a weight")
         h, b = self.spec.bits, self.bits
         require(2 <= b <= h, f"double-rounding switches {h}-bit codes to 2..{h} bits, not {b}")
-        s = _scale_grad(self.scale, alrs_factor(b, h) if self.alrs else 1.0)
+        s = self.scale
         q = torch.clamp(round_ste(grouped(w, self.spec) / s), self.spec.qmin, self.spec.qmax)
         if b < h:
             q = torch.clamp(round_ste(q / 2 ** (h - b)), -(2 ** (b - 1)), 2 ** (b - 1) - 1)
@@ -113,35 +117,97 @@ def set_bits(model: nn.Module, bits: int | dict[str, int]) -> None:
         q.bits = bits if isinstance(bits, int) else bits[name]
 
 
+class ALRSHooks(TrainHooks):
+    """Joint training's step (Algorithm A.2): one forward/backward per precision; with ``alrs`` the scales are
+    updated after the weights' step by one AdamW step per precision at its Eq. 6–7 rate (``rates[b]``)."""
+
+    def __init__(self, model: nn.Module, bits: tuple[int, ...], alrs: bool, betas: tuple[float, float]):
+        self.bits, self.alrs = bits, alrs
+        quantizers = _quantizers(model)
+        self.high = max(q.spec.bits for q in quantizers.values())
+        self.scales = [q.scale for q in quantizers.values()]
+        fused = self.scales[0].device.type == "cuda"
+        self.opts = {b: torch.optim.AdamW(self.scales, lr=0.0, betas=betas, weight_decay=0.0, fused=fused)
+                     for b in bits} if alrs else {}
+        self.grads: dict[int, list[Tensor]] = {}
+        self.rates: dict[int, list[float]] = {b: [] for b in bits}
+
+    def backward(self, model, batch, objective, step, total):
+        loss = 0.0
+        for b in self.bits:
+            set_bits(model, b)
+            part = objective(batch)
+            part.backward()
+            loss = loss + part.detach()
+            if self.alrs:  # keep precision b's scale gradient apart from the others'
+                self.grads[b] = [s.grad if s.grad is not None else torch.zeros_like(s) for s in self.scales]
+                for s in self.scales:
+                    s.grad = None
+        return loss
+
+    def after_step(self, model, opt, step, total):
+        if not self.alrs:
+            return
+        lr = opt.param_groups[0]["lr"]
+        for b in self.bits:
+            rate = alrs_rate(lr, b, self.high, self.grads[b])
+            self.rates[b].append(rate)
+            for s, g in zip(self.scales, self.grads[b]):
+                s.grad = g
+            self.opts[b].param_groups[0]["lr"] = rate
+            self.opts[b].step()
+        for s in self.scales:
+            s.grad = None
+
+    def state_dict(self) -> dict:
+        return {str(b): o.state_dict() for b, o in self.opts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for b, o in self.opts.items():
+            o.load_state_dict(state[str(b)])
+
+
+class _Optimizers:
+    """The weights' optimizer and the ALRS ones, saved and resumed together (``qat.finetune._save``)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, hooks: ALRSHooks):
+        self.opt, self.hooks = opt, hooks
+
+    def state_dict(self) -> dict:
+        return {"main": self.opt.state_dict(), "alrs": self.hooks.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["main"])
+        self.hooks.load_state_dict(state["alrs"])
+
+
 def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int, lr: float,
                    bits: tuple[int, ...] = (8, 6, 4, 2), alrs: bool = True, warmup_steps: int = 0,
                    grad_clip: float = 1.0, state_dir: Path | None = None, save_every: int = 50,
                    fingerprint: str = "", progress: bool = False) -> dict[int, list[float]]:
     """One-shot joint training of ``bits`` on a prepared model; the training loss of each precision per step.
 
-    Each step's loss is the sum of the LM losses at every precision (one AdamW step on the summed
-    gradients), trained by qscale's engine (schedule, AdamW, clipping of ``qat_finetune``); with ``state_dir``
-    the state is saved every ``save_every`` steps and a re-run resumes from it (as ``qat_finetune``)."""
+    Each step runs the LM loss at every precision; the weights take one AdamW step on the summed gradients
+    (qscale's engine: schedule, AdamW, clipping of ``qat_finetune``); the scales take ALRS's per-precision steps
+    (``alrs=False``: the summed gradient, one AdamW step, as the weights). With ``state_dir`` the state is saved
+    every ``save_every`` steps and a re-run resumes from it (as ``qat_finetune``)."""
     quantizers = _quantizers(model)
     high = max(q.spec.bits for q in quantizers.values())
     require(steps >= 1 and lr > 0, "steps must be >= 1 and lr positive")
     require(all(2 <= b <= high for b in bits), f"joint bits must be in 2..{high}, got {bits}")
-    for q in quantizers.values():
-        q.alrs = alrs
     optim = OptimConfig(lr=lr, warmup=warmup_steps, grad_clip=grad_clip)
     opt = make_optimizer(model, optim)
-    start, flat = _resume(state_dir, model, opt, fingerprint)
+    hooks = ALRSHooks(model, tuple(bits), alrs, optim.betas)
+    states = _Optimizers(opt, hooks)
+    start, flat = _resume(state_dir, model, states, fingerprint)
     losses: dict[int, list[float]] = {b: flat[i::len(bits)] for i, b in enumerate(bits)}
 
-    def joint_loss(forward: nn.Module, batch: Tensor, step: int) -> Tensor:
-        total = 0.0
-        for b in bits:
-            set_bits(model, b)
-            loss = lm_loss(forward, batch)[0]
-            losses[b].append(loss.item())
-            require(math.isfinite(losses[b][-1]), f"loss at {b} bits is not finite at step {step + 1}: lower the lr")
-            total = total + loss
-        return total
+    def precision_loss(forward: nn.Module, batch: Tensor, step: int) -> Tensor:
+        b = next(iter(quantizers.values())).bits
+        loss = lm_loss(forward, batch)[0]
+        losses[b].append(loss.item())
+        require(math.isfinite(losses[b][-1]), f"loss at {b} bits is not finite at step {step + 1}: lower the lr")
+        return loss
 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("Double Rounding", total=steps, completed=start)
@@ -149,61 +215,9 @@ def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: in
         def on_step(done: int, loss: float, lr_now: float) -> None:
             bar.update(task, completed=done)
             if state_dir is not None and (done % save_every == 0 or done == steps):
-                _save(state_dir, model, opt, done, [x for row in zip(*losses.values()) for x in row], fingerprint)
+                _save(state_dir, model, states, done, [x for row in zip(*losses.values()) for x in row], fingerprint)
 
-        train_steps(model, batches, optim, steps, opt=opt, loss_fn=joint_loss, start=start, on_step=on_step)
+        train_steps(model, batches, optim, steps, opt=opt, loss_fn=precision_loss, start=start, on_step=on_step,
+                    hooks=hooks)
     set_bits(model, high)
-    return losses
-
-
-def hessian_traces(loss_fn: Callable[[], Tensor], params: dict[str, Tensor], samples: int = 8,
-                   seed: int = 0) -> dict[str, float]:
-    """Hutchinson's ``tr(∇²_w L) ≈ mean_v vᵀ(∇²_w L)v`` (Rademacher ``v``) of each parameter's diagonal block."""
-    gen = torch.Generator().manual_seed(seed)
-    sums = dict.fromkeys(params, 0.0)
-    names, tensors = list(params), list(params.values())
-    for _ in range(samples):
-        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no second derivative
-            grads = torch.autograd.grad(loss_fn(), tensors, create_graph=True)
-        vs = [(torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t) for t in tensors]
-        hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs)
-        for n, v, hv in zip(names, vs, hvs):
-            sums[n] += float((v * hv).sum())
-    return {n: s / samples for n, s in sums.items()}
-
-
-def hasb_probabilities(traces: dict[str, float], bits: tuple[int, ...]) -> dict[str, Tensor]:
-    """HASB's sampling distribution over the ascending ``bits`` for each layer (see the module docstring)."""
-    widths = sorted(bits)
-    require(len(widths) >= 2, "HASB needs at least 2 widths")
-    require(all(math.isfinite(t) and t != 0 for t in traces.values()), "HASB needs finite, non-zero Hessian traces")
-    logs = torch.tensor([math.log(abs(t)) for t in traces.values()], dtype=torch.float64)
-    std = float(logs.std()) if len(logs) > 1 else 0.0
-    z = (logs - logs.mean()) / std if std > 0 else torch.zeros_like(logs)
-    k = torch.arange(len(widths), dtype=torch.float64) / (len(widths) - 1)
-    return {n: torch.softmax(TEMP * zl * k, 0) for n, zl in zip(traces, z)}
-
-
-def sample_bits(probs: dict[str, Tensor], bits: tuple[int, ...], gen: torch.Generator) -> dict[str, int]:
-    """One draw of every layer's width from its HASB distribution."""
-    widths = sorted(bits)
-    return {n: widths[int(torch.multinomial(p, 1, generator=gen))] for n, p in probs.items()}
-
-
-def hasb_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int, lr: float,
-                  probs: dict[str, Tensor], bits: tuple[int, ...] = (8, 6, 4, 2), seed: int = 0,
-                  grad_clip: float = 1.0, progress: bool = False) -> list[float]:
-    """One-shot mixed-precision training: each step every layer runs at a width drawn by HASB (with ALRS)."""
-    _quantizers(model)
-    gen = torch.Generator().manual_seed(seed)
-
-    def hasb_loss(forward: nn.Module, batch: Tensor, step: int) -> Tensor:
-        set_bits(model, sample_bits(probs, bits, gen))
-        return lm_loss(forward, batch)[0]
-
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("HASB", total=steps)
-        losses = train_steps(model, batches, OptimConfig(lr=lr, grad_clip=grad_clip), steps, loss_fn=hasb_loss,
-                             on_step=lambda done, loss, lr_now: bar.update(task, completed=done))
-    set_bits(model, max(_quantizers(model)[n].spec.bits for n in probs))
     return losses

@@ -33,12 +33,14 @@ def test_forward_at_each_precision_is_the_switched_stored_codes():
 
 
 def test_alrs_eq6_rate_of_each_precision_by_hand():
-    # Eq. 6: λ_b = η_b·(λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1)), η = 1, 0.1, 0.01, 0.001 for 8/6/4/2 bits.
-    # Two layers: max|clip| = 1 (2.0 clipped) and 0.2, so the penalty is (1 + 0.2)/2 = 0.6; λ = 1.
+    # Eq. 6: λ_b = η_b·(λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1)), η = 1, 0.1, 0.01, 0.001 for 8/6/4/2 bits,
+    # a scaling of the step's learning rate. Two layers: max|clip| = 1 (2.0 clipped) and 0.2, so the mean is
+    # (1 + 0.2)/2 = 0.6; λ = 1: λ_b = 0.4·η_b; learning rate 1e-3.
     grads = [torch.tensor([0.3, -2.0]), torch.tensor([[0.05], [-0.2]])]
     assert [alrs_eta(b, 8) for b in BITS] == pytest.approx([1.0, 0.1, 0.01, 0.001])
-    assert [alrs_rate(1.0, b, 8, grads) for b in BITS] == pytest.approx([0.4, 0.04, 0.004, 0.0004])
-    assert alrs_rate(0.5, 8, 8, grads) == 0.0  # negative by the formula: the precision leaves the scales alone
+    assert [alrs_rate(1e-3, b, 8, grads) for b in BITS] == pytest.approx([4e-4, 4e-5, 4e-6, 4e-7])
+    assert alrs_rate(1e-3, 6, 8, grads, lam=2.0) == pytest.approx(1e-3 * 0.1 * 1.4)
+    assert alrs_rate(1e-3, 8, 8, grads, lam=0.5) == 0.0  # negative by the formula: the scales stay
 
 
 def test_alrs_eq7_each_precision_takes_its_own_adam_step_at_its_rate(llama, batches):
@@ -51,8 +53,8 @@ def test_alrs_eq7_each_precision_takes_its_own_adam_step_at_its_rate(llama, batc
     names = [n for n, m in ref.named_modules() if hasattr(m, "weight_quantizer")]
     scales = [ref.get_submodule(n).weight_quantizer.scale for n in names]
     s0 = [s.detach().clone() for s in scales]
-    lr = 2.0  # above every penalty (≤ 1), so every rate is positive
-    lam = OptimConfig(lr=lr).lr_at(0, 1)
+    lr = 1e-2
+    lr0 = OptimConfig(lr=lr).lr_at(0, 1)  # the scheduled rate of the step
     step = [torch.zeros_like(s) for s in scales]
     for b in BITS:  # independent derivation: gradients of a copy, Eq. 6 by hand, Adam's first step
         ref.zero_grad()
@@ -61,7 +63,8 @@ def test_alrs_eq7_each_precision_takes_its_own_adam_step_at_its_rate(llama, batc
         assert all(bool(s.grad.abs().sum() > 0) for s in scales), b
         assert all(bool(ref.get_submodule(n).weight.grad.abs().sum() > 0) for n in names), b
         g = [s.grad.clone() for s in scales]
-        rate = 10 ** ((b - 8) / 2) * (lam - sum(min(float(x.clamp(-1, 1).abs().max()), 1) for x in g) / len(g))
+        rate = lr0 * 10 ** ((b - 8) / 2) * (1 - sum(min(float(x.clamp(-1, 1).abs().max()), 1) for x in g) / len(g))
+        assert rate > 0
         for d, x in zip(step, g):
             d.add_(rate * x / (x.abs() + 1e-8))
     joint_finetune(model, batches, steps=1, lr=lr, bits=BITS, grad_clip=0.0)

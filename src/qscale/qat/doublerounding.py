@@ -13,16 +13,18 @@ the clamped code outside).
 - **Joint training** (:func:`joint_finetune`, the paper's Algorithm A.2): every step runs the LM loss at each
   precision of ``bits`` in turn; the weights take one AdamW step on the summed gradients (qscale's engine).
 - **ALRS** (adaptive learning-rate scaling, Eq. 6–7): the scales are not stepped with the summed gradient.
-  Each precision ``b`` updates them with its own gradient ``∇s_b`` at its own learning rate
-  ``λ_b = η_b · (λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1))`` (``L`` quantized layers, ``clip`` to [−1, 1],
-  ``max`` over the layer's scales), ``η_b = 1, 0.1, 0.01, 0.001`` for 8/6/4/2 bits (``10^((b−h)/2)``, which is
-  that table for ``h = 8`` and extends it to other widths), ``λ`` the scheduled learning rate of the step. Under
-  AdamW a learning rate is not a gradient factor, so each precision has its own AdamW state on the scales
-  (:class:`ALRSHooks`): precision ``b``'s Adam-normalised step is taken at ``λ_b``, one precision after the
-  other, all from gradients at the same point. Reading of the passage: ``λ`` is the base learning rate (the
-  paper trains with SGD at rates where the subtracted gradient term is small); a rate the formula makes
-  negative is set to 0 (that precision does not move the scales at that step); ``ALRSHooks.rates`` records
-  every ``λ_b`` so a run shows when that happens.
+  Each precision ``b`` updates them with its own gradient ``∇s_b`` at its own learning rate, the step's
+  scheduled rate times ``λ_b = η_b · (λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1))`` (``L`` quantized layers,
+  ``clip`` to [−1, 1], ``max`` over the layer's scales), ``η_b = 1, 0.1, 0.01, 0.001`` for 8/6/4/2 bits
+  (``10^((b−h)/2)``: that table for ``h = 8``, extended to other widths). Under AdamW a learning rate is not a
+  gradient factor, so each precision has its own AdamW state on the scales (:class:`ALRSHooks`): precision
+  ``b``'s Adam-normalised step is taken at its rate, one precision after the other, all from gradients at the
+  same point. Reading of Eq. 6 (the paper is not reachable here; the equation as quoted in issue 18): ``λ_b``
+  is a *scaling* of the learning rate and ``λ`` its base (``alrs_lambda``, 1 by default). The ``min(·, 1)``
+  caps the subtracted mean at 1, which keeps ``λ − mean`` non-negative exactly when ``λ ≥ 1``; read with
+  ``λ`` the learning rate itself, every ``λ_b`` would be negative at AdamW rates (the mean is ≈ 0.45 on the
+  tiny test model against rates of 1e-4–1e-3), i.e. the scales frozen. A negative ``λ_b`` (``λ < 1``) is set
+  to 0; ``ALRSHooks.rates`` records every step's rates.
 - **HASB** (mixed precision, Algorithm 1) and the ILP search of a sub-network (Algorithm 2):
   ``qscale.qat.hasb``.
 """
@@ -53,12 +55,12 @@ def alrs_eta(bits: int, high: int) -> float:
     return 10.0 ** ((bits - high) / 2)
 
 
-def alrs_rate(lr: float, bits: int, high: int, grads: list[Tensor]) -> float:
-    """Eq. 6–7: ``λ_b = η_b·(λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1))`` over the ``L`` layers' scale
-    gradients ``grads`` of precision ``bits``; 0 where the formula is negative (see the module docstring)."""
+def alrs_rate(lr: float, bits: int, high: int, grads: list[Tensor], lam: float = 1.0) -> float:
+    """Precision ``bits``'s learning rate: ``lr · λ_b`` with Eq. 6–7's ``λ_b = η_b·(λ − (1/L)·Σ_i
+    min(max|clip(∇s_b^i, 1)|, 1))`` over the ``L`` layers' scale gradients ``grads``; 0 where ``λ_b < 0``."""
     require(len(grads) > 0, "ALRS needs the scale gradients of at least one layer")
     penalty = sum(min(float(g.clamp(-1, 1).abs().max()), 1.0) for g in grads) / len(grads)
-    return max(alrs_eta(bits, high) * (lr - penalty), 0.0)
+    return lr * max(alrs_eta(bits, high) * (lam - penalty), 0.0)
 
 
 class DoubleRoundingWeightQuantizer(WeightQuantizer):
@@ -121,8 +123,9 @@ class ALRSHooks(TrainHooks):
     """Joint training's step (Algorithm A.2): one forward/backward per precision; with ``alrs`` the scales are
     updated after the weights' step by one AdamW step per precision at its Eq. 6–7 rate (``rates[b]``)."""
 
-    def __init__(self, model: nn.Module, bits: tuple[int, ...], alrs: bool, betas: tuple[float, float]):
-        self.bits, self.alrs = bits, alrs
+    def __init__(self, model: nn.Module, bits: tuple[int, ...], alrs: bool, betas: tuple[float, float],
+                 lam: float = 1.0):
+        self.bits, self.alrs, self.lam = bits, alrs, lam
         quantizers = _quantizers(model)
         self.high = max(q.spec.bits for q in quantizers.values())
         self.scales = [q.scale for q in quantizers.values()]
@@ -150,7 +153,7 @@ class ALRSHooks(TrainHooks):
             return
         lr = opt.param_groups[0]["lr"]
         for b in self.bits:
-            rate = alrs_rate(lr, b, self.high, self.grads[b])
+            rate = alrs_rate(lr, b, self.high, self.grads[b], self.lam)
             self.rates[b].append(rate)
             for s, g in zip(self.scales, self.grads[b]):
                 s.grad = g
@@ -182,22 +185,24 @@ class _Optimizers:
 
 
 def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int, lr: float,
-                   bits: tuple[int, ...] = (8, 6, 4, 2), alrs: bool = True, warmup_steps: int = 0,
+                   bits: tuple[int, ...] = (8, 6, 4, 2), alrs: bool = True, alrs_lambda: float = 1.0,
+                   warmup_steps: int = 0,
                    grad_clip: float = 1.0, state_dir: Path | None = None, save_every: int = 50,
                    fingerprint: str = "", progress: bool = False) -> dict[int, list[float]]:
     """One-shot joint training of ``bits`` on a prepared model; the training loss of each precision per step.
 
     Each step runs the LM loss at every precision; the weights take one AdamW step on the summed gradients
     (qscale's engine: schedule, AdamW, clipping of ``qat_finetune``); the scales take ALRS's per-precision steps
-    (``alrs=False``: the summed gradient, one AdamW step, as the weights). With ``state_dir`` the state is saved
+    (``alrs=False``: the summed gradient, one AdamW step, as the weights; ``alrs_lambda``: Eq. 6's ``λ``). With ``state_dir`` the state is saved
     every ``save_every`` steps and a re-run resumes from it (as ``qat_finetune``)."""
     quantizers = _quantizers(model)
     high = max(q.spec.bits for q in quantizers.values())
     require(steps >= 1 and lr > 0, "steps must be >= 1 and lr positive")
     require(all(2 <= b <= high for b in bits), f"joint bits must be in 2..{high}, got {bits}")
+    require(alrs_lambda > 0, f"alrs_lambda must be positive, got {alrs_lambda}")
     optim = OptimConfig(lr=lr, warmup=warmup_steps, grad_clip=grad_clip)
     opt = make_optimizer(model, optim)
-    hooks = ALRSHooks(model, tuple(bits), alrs, optim.betas)
+    hooks = ALRSHooks(model, tuple(bits), alrs, optim.betas, alrs_lambda)
     states = _Optimizers(opt, hooks)
     start, flat = _resume(state_dir, model, states, fingerprint)
     losses: dict[int, list[float]] = {b: flat[i::len(bits)] for i, b in enumerate(bits)}

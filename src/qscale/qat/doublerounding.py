@@ -193,8 +193,9 @@ def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: in
 
     Each step runs the LM loss at every precision; the weights take one AdamW step on the summed gradients
     (qscale's engine: schedule, AdamW, clipping of ``qat_finetune``); the scales take ALRS's per-precision steps
-    (``alrs=False``: the summed gradient, one AdamW step, as the weights; ``alrs_lambda``: Eq. 6's ``λ``). With ``state_dir`` the state is saved
-    every ``save_every`` steps and a re-run resumes from it (as ``qat_finetune``)."""
+    (``alrs=False``: the summed gradient, one AdamW step, as the weights; ``alrs_lambda``: Eq. 6's ``λ``).
+    With ``state_dir`` the state is saved every ``save_every`` steps and a re-run resumes from it (as
+    ``qat_finetune``)."""
     quantizers = _quantizers(model)
     high = max(q.spec.bits for q in quantizers.values())
     require(steps >= 1 and lr > 0, "steps must be >= 1 and lr positive")

@@ -77,8 +77,8 @@ def qat_finetune(
     """Prepare ``model`` (in place) for ``cfg`` and train it ``steps`` steps on ``batches(step)``.
 
     batches(step) -> LongTensor ``[B, T+1]`` (e.g. ``qscale.data.batches.train_batch``). Returns the
-    training loss of every step (the distillation loss when ``cfg.distill`` or ``cfg.intervention`` is set;
-    the recipe's own loss for edgeqat and efficientdm).
+    training loss of every step (the distillation loss with ``cfg.distill``, TernaryBERT's with
+    ``cfg.intervention``; the recipe's own loss for edgeqat and efficientdm).
     With ``state_dir`` the weights, quantizer parameters, optimizer state and step are saved atomically
     every ``save_every`` steps and a re-run resumes from them (batches are a function of the step, so the
     result is the same as an uninterrupted run); ``fingerprint`` (of model, data and config) must match

@@ -10,14 +10,18 @@ loss into the task loss and the sharpness (smoothness) loss, whose gradient is `
 The paper's finding (abstract): "the task loss and smoothness loss induce conflicting gradients for the scaling
 factors of quantizers, with certain layers exhibiting opposing gradient directions"; it quantifies the
 inconsistency by a "gradient disorder" measure and "selectively freeze[s] the gradients of scaling factors".
-The paper's own formula for gradient disorder could not be read here (only its abstract is reachable, and no
-code by the authors was found), so what is implemented instead is the measure of "opposing gradient directions"
-the abstract names: per layer (the concatenated step/offset parameters of its quantizers)
-``cos(g_task, g_sharp)``; a layer whose cosine is below ``conflict_threshold`` (default 0: opposing directions)
-is frozen for the step. Freezing is real freezing under AdamW: the frozen parameters' ``.grad`` is set to
-``None``, so ``torch.optim.AdamW`` skips them entirely — they do not move, get no weight decay, and their
-``exp_avg``, ``exp_avg_sq`` and ``step`` do not advance (zeroing ``.grad`` instead would let the momentum keep
-moving them). Under gradient accumulation each micro-batch decides for itself, so a layer frozen in one
+The paper's own formula could not be read here (only the abstract and the ICLR 2025 OpenReview reviews are
+reachable, and no code by the authors was found). From the reviews: gradient disorder counts "the number of
+direction flips of gradient [...] over n training steps", formulated "as the discrepancy between two gradient
+sequences" (its Eq. 2/4); it is computed "every K steps", and where it is "below a threshold" τ the task-loss
+gradient of the scaling factors is frozen, "continuously [...] without unfreezing". Without the equations, the
+window, K, τ and the exact update rule cannot be reproduced, so what is implemented instead is the measure of
+"opposing gradient directions" the abstract names, per step: per layer (the concatenated step/offset
+parameters of its quantizers) ``cos(g_task, g_sharp)``; a layer whose cosine is below ``conflict_threshold``
+(default 0: opposing directions) is frozen for the step. Freezing is real freezing under AdamW: the frozen
+parameters' ``.grad`` is set to ``None``, so ``torch.optim.AdamW`` skips them entirely — they do not move, get
+no weight decay, and their ``exp_avg``, ``exp_avg_sq`` and ``step`` do not advance (zeroing ``.grad`` instead
+would let the momentum keep moving them). Under gradient accumulation each micro-batch decides for itself, so a layer frozen in one
 micro-batch still takes the other micro-batches' gradients. ``frozen`` holds the layers frozen at the last
 (micro-)step, ``freeze_counts`` how often each was frozen.
 """

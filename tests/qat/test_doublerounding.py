@@ -32,48 +32,48 @@ def test_forward_at_each_precision_is_the_switched_stored_codes():
         assert torch.equal(q(w), switch_bits(stored, b).dequantize()), b
 
 
-def test_alrs_eq6_rate_of_each_precision_by_hand():
-    # Eq. 6: λ_b = η_b·(λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1)), η = 1, 0.1, 0.01, 0.001 for 8/6/4/2 bits,
-    # a scaling of the step's learning rate. Two layers: max|clip| = 1 (2.0 clipped) and 0.2, so the mean is
-    # (1 + 0.2)/2 = 0.6; λ = 1: λ_b = 0.4·η_b; learning rate 1e-3.
+def test_alrs_eq6_eq7_rate_of_each_precision_by_hand():
+    # Eq. 7: η = 10^(−Δ/2) for even Δ = h − b, 5·10^(−(Δ+1)/2) for odd Δ
+    assert [alrs_eta(b, 8) for b in range(8, 1, -1)] == pytest.approx([1, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001])
+    # Eq. 6, a scaling of the step's learning rate: λ_b = η_b·(λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1)).
+    # Two layers: max|clip| = 1 (2.0 clipped) and 0.2, so the mean is (1 + 0.2)/2 = 0.6; λ = 1: λ_b = 0.4·η_b.
     grads = [torch.tensor([0.3, -2.0]), torch.tensor([[0.05], [-0.2]])]
-    assert [alrs_eta(b, 8) for b in BITS] == pytest.approx([1.0, 0.1, 0.01, 0.001])
     assert [alrs_rate(1e-3, b, 8, grads) for b in BITS] == pytest.approx([4e-4, 4e-5, 4e-6, 4e-7])
     assert alrs_rate(1e-3, 6, 8, grads, lam=2.0) == pytest.approx(1e-3 * 0.1 * 1.4)
     assert alrs_rate(1e-3, 8, 8, grads, lam=0.5) == 0.0  # negative by the formula: the scales stay
 
 
-def test_alrs_eq7_each_precision_takes_its_own_adam_step_at_its_rate(llama, batches):
-    """One joint step: the scales move by Σ_b λ_b·Adam_b(∇s_b) (first Adam step: ∇/(|∇| + ε)), each precision's
-    gradient at the same point; the weights take one AdamW step on the summed gradient; every weight and scale
-    gets a non-zero gradient at every precision (gradient flow)."""
+def test_alrs_algorithm_a2_each_precision_updates_weights_then_scales_at_its_rate(llama, batches):
+    """One iteration by hand (Algorithm A.2): for b in 8, 6, 4, 2: the loss at b, its gradients, an AdamW step of
+    the weights at the step's rate, an AdamW step (one optimizer for all precisions, no weight decay) of the
+    scales at the Eq. 6-7 rate; every weight and scale gets a non-zero gradient at every precision."""
     cfg = QATRecipeConfig("double-rounding", group_size=16)
     model = prepare(llama, cfg)
     ref = copy.deepcopy(model)
     names = [n for n, m in ref.named_modules() if hasattr(m, "weight_quantizer")]
     scales = [ref.get_submodule(n).weight_quantizer.scale for n in names]
-    s0 = [s.detach().clone() for s in scales]
-    lr = 1e-2
-    lr0 = OptimConfig(lr=lr).lr_at(0, 1)  # the scheduled rate of the step
-    step = [torch.zeros_like(s) for s in scales]
-    for b in BITS:  # independent derivation: gradients of a copy, Eq. 6 by hand, Adam's first step
+    weights = [p for p in ref.parameters() if all(p is not s for s in scales)]
+    w_opt = torch.optim.AdamW(weights, lr=1.0, betas=(0.9, 0.95), weight_decay=0.0)
+    s_opt = torch.optim.AdamW(scales, lr=1.0, betas=(0.9, 0.95), weight_decay=0.0)
+    lr = 1e-3
+    for k, b in enumerate(BITS):
         ref.zero_grad()
         set_bits(ref, b)
         lm_loss(ref, batches(0))[0].backward()
         assert all(bool(s.grad.abs().sum() > 0) for s in scales), b
         assert all(bool(ref.get_submodule(n).weight.grad.abs().sum() > 0) for n in names), b
-        g = [s.grad.clone() for s in scales]
-        rate = lr0 * 10 ** ((b - 8) / 2) * (1 - sum(min(float(x.clamp(-1, 1).abs().max()), 1) for x in g) / len(g))
-        assert rate > 0
-        for d, x in zip(step, g):
-            d.add_(rate * x / (x.abs() + 1e-8))
+        lr_k = OptimConfig(lr=lr).lr_at(k, len(BITS))  # the engine's schedule over the 4 precision steps
+        mean = sum(min(float(s.grad.clamp(-1, 1).abs().max()), 1) for s in scales) / len(scales)
+        w_opt.param_groups[0]["lr"] = lr_k
+        s_opt.param_groups[0]["lr"] = lr_k * 10 ** ((b - 8) / 2) * (1 - mean)
+        w_opt.step()
+        s_opt.step()
     joint_finetune(model, batches, steps=1, lr=lr, bits=BITS, grad_clip=0.0)
-    got = [model.get_submodule(n).weight_quantizer.scale.detach() for n in names]
-    for n, a, s, d in zip(names, got, s0, step):
-        assert torch.allclose(a, s - d, rtol=1e-5, atol=1e-7), n
+    for (n, a), (_, e) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.allclose(a, e, rtol=1e-5, atol=1e-7), n
 
 
-def test_alrs_off_steps_the_scales_with_the_summed_gradient(llama, batches):
+def test_alrs_off_is_algorithm_a1_one_step_on_the_summed_gradient(llama, batches):
     model = prepare(llama, QATRecipeConfig("double-rounding", group_size=16))
     ref = copy.deepcopy(model)
     for b in BITS:

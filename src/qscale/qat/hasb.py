@@ -1,6 +1,6 @@
 """HASB and the mixed-precision sub-network search of Double Rounding ("Nearly Lossless Adaptive Bit Switching",
-Huang et al. 2025, arXiv 2502.01199; the stored copy of the authors' repository haiduo/Double-Rounding holds no
-code, so this follows the paper).
+Huang et al. 2025, arXiv 2502.01199, submission text with appendix; the stored copy of the authors' repository
+haiduo/Double-Rounding holds no code, so this follows the paper).
 
 - **Hessian traces**: Hutchinson's ``tr(∇²_W L) ≈ mean_v vᵀ(∇²_W L)v`` (Rademacher ``v``) of each quantized
   layer's weight on the full-precision model (the paper's ``cal_hessian.py`` step).

@@ -7,12 +7,14 @@ haiduo/Double-Rounding holds no code, so this follows the paper).
 - **HASB, Algorithm 1** (Hessian-aware stochastic bit switching, one-shot mixed-precision training): a layer whose
   trace is below the mean of all layers' traces samples its width uniformly from the candidate set ``B``; every
   other (sensitive) layer samples width ``b`` with probability ``p(b) = b/‖B‖₁`` (wider widths more often).
-- **Algorithm 2** (sub-network search, an integer linear program): one width per layer minimising the
-  Hessian-weighted quantization perturbation ``Σ_i tr(H_i)·‖Ŵ_i(b_i) − W_i‖²`` under a budget on the weight bits
-  ``Σ_i n_i·b_i ≤ budget`` (``n_i`` the layer's weight count), solved exactly with ``scipy.optimize.milp``
-  (binary ``x_{i,b}``, one width per layer). Reading: the objective is HAWQ-V3's ``Ω_i = tr(H_i)·‖Q(W_i) − W_i‖²``
-  (the sensitivity the paper's Hessian traces feed), the constraint a model-size budget; a negative trace
-  estimate (possible away from a minimum) counts as 0 (an insensitive layer).
+- **Algorithm 2** (sub-network search, an integer linear program solved exactly with ``scipy.optimize.milp``; the
+  paper uses PuLP): one width ``b_l ∈ B`` per layer with the average width ``(1/L)·Σ_l b_l = ω`` and the objective
+  ``O = Σ_l (t_l/n_l)·b_l`` (``t_l`` the layer's Hessian trace, ``n_l`` its parameter count); then, for every
+  layer ``i`` and every width ``b`` below the first solution's widest that differs from ``i``'s width there, the
+  program again with ``b_i = b`` forced, each new solution added (lines 5–16). Reading: the paper prints
+  "Minimal objective"; minimised, ``O`` would give the most sensitive layers the fewest bits, against its own
+  premise (Algorithm 1: sensitive layers prefer higher widths), so ``O`` is maximised. Ties between equally good
+  solutions are broken by the solver.
 """
 
 from __future__ import annotations
@@ -87,37 +89,41 @@ def hasb_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int
     return losses
 
 
-@torch.no_grad()
-def perturbations(model: nn.Module, bits: tuple[int, ...]) -> dict[str, dict[int, float]]:
-    """``‖Ŵ_i(b) − W_i‖²`` of every double-rounding layer at every width (its own trained scales)."""
-    out = {}
-    for name, q in _quantizers(model).items():
-        w = model.get_submodule(name).weight
-        keep, out[name] = q.bits, {}
-        for b in bits:
-            q.bits = b
-            out[name][b] = float(((q(w) - w) ** 2).sum())
-        q.bits = keep
-    return out
+def _solve(weights: np.ndarray, widths: list[int], total: float, fixed: tuple[int, int] | None) -> np.ndarray | None:
+    """Maximise ``Σ_l weights_l·b_l`` with ``Σ_l b_l = total``; ``fixed = (layer, width index)`` forces one width."""
+    n, k = len(weights), len(widths)
+    gain = -np.kron(weights, np.array(widths, dtype=float))  # milp minimises
+    lower = np.zeros(n * k)
+    if fixed is not None:
+        lower[fixed[0] * k + fixed[1]] = 1
+    one = np.kron(np.eye(n), np.ones(k))  # one width per layer
+    size = np.tile(np.array(widths, dtype=float), n)
+    res = milp(gain, integrality=np.ones(n * k), bounds=Bounds(lower, 1),
+               constraints=[LinearConstraint(one, 1, 1), LinearConstraint(size[None, :], total, total)])
+    if res.status != 0 or res.x is None:
+        return None
+    return np.array(widths)[np.argmax(np.round(res.x).reshape(n, k), axis=1)]
 
 
-def search_subnet(traces: dict[str, float], perturb: dict[str, dict[int, float]], sizes: dict[str, int],
-                  budget_bits: float) -> dict[str, int]:
-    """Algorithm 2: the width of each layer minimising ``Σ max(tr_i, 0)·perturb_i(b_i)`` with ``Σ n_i·b_i ≤
-    budget_bits``, by an exact ILP (``scipy.optimize.milp``)."""
+def search_subnets(traces: dict[str, float], sizes: dict[str, int], bits: tuple[int, ...],
+                   avg_bits: float) -> list[dict[str, int]]:
+    """Algorithm 2: the sub-networks (one width per layer) of average width ``avg_bits``, the first the ILP
+    optimum of ``Σ_l (t_l/n_l)·b_l``, then the optima with one layer forced to another, narrower width."""
     names = list(traces)
-    require(names and set(names) == set(perturb) == set(sizes), "traces, perturbations and sizes name other layers")
-    widths = sorted(perturb[names[0]])
-    require(all(sorted(perturb[n]) == widths for n in names), "every layer needs the same candidate widths")
-    k = len(widths)
-    cost = np.array([max(traces[n], 0.0) * perturb[n][b] for n in names for b in widths])
-    size = np.array([sizes[n] * b for n in names for b in widths], dtype=float)
-    require(budget_bits >= sum(sizes[n] * widths[0] for n in names),
-            f"no sub-network fits {budget_bits:g} weight bits (the narrowest needs "
-            f"{sum(sizes[n] * widths[0] for n in names)})")
-    one = np.kron(np.eye(len(names)), np.ones(k))  # one width per layer
-    res = milp(cost, integrality=np.ones_like(cost), bounds=Bounds(0, 1),
-               constraints=[LinearConstraint(one, 1, 1), LinearConstraint(size[None, :], -np.inf, budget_bits)])
-    require(res.status == 0 and res.x is not None, f"the sub-network ILP found no solution: {res.message}")
-    x = np.round(res.x).reshape(len(names), k)
-    return {n: widths[int(np.argmax(x[i]))] for i, n in enumerate(names)}
+    require(names and set(names) == set(sizes), "traces and sizes must name the same layers")
+    require(all(np.isfinite(t) for t in traces.values()) and all(sizes[n] > 0 for n in names),
+            "Algorithm 2 needs finite Hessian traces and positive layer sizes")
+    widths = sorted(bits)
+    weights = np.array([traces[n] / sizes[n] for n in names])
+    total = avg_bits * len(names)
+    first = _solve(weights, widths, total, None)
+    require(first is not None, f"no sub-network has an average width of {avg_bits:g} bits with widths {widths}")
+    found = [first]
+    for i, chosen in enumerate(first):
+        for j, b in enumerate(widths):
+            if b >= first.max() or b == chosen:
+                continue
+            sol = _solve(weights, widths, total, (i, j))
+            if sol is not None and not any(np.array_equal(sol, f) for f in found):
+                found.append(sol)
+    return [{n: int(b) for n, b in zip(names, sol)} for sol in found]

@@ -40,6 +40,17 @@ def test_algorithm_1_uniform_below_the_mean_trace_else_b_over_the_l1_norm_of_B()
         hasb_probabilities({"a": math.nan}, BITS)
 
 
+def test_algorithm_a3_spins_the_roulette_with_probability_sigma_else_keeps_the_pass_width():
+    probs = hasb_probabilities({"flat": 0.0, "sharp": 1.0}, BITS)  # flat uniform, sharp b/20
+    gen = torch.Generator().manual_seed(1)
+    assert all(sample_bits(probs, BITS, gen, base=6, sigma=0.0) == {"flat": 6, "sharp": 6} for _ in range(50))
+    draws = [sample_bits(probs, BITS, gen, base=2, sigma=0.5) for _ in range(6000)]
+    # P(width 2) = (1 − σ) + σ·p(2): flat 0.5 + 0.5·0.25, sharp 0.5 + 0.5·0.1; P(8) = σ·p(8)
+    assert sum(d["flat"] == 2 for d in draws) / 6000 == pytest.approx(0.625, abs=0.02)
+    assert sum(d["sharp"] == 2 for d in draws) / 6000 == pytest.approx(0.55, abs=0.02)
+    assert sum(d["sharp"] == 8 for d in draws) / 6000 == pytest.approx(0.2, abs=0.02)
+
+
 def test_algorithm_1_training_on_real_traces_lowers_the_loss(llama, batches):
     model = prepare(copy.deepcopy(llama), QATRecipeConfig("double-rounding", group_size=16))
     names = [n for n, m in model.named_modules() if hasattr(m, "weight_quantizer")]
@@ -49,8 +60,9 @@ def test_algorithm_1_training_on_real_traces_lowers_the_loss(llama, batches):
     assert all(math.isfinite(t) for t in traces.values())
     probs = hasb_probabilities(traces, BITS)
     assert 0 < sum(bool(p[-1] > 0.3) for p in probs.values()) < len(probs)  # some layers sensitive, some not
-    losses = hasb_finetune(model, batches, steps=20, lr=3e-3, probs=probs)
-    assert sum(losses[-5:]) < sum(losses[:5])
+    losses = hasb_finetune(model, batches, steps=10, lr=3e-3, probs=probs)
+    assert len(losses) == 10 * len(BITS)  # one pass per width per iteration (Algorithm A.3)
+    assert sum(losses[-8:]) < sum(losses[:8])
 
 
 def _best(weights, total, fixed=None):

@@ -6,7 +6,8 @@ haiduo/Double-Rounding holds no code, so this follows the paper).
   layer's weight on the full-precision model (the paper's ``cal_hessian.py`` step).
 - **HASB, Algorithm 1** (Hessian-aware stochastic bit switching, one-shot mixed-precision training): a layer whose
   trace is below the mean of all layers' traces samples its width uniformly from the candidate set ``B``; every
-  other (sensitive) layer samples width ``b`` with probability ``p(b) = b/‖B‖₁`` (wider widths more often).
+  other (sensitive) layer samples width ``b`` with probability ``p(b) = b/‖B‖₁`` (wider widths more often);
+  the SuperNet training around it is Algorithm A.3 (:func:`hasb_finetune`).
 - **Algorithm 2** (sub-network search, an integer linear program solved exactly with ``scipy.optimize.milp``; the
   paper uses PuLP): one width ``b_l ∈ B`` per layer with the average width ``(1/L)·Σ_l b_l = ω`` and the objective
   ``O = Σ_l (t_l/n_l)·b_l`` (``t_l`` the layer's Hessian trace, ``n_l`` its parameter count); then, for every
@@ -61,30 +62,42 @@ def hasb_probabilities(traces: dict[str, float], bits: tuple[int, ...]) -> dict[
     return {n: uniform.clone() if t < mean else proportional.clone() for n, t in traces.items()}
 
 
-def sample_bits(probs: dict[str, Tensor], bits: tuple[int, ...], gen: torch.Generator) -> dict[str, int]:
-    """One draw of every layer's width from its HASB distribution."""
+def sample_bits(probs: dict[str, Tensor], bits: tuple[int, ...], gen: torch.Generator, base: int | None = None,
+                sigma: float = 1.0) -> dict[str, int]:
+    """Every layer's width: with probability ``sigma`` a draw from its HASB distribution (Algorithm 1's
+    roulette), else ``base`` (Algorithm A.3, lines 8–11)."""
     widths = sorted(bits)
-    return {n: widths[int(torch.multinomial(p, 1, generator=gen))] for n, p in probs.items()}
+    out = {}
+    for n, p in probs.items():
+        spin = base is None or float(torch.rand((), generator=gen)) < sigma
+        out[n] = widths[int(torch.multinomial(p, 1, generator=gen))] if spin else base
+    return out
 
 
 def hasb_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int, lr: float,
-                  probs: dict[str, Tensor], bits: tuple[int, ...] = (8, 6, 4, 2), seed: int = 0,
+                  probs: dict[str, Tensor], bits: tuple[int, ...] = (8, 6, 4, 2), sigma: float = 1.0, seed: int = 0,
                   grad_clip: float = 1.0, progress: bool = False) -> list[float]:
-    """One-shot mixed-precision training: each step every layer runs at a width drawn by HASB (Algorithm 1).
+    """One-shot mixed-precision SuperNet training (Algorithm A.3) for ``steps`` iterations; the loss of each pass.
 
-    One AdamW step per step on weights and scales (qscale's engine); ALRS does not apply, since a step trains
-    each layer's scales at one precision only."""
+    Each iteration runs one pass per width ``b`` of ``bits`` on the same batch; in a pass every layer runs at a
+    HASB draw (Algorithm 1) with probability ``σ_t = sigma·(t + 1)/steps`` (the paper's threshold, grown with
+    training: "σ = σ × (epoch + 1)/total_epochs", per iteration here) and at ``b`` otherwise; each pass is one
+    AdamW step of weights and scales (qscale's engine). The paper gives no value of ``σ``; 1 by default."""
     _quantizers(model)
+    require(0 < sigma <= 1, f"HASB sigma must be in (0, 1], got {sigma}")
     gen = torch.Generator().manual_seed(seed)
+    per = len(bits)
 
     def hasb_loss(forward: nn.Module, batch: Tensor, step: int) -> Tensor:
-        set_bits(model, sample_bits(probs, bits, gen))
+        it = step // per
+        set_bits(model, sample_bits(probs, bits, gen, base=bits[step % per], sigma=sigma * (it + 1) / steps))
         return lm_loss(forward, batch)[0]
 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("HASB", total=steps)
-        losses = train_steps(model, batches, OptimConfig(lr=lr, grad_clip=grad_clip), steps, loss_fn=hasb_loss,
-                             on_step=lambda done, loss, lr_now: bar.update(task, completed=done))
+        losses = train_steps(model, lambda k: batches(k // per), OptimConfig(lr=lr, grad_clip=grad_clip),
+                             steps * per, loss_fn=hasb_loss,
+                             on_step=lambda done, loss, lr_now: bar.update(task, completed=done // per))
     set_bits(model, max(_quantizers(model)[n].spec.bits for n in probs))
     return losses
 

@@ -54,7 +54,7 @@ def run(method: str, bits: int, G: int, args) -> dict:
     else:
         recipe = method.split("+")[0]
         cfg = QATRecipeConfig(recipe, w_bits=bits, a_bits=16, group_size=G,
-                              distill=DistillConfig() if "+" in method else None,
+                              distill=DistillConfig() if method.endswith("+distill") else None,
                               intervention=InterventionConfig() if method.endswith("+ti") else None)
         if recipe == "efficientqat":
             block_ap(model, cfg, calibration_windows(streams.train, 32, args.seq_len, args.seed), steps=args.block_steps)

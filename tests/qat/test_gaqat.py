@@ -1,4 +1,5 @@
-"""GAQAT: SAM step, per-layer conflict cosines computed independently, exactly the conflicting layers frozen."""
+"""GAQAT: SAM step, per-layer conflict cosines computed independently, exactly the conflicting layers frozen, and
+frozen step sizes neither move nor advance their AdamW state over several real optimizer steps."""
 
 import copy
 
@@ -8,6 +9,7 @@ import torch
 from qscale.errors import QscaleError
 from qscale.qat import QATRecipeConfig, get_recipe, prepare, qat_finetune
 from qscale.qat.finetune import lm_loss
+from qscale.train.engine import OptimConfig, make_optimizer, train_steps
 from qscale.qat.gaqat import GAQATOptions, scale_params
 
 
@@ -47,8 +49,9 @@ def test_freezes_exactly_the_layers_in_conflict(llama, batches):
     for n, c in hooks.cosines.items():
         assert c == pytest.approx(cos[n], abs=1e-4)
     for n, ps in scale_params(llama).items():
-        zero = all(bool((p.grad == 0).all()) for p in ps)
-        assert zero == (n in expected), n
+        frozen = all(p.grad is None for p in ps)
+        assert frozen == (n in expected), n
+        assert frozen or all(bool(p.grad.abs().sum() > 0) for p in ps), n  # trained scales get a gradient
     # the update is SAM's: every other gradient is the one at the perturbed point
     ref_w = dict(ref.named_parameters())
     for n, p in llama.named_parameters():
@@ -69,3 +72,50 @@ def test_gaqat_options_checked():
         QATRecipeConfig("gaqat", options=object())
     with pytest.raises(QscaleError, match="takes no options"):
         QATRecipeConfig("lsq", options=GAQATOptions())
+
+
+class _Probe:
+    """Wraps GAQAT's hooks: snapshots every scale and its AdamW state after the backward, checks after the step."""
+
+    def __init__(self, hooks, opt):
+        self.hooks, self.opt, self.log = hooks, opt, []
+
+    def backward(self, model, batch, objective, step, total):
+        loss = self.hooks.backward(model, batch, objective, step, total)
+        self.before = {n: [(p.detach().clone(), {k: v.clone() for k, v in self.opt.state.get(p, {}).items()})
+                           for p in ps] for n, ps in self.hooks.scales.items()}
+        return loss
+
+    def after_step(self, model, opt, step, total):
+        frozen = set(self.hooks.frozen)
+        for n, ps in self.hooks.scales.items():
+            for p, (w, state) in zip(ps, self.before[n]):
+                now = opt.state.get(p, {})
+                if n in frozen:
+                    assert torch.equal(p.detach(), w), (step, n)  # bit-identical
+                    assert set(now) == set(state), (step, n)
+                    for k, v in state.items():  # exp_avg, exp_avg_sq and step not advanced
+                        assert torch.equal(now[k], v), (step, n, k)
+                else:
+                    assert not torch.equal(p.detach(), w), (step, n)
+                    assert float(now["step"]) == float(state.get("step", 0)) + 1, (step, n)
+        self.log.append(frozen)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.2])
+def test_frozen_step_sizes_do_not_move_and_their_adam_state_does_not_advance(llama, batches, threshold):
+    cfg = QATRecipeConfig("gaqat", w_bits=4, a_bits=4, group_size=32, options=GAQATOptions(0.05, threshold))
+    prepare(llama, cfg)
+    with torch.no_grad():
+        llama(input_ids=batches(0)[:, :-1])  # LSQ activation steps initialise on the first batch
+    optim = OptimConfig(lr=1e-2)
+    opt = make_optimizer(llama, optim)
+    probe = _Probe(get_recipe("gaqat").hooks(llama, cfg, None), opt)
+    train_steps(llama, batches, optim, 5, opt=opt, hooks=probe)
+    assert len(probe.log) == 5
+    names = set(probe.hooks.scales)
+    if threshold == 1.0:  # every layer frozen at every step (cos < 1): no scale ever gets AdamW state
+        assert all(f == names for f in probe.log)
+        assert all(p not in opt.state for ps in probe.hooks.scales.values() for p in ps)
+    else:  # a mix: some layers frozen at some steps, trained at others
+        assert any(0 < len(f) < len(names) for f in probe.log), probe.log

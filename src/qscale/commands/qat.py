@@ -97,7 +97,7 @@ def qat_command(
     group_size: int = typer.Option(128, "--group-size", "-g", help="Weight scale per G input columns; 0 = per channel."),
     rule: list[str] = typer.Option([], "--rule", help="Mixed precision, repeatable: PATTERN=w8a8, PATTERN=a8 or PATTERN=skip (glob or re:regex)."),
     distill: bool = typer.Option(False, "--distill/--no-distill", help="Distil from the full-precision model (KL + CE)."),
-    intervention: bool = typer.Option(False, "--intervention/--no-intervention", help="Teacher Intervention (Kim et al. 2023): the full-precision model's block inputs replace the student's, handed back block by block over the first half of the steps; implies --distill."),
+    intervention: bool = typer.Option(False, "--intervention/--no-intervention", help="Teacher Intervention (Kim et al. 2023): over the first half of the steps the full-precision model's self-attention output, context, then attention map replace the student's in every layer, then plain QAT; trains on TernaryBERT's distillation loss (instead of --distill's)."),
     rank: int = typer.Option(16, "--rank", help="lrqat / l4q / efficientdm: rank r of the trained update (α/r)·A·B; qvgen: initial rank of the auxiliary branches."),
     lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="lrqat / l4q / efficientdm: α of the update (α/r)·A·B."),
     samples: int = typer.Option(256, "--samples", help="efficientdm: sequences sampled from the full-precision model to train on."),
@@ -128,7 +128,7 @@ def qat_command(
     check_out(out)
     cfg = QATRecipeConfig(recipe, w_bits=w_bits, a_bits=a_bits, group_size=group_size or None,
                           rules=tuple(parse_rule(r) for r in rule),
-                          distill=DistillConfig() if distill or intervention else None, rank=rank,
+                          distill=DistillConfig() if distill and not intervention else None, rank=rank,
                           lora_alpha=lora_alpha, intervention=InterventionConfig() if intervention else None,
                           options=EfficientDMOptions(samples=samples) if recipe == "efficientdm" else None)
     out_dtype = export_dtype(dtype, model_dir)
@@ -144,7 +144,7 @@ def qat_command(
     windows = held_out(model, eval_streams, eval_windows, seq_len)
     fp = evaluate(model, windows, progress=progress)
     steps = -(-tokens // (batch_size * seq_len))
-    teacher = copy.deepcopy(model) if cfg.distill is not None or recipe == "efficientdm" else None
+    teacher = copy.deepcopy(model) if cfg.distill or cfg.intervention or recipe == "efficientdm" else None
     run = {"model": str(model_dir.resolve()), "cfg": to_jsonable(cfg), "tokens": tokens, "lr": lr,
            "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "tokenizer": train_streams.tokenizer_hash, "data_fingerprint": train_streams.data_fingerprint,
            "train_tokens": len(train_streams.train), "data": str(data or "embedded")}

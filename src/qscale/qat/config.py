@@ -63,8 +63,9 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class InterventionConfig:
-    """Teacher Intervention (``qscale.qat.intervention``): the teacher's block inputs replace the student's,
-    handed back block by block over the first ``handback`` fraction of the steps (then none)."""
+    """Teacher Intervention (``qscale.qat.intervention``): over the first ``handback`` fraction of the steps the
+    teacher's self-attention output, then context, then attention map replace the student's in every layer
+    (the authors' step 1: sixth, sixth, two thirds), then plain QAT; TernaryBERT's distillation loss throughout."""
 
     handback: float = 0.5
 
@@ -92,8 +93,8 @@ class QATRecipeConfig:
     rules:            per-layer overrides applied in order (mixed precision).
     distill:          distil from the full-precision model during ``qat_finetune``; None = plain CE.
     rank, lora_alpha: lrqat / l4q only: rank r of the trainable A·B and its scale α (the update is (α/r)·A·B).
-    intervention:     Teacher Intervention during ``qat_finetune`` (with the distillation loss; ``distill``
-                      defaults to ``DistillConfig()`` then); None = off.
+    intervention:     Teacher Intervention during ``qat_finetune``, trained on its own (TernaryBERT's)
+                      distillation loss, so ``distill`` must be None; None = off.
     options:          the recipe's own typed options (edgeqat, l4q, gaqat, qvgen, efficientdm, ifairy: the
                       ``Recipe.options_type`` dataclass of its module); None = that type's defaults.
     """
@@ -134,6 +135,8 @@ class QATRecipeConfig:
         require(self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}")
         require(self.intervention is None or isinstance(self.intervention, InterventionConfig),
                 "intervention must be an InterventionConfig or None")
+        require(self.intervention is None or self.distill is None,
+                "Teacher Intervention trains on its own distillation loss (TernaryBERT's): leave distill unset")
         RECIPES[self.recipe].check_bits(*self.default_bits)
         kind = RECIPES[self.recipe].options_type
         if kind is None:

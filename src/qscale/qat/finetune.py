@@ -5,8 +5,8 @@ decay on norms, biases or quantizer parameters, linear warm-up then cosine decay
 gradient clipping -- the optimizer protocol of Chen et al. 2025 (SPEC §2). With ``cfg.distill`` the loss is
 ``distill_loss`` to the full-precision teacher (a frozen copy of the model taken before ``prepare`` unless
 one is given). With ``cfg.intervention`` (Teacher Intervention, Kim et al. 2023, arXiv 2302.11812) the
-teacher's block inputs also replace the student's for the blocks the schedule still intervenes
-(``qscale.qat.intervention``); the loss is then the distillation loss (``DistillConfig()`` by default).
+teacher's self-attention output, context or attention map replaces the student's inside every layer while
+the schedule intervenes, and the loss is TernaryBERT's distillation loss (``qscale.qat.intervention``).
 A recipe's ``hooks`` (``qscale.qat.hooks``) make each step's gradients and act after it (SAM, extra
 loss terms, rank decay).
 """
@@ -22,10 +22,9 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from qscale.errors import QscaleError, require
-from qscale.ptq.layers import find_blocks
 from qscale.qat.config import DistillConfig, QATRecipeConfig
 from qscale.qat.distill import distill_loss
-from qscale.qat.intervention import first_intervened, intervene, teacher_block_inputs
+from qscale.qat.intervention import phase_at, signals, ti_loss
 from qscale.qat.prepare import prepare, quant_layers
 from qscale.qat.registry import get_recipe
 from qscale.train.checkpoint import atomic_folder
@@ -35,15 +34,15 @@ from qscale.train.engine import LossFn, OptimConfig, lm_loss, logits_of, make_op
 def qat_loss(cfg: QATRecipeConfig, teacher: nn.Module | None, steps: int) -> LossFn:
     """The loss of step ``step`` as a closure ``(model, batch, step) -> loss``.
 
-    Plain next-token CE without ``cfg.distill`` and ``cfg.intervention``; else the distillation loss to
-    the teacher's logits, where under intervention the teacher's forward records its block inputs and the
-    student's forward takes them from block ``first_intervened(step, ...)`` on (none at the last steps).
+    Plain next-token CE without ``cfg.distill`` and ``cfg.intervention``; the distillation loss to the
+    teacher's logits with ``cfg.distill``; under intervention the teacher's forward records its signals, the
+    student's forward takes the ones of ``phase_at(step, ...)`` (none in the plain-QAT steps) and the loss is
+    ``ti_loss`` (logits, hidden states, attention scores and attention outputs).
     """
     if cfg.distill is None and cfg.intervention is None:
         return lambda model, batch, step: lm_loss(model, batch)[0]
     require(teacher is not None, "distillation and Teacher Intervention need a teacher model")
     dcfg = cfg.distill or DistillConfig()
-    n_blocks = len(find_blocks(teacher)[1]) if cfg.intervention is not None else 0
 
     def loss(model: nn.Module, batch: Tensor, step: int) -> Tensor:
         ids = batch[:, :-1]
@@ -51,11 +50,11 @@ def qat_loss(cfg: QATRecipeConfig, teacher: nn.Module | None, steps: int) -> Los
             with torch.no_grad():
                 t_logits = logits_of(teacher, ids)
             return distill_loss(logits_of(model, ids), t_logits, batch[:, 1:], dcfg)
-        with torch.no_grad(), teacher_block_inputs(teacher) as seen:
+        with torch.no_grad(), signals(teacher) as t_sig:
             t_logits = logits_of(teacher, ids)
-        with intervene(model, seen, first_intervened(step, steps, n_blocks, cfg.intervention)):
+        with signals(model, phase_at(step, steps, cfg.intervention), t_sig) as s_sig:
             s_logits = logits_of(model, ids)
-        return distill_loss(s_logits, t_logits, batch[:, 1:], dcfg)
+        return ti_loss(s_sig, t_sig, s_logits, t_logits)
 
     return loss
 
@@ -78,8 +77,8 @@ def qat_finetune(
     """Prepare ``model`` (in place) for ``cfg`` and train it ``steps`` steps on ``batches(step)``.
 
     batches(step) -> LongTensor ``[B, T+1]`` (e.g. ``qscale.data.batches.train_batch``). Returns the
-    training loss of every step (the distillation loss when ``cfg.distill`` or ``cfg.intervention`` is set;
-    the recipe's own loss for edgeqat and efficientdm).
+    training loss of every step (the distillation loss with ``cfg.distill``, TernaryBERT's with
+    ``cfg.intervention``; the recipe's own loss for edgeqat and efficientdm).
     With ``state_dir`` the weights, quantizer parameters, optimizer state and step are saved atomically
     every ``save_every`` steps and a re-run resumes from them (batches are a function of the step, so the
     result is the same as an uninterrupted run); ``fingerprint`` (of model, data and config) must match

@@ -1,13 +1,29 @@
-"""``gaqat``: GAQAT — sharpness-aware QAT with selective freezing of the quantizer scales (SPEC §6).
+"""``gaqat``: GAQAT — sharpness-aware QAT with selective freezing of the quantizer scales (Jiang et al. 2024,
+"GAQAT: gradient-adaptive quantization-aware training for domain generalization", arXiv 2412.05551; SPEC §6).
 
 Quantizers: LSQ's (learned weight and activation step sizes, ``qscale.qat.lsq``). Each step is a SAM step
 (Foret et al. 2021, "Sharpness-aware minimization", eq. 2-3): the gradient ``g`` of the task loss ``L(w)``,
-then the gradient ``g_sam`` of ``L(w + ε)`` at ``ε = ρ·g/‖g‖`` (every trainable parameter perturbed), and the
-update uses ``g_sam``. ``L(w + ε) = L(w) + [L(w + ε) − L(w)]`` splits the SAM loss into the task loss and the
-sharpness loss, whose gradient is ``g_sam − g``. GAQAT's finding: on the quantizer scales the two gradients
-conflict in some layers; per layer (the concatenated step/offset parameters of its quantizers) we measure
-``cos(g_task, g_sharp)`` and, where it is below ``conflict_threshold``, freeze that layer's scale gradients
-for the step (set to zero). ``frozen`` holds the layers frozen at the last step, ``freeze_counts`` how often.
+then the gradient ``g_sam`` of ``L(w + ε)`` at ``ε = ρ·g/‖g‖`` (every trainable parameter perturbed, then
+restored bit for bit), and the update uses ``g_sam``. ``L(w + ε) = L(w) + [L(w + ε) − L(w)]`` splits the SAM
+loss into the task loss and the sharpness (smoothness) loss, whose gradient is ``g_sam − g``.
+
+The paper's finding (abstract): "the task loss and smoothness loss induce conflicting gradients for the scaling
+factors of quantizers, with certain layers exhibiting opposing gradient directions"; it quantifies the
+inconsistency by a "gradient disorder" measure and "selectively freeze[s] the gradients of scaling factors".
+The paper's own formula could not be read here (only the abstract and the ICLR 2025 OpenReview reviews are
+reachable, and no code by the authors was found). From the reviews: gradient disorder counts "the number of
+direction flips of gradient [...] over n training steps", formulated "as the discrepancy between two gradient
+sequences" (its Eq. 2/4); it is computed "every K steps", and where it is "below a threshold" τ the task-loss
+gradient of the scaling factors is frozen, "continuously [...] without unfreezing". Without the equations, the
+window, K, τ and the exact update rule cannot be reproduced, so what is implemented instead is the measure of
+"opposing gradient directions" the abstract names, per step: per layer (the concatenated step/offset
+parameters of its quantizers) ``cos(g_task, g_sharp)``; a layer whose cosine is below ``conflict_threshold``
+(default 0: opposing directions) is frozen for the step. Freezing is real freezing under AdamW: the frozen
+parameters' ``.grad`` is set to ``None``, so ``torch.optim.AdamW`` skips them entirely — they do not move, get
+no weight decay, and their ``exp_avg``, ``exp_avg_sq`` and ``step`` do not advance (zeroing ``.grad`` instead
+would let the momentum keep moving them). Under gradient accumulation each micro-batch decides for itself, so a layer frozen in one
+micro-batch still takes the other micro-batches' gradients. ``frozen`` holds the layers frozen at the last
+(micro-)step, ``freeze_counts`` how often each was frozen.
 """
 
 from __future__ import annotations
@@ -81,6 +97,7 @@ class GAQATHooks(TrainHooks):
                 for n, ps in self.scales.items()}
         norm = torch.sqrt(sum((gi.float() ** 2).sum() for gi in g))
         eps = [self.opts.rho * gi / (norm + 1e-12) for gi in g]
+        saved = [p.detach().clone() for p in params]
         with torch.no_grad():
             for p, e in zip(params, eps):
                 p.add_(e)
@@ -88,8 +105,8 @@ class GAQATHooks(TrainHooks):
             p.grad = None
         objective(batch).backward()
         with torch.no_grad():
-            for p, e in zip(params, eps):
-                p.sub_(e)
+            for p, w in zip(params, saved):  # restore exactly: (w + ε) − ε can differ from w in the last bit
+                p.copy_(w)
         sharp = {n: [(p.grad if p.grad is not None else torch.zeros_like(p)) - t for p, t in zip(ps, task[n])]
                  for n, ps in self.scales.items()}
         self.cosines = conflict_cosines(task, sharp)
@@ -97,8 +114,7 @@ class GAQATHooks(TrainHooks):
         for n in self.frozen:
             self.freeze_counts[n] += 1
             for p in self.scales[n]:
-                if p.grad is not None:
-                    p.grad.zero_()
+                p.grad = None  # AdamW skips a parameter without a gradient: no move, no state update
         return loss.detach()
 
 

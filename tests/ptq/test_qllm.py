@@ -16,7 +16,7 @@ from qscale.ptq import PTQ_METHODS, PTQConfig, quantize_model
 from qscale.ptq.layers import quantizable
 from qscale.ptq.qllm import act_quant_spec, search_stage
 from qscale.ptq.qllm_search import split_then_merged
-from qscale.ptq.sequential import BlockInput
+from qscale.ptq.sequential import BlockInput, capture_block_inputs
 from qscale.quant import QuantizedLinear, QuantSpec
 from qscale.quant.ste import STEActQuantizer
 
@@ -135,6 +135,22 @@ def test_reassembly_search_equals_the_authors_on_a_linear_output(seed):
         assert r.weight(w).sum(0).tolist() == pytest.approx(LINEAR_W_SUM[seed], rel=1e-5, abs=1e-5)
 
 
+# The same on _golden_x(seed) scaled by 0.05 (channel maxima < 50: the search's 100-step floor binds).
+LINEAR_SMALL_THETA = {1: (2.1367053890228327, 2), 2: (1.387451226338749, 4)}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_reassembly_search_equals_the_authors_on_small_activations(seed):
+    x, w = _golden_x(seed)
+    x = x * 0.05
+    block = _Linear(w)
+    rows = x[0]
+    _, st = search_stage(block, block, BlockInput((x,), {}), ["layer"], "layer", True, rows, rows.abs().amax(0),
+                         W4_ASYM, 4)
+    theta, extra = LINEAR_SMALL_THETA[seed]
+    assert st["theta"] == pytest.approx(theta, rel=1e-9) and st["extra_channels"] == extra
+
+
 @pytest.mark.parametrize("seed", [0, 2])
 def test_reassembly_search_equals_the_authors_on_the_swiglu_output(seed):
     x, _ = _golden_x(seed)
@@ -146,6 +162,42 @@ def test_reassembly_search_equals_the_authors_on_the_swiglu_output(seed):
     theta, extra, mx_sum = SWIGLU[seed]
     assert st["theta"] == pytest.approx(theta, rel=1e-9) and st["extra_channels"] == extra
     assert r.apply(rows).sum(0).tolist() == pytest.approx(mx_sum, rel=1e-5, abs=1e-4)
+
+
+# The authors' attention scoring (CRModule.qkv_function, function="qkv", same commit): their code calls the rotary
+# API of transformers 4.3x, so in the scratch run only apply_rotary_pos_emb and layer.rotary_emb were ported onto
+# this transformers' (same math), with an additive causal mask; q/k/v of _attention_llama(seed)'s block, the first
+# window of ids. θ, added channels and the column sums of M(x).
+QKV = {0: (55.672041409782004, 1, [-2.880002, -2.790939, -0.4957273, 35.43892, 35.43892, 5.681803, 0.4681262]),
+       1: (61.97463453681238, 1, [-5.944967, -2.167231, 5.70594, -166.4714, -166.4714, 4.255359, -2.128575])}
+
+
+def _attention_llama(seed):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.05 if "norm" in n else 0.3) + (1.0 if "norm" in n else 0.0))
+        model.model.layers[0].input_layernorm.weight[[3, 17]] = torch.tensor([25.0, 12.0])
+    return model
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reassembly_search_equals_the_authors_on_the_attention_output(seed):
+    model = _attention_llama(seed)
+    ids = torch.randint(0, 64, (1, 24), generator=torch.Generator().manual_seed(seed + 1))
+    block = model.model.layers[0]
+    inp = capture_block_inputs(model, block, ids, False)[0]
+    with torch.no_grad():
+        x = block.input_layernorm(inp.hidden())[0]
+    p = "model.layers.0.self_attn."
+    r, st = search_stage(model, block, inp, [p + "q_proj", p + "k_proj", p + "v_proj"], p + "o_proj", False, x,
+                         x.abs().amax(0), W4_ASYM, 4)
+    theta, extra, mx_sum = QKV[seed]
+    assert st["theta"] == pytest.approx(theta, rel=1e-9) and st["extra_channels"] == extra
+    assert r.apply(x).sum(0)[:7].tolist() == pytest.approx(mx_sum, rel=1e-5, abs=1e-4)
 
 
 def test_splitting_and_merging_equal_channels_keep_the_function_and_shrink_the_outlier():

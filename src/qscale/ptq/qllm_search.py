@@ -71,7 +71,7 @@ def _merge_slots(n: int, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
     return slot, size
 
 
-def merged_then_split(splits: Tensor, src: Tensor, dst: Tensor) -> ChannelReassembly:
+def merged_then_split(splits: Tensor, src: Tensor, dst: Tensor, device: torch.device) -> ChannelReassembly:
     """Merge first (on the original channels), then split each slot ``T`` ways: the θ search's order
     (``assemble_x`` then ``disassemble_x``; a slot's ``T`` and factor are its members' means)."""
     n = splits.numel()
@@ -88,8 +88,8 @@ def merged_then_split(splits: Tensor, src: Tensor, dst: Tensor) -> ChannelReasse
             e_src.append(c)
             e_dst.append(int(base[j]) + k)
             e_coef.append(float(f_slot[j] / size[j]))
-    return ChannelReassembly(torch.tensor(e_src), torch.tensor(e_dst), torch.tensor(e_coef, dtype=torch.float32),
-                             int(copies.sum()))
+    return ChannelReassembly(torch.tensor(e_src, device=device), torch.tensor(e_dst, device=device),
+                             torch.tensor(e_coef, dtype=torch.float32, device=device), int(copies.sum()))
 
 
 def split_then_merged(splits: Tensor, x: Tensor, w: Tensor) -> ChannelReassembly:
@@ -105,7 +105,7 @@ def split_then_merged(splits: Tensor, x: Tensor, w: Tensor) -> ChannelReassembly
     src, dst = match(merge_scores(xd, wd), (factor != 1.0).to(dev), r)
     slot, size = _merge_slots(orig.numel(), src.cpu(), dst.cpu())
     coef = factor.double() / size[slot].double()
-    return ChannelReassembly(orig, slot, coef.float(), len(size))
+    return ChannelReassembly(orig.to(dev), slot.to(dev), coef.float().to(dev), len(size))
 
 
 def search_threshold(x: Tensor, w: Tensor, absmax: Tensor, score: Callable[[ChannelReassembly], float],
@@ -129,7 +129,7 @@ def search_threshold(x: Tensor, w: Tensor, absmax: Tensor, score: Callable[[Chan
             break
         if extra != prev:
             src, dst = match(scores, splits > 1, extra)
-            err = score(merged_then_split(splits, src, dst))
+            err = score(merged_then_split(splits, src, dst, x.device))
             if err < best[2]:
                 best = (th, extra, err)
             prev = extra

@@ -17,6 +17,10 @@ arXiv 2310.08041; authors' code github:ModelTC/QLLM) for weight-activation quant
    ``Q_a``), and Adam trains ``A, B`` on the MSE of the block's output against the full-precision block on the
    same inputs; the tuned rounding is kept only if it lowers that error on a held-out calibration batch.
    ``A·B`` is fused into the integer codes, so inference costs nothing extra beyond the reassembly's gather-add.
+   This differs from the authors' code on purpose: their ``LoRAQuantLinear`` trains ``Q_w(W') + B·A`` (the
+   low-rank term in full precision) against the full-precision model's block outputs, then merges ``B·A``
+   into ``W'`` and re-quantizes; training through the quantizer here makes the stored codes exactly what was
+   tuned.
 
 Activations: dynamic asymmetric per-token min/max (``act_quant_spec``, the authors' ``act_quant_params``), put
 on every quantized layer by this method. The result is a ``QuantizedLinear`` with its reassembly index tensors

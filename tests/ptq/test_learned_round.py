@@ -18,7 +18,7 @@ from qscale.ptq.learned_round import (
     rounding_regulariser,
 )
 from qscale.ptq.sequential import BlockInput
-from qscale.quant import QuantizedLinear, QuantSpec, fake_quantize
+from qscale.quant import QuantizedLinear, QuantSpec, fake_quantize, grouped
 
 # Golden values from the authors' code, github:yhhhli/BRECQ at e455d62e93c70351961f8991c913b59435bd165f, run on
 # CPU in a scratch folder: quant/quant_layer.py UniformAffineQuantizer(n_bits, symmetric=False, channel_wise=True,
@@ -129,3 +129,20 @@ def test_model_pass_never_worse_than_rtn_per_layer_and_registered():
         logits = {k: m(input_ids=calib).logits for k, m in (("ref", ref), ("rtn", rtn), ("learned", learned))}
     mse = {k: float((logits[k] - logits["ref"]).pow(2).mean()) for k in ("rtn", "learned")}
     assert mse["learned"] < mse["rtn"], mse
+
+
+def test_gradient_flow_rounding_variables_learn_and_the_rest_stays_bit_identical():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(256, 32, generator=g)
+    W = torch.randn(16, 32, generator=g) * 0.1
+    layer = LearnedRoundLinear(W, None, QuantSpec(3, True, "group", 16), learn_scale=False)
+    v0, w0, s0, z0 = (t.detach().clone() for t in (layer.v, layer.w, layer.scale, layer.zero))
+    layer(X).pow(2).sum().backward()
+    h = rectified_sigmoid(layer.v).detach()
+    soft = torch.floor(grouped(W, layer.spec) / layer.scale.detach()) + layer.zero + h
+    live = (h > 0) & (h < 1) & (soft > layer.spec.qmin) & (soft < layer.spec.qmax)  # where h(V) passes a gradient
+    assert live.float().mean() > 0.9 and bool((layer.v.grad[live] != 0).all()) and layer.scale.grad is None
+    layer.v.grad = None
+    learn_block(_OneLayer(layer), {"layer": layer}, [BlockInput((X,), {})], [X @ W.t()], steps=5, lr=1e-2)
+    assert not torch.equal(layer.v, v0)
+    assert torch.equal(layer.w, w0) and torch.equal(layer.scale, s0) and torch.equal(layer.zero, z0)

@@ -14,9 +14,9 @@ from qscale.errors import QscaleError
 from qscale.export import export_model, load_quantized
 from qscale.ptq import PTQ_METHODS, PTQConfig, quantize_model
 from qscale.ptq.layers import quantizable
-from qscale.ptq.qllm import act_quant_spec, search_stage
+from qscale.ptq.qllm import QLLMLinear, act_quant_spec, search_stage, tune_block
 from qscale.ptq.qllm_search import split_then_merged
-from qscale.ptq.sequential import BlockInput, capture_block_inputs
+from qscale.ptq.sequential import BlockInput, capture_block_inputs, run_block
 from qscale.quant import QuantizedLinear, QuantSpec
 from qscale.quant.ste import STEActQuantizer
 
@@ -262,3 +262,28 @@ def test_qscale_format_round_trips_the_reassembly_and_standard_formats_refuse(tm
     assert layer.reassembled and layer.act_quantizer.spec.bits == 6
     with pytest.raises(QscaleError, match="reassembled"):
         export_model(model, tmp_path / "ct", "compressed-tensors")
+
+
+def test_gradient_flow_low_rank_terms_learn_and_the_quantized_weight_stays_bit_identical():
+    model = _outlier_llama().requires_grad_(False)
+    block = model.model.layers[0]
+    with torch.no_grad():
+        inputs = capture_block_inputs(model, block, CALIB, False)
+        targets = [run_block(block, i) for i in inputs]
+    layers = {}
+    for name in ("self_attn.q_proj", "mlp.down_proj"):
+        mod = block.get_submodule(name)
+        layers[name] = QLLMLinear(mod.weight.data, None, SPEC, 4, 4, None)
+        parent, _, child = name.rpartition(".")
+        setattr(block.get_submodule(parent), child, layers[name])
+    frozen = {n: (m.w.clone(), m.scale.clone(), m.zero.clone()) for n, m in layers.items()}
+    (run_block(block, inputs[0]) - targets[0]).pow(2).mean().backward()
+    for m in layers.values():
+        assert m.b.grad is not None and bool((m.b.grad == 0).all())  # A = 0 at the start: B's gradient is A^T·…
+        assert m.a.grad is not None and float(m.a.grad.abs().sum()) > 0
+        m.a.grad = m.b.grad = None
+    ab0 = {n: (m.a.detach().clone(), m.b.detach().clone()) for n, m in layers.items()}
+    tune_block(block, layers, inputs, targets, steps=3, lr=1e-3)  # the last batch is held out
+    for n, m in layers.items():
+        assert not torch.equal(m.a, ab0[n][0]) and not torch.equal(m.b, ab0[n][1])
+        assert all(torch.equal(x, y) for x, y in zip((m.w, m.scale, m.zero), frozen[n]))

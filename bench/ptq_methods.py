@@ -3,8 +3,9 @@ precisions from one stored model.
 
 1. Weights only, for each bit width: RTN, GPTQ, learned-round (symmetric, group G) and learned-round with
    importance-based mixed precision at the same average bits; QiD = loss_quantized − loss_fp on held-out windows.
-2. Weights and activations, W4A4 and W6A6: RTN weights with ``ste``-style per-token absmax activations, and
-   ``qllm`` with the same activation quantizer, with its channel reassembly alone and with the low-rank tuning.
+2. Weights and activations, W4A4 and W6A6: RTN weights with ``ste``-style per-token absmax activations and with
+   QLLM's asymmetric per-token min/max activations, and ``qllm`` (those activations) with its channel reassembly
+   alone and with the low-rank tuning.
 3. Double Rounding: one 8-bit GPTQ model is stored and every lower precision is served from its integer codes
    (``load_quantized(path, bits=b)``), against GPTQ at b bits; with ``--dr-steps N`` also one model trained
    jointly at 8/6/4/2 bits (``double-rounding`` QAT recipe with ALRS, N steps) and served the same way, its
@@ -31,11 +32,13 @@ from qscale.evaluate.loss import evaluate
 from qscale.export import export_model, load_quantized
 from qscale.models import load_model
 from qscale.ptq import PTQConfig, quantize_model
+from qscale.ptq.qllm import act_quant_spec
 from qscale.qat import QATRecipeConfig, convert, prepare
 from qscale.qat.doublerounding import joint_finetune
 from qscale.train.engine import lm_loss
 from qscale.train.schedule import cosine
 from qscale.quant import QuantSpec
+from qscale.quant.ste import STEActQuantizer
 
 
 def _row(*cells) -> None:
@@ -101,14 +104,19 @@ def main() -> None:
                  f"{time.perf_counter() - t0:.0f}")
 
     if args.act_bits:
-        print("\nWeights and activations (per-token absmax activations)")
+        print("\nWeights and activations (per-token activations: absmax for rtn, asymmetric min/max otherwise)")
         _row("method", "W", "A", "G", "loss", "QiD", "s")
         _row(*["---"] * 7)
         for a in map(int, args.act_bits.split(",")):
-            for method, steps in (("rtn", 0), ("qllm (reassembly only)", 0), ("qllm", args.qllm_steps)):
+            for method, steps in (("rtn", 0), ("rtn (asym acts)", 0), ("qllm (reassembly only)", 0),
+                                  ("qllm", args.qllm_steps)):
                 model = copy.deepcopy(fp)
                 t0 = time.perf_counter()
-                quantize_model(model, PTQConfig(method.split()[0], spec(a), act_bits=a, qllm_steps=steps), calib)
+                asym = method == "rtn (asym acts)"
+                stats = quantize_model(model, PTQConfig(method.split()[0], spec(a), act_bits=16 if asym else a,
+                                                        qllm_steps=steps), calib)
+                for name in stats if asym else ():
+                    model.get_submodule(name).act_quantizer = STEActQuantizer(act_quant_spec(a))
                 loss = evaluate(model, windows).loss
                 _row(method, a, a, G, f"{loss:.4f}", f"{loss - base:+.4f}", f"{time.perf_counter() - t0:.0f}")
 

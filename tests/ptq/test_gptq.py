@@ -1,4 +1,4 @@
-"""GPTQ on one layer against RTN and against a plain column-by-column reference (SPEC §6)."""
+"""GPTQ on one layer against the authors' code (golden values), RTN, and a plain column-by-column reference."""
 
 import pytest
 import torch
@@ -149,3 +149,72 @@ def test_rejects_bad_shapes_and_token_granularity():
         gptq_quantize(W, H[:10, :10], QuantSpec(4))
     with pytest.raises(QscaleError):
         gptq_quantize(W, H, QuantSpec(4, granularity="token"))
+
+
+# Golden values from the authors' code, github:IST-DASLab/gptq at 2d65066eeb06a5c9ff5184d8cebdf33662c67faf, run on
+# CPU in a scratch folder (torch.cuda.synchronize stubbed out; nothing else needs CUDA): gptq.py
+# GPTQ(nn.Linear(32, 8)) with quant.py Quantizer().configure(bits, perchannel=True, sym=...), add_batch on X[:128]
+# and X[128:] (so H = (2/256)·XᵀX), fasterquant(blocksize, percdamp=0.01, groupsize, actorder, static_groups) on
+# _golden_data(seed). Values: the dequantized weight's row 0, its row sums and Σ Q².
+GPTQ_C4SYM = ([0.1363398, -0.04544659, 0.02272329, 0.06816988, 0.09089318, -0.1590631, -0.1590631, -0.1817864,
+    0.04544659, 0.02272329, -0.1136165, -0.1136165, 0.09089318, 0.0, 0.02272329, 0.09089318, -0.1363398, 0.1363398,
+    0.02272329, -0.04544659, 0.06816988, -0.06816988, -0.09089318, 0.0, 0.04544659, -0.09089318, 0.02272329,
+    -0.1363398, -0.02272329, 0.1590631, -0.09089318, 0.1363398], [-0.2726796, 0.2713956, -0.07553281, -0.658352,
+    -1.076941, 0.2889957, 0.1625214, -0.5729614], 2.49786533)
+GPTQ_G16ASYM3_B16 = ([-0.1518809, -0.1012539, 0.05062697, 0.05062697, -0.1518809, 0.0, -0.05062697, 0.1012539,
+    0.05062697, -0.05062697, 0.0, 0.1518809, 0.1012539, 0.05062697, -0.2025079, -0.2025079, -0.1875949, -0.09379743,
+    0.04689872, -0.04689872, 0.0, 0.1406961, 0.1406961, -0.09379743, -0.04689872, -0.09379743, 0.04689872, 0.0, 0.0,
+    -0.04689872, 0.09379743, 0.0], [-0.495085, 0.1751996, -0.6728822, 0.2516767, -0.3730455, -0.7561679, 0.5022992,
+    0.2206304], 2.77686765)
+GPTQ_G8SYM4_B16 = ([0.08508718, -0.08508718, 0.08508718, -0.1701744, 0.0, 0.06381539, 0.1489026, 0.04254359,
+    0.230744, 0.07691465, 0.03845733, 0.1538293, -0.115372, -0.03845733, -0.3076586, -0.07691465, 0.1357334, 0.0,
+    0.02714669, 0.0, 0.1900268, 0.05429337, -0.02714669, -0.05429337, 0.1054597, 0.06327584, -0.0421839, 0.0421839,
+    0.0421839, -0.0421839, -0.1476436, -0.0421839], [0.4363853, 0.7972375, -0.1074151, -0.05900178, -0.4186458,
+    0.4580447, -0.6012229, -0.00085482], 2.84773933)
+GPTQ_G16SYM3_ACT_STATIC = ([0.0, 0.04336262, 0.0, 0.0, 0.1300879, -0.1300879, 0.08672524, -0.1300879, -0.08672524,
+    0.08672524, -0.04336262, -0.1300879, 0.0, 0.1300879, -0.04336262, -0.08672524, -0.05588803, 0.1117761,
+    0.1117761, 0.1117761, -0.05588803, -0.05588803, 0.05588803, 0.05588803, -0.1117761, 0.1117761, 0.05588803,
+    0.1117761, -0.05588803, -0.1676641, 0.0, 0.0], [0.05010165, 0.2881315, -1.091583, -0.1069746, -0.04863318,
+    0.204735, -0.07206549, -0.1468141], 2.5541815)
+GPTQ_C2ASYM_ACT = ([0.0, 0.1243264, 0.0, 0.0, 0.0, 0.0, -0.2486527, -0.1243264, -0.1243264, -0.1243264, -0.1243264,
+    -0.1243264, 0.0, 0.1243264, 0.0, 0.1243264, 0.1243264, 0.0, -0.1243264, 0.0, 0.0, -0.1243264, -0.2486527,
+    -0.1243264, 0.0, -0.2486527, 0.0, -0.2486527, 0.0, 0.1243264, 0.0, 0.1243264], [-1.243264, -0.7271209,
+    -0.7046863, 0.717401, 0.0, -0.3956848, -0.6636742, 0.4506258], 3.24939619)
+GOLDEN_CASES = {  # name: (seed, spec, blocksize, act_order (their static_groups with groups), dead input column)
+    "c4sym": (0, QuantSpec(4, True, "channel", None), 8, False, None),
+    "g16asym3_b16": (1, QuantSpec(3, False, "group", 16), 16, False, 5),
+    "g16sym3_act_static": (3, QuantSpec(3, True, "group", 16), 8, True, None),
+    "c2asym_act": (4, QuantSpec(2, False, "channel", None), 8, True, None),
+    "g8sym4_b16": (2, QuantSpec(4, True, "group", 8), 16, False, None),
+}
+
+
+def _golden_data(seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(256, 32, generator=g) @ torch.randn(32, 32, generator=g) + 0.5 * torch.randn(256, 32, generator=g)
+    return X, torch.randn(8, 32, generator=g) * 0.1
+
+
+def _check_golden(name):
+    seed, spec, block, act_order, dead = GOLDEN_CASES[name]
+    X, W = _golden_data(seed)
+    if dead is not None:
+        X[:, dead] = 0
+    H = (2 / 256) * (X[:128].T @ X[:128]) + (2 / 256) * (X[128:].T @ X[128:])
+    Q = gptq_quantize(W, H, spec, block_size=block, act_order=act_order).weight
+    row0, sums, sq = globals()[f"GPTQ_{name.upper()}"]
+    assert Q[0].tolist() == pytest.approx(row0, abs=1e-6)
+    assert Q.sum(1).tolist() == pytest.approx(sums, abs=1e-5)
+    assert float((Q.double() ** 2).sum()) == pytest.approx(sq, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["c4sym", "g16asym3_b16", "g16sym3_act_static", "c2asym_act"])
+def test_equals_the_authors_gptq(name):
+    _check_golden(name)
+
+
+@pytest.mark.xfail(strict=True, reason="groups starting inside a block: the authors' fasterquant takes a group's "
+                   "parameters from W, whose columns in the current block have not yet received that block's errors; "
+                   "qscale's gptq_quantize takes them from the error-updated weights (gptq.py, issue 21's file)")
+def test_groups_starting_inside_a_block_equal_the_authors_gptq():
+    _check_golden("g8sym4_b16")

@@ -56,7 +56,7 @@ def quantize_command(
     method: str = typer.Option("gptq", help="PTQ method: gptq, rtn, learned-round or qllm."),
     bits: int = typer.Option(4, help="Weight bit width, 2..8."),
     avg_bits: float = typer.Option(None, "--avg-bits", help="learned-round: importance-based mixed precision, 2..8 bits per layer averaging this (replaces --bits); compressed-tensors or qscale."),
-    act_bits: int = typer.Option(16, "--act-bits", help="Input-activation bits (per-token absmax, 2..8); 16 = weights only. Needs --format qscale."),
+    act_bits: int = typer.Option(16, "--act-bits", help="Input-activation bits (per-token absmax; qllm: asymmetric min/max; 2..8); 16 = weights only. Needs --format qscale."),
     group_size: int = typer.Option(128, "--group-size", "-g", help="Input columns per scale; 0 = one scale per output channel."),
     sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid (s = 2·absmax/(2^b−1), GPTQ/compressed-tensors) or asymmetric with zero points."),
     act_order: bool = typer.Option(False, "--act-order/--no-act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal (static groups)."),

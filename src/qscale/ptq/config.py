@@ -27,9 +27,9 @@ class PTQConfig:
     avg_bits:      learned-round only: importance-based mixed precision (``qscale.ptq.mixed``): each layer gets
                    2..8 bits (``spec.bits`` is then unused) with this average over the weights; None = ``spec.bits``
                    everywhere.
-    act_bits:      bits of the dynamic per-token absmax activation quantizer (``qscale.quant.ste``, the ``ste``
-                   recipe's) put on the input of every quantized layer; 16 = weights only. QLLM also
-                   calibrates with it.
+    act_bits:      bits of the dynamic per-token activation quantizer put on the input of every quantized layer
+                   (absmax, the ``ste`` recipe's, ``qscale.quant.ste``; qllm: its authors' asymmetric min/max,
+                   which it also calibrates with); 16 = weights only.
     qllm_rank, qllm_steps, qllm_lr: qllm: rank of the low-rank correction of each layer, Adam steps per
                    block and its learning rate (0 steps = channel reassembly only).
     skip:          linear layers left in full precision: patterns of qscale's layer-selection grammar

@@ -1,17 +1,22 @@
 """``learned-round``: gradient-based PTQ with learned rounding, block by block.
 
-"Gradient-Based Post-Training Quantization: Challenging the Status Quo" (Pandey et al. 2023) on the AdaRound
-rounding (Nagel et al. 2020, arXiv 2004.10568, eqs. 21–24): each weight is ``floor(W/s) + h(V)`` with the
-rectified sigmoid ``h(V) = clip(σ(V)·(ζ − γ) + γ, 0, 1)`` (ζ = 1.1, γ = −0.1), ``V`` initialised so that
-``h(V)`` is the fractional part of ``W/s`` (the start is the unrounded weight), and the regulariser
-``Σ 1 − |2h(V) − 1|^β`` with β annealed from 20 to 2 drives every ``h`` to 0 or 1. Following the paper's
-best practices, the loss is the MSE of each decoder block's output against the full-precision block on
-the same calibration inputs, optimised with Adam, the degrees of freedom being the rounding variables
-(and, with ``learn_scale``, the per-group scales). The block's inputs are the outputs of the already
-quantized blocks before it, as in GPTQ. At the end ``h`` is hardened to {0, 1} and each layer keeps the
-hardened rounding unless round-to-nearest reconstructs its outputs on the calibration inputs better (so it is
-never worse than RTN); it becomes a ``QuantizedLinear`` on the spec's grid (symmetric: the full
-GPTQ/compressed-tensors grid). With ``avg_bits`` the widths are allocated per layer by the paper's
+The seed paper is "Gradient-Based Post-Training Quantization: Challenging the Status Quo" (Yvinec, Dapogny,
+Bailly 2023, arXiv 2308.07662); the rounding it studies is AdaRound's (Nagel et al. 2020, arXiv 2004.10568,
+eqs. 21–24) as BRECQ implements it (Li et al. 2021, github:yhhhli/BRECQ, ``quant/adaptive_rounding.py``,
+``quant/block_recon.py``): each weight is ``floor(W/s) + h(V)`` with the rectified sigmoid
+``h(V) = clip(σ(V)·(ζ − γ) + γ, 0, 1)`` (ζ = 1.1, γ = −0.1), ``V`` initialised so that ``h(V)`` is the
+fractional part of ``W/s`` (the start is the unrounded weight), and the regulariser ``Σ 1 − |2h(V) − 1|^β``
+(weight 0.01) with β held at 20 for the first 20 % of the steps (no regulariser then) and annealed linearly to 2
+(BRECQ's ``LinearTempDecay``). The scale ``s`` is not the absmax one: it is BRECQ's ``scale_method='mse'``
+range search (``qscale.ptq.clip``), which at 2–3 bits clips the largest weights. Following the seed paper's
+best practices, the loss is the MSE of each decoder block's output against the full-precision block on the
+same calibration inputs, optimised with Adam, the degrees of freedom being the rounding variables (and, with
+``learn_scale``, the per-group scales). The block's inputs are the outputs of the already quantized blocks
+before it, as in GPTQ. At the end ``h`` is hardened to {0, 1}; each layer keeps, of the hardened learned
+codes, round-to-nearest on the same scale and the ``rtn`` method's round-to-nearest on the absmax scale, the
+one that reconstructs its outputs on its calibration inputs best (so per layer it is never worse than
+``rtn`` there); it becomes a ``QuantizedLinear`` on the spec's grid (symmetric: the full
+GPTQ/compressed-tensors grid). With ``avg_bits`` the widths are allocated per layer by the seed paper's
 importance-based mixed precision (``qscale.ptq.mixed``) before the blocks are learned.
 """
 
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from rich.progress import track
 from torch import Tensor, nn
 
+from qscale.ptq.clip import mse_qparams
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.layers import get_weight, replace_module
 from qscale.ptq.registry import register
@@ -59,9 +65,17 @@ def rounding_regulariser(h: Tensor, beta: float) -> Tensor:
 
 
 def beta_at(step: int, steps: int) -> float:
-    """β: held at 20 for the first 20 % of the steps (no regularisation then), then annealed to 2."""
-    t = (step / steps - WARMUP) / (1 - WARMUP)
-    return BETA_START + (BETA_END - BETA_START) * min(max(t, 0.0), 1.0)
+    """β at the 0-based ``step`` of ``steps``: BRECQ's ``LinearTempDecay`` at its count ``t = step + 1``, held at
+    20 while ``t < 0.2·steps``, then ``2 + 18·max(0, 1 − (t − 0.2·steps)/(0.8·steps))``."""
+    t, start = step + 1, WARMUP * steps
+    if t < start:
+        return BETA_START
+    return BETA_END + (BETA_START - BETA_END) * max(0.0, 1 - (t - start) / (steps - start))
+
+
+def regularised(step: int, steps: int) -> bool:
+    """Whether the rounding regulariser is on at ``step`` (BRECQ: from count ``t = step + 1 >= 0.2·steps``)."""
+    return step + 1 >= WARMUP * steps
 
 
 class LearnedRoundLinear(nn.Module):
@@ -72,7 +86,7 @@ class LearnedRoundLinear(nn.Module):
         require_finite(weight, "a weight")
         self.spec = spec
         w = weight.detach().float()
-        s, z = compute_qparams(w, spec)
+        s, z = mse_qparams(w, spec)
         s = torch.where(s > 0, s, torch.ones_like(s))
         self.register_buffer("w", w)
         self.register_buffer("zero", z)
@@ -102,15 +116,21 @@ class LearnedRoundLinear(nn.Module):
 
     @torch.no_grad()
     def freeze(self, x: Tensor) -> QuantizedWeight:
-        """Hardened learned codes, or RTN's where RTN reconstructs this layer's outputs on ``x`` better."""
+        """Of the hardened learned codes, RTN on the same scale and the ``rtn`` method's (absmax) RTN, the one
+        that reconstructs this layer's outputs on ``x`` best."""
+        s_abs, z_abs = compute_qparams(self.w, self.spec)
+        s_abs = torch.where(s_abs > 0, s_abs, torch.ones_like(s_abs))
+        rtn_abs = torch.clamp(torch.round(grouped(self.w, self.spec) / s_abs + z_abs), self.spec.qmin, self.spec.qmax)
         best = None
-        for grouped_codes in (self.codes(hard=True), self.rtn_codes()):
-            w_hat = ungrouped((grouped_codes - self.zero) * self.scale.detach(), self.spec, self.w.shape)
+        for grouped_codes, s, z in ((self.codes(hard=True), self.scale.detach(), self.zero),
+                                    (self.rtn_codes(), self.scale.detach(), self.zero), (rtn_abs, s_abs, z_abs)):
+            w_hat = ungrouped((grouped_codes - z) * s, self.spec, self.w.shape)
             err = float(((x @ (self.w - w_hat).t()) ** 2).sum())
             if best is None or err < best[0]:
-                best = (err, grouped_codes)
-        codes = ungrouped(best[1], self.spec, self.w.shape).to(torch.int8 if self.spec.symmetric else torch.uint8)
-        return QuantizedWeight.from_qtensor(QTensor(codes, self.scale.detach(), self.zero, self.spec, self.w.shape))
+                best = (err, grouped_codes, s, z)
+        _, grouped_codes, s, z = best
+        codes = ungrouped(grouped_codes, self.spec, self.w.shape).to(torch.int8 if self.spec.symmetric else torch.uint8)
+        return QuantizedWeight.from_qtensor(QTensor(codes, s.clone(), z.clone(), self.spec, self.w.shape))
 
 
 def layer_inputs(block: nn.Module, layers: dict[str, nn.Module], inputs: list) -> dict[str, Tensor]:
@@ -139,13 +159,13 @@ def learn_block(block: nn.Module, layers: dict[str, LearnedRoundLinear], inputs:
         i = step % len(inputs)
         loss = F.mse_loss(run_block(block, inputs[i]).float(), targets[i].float()) / scales[i]
         beta = beta_at(step, steps)
-        if step >= WARMUP * steps:
+        if regularised(step, steps):
             reg = sum(rounding_regulariser(rectified_sigmoid(m.v), beta) for m in layers.values())
             loss = loss + REG_WEIGHT * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def mixed_specs(model: nn.Module, layers: dict[str, nn.Module], calib: Tensor, cfg: PTQConfig) -> dict[str, QuantSpec]:

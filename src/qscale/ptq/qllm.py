@@ -1,25 +1,29 @@
 """``qllm``: QLLM (Liu et al. 2023, "QLLM: Accurate and Efficient Low-Bitwidth Quantization for LLMs",
-arXiv 2310.08041) for weight-activation quantization (W4A4, W6A6), block by block.
+arXiv 2310.08041; authors' code github:ModelTC/QLLM) for weight-activation quantization (W4A4, W6A6), block by block.
 
-1. Adaptive channel reassembly (§3.1), per linear layer, on its calibration inputs ``X``: with the channels'
-   absmax ``m_c`` and a threshold θ, channel disassembly splits each channel into ``T_c = ⌈m_c/θ⌉``
-   sub-channels ``x_c/T_c`` (each reading a copy of ``W_c``; exact), and channel assembly merges as many pairs of
-   the other channels as there are new sub-channels, so the width stays ``n_in``: pairs by bipartite matching
-   (the channels alternately in sets A and B, greedily the pair of least merge error
-   ``D(a, b) = ‖(x_a − x_b)(W_a − W_b)ᵀ/2‖² = ¼‖x_a − x_b‖²‖W_a − W_b‖²`` over the calibration rows, each channel
-   merged at most once), merged as ``(x_a + x_b)/2 · (W_a + W_b)``. θ is chosen per layer among
-   ``max(m)·2^(−k/2)``, k = 0..8 (k = 0: no reassembly), by the least output error
-   ``‖X Wᵀ − Q_a(M(X)) Q_w(W')ᵀ‖²`` with both quantizers (Eq. 4's adaptive search). Disassembly leaves the
-   full-precision function unchanged; assembly changes it by exactly the merged pairs' errors.
+1. Adaptive channel reassembly (§3.1, Eq. 4), as the authors' ``QLLMLlamaDecoderLayer`` places it: one
+   reassembly of the ``input_layernorm`` output shared by q/k/v, scored on the attention output; one of the
+   ``post_attention_layernorm`` output shared by gate/up, scored on the SwiGLU output ``act(gate)·up``; one of
+   the input of ``down``, scored on its output; none on ``o``. Found generically as the block's four groups
+   of layers reading one tensor (``reassembly_plan``). The search (θ in ≥ 100 linear steps, at most
+   ``⌊0.1·C⌋`` added channels, the authors' matching and merge) is ``qllm_search``; each candidate is scored by
+   running the full-precision block with only that group's layers quantized (``Q_a(M(x))·Q_w(W')ᵀ``) on the
+   first calibration batch (the authors' ``calibrate_bs`` samples), the channel maxima coming from every batch.
+   The statistics come from the block's current inputs (the outputs of the quantized blocks before it; the
+   authors take them from the full-precision model).
 2. Low-rank tuning of the frozen quantized model (§3.2, "efficient gradient-based error correction"): each
    layer's weight becomes ``Q_w(W' + A·B)`` (``A`` ``[out, r]`` zero, ``B`` ``[r, in]`` small random, as LoRA;
    round-to-nearest with the straight-through estimator on the fixed RTN scales of ``W'``, activations through
    ``Q_a``), and Adam trains ``A, B`` on the MSE of the block's output against the full-precision block on the
-   same inputs; the tuned rounding is kept only if it lowers that error on a held-out calibration batch. ``A·B`` is fused into the integer
-   codes, so inference costs nothing extra beyond the reassembly's gather-add.
+   same inputs; the tuned rounding is kept only if it lowers that error on a held-out calibration batch.
+   ``A·B`` is fused into the integer codes, so inference costs nothing extra beyond the reassembly's gather-add.
+   This differs from the authors' code on purpose: their ``LoRAQuantLinear`` trains ``Q_w(W') + B·A`` (the
+   low-rank term in full precision) against the full-precision model's block outputs, then merges ``B·A``
+   into ``W'`` and re-quantizes; training through the quantizer here makes the stored codes exactly what was
+   tuned.
 
-Activations: per-token absmax (``qscale.quant.ste``, the ``ste`` recipe's activation quantizer), put on every
-quantized layer by ``quantize_model``. The result is a ``QuantizedLinear`` with its reassembly index tensors
+Activations: dynamic asymmetric per-token min/max (``act_quant_spec``, the authors' ``act_quant_params``), put
+on every quantized layer by this method. The result is a ``QuantizedLinear`` with its reassembly index tensors
 (stored by the qscale format only).
 """
 
@@ -33,12 +37,14 @@ import torch.nn.functional as F
 from rich.progress import track
 from torch import Tensor, nn
 
+from qscale.errors import require
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.layers import get_weight, replace_module
 from qscale.ptq.learned_round import layer_inputs
+from qscale.ptq.qllm_search import stage_reassembly
 from qscale.ptq.registry import register
 from qscale.ptq.rtn import weight_stats
-from qscale.ptq.sequential import block_layers, capture_block_inputs, run_block
+from qscale.ptq.sequential import _stages, block_layers, capture_block_inputs, run_block
 from qscale.quant import (
     QTensor,
     QuantizedLinear,
@@ -51,90 +57,110 @@ from qscale.quant import (
     ungrouped,
 )
 from qscale.quant.reassembly import ChannelReassembly
-from qscale.quant.ste import act_spec, round_ste, ste_fake_quantize
+from qscale.quant.ste import STEActQuantizer, round_ste, ste_fake_quantize
 
-THETA_STEPS = 9  # θ = max(m)·2^(−k/2), k = 0..8
-MAX_ROWS = 2048  # calibration rows used by the θ search and the merge error
-
-
-def _rows(x: Tensor) -> Tensor:
-    """At most ``MAX_ROWS`` evenly spaced rows of ``x``."""
-    if x.shape[0] <= MAX_ROWS:
-        return x
-    return x[torch.linspace(0, x.shape[0] - 1, MAX_ROWS).long()]
+ACT_BITS_NONE = 16
 
 
-def merge_order(x: Tensor, w: Tensor, channels: Tensor, limit: int) -> list[tuple[int, int]]:
-    """Up to ``limit`` disjoint pairs of ``channels`` in the order of least merge error ``D(a, b)``.
+class _Halt(Exception):
+    """Raised from a hook to end a block's forward pass once the scored tensor is seen."""
 
-    ``x [rows, n_in]`` calibration inputs, ``w [out, n_in]``; A = the even positions of ``channels``, B the odd.
+
+def act_quant_spec(bits: int) -> QuantSpec:
+    """QLLM's activation quantizer: dynamic, asymmetric (min/max) per token (the authors' ``act_quant_params``:
+    ``symmetric: False``, ``dynamic_method: per_token``). qscale's asymmetric range is widened to contain 0,
+    which equals the authors' ``[min, max]`` for every token holding both signs."""
+    return QuantSpec(bits, symmetric=False, granularity="token", group_size=None)
+
+
+class _Probe(nn.Module):
+    """``Q_a(M(x)) · Q_w(W')ᵀ + b`` with fixed fake-quantized ``W'``: a candidate reassembly in the θ search."""
+
+    def __init__(self, w_hat: Tensor, bias: Tensor | None, r: ChannelReassembly, aspec: QuantSpec | None):
+        super().__init__()
+        self.w_hat, self.bias, self.r, self.aspec = w_hat, bias, r, aspec
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.r.apply(x)
+        if self.aspec is not None:
+            x = fake_quantize(x, self.aspec)
+        return F.linear(x, self.w_hat.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def _capture(model: nn.Module, block: nn.Module, inp, name: str, output: bool) -> Tensor:
+    """The input (or output) of the layer ``name`` in a forward of ``block`` on ``inp``."""
+    got = []
+
+    def hook(mod, args, out=None):
+        got.append((out if output else args[0]).detach().float())
+        raise _Halt
+
+    mod = model.get_submodule(name)
+    handle = mod.register_forward_hook(hook) if output else mod.register_forward_pre_hook(hook)
+    try:
+        run_block(block, inp)
+    except _Halt:
+        pass
+    finally:
+        handle.remove()
+    return got[0]
+
+
+def _absmax(block: nn.Module, layers: dict[str, nn.Module], inputs: list) -> dict[str, Tensor]:
+    """Each layer's input channel absmax over every calibration row (float32, ``[in]``)."""
+    out: dict[str, Tensor] = {}
+
+    def hook(name, mod, args):
+        m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+        out[name] = m if name not in out else torch.maximum(out[name], m)
+
+    handles = [m.register_forward_pre_hook(lambda mod, a, n=n: hook(n, mod, a)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for inp in inputs:
+                run_block(block, inp)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def reassembly_plan(block: nn.Module, inp, mods: dict[str, nn.Module],
+                    prefix: str) -> list[tuple[list[str], str, bool]]:
+    """The authors' three reassembly points of a block: ``(layers sharing the input, scored layer, its output?)``.
+
+    The block's layers in call order, grouped by the tensor they read (``q/k/v``, ``o``, ``gate/up``, ``down``
+    in a Llama block): q/k/v are scored on the attention output (the input of ``o``), gate/up on the SwiGLU
+    output (the input of ``down``), ``down`` on its own output; ``o`` gets none (QLLM's
+    ``QLLMLlamaDecoderLayer``: ``input_layernorm_crm``, ``post_attention_layernorm_crm``, ``down_proj_crm``).
     """
-    a, b = channels[0::2], channels[1::2]
-    if limit <= 0 or len(b) == 0:
-        return []
-    dx = torch.cdist(x[:, a].t().double(), x[:, b].t().double()) ** 2
-    dw = torch.cdist(w[:, a].t().double(), w[:, b].t().double()) ** 2
-    order = torch.argsort((dx * dw / 4).flatten(), stable=True)
-    used_a, used_b, pairs = set(), set(), []
-    for k in order.tolist():
-        i, j = divmod(k, len(b))
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
-        pairs.append((int(a[i]), int(b[j])))
-        if len(pairs) == limit:
-            break
-    return pairs
+    stages = _stages(block, inp, mods)
+    require(len(stages) == 4, f"qllm needs decoder blocks whose quantized linear layers read 4 tensors in turn "
+                              f"(q/k/v, o, gate/up, down); {prefix.rstrip('.')} has {[len(s) for s in stages]}")
+    return [(stages[0], stages[1][0], False), (stages[2], stages[3][0], False), (stages[3], stages[3][0], True)]
 
 
-def reassembly_for(x: Tensor, w: Tensor, absmax: Tensor, theta: float) -> ChannelReassembly | None:
-    """The reassembly for threshold θ: split the channels with ``m_c > θ``, merge as many pairs of the other
-    channels (``merge_order``); None if there are not enough of them to keep the width."""
-    n = absmax.numel()
-    splits = torch.ceil(absmax / theta).clamp_min(1).long().cpu()
-    outliers = set(torch.nonzero(splits > 1).flatten().tolist())
-    extras = int((splits - 1).sum())
-    usable = merge_order(x, w, torch.nonzero(splits == 1).flatten().to(x.device), extras)
-    if len(usable) < extras:
-        return None
-    coef = 1.0 / splits.double()
-    dst = torch.arange(n)
-    for p, q in usable:  # q's slot is freed: q joins p's slot
-        dst[q] = p
-        coef[p] = coef[q] = 0.5
-    free = iter(q for _, q in usable)
-    src, dst_extra, coef_extra = [], [], []
-    for c in sorted(outliers):
-        for _ in range(int(splits[c]) - 1):
-            src.append(c)
-            dst_extra.append(next(free))
-            coef_extra.append(1.0 / float(splits[c]))
-    return ChannelReassembly(torch.cat([torch.arange(n), torch.tensor(src, dtype=torch.long)]).to(x.device),
-                             torch.cat([dst, torch.tensor(dst_extra, dtype=torch.long)]).to(x.device),
-                             torch.cat([coef, torch.tensor(coef_extra, dtype=torch.double)]).float().to(x.device), n)
+def search_stage(model: nn.Module, block: nn.Module, inp, names: list[str], scored: str, output: bool, x: Tensor,
+                 absmax: Tensor, spec: QuantSpec, act_bits: int) -> tuple[ChannelReassembly | None, dict]:
+    """QLLM's reassembly of the input shared by ``names``, scored by the MSE of the tensor at ``scored`` (its
+    input, or its output) with only these layers quantized (``Q_a(M(x))``, ``Q_w(W')``) against full precision."""
+    mods = {n: model.get_submodule(n) for n in names}
+    weights = {n: get_weight(m).float() for n, m in mods.items()}
+    ref = _capture(model, block, inp, scored, output)
+    aspec = None if act_bits == ACT_BITS_NONE else act_quant_spec(act_bits)
 
+    def score(r: ChannelReassembly) -> float:
+        for n, m in mods.items():
+            replace_module(model, n, _Probe(fake_quantize(r.weight(weights[n]), spec), m.bias, r, aspec))
+        try:
+            with torch.no_grad():
+                got = _capture(model, block, inp, scored, output)
+        finally:
+            for n, m in mods.items():
+                replace_module(model, n, m)
+        return float(F.mse_loss(got, ref))
 
-def search_reassembly(x: Tensor, w: Tensor, spec: QuantSpec, act_bits: int) -> tuple[ChannelReassembly | None, dict]:
-    """The reassembly (None = none) of least quantized output error on the calibration rows ``x``, and its stats."""
-    x = _rows(x).float()
-    absmax = x.abs().amax(0)
-    target = x @ w.t()
-    aspec = None if act_bits == 16 else act_spec(act_bits, None)
-    best = None
-    for k in range(THETA_STEPS):
-        theta = float(absmax.max()) * 2 ** (-k / 2)
-        r = None if k == 0 else reassembly_for(x, w, absmax, theta)
-        if k and r is None:
-            break
-        xr, wr = (x, w) if r is None else (r.apply(x), r.weight(w))
-        xq = xr if aspec is None else fake_quantize(xr, aspec)
-        err = float(((target - xq @ fake_quantize(wr, spec).t()) ** 2).sum())
-        if best is None or err < best[0]:
-            best = (err, r, theta if k else math.inf)
-    err, r, theta = best
-    extras = 0 if r is None else r.src.numel() - r.width
-    return r, {"theta": theta, "extra_channels": extras, "search_err": err / float((target**2).sum().clamp_min(1e-30))}
+    return stage_reassembly(x.float(), torch.cat(list(weights.values())), absmax, score)
 
 
 class QLLMLinear(nn.Module):
@@ -151,7 +177,7 @@ class QLLMLinear(nn.Module):
         self.register_buffer("w", w)
         self.register_buffer("scale", torch.where(s > 0, s, torch.ones_like(s)))
         self.register_buffer("zero", z)
-        self.aspec = None if act_bits == 16 else act_spec(act_bits, None)
+        self.aspec = None if act_bits == ACT_BITS_NONE else act_quant_spec(act_bits)
         gen = torch.Generator().manual_seed(w.shape[0] * 7919 + w.shape[1])
         self.a = nn.Parameter(torch.zeros(w.shape[0], rank))
         self.b = nn.Parameter(torch.randn(rank, w.shape[1], generator=gen) / math.sqrt(w.shape[1]))
@@ -224,28 +250,40 @@ def qllm_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
     model.requires_grad_(False)
     with torch.no_grad():
         inputs = capture_block_inputs(model, blocks[0], calib, progress)
+    aspec = None if cfg.act_bits == ACT_BITS_NONE else act_quant_spec(cfg.act_bits)
     stats = {}
     for b, block in track(list(enumerate(blocks)), description="QLLM blocks", disable=not progress, transient=True):
         prefix = f"{blocks_name}.{b}."
         mods = {n: m for n, m in targets_all.items() if n.startswith(prefix)}
+        if not mods:
+            continue
         with torch.no_grad():
             targets = [run_block(block, inp) for inp in inputs]
-        xs = layer_inputs(block, mods, inputs)
         t0 = time.perf_counter()
-        layers, found = {}, {}
+        plan = reassembly_plan(block, inputs[0], mods, prefix)
+        firsts = {names[0]: mods[names[0]] for names, _, _ in plan}
+        absmax = _absmax(block, firsts, inputs)
+        rows = layer_inputs(block, firsts, inputs[:1])  # the authors match and score on the first calibration batch
+        found: dict[str, tuple] = {}
+        for names, scored, output in plan:
+            r, st = search_stage(model, block, inputs[0], names, scored, output, rows[names[0]], absmax[names[0]],
+                                 cfg.spec, cfg.act_bits)
+            found.update(dict.fromkeys(names, (r, st)))
+        layers = {}
         for name, mod in mods.items():
-            w = get_weight(mod).float()
-            r, found[name] = search_reassembly(xs[name], w, cfg.spec, cfg.act_bits)
-            layers[name] = QLLMLinear(w, mod.bias, cfg.spec, cfg.act_bits, cfg.qllm_rank, r)
+            r, _ = found.get(name, (None, None))
+            layers[name] = QLLMLinear(get_weight(mod).float(), mod.bias, cfg.spec, cfg.act_bits, cfg.qllm_rank, r)
             replace_module(model, name, layers[name])
-        before, after = tune_block(block, layers, inputs, targets, cfg.qllm_steps, cfg.qllm_lr) if layers else (0, 0)
+        before, after = tune_block(block, layers, inputs, targets, cfg.qllm_steps, cfg.qllm_lr)
         for name, layer in layers.items():
             qw = layer.freeze()
             source = mods[name]
-            replace_module(model, name, QuantizedLinear(qw, source.bias, name=name, source=type(source).__name__,
+            act = None if aspec is None else STEActQuantizer(aspec)
+            replace_module(model, name, QuantizedLinear(qw, source.bias, act, name=name, source=type(source).__name__,
                                                         reassembly=layer.reassembly))
+            st = found.get(name, (None, {"theta": math.inf, "extra_channels": 0, "search_mse": math.nan}))[1]
             stats[name] = {**weight_stats(layer.w, qw.dequantize(), (time.perf_counter() - t0) / len(layers)),
-                           **found[name], "block_err_rtn": before, "block_err_tuned": after}
+                           **st, "block_err_rtn": before, "block_err_tuned": after}
         with torch.no_grad():
             inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
     model.train(was_training)

@@ -38,13 +38,14 @@ def quantize_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progr
 
     ``calib``: token windows ``[n, T]`` from the TRAIN split (needed by "gptq", unused by "rtn").
     With ``cfg.act_bits < 16`` every quantized layer also gets the dynamic per-token absmax activation
-    quantizer at that width (for "qllm" the one it calibrated with; for the others "ste"-style RTN activations).
+    quantizer at that width ("ste"-style symmetric absmax RTN activations; "qllm" puts on its own, the asymmetric
+    per-token quantizer it calibrated with, and keeps it).
     Returns per-layer stats keyed by qualified module name.
     """
     stats = PTQ_METHODS[cfg.method](model, cfg, calib, progress)
     if cfg.act_bits != 16:
         for name in stats:
             layer = model.get_submodule(name)
-            if isinstance(layer, QuantizedLinear):
+            if isinstance(layer, QuantizedLinear) and layer.act_quantizer is None:
                 layer.act_quantizer = STEActQuantizer(act_spec(cfg.act_bits, None))
     return stats

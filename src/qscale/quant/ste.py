@@ -93,7 +93,8 @@ def act_spec(bits: int, group_size: int | None) -> QuantSpec:
 
 
 class STEActQuantizer(ActQuantizer):
-    """Dynamic absmax activation fake quantization (per token or per token-group) with the STE."""
+    """Dynamic activation fake quantization from the data (per token or per token-group) with the STE: absmax
+    (symmetric spec) or min/max (asymmetric spec, QLLM's)."""
 
     def __init__(self, spec: QuantSpec):
         super().__init__()
@@ -104,4 +105,4 @@ class STEActQuantizer(ActQuantizer):
 
     def describe(self) -> dict:
         return {"kind": "absmax", "bits": self.spec.bits, "granularity": self.spec.granularity,
-                "group_size": self.spec.group_size, "grid": self.spec.grid}
+                "group_size": self.spec.group_size, "grid": self.spec.grid, "symmetric": self.spec.symmetric}

@@ -10,6 +10,13 @@ row; activations: the layer's input features, the paper's N_F); LSQ+: ``∂v̂/�
 Grid: LSQ's own signed range ``[−Q_N, Q_P]`` (all 2^b codes) with a learned step, so the frozen codes are
 symmetric codes of the full PTQ grid's layout. Init (LSQ): ``s = 2·mean|v|/sqrt(Q_P)`` — per weight group at ``prepare``, per layer input from the
 first batch seen; LSQ+ (its min/max initialization): ``s = (max − min)/(Q_P + Q_N)``, ``β = min + Q_N·s``.
+
+LSQ has no official code; forward values, input and step gradients agree with the widely used zhutmost/lsq-net
+(tests/qat/test_lsq.py). One reading differs on purpose: the paper has one step per layer and
+``g = 1/sqrt(N_W·Q_P)`` with N_W the layer's weights; for a step per row or group, lsq-net keeps N = all of the
+tensor's values, qscale takes N = the values sharing the step (the paper's reason for g — a step's gradient sums
+N terms — applied to each step; QVGen's LSQ does the same), so a per-row step's gradient is sqrt(rows) times
+lsq-net's. LSQ+ has no public code; it is tested against its equations.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ the authors' training code ("The Era of 1-bit LLMs: Training Tips, Code and FAQ"
 ``bitnet/``, Figure 3: ``scale = 1.0 / w.abs().mean().clamp_(min=1e-5)``,
 ``u = (w * scale).round().clamp_(-1, 1) / scale``) clamps γ at ε instead of adding it. The code's reading is
 implemented, ``W̃ = RoundClip(W/γ', −1, 1)·γ'`` with ``γ' = max(γ, ε)``: adding ε moves the ternary threshold
-``γ/2`` by a relative ε/γ (6e-4 for weights of std 0.02), which flips the codes of weights next to it. Activations: absmax per token to 8 bits (``a_bits``; the shared core's symmetric
+``γ/2`` by a relative ε/γ (6e-4 for weights of std 0.02), which flips the codes of weights next to it.
+Activations: absmax per token to 8 bits (``a_bits``; the shared core's symmetric
 per-token quantizer on the restricted AbsMax grid, ``s = absmax/127``, as the paper's ``Q_b`` scaling) with
 the STE. Frozen form: the codes {−1, 0, 1} as a 2-bit symmetric per-tensor ``QuantizedWeight`` with scale
 ``γ`` — exactly a 2-bit symmetric packed layout (code −2 unused), so it exports as pack-quantized/GPTQ.

@@ -159,3 +159,22 @@ def test_lsq_plus_matches_the_paper_equations(golden):
     assert torch.equal(x.grad, torch.where(torch.tensor(LSQ_PLUS_INSIDE).bool(), up, 0.0))
     assert s.grad.item() == pytest.approx(LSQ_PLUS_GS, rel=1e-6)
     assert beta.grad.item() == pytest.approx(LSQ_PLUS_GB, rel=1e-6)
+
+
+def test_a_step_driven_through_zero_keeps_quantizing_with_its_magnitude(golden):
+    """Adam moves a step by about the learning rate whatever its size, so a small step can turn negative: the
+    quantizer then uses |s| (values and the frozen codes), and the step still gets a gradient (sign-corrected)."""
+    w = golden.wave(4, 8, a=0.29, b=0.3) * 0.05
+    q = LSQWeightQuantizer(w, QuantSpec(4, granularity="channel", group_size=None, grid="full"))
+    positive = q(w).detach()
+    with torch.no_grad():
+        q.step.neg_()
+    wv = w.clone().requires_grad_()
+    y = q(wv)
+    assert torch.equal(y.detach(), positive) and torch.equal(q.freeze(w).dequantize(), positive)
+    up = golden.wave(4, 8, a=0.53, b=0.7)
+    (y * up).sum().backward()
+    assert torch.equal(wv.grad, up) and bool(q.step.grad.abs().gt(0).all())
+    q_pos = LSQWeightQuantizer(w, QuantSpec(4, granularity="channel", group_size=None, grid="full"))
+    (q_pos(w) * up).sum().backward()
+    assert torch.allclose(q.step.grad, -q_pos.step.grad)

@@ -59,7 +59,7 @@ class QALoRAWeightQuantizer(L4QWeightQuantizer):
     """LSQ on ``W₀ + s̄·(α/r)·A·B`` (scale-aware QALoRA); ``W₀`` a frozen buffer."""
 
     def _merged(self, A: Tensor, B: Tensor) -> Tensor:
-        return self.w0 + (self.step.detach().mean() * self.lora_scale * (A @ B)).to(self.w0.dtype)
+        return self.w0 + (self.step.detach().abs().mean() * self.lora_scale * (A @ B)).to(self.w0.dtype)
 
 
 @torch.no_grad()

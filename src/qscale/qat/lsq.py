@@ -92,8 +92,15 @@ def _sum_prod(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
 def lsq_fake_quantize(
     v: Tensor, spec: QuantSpec, step: Tensor, grad_scale: float, offset: Tensor | None = None
 ) -> Tensor:
-    """LSQ(+) fake quantization of ``v`` with step ``step`` (grouped-view shape of ``spec``); fused on CUDA
-    (``qscale.quant.fused``: a Triton kernel for the forward and one for the backward, or ``torch.compile``)."""
+    """LSQ(+) fake quantization of ``v`` with step ``|step|`` (grouped-view shape of ``spec``); fused on CUDA
+    (``qscale.quant.fused``: a Triton kernel for the forward and one for the backward, or ``torch.compile``).
+
+    The magnitude: an optimizer step can drive a small learned step through zero (Adam moves it by about the
+    learning rate whatever its size); a negative step would otherwise zero the layer's output and every gradient
+    through it, silently. With ``|step|`` the quantizer keeps working and the step's gradient (sign-corrected by
+    autograd) keeps flowing, like the mirror-image grid lsq-net's code gives a negative step.
+    """
+    step = step.abs()
     vg = grouped(v, spec)
     backend = backend_for(v)
     if backend == "triton" and lsq_triton_applies(vg, step):
@@ -133,7 +140,7 @@ class LSQWeightQuantizer(WeightQuantizer):
         return lsq_fake_quantize(w, self.spec, self.step, self.grad_scale)
 
     def freeze(self, w: Tensor) -> QuantizedWeight:
-        step = self.step.detach()
+        step = self.step.detach().abs()
         zero = torch.zeros_like(step)
         codes = ungrouped(grid_codes(grouped(w, self.spec), step, zero, self.spec), self.spec, w.shape)
         return QuantizedWeight.from_qtensor(QTensor(codes.to(torch.int8), step, zero, self.spec, w.shape))

@@ -3,6 +3,7 @@
 For every optimizer step the gradients the engine hands to AdamW are captured: what a recipe trains in a phase
 gets a non-zero gradient at every step of that phase and moves; what it freezes (a parameter outside the
 optimizer, a frozen buffer, the teacher copy) is bit-identical after the steps and has no optimizer state.
+A recipe (or a phase of one: distillation, rank decay) is covered by adding a ``Case``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from qscale.qat import DistillConfig, QATRecipeConfig, prepare, qat_finetune, quant_layers
 from qscale.qat.qvgen import QVGenOptions
 
-STEPS = 6  # at lr 1e-2 Adam drives small LSQ steps through zero within a step or two: a stress case too
+STEPS = 6
+LR = 1e-2  # Adam drives small LSQ steps through zero within a step or two at this rate: a stress case too
 STATE_BUFFERS = (".initialized", ".gamma")  # buffers a recipe updates on purpose (LSQ's init flag, QVGen's γ)
 
 
@@ -70,7 +72,7 @@ def test_trained_parameters_get_gradients_frozen_ones_do_not_move(name, tiny, ba
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", capture)
-    qat_finetune(model, case.cfg, batches, steps=STEPS, lr=1e-2, teacher=teacher)
+    qat_finetune(model, case.cfg, batches, steps=STEPS, lr=LR, teacher=teacher)
     assert len(seen) == STEPS
     opt = optimizers[-1]
     params = dict(model.named_parameters())
@@ -117,7 +119,7 @@ def test_pbllm_salient_weights_get_no_gradient_and_keep_their_values(tiny, batch
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", capture)
-    qat_finetune(model, cfg, batches, steps=STEPS, lr=1e-2, weight_decay=0.1)
+    qat_finetune(model, cfg, batches, steps=STEPS, lr=LR, weight_decay=0.1)
     for n, m in layers.items():
         mask = m.weight_quantizer.mask
         assert mask.any() and all(not g[mask].any() and g[~mask].abs().gt(0).any() for g in (s[n] for s in seen)), n

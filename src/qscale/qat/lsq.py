@@ -16,7 +16,8 @@ LSQ has no official code; forward values, input and step gradients agree with th
 ``g = 1/sqrt(N_W·Q_P)`` with N_W the layer's weights; for a step per row or group, lsq-net keeps N = all of the
 tensor's values, qscale takes N = the values sharing the step (the paper's reason for g — a step's gradient sums
 N terms — applied to each step; QVGen's LSQ does the same), so a per-row step's gradient is sqrt(rows) times
-lsq-net's. For activations lsq-net takes N = every value of the batch, qscale the paper's N_F (features per token). LSQ+ has no public code; it is tested against its equations.
+lsq-net's. For activations lsq-net takes N = every value of the batch, qscale the paper's N_F (features per
+token). LSQ+ has no public code; it is tested against its equations.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ that halve the rank (r → r/2 → … → 1 → 0). At the start of a phase ``�
 rank-based regulariser ``γ`` of the components beyond the phase's target rank (the smallest singular values)
 anneals from 1 to 0 by a cosine over the phase; at its end they are dropped (``γ = 0``). After ``decay_end`` (at
 the latest after the last step) the branch has rank 0, so the model trains and freezes as plain LSQ: ``convert``
-refuses a branch of nonzero rank, and the export has no extra tensor. ``γ`` is a buffer (part of the resumable state); the schedule is a function of the step.
+refuses a branch of nonzero rank, and the export has no extra tensor. ``γ`` is a buffer (part of the resumable
+state); the schedule is a function of the step.
 
 The schedule, the re-factoring and the branch agree step by step with the authors' ``ProgressiveLoRAQuantizer``
 (ModelTC/QVGen, ``training/quant/quant.py``; tests/qat/test_qvgen.py), whose phases last ``progress_alpha_T`` steps

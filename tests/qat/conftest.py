@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -50,3 +52,29 @@ def tiny():
 @pytest.fixture
 def batches():
     return structured_batch
+
+
+def wave(*shape: int, a: float = 0.37, b: float = 0.1, scale: float = 1.0) -> torch.Tensor:
+    """A fixed float32 tensor, ``scale·(sin(a·k + b) + sin(1.91·k + 2b)/2)`` over the flat index k, computed in
+    float64: the input of the golden-value tests (the authors' code ran on the same formula)."""
+    k = torch.arange(math.prod(shape), dtype=torch.float64)
+    return ((torch.sin(a * k + b) + 0.5 * torch.sin(1.91 * k + 2 * b)) * scale).reshape(shape).float()
+
+
+def wave_matrix(rows: int, cols: int, scale: float = 1.0) -> torch.Tensor:
+    """A fixed full-rank float32 matrix (``wave`` is of low rank as a matrix), for golden-value tests."""
+    i = torch.arange(rows, dtype=torch.float64)[:, None]
+    j = torch.arange(cols, dtype=torch.float64)[None, :]
+    return ((torch.sin(0.37 * i * j + 0.1 * i + 0.7 * j) + 0.5 * torch.cos(1.3 * i + 0.29 * j * j)) * scale).float()
+
+
+class Golden:
+    """The golden-value inputs, for tests (``--import-mode=importlib`` cannot import conftest by name)."""
+
+    wave = staticmethod(wave)
+    matrix = staticmethod(wave_matrix)
+
+
+@pytest.fixture(scope="session")
+def golden():
+    return Golden

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qscale.qat.ste import STEWeightQuantizer, act_spec, ste_fake_quantize, weight_spec
+from qscale.qat.ste import STEActQuantizer, STEWeightQuantizer, act_spec, ste_fake_quantize, weight_spec
 from qscale.quant import QuantSpec, dequantize, quantize
 
 SPECS = [
@@ -56,3 +56,19 @@ def test_specs_for_layers():
     assert weight_spec(4, 32).group_size == 32
     assert act_spec(4, None).granularity == "token"
     assert act_spec(4, 64).granularity == "group"
+
+
+def test_golden_values_worked_out_by_hand():
+    """No authors' code (Bengio et al. 2013's STE on Chen et al. 2025's AbsMax quantizers): the values below are
+    worked out by hand from the formulas, s = absmax/(2^(b−1) − 1), q = round(x/s), x̂ = q·s (1 bit: ±absmax/2)."""
+    x = torch.tensor([[0.3, -1.2, 0.7, 2.0]], requires_grad=True)
+    y = STEActQuantizer(act_spec(4, None))(x)  # s = 2/7; x/s = 1.05, −4.2, 2.45, 7
+    assert torch.allclose(y, torch.tensor([[1.0, -4.0, 2.0, 7.0]]) * 2 / 7, atol=1e-7)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(1, 4))
+    w = torch.tensor([[0.1, -0.4, 0.25, 0.05, 1.0, 0.3, -0.6, 0.2]])
+    # 3 bits per group of 4: s = 0.4/3 (x/s = 0.75, −3, 1.875, 0.375) and 1/3 (x/s = 3, 0.9, −1.8, 0.6)
+    expected = torch.tensor([[0.4 / 3, -0.4, 0.8 / 3, 0.0, 1.0, 1 / 3, -2 / 3, 1 / 3]])
+    assert torch.allclose(STEWeightQuantizer(weight_spec(3, 4))(w), expected, atol=1e-7)
+    assert torch.allclose(STEWeightQuantizer(weight_spec(1, 4))(w), torch.tensor([[1, -1, 1, 1, 1, 1, -1, 1]]) *
+                          torch.tensor([[0.2] * 4 + [0.5] * 4]), atol=1e-7)  # 1 bit: ±absmax/2 per group

@@ -1,11 +1,21 @@
 """``bitnet``: BitNet b1.58 (Ma et al. 2024, arXiv 2402.17764, eqs. 1-3; SPEC §6).
 
-Weights: ternary absmean, ``W̃ = RoundClip(W/(γ + ε), −1, 1) · γ`` with ``γ = mean|W|`` over the whole
-matrix (one scale per layer) and the straight-through estimator (identity gradient, as in the paper's
-training recipe). Activations: absmax per token to 8 bits (``a_bits``; the shared core's symmetric
+Weights: ternary absmean with ``γ = mean|W|`` over the whole matrix (one scale per layer) and the
+straight-through estimator (identity gradient). The paper writes ``W̃ = RoundClip(W/(γ + ε), −1, 1)`` (eq. 1-3);
+the authors' training code ("The Era of 1-bit LLMs: Training Tips, Code and FAQ", microsoft/unilm
+``bitnet/``, Figure 3: ``scale = 1.0 / w.abs().mean().clamp_(min=1e-5)``,
+``u = (w * scale).round().clamp_(-1, 1) / scale``) clamps γ at ε instead of adding it. The code's reading is
+implemented, ``W̃ = RoundClip(W/γ', −1, 1)·γ'`` with ``γ' = max(γ, ε)``: adding ε moves the ternary threshold
+``γ/2`` by a relative ε/γ (6e-4 for weights of std 0.02), which flips the codes of weights next to it.
+Activations: absmax per token to 8 bits (``a_bits``; the shared core's symmetric
 per-token quantizer on the restricted AbsMax grid, ``s = absmax/127``, as the paper's ``Q_b`` scaling) with
 the STE. Frozen form: the codes {−1, 0, 1} as a 2-bit symmetric per-tensor ``QuantizedWeight`` with scale
 ``γ`` — exactly a 2-bit symmetric packed layout (code −2 unused), so it exports as pack-quantized/GPTQ.
+
+Deliberate difference: the authors' ``BitLinear`` normalizes its input with its own RMSNorm (and the Llama
+norms before attention and SwiGLU are removed); qscale fine-tunes a pretrained model, whose function such an
+architecture change would alter, so the layer input is quantized as it comes (q/k/v and gate/up inputs are
+RMS-normalized by the model's own norms already).
 """
 
 from __future__ import annotations
@@ -24,10 +34,10 @@ TERNARY_SPEC = QuantSpec(2, symmetric=True, granularity="tensor", group_size=Non
 
 
 def ternary_codes(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Codes ``RoundClip(W/(γ+ε), −1, 1)`` (float) and ``γ = mean|W|`` (shape ``[1, 1]``), in float32."""
+    """Codes ``RoundClip(W/γ', −1, 1)`` (float) and ``γ' = max(mean|W|, ε)`` (shape ``[1, 1]``), in float32."""
     wf = w.float()
-    gamma = wf.abs().mean().reshape(1, 1)
-    return torch.clamp(torch.round(wf / (gamma + BITNET_EPS)), -1, 1), gamma
+    gamma = wf.abs().mean().clamp_min(BITNET_EPS).reshape(1, 1)
+    return torch.clamp(torch.round(wf / gamma), -1, 1), gamma
 
 
 class TernaryWeightQuantizer(WeightQuantizer):

@@ -13,6 +13,15 @@
   the loss is the KL divergence from the full-precision model's next-token distribution to the quantized one's
   on them (the LM analogue of EfficientDM's output matching; ``cfg.distill`` sets temperature / CE weight,
   default CE weight 0). No training corpus is read. Temporal LSQ (per diffusion step) has no LM analogue.
+
+The merged-then-quantized weight and its LoRA gradients agree with the authors' ``QuantModule_intnlora``
+(ThisisBillhe/EfficientDM, ``quant_scripts/quant_layer.py``; tests/qat/test_efficientdm.py). Deliberate differences:
+their weight quantizer is affine per channel (learned step, zero point fixed after a PTQ init, no LSQ gradient
+scale) and ``W₀`` is that PTQ model's dequantized weight; here LSQ's symmetric quantizer on the full-precision ``W₀``,
+as the other LoRA recipes (l4q), so the recipes differ only in their method. Their scale-aware optimisation sets
+each layer's LoRA learning rate to its mean step / 2500 (``train_efficientdm.py``); under Adam, whose step does
+not depend on the gradient's scale, multiplying the update by ``s̄`` instead has the same effect to first order,
+with one learning rate for the whole model.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ class QALoRAWeightQuantizer(MergedLSQWeightQuantizer):
     """LSQ on ``W₀ + s̄·(α/r)·A·B`` (scale-aware QALoRA); ``W₀`` a frozen buffer."""
 
     def _merged(self, A: Tensor, B: Tensor) -> Tensor:
-        return self.w0 + (self.step.detach().mean() * self.lora_scale * (A @ B)).to(self.w0.dtype)
+        return self.w0 + (self.step.detach().abs().mean() * self.lora_scale * (A @ B)).to(self.w0.dtype)
 
 
 @torch.no_grad()

@@ -10,6 +10,12 @@ linear and inverse, so the identity gradient in ``(U, V)`` is the identity in ``
 comparison. Activations: absmax per token to ``a_bits`` (8 by default, as BitNet). Frozen form: a
 "complex-phase" ``QuantizedWeight`` (qscale packed format only); ``qscale.quant.phase.mulfree_linear`` runs
 it with additions and real/imaginary swaps.
+
+Forward values and gradients agree with the authors' two-stage ``QATLinearComplexPhaseV2`` (PKULab1806/Fairy2i-W2,
+``model_module/qat_modules.py``; tests/qat/test_ifairy.py). Their scales are clamped at 1e-6 and a phase exactly on
+a boundary (|Re| = |Im|) goes to the ±i side there, to ±1 here: both only at measure-zero or degenerate inputs.
+Their QAT layer quantizes no activations (``a_bits=16`` reproduces it); the default A8 is BitNet b1.58's, for the
+equal-storage comparison with the ``bitnet`` recipe.
 """
 
 from __future__ import annotations

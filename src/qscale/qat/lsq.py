@@ -10,6 +10,14 @@ row; activations: the layer's input features, the paper's N_F); LSQ+: ``∂v̂/�
 Grid: LSQ's own signed range ``[−Q_N, Q_P]`` (all 2^b codes) with a learned step, so the frozen codes are
 symmetric codes of the full PTQ grid's layout. Init (LSQ): ``s = 2·mean|v|/sqrt(Q_P)`` — per weight group at ``prepare``, per layer input from the
 first batch seen; LSQ+ (its min/max initialization): ``s = (max − min)/(Q_P + Q_N)``, ``β = min + Q_N·s``.
+
+LSQ has no official code; forward values, input and step gradients agree with the widely used zhutmost/lsq-net
+(tests/qat/test_lsq.py). One reading differs on purpose: the paper has one step per layer and
+``g = 1/sqrt(N_W·Q_P)`` with N_W the layer's weights; for a step per row or group, lsq-net keeps N = all of the
+tensor's values, qscale takes N = the values sharing the step (the paper's reason for g — a step's gradient sums
+N terms — applied to each step; QVGen's LSQ does the same), so a per-row step's gradient is sqrt(rows) times
+lsq-net's. For activations lsq-net takes N = every value of the batch, qscale the paper's N_F (features per
+token). LSQ+ has no public code; it is tested against its equations.
 """
 
 from __future__ import annotations
@@ -85,8 +93,15 @@ def _sum_prod(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
 def lsq_fake_quantize(
     v: Tensor, spec: QuantSpec, step: Tensor, grad_scale: float, offset: Tensor | None = None
 ) -> Tensor:
-    """LSQ(+) fake quantization of ``v`` with step ``step`` (grouped-view shape of ``spec``); fused on CUDA
-    (``qscale.quant.fused``: a Triton kernel for the forward and one for the backward, or ``torch.compile``)."""
+    """LSQ(+) fake quantization of ``v`` with step ``|step|`` (grouped-view shape of ``spec``); fused on CUDA
+    (``qscale.quant.fused``: a Triton kernel for the forward and one for the backward, or ``torch.compile``).
+
+    The magnitude: an optimizer step can drive a small learned step through zero (Adam moves it by about the
+    learning rate whatever its size); a negative step would otherwise zero the layer's output and every gradient
+    through it, silently. With ``|step|`` the quantizer keeps working and the step's gradient (sign-corrected by
+    autograd) keeps flowing, like the mirror-image grid lsq-net's code gives a negative step.
+    """
+    step = step.abs()
     vg = grouped(v, spec)
     backend = backend_for(v)
     if backend == "triton" and lsq_triton_applies(vg, step):
@@ -126,7 +141,7 @@ class LSQWeightQuantizer(WeightQuantizer):
         return lsq_fake_quantize(w, self.spec, self.step, self.grad_scale)
 
     def freeze(self, w: Tensor) -> QuantizedWeight:
-        step = self.step.detach()
+        step = self.step.detach().abs()
         zero = torch.zeros_like(step)
         codes = ungrouped(grid_codes(grouped(w, self.spec), step, zero, self.spec), self.spec, w.shape)
         return QuantizedWeight.from_qtensor(QTensor(codes.to(torch.int8), step, zero, self.spec, w.shape))

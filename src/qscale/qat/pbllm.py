@@ -10,6 +10,14 @@ Activations are left unquantized by default (``a_bits`` 16; otherwise absmax per
 Frozen form: a "partial-binary" ``QuantizedWeight``: int8 codes (8-bit codes where salient, ±1
 elsewhere), the per-row 8-bit scale, and extras ``mask`` (salient) and per-row ``alpha``; no standard packed
 format holds it, so it exports in qscale's own layout.
+
+Tested against the paper's equations, not against the authors' QAT code (hahnyuan/PB-LLM @ fe85da9,
+``quant/outlier_quantizer.py``, ``BinaryXnorExceptOutliersLinear``), which was run and is not followed where it
+departs from the paper: its ``weight_quant_8bit`` casts ``(w − round(min w))/range·255`` to uint8 *before*
+clamping, so negative weights wrap around (on a tiny example every "8-bit" weight came out positive); it replaces
+every weight, salient or not, by that 8-bit value; ``w[~mask].abs().mean(-1)`` flattens the boolean selection, so
+its binary scale is one scalar per matrix, not per row; and it picks the salient weights by the signed quantiles
+``r/2`` and ``1 − r/2`` of ``w`` (the magnitude criterion for a symmetric distribution), here by ``|w|``.
 """
 
 from __future__ import annotations

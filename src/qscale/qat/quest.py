@@ -12,6 +12,11 @@ Backward, the trust estimator: with ``T = step/2`` and ``M = 1[|x̂_h − x_h| <
 dropped; ``Hᵀ`` is applied by autograd through the rotation. Scales are not trained. Frozen form: an
 asymmetric per-row ``QuantizedWeight`` of the rotated weight with the half-integer zero ``(2^b − 1)/2`` and
 the layer's Hadamard group: neither fits compressed-tensors or GPTQ, so it exports in qscale's own layout.
+
+Checked against the authors' ``HalfHadamardTrustQuantizer`` / ``TrustQuantizer`` (IST-DASLab/QuEST,
+``src/models/quantization/base_linear.py``: ``xq = round(clip(x, ±scale)/step + 1/2)·step − step/2``, trust mask
+``|xq − x| <= std·α/(2^b − 1)`` = ``step/2``), tests/qat/test_quest.py. Their ``+ 1e-8`` on the scale is a clamp of
+the RMS here (an all-zero row quantizes to values of order 1e-8 either way).
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from qscale.quant import (
     round_to_grid,
 )
 
-# MSE-optimal clipping scale α*(b) of a b-bit uniform quantizer for N(0, 1) (QuEST, SPEC §4).
+# MSE-optimal clipping scale α*(b) of a b-bit uniform quantizer for N(0, 1) (QuEST, SPEC §4), to the digits of the
+# authors' ``OPTIMAL_GAUSSIAN_SCALES`` (IST-DASLab/QuEST, src/models/quantization/base_linear.py).
 QUEST_ALPHA: dict[int, float] = {
-    1: 0.79788, 2: 1.49353, 3: 2.05107, 4: 2.51393, 5: 2.91609, 6: 3.27660, 7: 3.60105, 8: 3.88494,
+    1: 0.7978845587140913, 2: 1.4935346200015913, 3: 2.051068354131873, 4: 2.513930578568423,
+    5: 2.9160938834961225, 6: 3.276597282593217, 7: 3.6010497188221655, 8: 3.884938678807525,
 }
 _EPS = 1e-8
 

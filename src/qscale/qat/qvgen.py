@@ -5,13 +5,19 @@ Quantizers: LSQ's (``qscale.qat.lsq``). Beside each quantized weight a low-rank 
 ``y = x·(Q(W) + Φ)ᵀ`` — QVGen's ``Q(W)x + Φx`` — which absorbs part of the quantization error and lowers the
 gradient norm early in training. ``Φ`` starts as the best rank-r approximation of the quantization error
 ``W − Q(W)`` (truncated SVD). Rank decay: the first ``decay_end`` fraction of the steps is split into phases
-that halve the rank (r → r/2 → … → 1 → 0). At the start of a phase ``Φ`` is re-factored by SVD
-(``U = U_s·√S``, ``V = √S·V_s``, Adam state of ``U``/``V`` reset) and the rank-based regulariser ``γ`` of the
-components beyond the phase's target rank (the smallest singular values) anneals from 1 to 0 by a cosine over
-the phase; at its end they are dropped (``γ = 0``). After ``decay_end`` (at the latest after the last step) the
-branch has rank 0, so the model
-trains and freezes as plain LSQ: ``convert`` refuses a branch of nonzero rank, and the export has no extra
-tensor. ``γ`` is a buffer (part of the resumable state); the schedule is a function of the step.
+that halve the rank (r → r/2 → … → 1 → 0). At the start of a phase ``Φ`` is re-factored by SVD in place
+(``U = U_s·√S``, ``V = √S·V_s``; the optimizer state of ``U``/``V`` is kept, as the authors' code does) and the
+rank-based regulariser ``γ`` of the components beyond the phase's target rank (the smallest singular values)
+anneals from 1 to 0 by a cosine over the phase; at its end they are dropped (``γ = 0``). After ``decay_end`` (at
+the latest after the last step) the branch has rank 0, so the model trains and freezes as plain LSQ: ``convert``
+refuses a branch of nonzero rank, and the export has no extra tensor. ``γ`` is a buffer (part of the resumable
+state); the schedule is a function of the step.
+
+The schedule, the re-factoring and the branch agree step by step with the authors' ``ProgressiveLoRAQuantizer``
+(ModelTC/QVGen, ``training/quant/quant.py``; tests/qat/test_qvgen.py), whose phases last ``progress_alpha_T`` steps
+(here ``decay_end·steps`` split evenly). Deliberate difference: the authors quantize weights with LSQ+ (asymmetric
+per channel, learned zero point, MSE-searched init) and learn activation clipping; qscale's qvgen adds QVGen's
+branch and rank decay to qscale's LSQ recipe, so that comparing it with ``lsq`` measures the branch alone.
 """
 
 from __future__ import annotations
@@ -122,8 +128,6 @@ class QVGenHooks(TrainHooks):
                 q.gamma[live:] = 0.0
                 if phase < n and q.rank:
                     q.refactor(q.rank)
-                    for p in (q.U, q.V):
-                        opt.state.pop(p, None)
             if phase < n:
                 q.gamma[self.targets[phase]:live] = 0.5 * (1 + math.cos(math.pi * t))
 

@@ -195,3 +195,14 @@ def test_low_rank_recipes_are_weight_only():
         QATRecipeConfig("l4q", rank=0)
     with pytest.raises(Exception, match="warmup_fraction"):
         L4QOptions(warmup_fraction=1.0)
+
+
+def test_l4q_freeze_equals_the_forward_when_a_step_went_negative():
+    # LSQ quantizes with |s| (an optimizer can drive s through zero); the frozen codes must use the same |s|.
+    w = torch.linspace(-1, 1, 64).reshape(2, 32)
+    q = L4QWeightQuantizer(w, QuantSpec(4, True, "group", 32, grid="full"), rank=2, alpha=2.0)
+    with torch.no_grad():
+        q.step.neg_()
+        q.offset.fill_(0.03)
+        q.B.fill_(0.01)
+        assert torch.allclose(q.freeze(None).dequantize(), q(None), atol=1e-6)

@@ -159,7 +159,7 @@ class L4QWeightQuantizer(MergedLSQWeightQuantizer):
     def freeze(self, w: Tensor | None) -> QuantizedWeight:
         """The joint stage's weight as asymmetric codes ``q + 2^(b−1)`` with zero ``2^(b−1) − β/s``."""
         merged = self._merged(self.A, self.B)
-        step, offset = self.step.detach().float(), self.offset.detach().float()
+        step, offset = self.step.detach().float().abs(), self.offset.detach().float()  # |s|, as the forward uses
         signed = grid_codes(grouped(merged.float(), self.spec) - offset, step, torch.zeros_like(step), self.spec)
         shift = -self.spec.qmin
         spec = QuantSpec(self.spec.bits, False, self.spec.granularity, self.spec.group_size)

@@ -109,3 +109,62 @@ def test_report_never_imports_study():
     bad = [(m, t) for m, ts in import_graph().items() if m.startswith("qscale.report") for t in ts
            if t == "qscale.study" or t.startswith("qscale.study.")]
     assert not bad, f"report imports study: {bad}"
+
+
+def package_of(module: str) -> str:
+    """``qscale.laws.fit`` -> ``qscale.laws``; top-level modules (``qscale.errors``) stand for themselves."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    """The module graph collapsed to qscale's subpackages (self-edges dropped)."""
+    out: dict[str, set[str]] = {}
+    for mod, targets in import_graph().items():
+        src = package_of(mod)
+        out.setdefault(src, set()).update(package_of(t) for t in targets if package_of(t) != src)
+    for targets in list(out.values()):
+        for t in targets:
+            out.setdefault(t, set())
+    return out
+
+
+def test_package_graph_collapses_modules():
+    g = package_graph()
+    assert "qscale.laws" in g["qscale.cli"] and "qscale.errors" in g["qscale.laws"]
+    assert "qscale.laws" not in g["qscale.laws"]
+    # a package-level cycle is found even when no two modules import each other
+    assert cycles({"qscale.a": {"qscale.b"}, "qscale.b": {"qscale.a"}}) == [["qscale.a", "qscale.b"]]
+
+
+def test_no_package_level_import_cycles():
+    """e.g. evaluate -> export -> qat -> train -> evaluate through a command module inside evaluate/."""
+    found = cycles(package_graph())
+    assert not found, "package-level import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def _imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+CLI_ENTRY_POINTS = {"qscale.__main__"}  # ``python -m qscale``: runs the CLI
+
+
+def test_only_the_cli_layer_parses_flags():
+    """typer / click are imported by ``qscale.cli`` only, and nothing below it imports ``qscale.cli``."""
+    bad = []
+    for mod, (path, _) in _modules().items():
+        if mod == "qscale.cli" or mod.startswith("qscale.cli.") or mod in CLI_ENTRY_POINTS:
+            continue
+        for name in _imports_of(path):
+            top = name.split(".")[0]
+            if top in ("typer", "click") or name == "qscale.cli" or name.startswith("qscale.cli."):
+                bad.append(f"{mod} imports {name}")
+    assert not bad, bad

@@ -267,7 +267,7 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("qscale.laws.cli.get_law", interrupted)
+    monkeypatch.setattr("qscale.cli.predict.get_law", interrupted)
     assert main(["predict", "--params", "ouyang2024-gptq", "--N", "1e9", "--D", "1e10", "--bits", "4"]) == 130
     assert capsys.readouterr().err.strip() == "qscale: interrupted — re-run the same command to resume"
 

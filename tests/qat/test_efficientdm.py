@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import qscale.commands.common
+import qscale.cli.pipeline
 import qscale.data.batches
 import qscale.data.corpus
 import qscale.data.streams
@@ -60,7 +60,7 @@ def test_data_free_distillation_reads_no_corpus(trained, monkeypatch):
         raise AssertionError("a corpus loader was called")
 
     for module, name in ((qscale.data.corpus, "load_corpus"), (qscale.data.streams, "load_corpus"),
-                         (qscale.data.streams, "load_token_streams"), (qscale.commands.common, "load_token_streams"),
+                         (qscale.data.streams, "load_token_streams"), (qscale.cli.pipeline, "load_token_streams"),
                          (qscale.data.batches, "train_batch"), (qscale.data.batches, "calibration_windows"),
                          (np, "fromfile"), (np, "memmap"), (np, "load")):
         monkeypatch.setattr(module, name, forbidden)

@@ -1,8 +1,7 @@
-"""The ``qscale`` command line.
+"""The ``qscale`` command line: the typer app and one registration line per command.
 
-Each concern owns its commands in ``qscale/<package>/cli.py``; this module only registers them and
-turns bad input (a :class:`~qscale.errors.QscaleError` or a usage error) into one line on stderr and
-exit code 2, and Ctrl-C into one line saying how to resume.
+Each command lives in its own module of :mod:`qscale.cli`; :func:`qscale.cli.common.run_command` turns bad
+input into one line on stderr and exit code 2, and Ctrl-C into one line saying how to resume (exit 130).
 """
 
 from __future__ import annotations
@@ -11,24 +10,24 @@ import sys
 
 import typer
 
-try:  # typer >= 0.20 vendors click; older versions use click itself
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover
-    from click import exceptions as click_exceptions
-
 from qscale._version import __version__
-from qscale.errors import QscaleError
+from qscale.cli.common import run_command
+from qscale.cli.eval import eval_command
+from qscale.cli.export import export_command
+from qscale.cli.fit import fit_command
+from qscale.cli.predict import predict_command
+from qscale.cli.qat import qat_command
+from qscale.cli.quantize import quantize_command
+from qscale.cli.study_qat import study_qat_command
+from qscale.cli.study_qid import study_qid_command
+from qscale.cli.train import train_command
 
-app = typer.Typer(
-    name="qscale",
-    help="Quantize language models (QAT, PTQ) and fit scaling laws of quantization-induced degradation.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-study_app = typer.Typer(help="Run a study grid: train, quantize, evaluate, store, fit, report.", no_args_is_help=True)
+HELP = "Quantize language models (QAT, PTQ) and fit scaling laws of quantization-induced degradation."
+app = typer.Typer(name="qscale", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False, rich_markup_mode=None)
+study_app = typer.Typer(help="Run a study grid: train, quantize, evaluate, store, fit, report.", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(study_app, name="study")
-INTERRUPTED = 130
 
 
 def _version(value: bool) -> None:
@@ -42,67 +41,25 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
                                        help="Print the qscale version and exit.")) -> None:
     """Quantize language models (QAT, PTQ) and fit scaling laws of quantization-induced degradation."""
 
-# --- command registrations (one line per command; keep this block sorted) ---
-from qscale.commands.export import export_command  # noqa: E402
-from qscale.commands.qat import qat_command as qat_finetune_command  # noqa: E402
-from qscale.commands.quantize import quantize_command  # noqa: E402
-from qscale.evaluate.cli import eval_command  # noqa: E402
-from qscale.laws.cli import fit_command, predict_command  # noqa: E402
-from qscale.study.cli import qid_command  # noqa: E402
-from qscale.study.qat_cli import qat_command  # noqa: E402
-from qscale.train.cli import train_command  # noqa: E402
 
+# --- command registrations (one line per command; keep this block sorted) ---
 app.command("eval")(eval_command)
 app.command("export")(export_command)
 app.command("fit")(fit_command)
 app.command("predict")(predict_command)
-app.command("qat")(qat_finetune_command)
+app.command("qat")(qat_command)
 app.command("quantize")(quantize_command)
-study_app.command("qat", short_help="QAT study: δ(N, D, G) at W4A4/W4A16/W16A4, FC2 attribution, QAT vs GPTQ.")(qat_command)
-study_app.command("qid", short_help="QiD study: train a suite, RTN/GPTQ every checkpoint, fit QiD = k·D^β/(N^α·P^γ).")(qid_command)
+study_app.command("qat", short_help="QAT study: δ(N, D, G) at W4A4/W4A16/W16A4, FC2 attribution, QAT vs GPTQ.")(
+    study_qat_command)
+study_app.command("qid", short_help="QiD study: train a suite, RTN/GPTQ every checkpoint, fit QiD = k·D^β/(N^α·P^γ).")(
+    study_qid_command)
 app.command("train")(train_command)
 # --- end of registrations ---
 
 
-def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
-def _usage_error(e: click_exceptions.UsageError) -> str:
-    """``qscale: error: <command>: <message> (see '<command> --help')`` in one line."""
-    path = e.ctx.command_path if e.ctx is not None else "qscale"
-    where = path.removeprefix("qscale").strip()
-    return f"qscale: error: {where + ': ' if where else ''}{_one_line(e.format_message())} (see '{path} --help')"
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI and return its exit code.
-
-    Bad input, from click (usage) or library code (:class:`~qscale.errors.QscaleError`), prints one line
-    on stderr and exits 2; Ctrl-C prints how to resume and exits 130; no arguments print the help.
-    """
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(args=argv, prog_name="qscale", standalone_mode=False)
-    except click_exceptions.NoArgsIsHelpError as e:
-        e.show()
-        return 2
-    except click_exceptions.UsageError as e:
-        print(_usage_error(e), file=sys.stderr)
-        return 2
-    except click_exceptions.ClickException as e:
-        print(f"qscale: error: {_one_line(e.format_message())}", file=sys.stderr)
-        return 2
-    except QscaleError as e:
-        print(f"qscale: error: {_one_line(str(e))}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, typer.Abort):
-        code = INTERRUPTED
-    except SystemExit as e:  # click exits by itself on a closed stdout (EPIPE)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    if code == INTERRUPTED:  # typer turns Ctrl-C inside a command into exit code 130
-        print("qscale: interrupted — re-run the same command to resume", file=sys.stderr)
-    return code if isinstance(code, int) else 0
+    """Entry point (``qscale``): run the CLI and return its exit code (0 ok, 2 bad input, 130 interrupted)."""
+    return run_command(typer.main.get_command(app), argv)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from qscale.commands.common import check_out, export_dtype, formats, write_record
+from qscale.cli.common import console as make_console
+from qscale.cli.pipeline import check_out, export_dtype, formats, write_record
 from qscale.errors import require
 from qscale.export import export_model, load_quantized
 from qscale.export.folder import copy_aux_files
@@ -29,7 +29,7 @@ def export_command(
         model = load_quantized(src)
         path = export_onnx(model, out / "model.onnx")
         copy_aux_files(src, out)
-        console = Console()
+        console = make_console()
         console.print(f"onnx: {path} ({path.stat().st_size / 1e6:,.2f} MB, QDQ weights, opset {OPSET})")
         write_record(out / "qscale-export.json", {"command": "export", "source": str(src), "results": [
             {"format": "onnx", "path": str(path), "bytes": path.stat().st_size}]})
@@ -37,7 +37,7 @@ def export_command(
     fmts = formats(fmt)
     model = load_quantized(src)
     out_dtype = export_dtype(dtype, src)
-    console = Console()
+    console = make_console()
     written = []
     for f in fmts:
         path = out if len(fmts) == 1 else out / f

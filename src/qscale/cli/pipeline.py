@@ -1,4 +1,5 @@
-"""What ``qscale quantize`` and ``qscale qat`` share: a user's model folder, its tokenizer, held-out loss, results."""
+"""What ``qscale quantize`` and ``qscale qat`` share: a user's model folder, its tokenizer, held-out loss, the
+folders written and evaluated as shipped, the run record."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 from qscale.data import DataConfig, TokenStreams, load_token_streams
@@ -18,7 +17,6 @@ from qscale.errors import require
 from qscale.evaluate.loss import EvalResult, evaluate
 from qscale.export import ExportResult, export_model, load_quantized
 from qscale.models.load import model_positions
-from qscale.models.params import ParamCount
 from qscale.provenance import atomic_write_json, versions
 from qscale.evaluate.noise import paired_se
 
@@ -96,24 +94,6 @@ def export_and_evaluate(model: nn.Module, out: Path, fmts: list[str], source: Pa
         require(np.isfinite(q.loss), f"the {fmt} model's loss is not finite ({q.loss}): it cannot be right")
         results.append(FormatResult(exp, q.loss, q.loss - fp.loss, paired_se(fp.per_window, q.per_window)))
     return results
-
-
-def report(title: str, counts: ParamCount, fp: EvalResult, results: list[FormatResult], source_bytes: int) -> None:
-    """A table: format, folder, size (and bits per quantized weight incl. scales), loss, QiD ± paired SE."""
-    console = Console()
-    console.width = max(console.width, 132)
-    table = Table(title=title)
-    table.add_column("format", no_wrap=True, min_width=18)
-    table.add_column("folder", overflow="fold")
-    for col in ("size", "loss fp", "loss q", "QiD ± SE"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_row("fp (source)", "", f"{source_bytes / 1e6:,.2f} MB", f"{fp.loss:.4f}", "", "")
-    for r in results:
-        table.add_row(r.export.format, str(r.export.path), f"{r.export.nbytes / 1e6:,.2f} MB", f"{fp.loss:.4f}",
-                      f"{r.loss:.4f}", f"{r.qid:+.4f} ± {r.qid_se:.4f}")
-    console.print(table)
-    console.print(f"N (non-embedding) = {counts.non_embedding:,}, total = {counts.total:,}; losses in nats/token on "
-                  f"{len(fp.per_window)} held-out windows; QiD = loss q − loss fp (paired standard error)")
 
 
 def write_record(path: Path, record: dict) -> None:

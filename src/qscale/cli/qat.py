@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from qscale.commands.common import (
+from qscale.cli.common import console as make_console
+from qscale.cli.output import report
+from qscale.cli.pipeline import (
     check_out,
     check_vocab,
     export_and_evaluate,
     export_dtype,
     held_out,
-    report,
     token_streams,
     write_record,
 )
@@ -132,7 +132,7 @@ def qat_command(
                           lora_alpha=lora_alpha, intervention=InterventionConfig() if intervention else None,
                           options=EfficientDMOptions(samples=samples) if recipe == "efficientdm" else None)
     out_dtype = export_dtype(dtype, model_dir)
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     seed_everything(seed)
 
     model = load_model(model_dir)

@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from transformers.pytorch_utils import Conv1D
 
-from qscale.commands.common import (
+from qscale.cli.common import console as make_console
+from qscale.cli.output import report
+from qscale.cli.pipeline import (
     FORMAT_CHOICES,
     check_out,
     check_vocab,
@@ -17,7 +18,6 @@ from qscale.commands.common import (
     export_dtype,
     formats,
     held_out,
-    report,
     token_streams,
     write_record,
 )
@@ -86,7 +86,7 @@ def quantize_command(
     cfg = PTQConfig(method, spec, n_calib=calib_windows, calib_seq_len=seq_len, act_order=act_order, skip=tuple(skip),
                     act_bits=act_bits, avg_bits=avg_bits)
     out_dtype = export_dtype(dtype, model_dir)
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     seed_everything(seed)
 
     model = load_model(model_dir)

@@ -1,4 +1,5 @@
-"""Options shared by the study commands, and comma-separated list options parsed with one-line errors."""
+"""Flags shared by ``qscale study qid`` and ``qscale study qat``, and comma-separated lists parsed with one-line
+errors."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ DATA_OPTION = typer.Option(None, "--data", help="Text corpus: .txt, .jsonl, .par
 TOKENIZER_OPTION = typer.Option(None, "--tokenizer", help="tokenizer.json to use. Default: a byte-level BPE "
                                 "trained on the train split (cached).")
 PROGRESS_OPTION = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+DB_OPTION = typer.Option(None, "--db", help="Result store: a SQLite file path (default: OUT/study.sqlite) or "
+                         "postgresql://user:pass@host/db (needs qscale[postgres]).")
+EXECUTOR_OPTION = typer.Option("local", "--executor", help="Where cells run: local (in this process) or ray "
+                               "(one Ray task per cell; needs qscale[ray]).")
+ADDRESS_OPTION = typer.Option("auto", "--address", help="Ray cluster for --executor ray: auto (the cluster this "
+                              "host belongs to), HOST:PORT, or local (start one here).")
+GPUS_OPTION = typer.Option(0.0, "--gpus-per-task", help="GPUs each Ray task reserves (e.g. 1 on a GPU cluster).")
 
 
 def parse_target(text: str | None) -> tuple[float, float, float] | None:

@@ -6,14 +6,24 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from qscale.study.backends import ADDRESS_OPTION, DB_OPTION, EXECUTOR_OPTION, GPUS_OPTION, make_executor
-from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, ints, names
+from qscale.cli.common import console as make_console
+from qscale.cli.study_options import (
+    ADDRESS_OPTION,
+    DATA_OPTION,
+    DB_OPTION,
+    EXECUTOR_OPTION,
+    GPUS_OPTION,
+    PROGRESS_OPTION,
+    TOKENIZER_OPTION,
+    ints,
+    names,
+)
+from qscale.study.backends import make_executor
 from qscale.study.qat import build_qat_study, run_qat_study
 
 
-def qat_command(
+def study_qat_command(
     preset: str = typer.Option("quick", "--preset", "-p", help="Study size: tiny (seconds, tests), quick "
                                "(< 15 min on 2 CPU cores), gpu (one GPU, bf16)."),
     out: Path = typer.Option(None, "--out", "-o", help="Study folder (study.sqlite, report/). Default: "
@@ -53,8 +63,8 @@ def qat_command(
     t0 = time.perf_counter()
     res = run_qat_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
                         executor=make_executor(executor, address, gpus_per_task))
-    console = Console(stderr=True)
-    console.print(f"QAT study [bold]{study.name}[/]: {study.out_dir}")
+    console = make_console(stderr=True)
+    console.print(f"QAT study {study.name}: {study.out_dir}")
     console.print(f"{res.computed} models trained/measured, {res.skipped} already in the store; "
                   f"{time.perf_counter() - t0:.0f} s in all.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))

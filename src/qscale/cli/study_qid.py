@@ -5,14 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from qscale.study.backends import ADDRESS_OPTION, DB_OPTION, EXECUTOR_OPTION, GPUS_OPTION, make_executor
-from qscale.study.options import DATA_OPTION, PROGRESS_OPTION, TOKENIZER_OPTION, floats, ints, names, parse_target
+from qscale.cli.common import console as make_console
+from qscale.cli.study_options import (
+    ADDRESS_OPTION,
+    DATA_OPTION,
+    DB_OPTION,
+    EXECUTOR_OPTION,
+    GPUS_OPTION,
+    PROGRESS_OPTION,
+    TOKENIZER_OPTION,
+    floats,
+    ints,
+    names,
+    parse_target,
+)
+from qscale.study.backends import make_executor
 from qscale.study.qid import build_study, run_qid_study
 
 
-def qid_command(
+def study_qid_command(
     preset: str = typer.Option("quick", "--preset", "-p", help="Study size: tiny (seconds, tests), quick "
                                "(< 15 min on 2 CPU cores), gpu (one GPU)."),
     out: Path = typer.Option(None, "--out", "-o", help="Study folder (suite checkpoints, study.sqlite, report/). "
@@ -63,8 +75,8 @@ def qid_command(
                         **{k: v for k, v in overrides.items() if v is not None})
     res = run_qid_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
                         executor=make_executor(executor, address, gpus_per_task))
-    console = Console(stderr=True)
-    console.print(f"QiD study [bold]{study.name}[/]: {study.out_dir}")
+    console = make_console(stderr=True)
+    console.print(f"QiD study {study.name}: {study.out_dir}")
     console.print(f"{res.computed} cells measured, {res.skipped} already in the store; {res.n_rows} rows reported.")
     console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
     for m, f in res.report.fits.items():
@@ -75,7 +87,7 @@ def qid_command(
                           f"gamma={f.params['gamma']:.3g} ({f.stats['n_points']} points, "
                           f"{f.excluded['total']} under the noise floor)")
         if f.noise.floor_ratio > 0.5:
-            console.print(f"[yellow]{m}: the noise floor ({f.noise.median_floor:.2g}) is not well below the fitted "
-                          f"QiD ({f.noise.median_qid_kept:.2g}); raise --eval-windows[/]")
+            console.print(f"{m}: the noise floor ({f.noise.median_floor:.2g}) is not well below the fitted "
+                          f"QiD ({f.noise.median_qid_kept:.2g}); raise --eval-windows", style="yellow")
     typer.echo(f"report: {res.report.folder / 'summary.md'}")
 

@@ -6,12 +6,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from qscale.cli.common import console as make_console
+from qscale.cli.output import loss_table
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.tokenizer import model_tokenizer
-from qscale.train.checkpoint import CheckpointInfo
 from qscale.train.config import TrainConfig
 from qscale.train.distributed import finish, is_main_process
 from qscale.train.loop import train
@@ -19,22 +18,6 @@ from qscale.train.suite import SUITE_PRESETS, get_preset, train_suite
 
 _QUICK = SUITE_PRESETS["quick"]
 _DEFAULT = _QUICK.base
-
-
-def loss_table(runs: dict[str, list[CheckpointInfo]], title: str) -> Table:
-    """Validation loss (nats/token) of every checkpoint: one row per step, one column per run."""
-    table = Table(title=title)
-    table.add_column("step", justify="right")
-    table.add_column("tokens D", justify="right")
-    for name, ckpts in runs.items():
-        n = ckpts[0].meta.get("N") if ckpts else None
-        table.add_column(f"{name} (N={n:,})" if n else name, justify="right")
-    by_step = {name: {c.step: c for c in ckpts} for name, ckpts in runs.items()}
-    for step in sorted({c.step for ckpts in runs.values() for c in ckpts}):
-        tokens = next(c.tokens for ckpts in runs.values() for c in ckpts if c.step == step)
-        cells = [f"{by_step[n][step].meta['val_loss']:.4f}" if step in by_step[n] else "" for n in runs]
-        table.add_row(str(step), f"{tokens:,}", *cells)
-    return table
 
 
 def train_command(
@@ -73,7 +56,7 @@ def train_command(
 
     Under ``torchrun --nproc_per_node K -m qscale.cli train ...`` the batch is split over K data-parallel
     processes (DDP; rank 0 writes)."""
-    console = Console()
+    console = make_console()
     if model is not None and preset is None:
         tokenizer = model_tokenizer(model, tokenizer)
     suite = get_preset(preset) if preset is not None else _QUICK

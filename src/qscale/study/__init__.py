@@ -8,7 +8,7 @@
   arrives, times phases, draws progress and writes the definition's report.
 - ``qid`` / ``qid_cells`` / ``grid``: the QiD study (Ouyang et al. 2024) on the built-in suite or the user's
   checkpoints (``checkpoints``); ``qat`` / ``qat_cells`` / ``qat_grid``: the QAT study (Chen et al. 2025).
-- ``cli`` / ``qat_cli`` / ``options``: ``qscale study qid`` and ``qscale study qat``.
+- the commands ``qscale study qid`` and ``qscale study qat`` live in :mod:`qscale.cli` (``study_qid``, ``study_qat``).
 
 Import the submodules directly; the package imports nothing.
 """

@@ -9,8 +9,6 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import typer
-
 from qscale.errors import QscaleError, require
 from qscale.study.core import Store, Table
 from qscale.study.executor import Executor, LocalExecutor
@@ -21,13 +19,6 @@ from qscale.study.store import SqliteStore
 LOCK_FILE = ".study.lock"
 EXECUTORS = ("local", "ray")
 
-DB_OPTION = typer.Option(None, "--db", help="Result store: a SQLite file path (default: OUT/study.sqlite) or "
-                         "postgresql://user:pass@host/db (needs qscale[postgres]).")
-EXECUTOR_OPTION = typer.Option("local", "--executor", help="Where cells run: local (in this process) or ray "
-                               "(one Ray task per cell; needs qscale[ray]).")
-ADDRESS_OPTION = typer.Option("auto", "--address", help="Ray cluster for --executor ray: auto (the cluster this "
-                              "host belongs to), HOST:PORT, or local (start one here).")
-GPUS_OPTION = typer.Option(0.0, "--gpus-per-task", help="GPUs each Ray task reserves (e.g. 1 on a GPU cluster).")
 
 
 def open_store(target: str | Path, tables: Sequence[Table] = ()) -> Store:

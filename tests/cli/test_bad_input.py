@@ -177,10 +177,11 @@ CASES = [  # (argv with {name} = inputs/name and {out} = a folder under the work
     # quantize / qat / export (checkpoint checks shared with eval)
     (["quantize", "{nan}", "--out", "{out}", *QDATA], "NaN or Inf"),
     (["quantize", "{missing-weight}", "--out", "{out}", *QDATA], "lacks 1 weight(s)"),
-    (["quantize", "{no-tokenizer}", "--out", "{out}"], "no tokenizer"),
+    (["quantize", "{no-tokenizer}", "--out", "{out}", "-g", "32"], "no tokenizer"),
     (["quantize", "{run}/step-000002", "--bits", "9", "--out", "{out}"], "bits"),
     (["quantize", "{run}/step-000002", "--method", "awq", "--out", "{out}"], "awq"),
-    (["quantize", "{run}/step-000002", "--eval-windows", "100000000", "--out", "{out}", *QDATA], "windows"),
+    (["quantize", "{run}/step-000002", "--eval-windows", "100000000", "-g", "32", "--out", "{out}", *QDATA],
+     "windows"),
     (["qat", "{run}/step-000002", "--recipe", "nope", "--out", "{out}"], "nope"),
     (["qat", "{run}/step-000002", "--seed", "-1", "--out", "{out}"], "--seed must be >= 0"),
     (["qat", "{extra-weight}", "--out", "{out}", "--data", "{other.txt}"], "does not use"),

@@ -53,12 +53,12 @@ def test_gpt2_rtn_asym_gptq_format_and_ct_refused(user_models, corpus, cache, tm
 
 @pytest.mark.parametrize("args,match", [
     (["--bits", "9"], "--bits"), (["--bits", "5", "--format", "gptq"], "GPTQ checkpoints hold"),
-    (["--format", "awq"], "--format"), (["--method", "awq"], "unknown PTQ method"), (["--group-size", "-1"], "group-size"),
+    (["--format", "awq"], "--format"), (["--method", "awq"], "--method must be one of"), (["--group-size", "-1"], "group-size"),
     (["--eval-windows", "100000"], "would overlap"), (["--seq-len", "4096"], "positions"),
     (["--skip", "re:("], "regular expression"), (["--tokenizer", "/nonexistent"], "does not exist"),
 ])
 def test_bad_input_one_line_exit_2(user_models, corpus, cache, tmp_path, capsys, args, match):
-    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "o"), *_data(corpus), *FAST, *args])
+    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "o"), *_data(corpus), *FAST, "-g", "32", *args])
     err = capsys.readouterr().err
     assert rc == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 

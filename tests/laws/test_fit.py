@@ -76,10 +76,10 @@ def test_non_convergence_raises_with_a_plain_message():
 
 
 @pytest.mark.parametrize("column,value,match", [
-    ("N", np.nan, "column 'N' row 3: value nan is not finite"),
-    ("D", np.inf, "column 'D' row 3: value inf is not finite"),
-    ("P", 0.0, "column 'P' row 3: value 0 must be > 0"),
-    ("qid", -0.1, "column 'qid' row 3: value -0.1 must be > 0"),
+    ("N", np.nan, "column 'N' data row 4: value nan is not finite"),
+    ("D", np.inf, "column 'D' data row 4: value inf is not finite"),
+    ("P", 0.0, "column 'P' data row 4: value 0 must be > 0"),
+    ("qid", -0.1, "column 'qid' data row 4: value -0.1 must be > 0"),
 ])
 def test_bad_values_are_named(column, value, match, qid_data):
     data = qid_data(0, 10)
@@ -99,7 +99,7 @@ def test_other_bad_inputs(qid_data):
         fit_law("qid", data, target="loss")
     with pytest.raises(QscaleError, match="unknown law"):
         fit_law("qidd", data)
-    with pytest.raises(QscaleError, match="row 1: 'x' is not a number"):
+    with pytest.raises(QscaleError, match="data row 2: 'x' is not a number"):
         fit_law("qid", {**data, "N": np.array([1e9, "x", 1e9, 1e9], dtype=object)})
     with pytest.raises(QscaleError, match="G.*must be > 1"):
         fit_law("qat", {"N": np.ones(9) * 1e8, "D": np.ones(9) * 1e10, "G": np.ones(9), "delta": np.ones(9)})

@@ -47,7 +47,7 @@ def test_effective_params_definition_and_reference():
     want = 400.0 / (N * np.array([1.0, 0.7])) ** 0.35 + 2000.0 / D**0.36 + 1.7
     np.testing.assert_allclose(get_law("effective_params").predict(p, {"N": N, "D": D, "precision": prec}), want,
                                rtol=1e-12)
-    with pytest.raises(QscaleError, match="row 1: label 'w2a2'"):
+    with pytest.raises(QscaleError, match="data row 2: label 'w2a2'"):
         get_law("effective_params").predict(p, {"N": N, "D": D, "precision": np.array(["16", "w2a2"])})
 
 

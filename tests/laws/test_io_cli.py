@@ -115,7 +115,7 @@ def test_fit_bad_input_exits_2(tmp_path, rows, capsys):
     rows[4]["qid"] = "nan"
     write_csv(tmp_path / "bad.csv", rows)
     assert main(["fit", "--law", "qid", "--data", str(tmp_path / "bad.csv"), "--col", "N=n_params"]) == 2
-    assert "column 'qid' row 4" in capsys.readouterr().err
+    assert "column 'qid' data row 5" in capsys.readouterr().err
     assert main(["fit", "--law", "nope", "--data", str(tmp_path / "bad.csv")]) == 2
     assert "unknown law 'nope'" in capsys.readouterr().err
     assert main(["fit", "--law", "qid", "--data", str(tmp_path / "bad.csv"), "--n-boot", "50"]) == 2

@@ -4,8 +4,6 @@ consoles that print user text literally, and the ``--progress`` flag."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
 import typer
 from rich.console import Console
 
@@ -68,11 +66,3 @@ def run_command(command, argv: list[str] | None) -> int:
         print(INTERRUPTED_MESSAGE, file=sys.stderr)
     return code if isinstance(code, int) else 0
 
-
-def not_same_folder(src: Path, out: Path, what: str = "model") -> None:
-    """``--out`` must be neither the source folder nor inside it."""
-    s, o = src.resolve(), out.resolve()
-    if o == s:
-        raise QscaleError(f"--out must not be the {what} folder itself ({src})")
-    if s.is_dir() and o.is_relative_to(s):
-        raise QscaleError(f"--out {out} is inside the {what} folder {src}: choose a folder outside it")

@@ -8,11 +8,13 @@ from pathlib import Path
 import typer
 
 from qscale.cli.common import console as make_console
-from qscale.cli.pipeline import check_out, export_dtype, formats, write_record
+from qscale.cli.pipeline import FORMAT_CHOICES, check_out, export_dtype, formats, write_record
 from qscale.errors import require
 from qscale.export import export_model, load_quantized
 from qscale.export.folder import copy_aux_files
 from qscale.export.onnx import OPSET, export_onnx
+
+EXPORT_FORMATS = (*FORMAT_CHOICES, "onnx")
 
 
 def export_command(
@@ -23,8 +25,8 @@ def export_command(
     dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."),
 ) -> None:
     """Write the quantized model in SRC in another packed format (the integer codes are copied, never re-quantized)."""
-    require(src.resolve() != out.resolve(), "--out must not be the source folder itself")
-    check_out(out)
+    check_out(out, src, "source")
+    require(fmt in EXPORT_FORMATS, f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     if fmt == "onnx":
         model = load_quantized(src)
         path = export_onnx(model, out / "model.onnx")

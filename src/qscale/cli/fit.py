@@ -21,6 +21,7 @@ from qscale.laws.plot import plot_observed_vs_predicted
 from qscale.laws.registry import LAWS, get_law
 from qscale.laws.screen import screen_rows
 from qscale.laws.uncertainty import samples_record
+from qscale.paths import check_out_file
 from qscale.provenance import to_jsonable
 
 LAW_HELP = f"Law form: {', '.join(sorted(LAWS))}."
@@ -55,8 +56,8 @@ def fit_command(
         raise QscaleError(f"--holdout must be N or D, got {holdout!r}")
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise QscaleError(f"--plot {plot}: use a .png, .pdf or .svg file name")
-    if plot is not None and not plot.parent.is_dir():
-        raise QscaleError(f"--plot {plot}: folder {plot.parent} does not exist")
+    if plot is not None:
+        check_out_file(plot, "--plot")
     rows = load_table(data, table=table, where=where, columns=parse_column_map(col))
     target = target or get_law(law).target
     rows, screening = screen_rows(rows, target, NoisePolicy(noise_k))

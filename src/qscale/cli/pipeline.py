@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from qscale.data import DataConfig, TokenStreams, load_token_streams
 from qscale.data.batches import check_eval_windows, eval_windows
@@ -17,20 +18,39 @@ from qscale.errors import require
 from qscale.evaluate.loss import EvalResult, evaluate
 from qscale.export import ExportResult, export_model, load_quantized
 from qscale.models.load import model_positions
+from qscale.paths import check_out_folder, outside
 from qscale.provenance import atomic_write_json, versions
 from qscale.evaluate.noise import paired_se
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FORMAT_CHOICES = ("compressed-tensors", "gptq", "qscale", "all")
+EVAL_DATA_HELP = ("Held-out text: only its validation split is used, as for training data (of a folder, the ~5% of "
+                  "files whose path hash falls in the validation bucket; of a single file, its last 5% of "
+                  "characters). Default: the embedded corpus.")
 
 
-def check_out(out: Path) -> None:
-    """``--out`` may be new, empty, or a previous qscale output (replaced); never an unrelated folder."""
+def check_out(out: Path, source: Path, what: str = "model") -> None:
+    """``--out`` may be new, empty, or a previous qscale output (replaced); never an unrelated folder, a file, a
+    place that cannot be written, or the source folder or a folder inside it."""
+    outside(out, source, what)
+    check_out_folder(out)
     if out.exists():
-        require(out.is_dir(), f"--out {out} exists and is not a folder")
         ours = any((out / f).is_file() for f in ("qscale-quantize.json", "qscale-qat.json", "qscale-export.json"))
         require(ours or not any(out.iterdir()),
                 f"--out {out} exists and is not a qscale output: choose another folder or remove it")
+
+
+def check_group_widths(layers: dict[str, nn.Module], group_size: int | None) -> None:
+    """compressed-tensors needs ``--group-size`` to divide every quantized layer's input width (checked before
+    any calibration or training, not when the folder is written)."""
+    if not group_size:
+        return
+    for name, layer in layers.items():
+        width = layer.weight.shape[0] if isinstance(layer, Conv1D) else layer.in_features
+        require(width % group_size == 0,
+                f"--group-size {group_size} does not divide the {width} input columns of layer {name}, which "
+                f"compressed-tensors needs: use a --group-size that divides {width}, 0 (per channel), or "
+                "--format qscale")
 
 
 def token_streams(data: Path | None, tokenizer: Path, progress: bool) -> TokenStreams:

@@ -10,16 +10,21 @@ re-run with the same command resumes where it stopped; a different model, data o
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import time
 from pathlib import Path
 
 import typer
+from transformers.pytorch_utils import Conv1D
 
 from qscale.cli.common import console as make_console
 from qscale.cli.output import report
 from qscale.cli.pipeline import (
+    EVAL_DATA_HELP,
+    FORMAT_CHOICES,
+    check_group_widths,
     check_out,
     check_vocab,
     export_and_evaluate,
@@ -36,6 +41,7 @@ from qscale.export import folder_bytes
 from qscale.export.compressed_tensors import check_layer
 from qscale.export.folder import quantized_layers
 from qscale.models import count_params, load_model
+from qscale.paths import check_out_folder
 from qscale.provenance import config_hash, seed_everything, to_jsonable
 from qscale.qat import (
     RECIPES,
@@ -48,6 +54,7 @@ from qscale.qat import (
     qat_finetune,
 )
 from qscale.qat.doublerounding import joint_finetune
+from qscale.qat.prepare import plan_layers
 from qscale.qat.efficientdm import EfficientDMOptions, self_generated_batches
 from qscale.qat.efficientqat import block_ap, freeze_codes
 
@@ -87,6 +94,51 @@ def _auto_format(model, fmt: str) -> str:
     return "compressed-tensors"
 
 
+_REQUEST = ("recipe", "tokens", "w_bits", "a_bits", "group_size", "rule", "rank", "lora_alpha", "samples", "lr",
+            "batch_size", "seq_len", "data", "eval_data", "eval_windows", "tokenizer", "fmt", "dtype", "block_steps",
+            "calib_windows", "joint_bits", "seed", "distill", "intervention")
+_RECIPE_OPTIONS = {  # flag -> (recipes that read it, default)
+    "--rank": (("lrqat", "l4q", "efficientdm", "qvgen"), 16),
+    "--lora-alpha": (("lrqat", "l4q", "efficientdm"), 16.0),
+    "--samples": (("efficientdm",), 256),
+    "--block-steps": (("efficientqat",), 50),
+    "--calib-windows": (("efficientqat",), 32),
+    "--joint-bits": (("double-rounding",), "8,6,4,2"),
+}
+
+
+def _recipe_options(recipe: str, given: dict) -> dict:
+    """Recipe-specific flags: refused when the recipe would ignore them, else given or their default."""
+    out = {}
+    for flag, value in given.items():
+        recipes, default = _RECIPE_OPTIONS[flag]
+        require(value is None or recipe in recipes,
+                f"{flag} applies to --recipe {' / '.join(recipes)} only; {recipe} would ignore it")
+        out[flag] = default if value is None else value
+    return out
+
+
+def _finished(out: Path, request: dict) -> bool:
+    """Whether ``out`` holds the record of a finished run with these very flags."""
+    try:
+        return json.loads((out / "qscale-qat.json").read_text()).get("request") == request
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_format(model, cfg: QATRecipeConfig, fmt: str) -> None:
+    """Before training: a standard format (compressed-tensors, gptq) can hold the layers QAT will produce."""
+    plans = plan_layers(model, cfg)
+    require(all(p.a_bits == 16 for p in plans.values()),
+            f"quantized activations (--a-bits, --rule ...a<N>) are stored by --format qscale only, not {fmt}")
+    if fmt in ("compressed-tensors", "all"):
+        layers = {name: model.get_submodule(name) for name in plans}
+        require(not any(isinstance(m, Conv1D) for m in layers.values()),
+                "compressed-tensors only replaces nn.Linear modules; this model's linear layers are GPT-2 style "
+                "Conv1D: use --format gptq or qscale")
+        check_group_widths(layers, cfg.group_size)
+
+
 def qat_command(
     model_dir: Path = typer.Argument(..., help="Local Hugging Face causal-LM folder to fine-tune."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder of the quantized model."),
@@ -98,22 +150,23 @@ def qat_command(
     rule: list[str] = typer.Option([], "--rule", help="Mixed precision, repeatable: PATTERN=w8a8, PATTERN=a8 or PATTERN=skip (glob or re:regex)."),
     distill: bool = typer.Option(False, "--distill/--no-distill", help="Distil from the full-precision model (KL + CE)."),
     intervention: bool = typer.Option(False, "--intervention/--no-intervention", help="Teacher Intervention (Kim et al. 2023): over the first half of the steps the full-precision model's self-attention output, context, then attention map replace the student's in every layer, then plain QAT; trains on TernaryBERT's distillation loss (instead of --distill's)."),
-    rank: int = typer.Option(16, "--rank", help="lrqat / l4q / efficientdm: rank r of the trained update (α/r)·A·B; qvgen: initial rank of the auxiliary branches."),
-    lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="lrqat / l4q / efficientdm: α of the update (α/r)·A·B."),
-    samples: int = typer.Option(256, "--samples", help="efficientdm: sequences sampled from the full-precision model to train on."),
+    rank: int = typer.Option(None, "--rank", help="lrqat / l4q / efficientdm: rank r of the trained update (α/r)·A·B; qvgen: initial rank of the auxiliary branches (default 16)."),
+    lora_alpha: float = typer.Option(None, "--lora-alpha", help="lrqat / l4q / efficientdm: α of the update (α/r)·A·B (default 16)."),
+    samples: int = typer.Option(None, "--samples", help="efficientdm: sequences sampled from the full-precision model to train on (default 256)."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW, warmup then cosine to 10%)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training and evaluation window."),
     data: Path = typer.Option(None, "--data", help="Training text (train split). Default: the embedded corpus."),
-    eval_data: Path = typer.Option(None, "--eval-data", help="Held-out text (validation split). Default: --data."),
+    eval_data: Path = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP.replace("the embedded corpus", "--data")),
     eval_windows: int = typer.Option(64, "--eval-windows", help="Held-out windows for the loss before and after."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="Tokenizer (default: the model folder's own)."),
     fmt: str = typer.Option("auto", "--format", help="compressed-tensors, gptq, qscale, or auto (compressed-tensors where it can hold the layers, else qscale)."),
     dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."),
     save_every: int = typer.Option(50, "--save-every", help="Save the resume state every this many steps."),
-    block_steps: int = typer.Option(50, "--block-steps", help="efficientqat: Block-AP steps per decoder block."),
-    calib_windows: int = typer.Option(32, "--calib-windows", help="efficientqat: Block-AP calibration windows (train split)."),
-    joint_bits: str = typer.Option("8,6,4,2", "--joint-bits", help="double-rounding: precisions trained jointly, highest = --w-bits (default 8); serve any with qscale eval --bits."),
+    block_steps: int = typer.Option(None, "--block-steps", help="efficientqat: Block-AP steps per decoder block (default 50)."),
+    calib_windows: int = typer.Option(None, "--calib-windows", help="efficientqat: Block-AP calibration windows (train split; default 32)."),
+    joint_bits: str = typer.Option(None, "--joint-bits", help="double-rounding: precisions trained jointly, highest = --w-bits (default 8,6,4,2); serve any with qscale eval --bits."),
+    redo: bool = typer.Option(False, "--redo", help="Train again even if --out already holds this finished run."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
@@ -124,8 +177,23 @@ def qat_command(
     require(lr > 0, f"--lr must be positive, got {lr}")
     require(seed >= 0, f"--seed must be >= 0, got {seed}")
     require(group_size >= 0, f"--group-size must be >= 0 (0 = per channel), got {group_size}")
-    require(model_dir.resolve() != out.resolve(), "--out must not be the model folder itself")
-    check_out(out)
+    check_out(out, model_dir, "model")
+    check_out_folder(out.parent)  # the resume state lives next to --out
+    require(fmt in (*FORMAT_CHOICES, "auto"), f"--format must be one of {', '.join(FORMAT_CHOICES)} or auto, got {fmt!r}")
+    require(recipe in RECIPES, f"unknown QAT recipe {recipe!r}; choose from {', '.join(sorted(RECIPES))}")
+    opts = _recipe_options(recipe, {"--rank": rank, "--lora-alpha": lora_alpha, "--samples": samples,
+                                    "--block-steps": block_steps, "--calib-windows": calib_windows,
+                                    "--joint-bits": joint_bits})
+    rank, lora_alpha, samples = opts["--rank"], opts["--lora-alpha"], opts["--samples"]
+    block_steps, calib_windows, joint_bits = opts["--block-steps"], opts["--calib-windows"], opts["--joint-bits"]
+    given = locals()
+    request = {k: str(given[k]) if isinstance(given[k], Path) else given[k] for k in _REQUEST}
+    request["model_dir"] = str(model_dir.resolve())
+    if not redo and _finished(out, request):
+        console = make_console(stderr=True)
+        console.print(f"{out} already holds this finished run (qscale-qat.json, same flags): nothing to do; "
+                      "pass --redo to train it again")
+        return
     cfg = QATRecipeConfig(recipe, w_bits=w_bits, a_bits=a_bits, group_size=group_size or None,
                           rules=tuple(parse_rule(r) for r in rule),
                           distill=DistillConfig() if distill and not intervention else None, rank=rank,
@@ -137,6 +205,8 @@ def qat_command(
 
     model = load_model(model_dir)
     counts = count_params(model)
+    if fmt in ("compressed-tensors", "gptq", "all"):
+        _check_format(model, cfg, fmt)
     tok = model_tokenizer(model_dir, tokenizer)
     train_streams = token_streams(data, tok, progress)
     eval_streams = train_streams if eval_data in (None, data) else token_streams(eval_data, tok, progress)
@@ -181,7 +251,7 @@ def qat_command(
     report(f"QAT {cfg.label}{extra}, {steps} steps: {model_dir}", counts, fp, results,
            folder_bytes(model_dir))
     write_record(out / "qscale-qat.json", {
-        "command": "qat", **run, "steps": steps, "train_loss_first": losses[0] if losses else None,
+        "command": "qat", "request": request, **run, "steps": steps, "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None, "eval_windows": eval_windows, "loss_fp": fp.loss,
         "results": [{"format": r.export.format, "path": str(r.export.path), "bytes": r.export.nbytes,
                      "loss": r.loss, "qid": r.qid, "qid_se": r.qid_se} for r in results],

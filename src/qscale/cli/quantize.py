@@ -11,7 +11,9 @@ from transformers.pytorch_utils import Conv1D
 from qscale.cli.common import console as make_console
 from qscale.cli.output import report
 from qscale.cli.pipeline import (
+    EVAL_DATA_HELP,
     FORMAT_CHOICES,
+    check_group_widths,
     check_out,
     check_vocab,
     export_and_evaluate,
@@ -31,7 +33,19 @@ from qscale.models import count_params, load_model
 from qscale.provenance import seed_everything, to_jsonable
 from qscale.ptq import PTQConfig, quantize_model
 from qscale.ptq.layers import quantizable
+from qscale.ptq.registry import PTQ_METHODS
 from qscale.quant import QuantSpec
+
+
+def _check_flags(method: str, act_order: bool, avg_bits: float | None) -> None:
+    """Options the chosen method would ignore are refused, by their flag names."""
+    require(method in PTQ_METHODS, f"--method must be one of {', '.join(PTQ_METHODS)}, got {method!r}")
+    require(not act_order or method == "gptq", f"--act-order applies to --method gptq only (it orders GPTQ's column "
+                                               f"updates); {method} would ignore it")
+    if avg_bits is not None:
+        require(method == "learned-round", f"--avg-bits (mixed precision) applies to --method learned-round only, "
+                                           f"not {method}")
+        require(2 <= avg_bits <= 8, f"--avg-bits must be in 2..8, got {avg_bits:g}")
 
 
 def _check_formats(model, cfg: PTQConfig, fmts: list[str]) -> None:
@@ -40,6 +54,8 @@ def _check_formats(model, cfg: PTQConfig, fmts: list[str]) -> None:
     if "compressed-tensors" in fmts and any(isinstance(m, Conv1D) for m in targets.values()):
         raise QscaleError("compressed-tensors only replaces nn.Linear modules; this model's linear layers are GPT-2 "
                           "style Conv1D: use --format gptq or qscale")
+    if "compressed-tensors" in fmts:
+        check_group_widths(targets, cfg.spec.group_size)
     if cfg.method == "qllm" or cfg.act_bits != 16:
         require(fmts == ["qscale"], "quantized activations (--act-bits) and QLLM's channel reassembly are stored by "
                                     "--format qscale only")
@@ -53,17 +69,17 @@ def _check_formats(model, cfg: PTQConfig, fmts: list[str]) -> None:
 def quantize_command(
     model_dir: Path = typer.Argument(..., help="Local Hugging Face causal-LM folder (Llama, GPT-NeoX/Pythia, GPT-2, ...)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (for --format all: one subfolder per format)."),
-    method: str = typer.Option("gptq", help="PTQ method: gptq, rtn, learned-round or qllm."),
+    method: str = typer.Option("gptq", help=f"PTQ method: {', '.join(PTQ_METHODS)}."),
     bits: int = typer.Option(4, help="Weight bit width, 2..8."),
     avg_bits: float = typer.Option(None, "--avg-bits", help="learned-round: importance-based mixed precision, 2..8 bits per layer averaging this (replaces --bits); compressed-tensors or qscale."),
     act_bits: int = typer.Option(16, "--act-bits", help="Input-activation bits (per-token absmax; qllm: asymmetric min/max; 2..8); 16 = weights only. Needs --format qscale."),
     group_size: int = typer.Option(128, "--group-size", "-g", help="Input columns per scale; 0 = one scale per output channel."),
     sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid (s = 2·absmax/(2^b−1), GPTQ/compressed-tensors) or asymmetric with zero points."),
-    act_order: bool = typer.Option(False, "--act-order/--no-act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal (static groups)."),
+    act_order: bool = typer.Option(False, "--act-order/--no-act-order", help="GPTQ only: quantize columns by decreasing Hessian diagonal (static groups)."),
     skip: list[str] = typer.Option(["*lm_head"], "--skip", help="Layers kept in full precision (glob or re:regex on the qualified name; repeat). Embeddings always are."),
     calib_data: Path = typer.Option(None, "--calib-data", help="Calibration text (.txt/.jsonl/.parquet or folder; train split). Default: the embedded corpus."),
     calib_windows: int = typer.Option(128, "--calib-windows", help="Calibration windows (GPTQ)."),
-    eval_data: Path = typer.Option(None, "--eval-data", help="Held-out text (validation split). Default: the embedded corpus."),
+    eval_data: Path = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP),
     eval_windows: int = typer.Option(64, "--eval-windows", help="Held-out windows for the loss before and after."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration and evaluation window."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="Tokenizer (default: the model folder's own)."),
@@ -72,15 +88,15 @@ def quantize_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
-    """Quantize MODEL_DIR with RTN or GPTQ into a packed folder vLLM/transformers load, and print the loss it cost."""
+    """Quantize MODEL_DIR (PTQ: gptq, rtn, learned-round or qllm) into a packed folder, and print the loss it cost."""
     t0 = time.perf_counter()
     require(2 <= bits <= 8, f"--bits must be in 2..8, got {bits}")
     require(group_size >= 0, f"--group-size must be >= 0 (0 = per channel), got {group_size}")
     require(calib_windows >= 1, f"--calib-windows must be >= 1, got {calib_windows}")
     require(seq_len >= 1, f"--seq-len must be >= 1, got {seq_len}")
     require(seed >= 0, f"--seed must be >= 0, got {seed}")
-    require(model_dir.resolve() != out.resolve(), "--out must not be the model folder itself")
-    check_out(out)
+    check_out(out, model_dir, "model")
+    _check_flags(method, act_order, avg_bits)
     fmts = formats(fmt)
     spec = QuantSpec(bits, sym, "group" if group_size else "channel", group_size or None)
     cfg = PTQConfig(method, spec, n_calib=calib_windows, calib_seq_len=seq_len, act_order=act_order, skip=tuple(skip),

@@ -4,11 +4,13 @@ errors."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import typer
 
 from qscale.errors import QscaleError
+from qscale.paths import check_out_folder
 
 T = TypeVar("T")
 
@@ -44,8 +46,9 @@ DB_OPTION = typer.Option(None, "--db", help="Result store: a SQLite file path (d
                          "postgresql://user:pass@host/db (needs qscale[postgres]).")
 EXECUTOR_OPTION = typer.Option("local", "--executor", help="Where cells run: local (in this process) or ray "
                                "(one Ray task per cell; needs qscale[ray]).")
-ADDRESS_OPTION = typer.Option("auto", "--address", help="Ray cluster for --executor ray: auto (the cluster this "
-                              "host belongs to), HOST:PORT, or local (start one here).")
+ADDRESS_OPTION = typer.Option(None, "--address", help="Ray cluster for --executor ray. Default: as ray.init() - "
+                              "the cluster this host belongs to (RAY_ADDRESS, the latest 'ray start'), else a new "
+                              "local one; auto: join an existing cluster only; HOST:PORT: that cluster.")
 GPUS_OPTION = typer.Option(0.0, "--gpus-per-task", help="GPUs each Ray task reserves (e.g. 1 on a GPU cluster).")
 
 
@@ -57,3 +60,13 @@ def parse_target(text: str | None) -> tuple[float, float, float] | None:
     if len(values) != 3 or not all(v > 0 for v in values):
         raise QscaleError(f"--target must be three positive numbers N,D,P (e.g. 7e9,2e12,4), got {text!r}")
     return values
+
+
+def check_study_paths(out_dir: Path, db: str | None) -> None:
+    """Before any cell runs: the study folder (and a SQLite ``--db`` path) can be written."""
+    check_out_folder(out_dir)
+    if db and "://" not in db:
+        path = Path(db.removeprefix("sqlite://"))
+        if path.is_dir():
+            raise QscaleError(f"--db {db} is a folder: give the path of a .sqlite file")
+        check_out_folder(path.parent, "--db")

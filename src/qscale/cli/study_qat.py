@@ -9,6 +9,7 @@ import typer
 
 from qscale.cli.common import console as make_console
 from qscale.cli.study_options import (
+    check_study_paths,
     ADDRESS_OPTION,
     DATA_OPTION,
     DB_OPTION,
@@ -61,6 +62,7 @@ def study_qat_command(
                             compare=compare, qid_dir=qid_dir, checkpoints=checkpoints,
                             tokens_per_step=tokens_per_step)
     t0 = time.perf_counter()
+    check_study_paths(study.out_dir, db)
     res = run_qat_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
                         executor=make_executor(executor, address, gpus_per_task))
     console = make_console(stderr=True)

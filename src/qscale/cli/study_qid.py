@@ -8,6 +8,7 @@ import typer
 
 from qscale.cli.common import console as make_console
 from qscale.cli.study_options import (
+    check_study_paths,
     ADDRESS_OPTION,
     DATA_OPTION,
     DB_OPTION,
@@ -73,6 +74,7 @@ def study_qid_command(
                         thresholds=floats(threshold, "--threshold"), checkpoints=checkpoints,
                         tokens_per_step=tokens_per_step, calib_data=calib_data, target=parse_target(target),
                         **{k: v for k, v in overrides.items() if v is not None})
+    check_study_paths(study.out_dir, db)
     res = run_qid_study(study, progress=progress, db=db,  # every check before the first write: errors are one line
                         executor=make_executor(executor, address, gpus_per_task))
     console = make_console(stderr=True)

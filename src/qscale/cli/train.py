@@ -7,10 +7,13 @@ from pathlib import Path
 
 import typer
 
+from qscale.cli.common import PROGRESS_OPTION
 from qscale.cli.common import console as make_console
 from qscale.cli.output import loss_table
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.tokenizer import model_tokenizer
+from qscale.models.load import require_full_precision
+from qscale.paths import check_out_folder, outside
 from qscale.train.config import TrainConfig
 from qscale.train.distributed import finish, is_main_process
 from qscale.train.loop import train
@@ -51,13 +54,19 @@ def train_command(
     preset: str = typer.Option(None, help="Train a whole suite preset (tiny, quick, gpu) instead of one model; "
                                           "only --seed and the data options apply then."),
     max_files: int = typer.Option(None, help="Use at most this many documents of the corpus (quick trials)."),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Train a Llama model (or a preset suite) with Pythia-style log-spaced checkpoints; re-run to resume.
 
     Under ``torchrun --nproc_per_node K -m qscale.cli train ...`` the batch is split over K data-parallel
     processes (DDP; rank 0 writes)."""
     console = make_console()
+    name = size if model is None else model.name
+    out = out or Path("runs") / (f"suite-{preset}" if preset is not None else f"train-{name}")
+    check_out_folder(out)
     if model is not None and preset is None:
+        outside(out, model, "--model")
+        require_full_precision(model)
         tokenizer = model_tokenizer(model, tokenizer)
     suite = get_preset(preset) if preset is not None else _QUICK
     vocab_size = suite.vocab_size if vocab_size is None else vocab_size
@@ -67,7 +76,7 @@ def train_command(
             suite = replace(suite, base=replace(suite.base, seed=seed))
         if compile_model:
             suite = replace(suite, base=replace(suite.base, compile=True))
-        runs = train_suite(suite, load_token_streams(data_cfg), out or Path("runs") / f"suite-{preset}")
+        runs = train_suite(suite, load_token_streams(data_cfg, progress=progress), out, progress=progress)
         finish()
         if is_main_process():
             console.print(loss_table(runs, f"validation loss (nats/token) on {suite.base.eval_windows} windows x "
@@ -79,8 +88,7 @@ def train_command(
     cfg = TrainConfig(size=size, tokens=tokens, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len,
                       lr=lr, embed_lr=embed_lr, schedule=schedule, warmup_steps=warmup_steps, seed=seed or 0,
                       ckpt_every=ckpt_every, model=model, device=device, compile=compile_model)
-    name = size if model is None else model.name
-    ckpts = train(cfg, load_token_streams(data_cfg), out or Path("runs") / f"train-{name}")
+    ckpts = train(cfg, load_token_streams(data_cfg, progress=progress), out, progress=progress)
     finish()
     if is_main_process():
         console.print(loss_table({name: ckpts}, f"validation loss (nats/token) on {cfg.eval_windows} windows x "

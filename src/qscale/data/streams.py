@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from qscale.data.corpus import load_corpus
 from qscale.data.tokenizer import cached_bpe, eos_id, load_tokenizer, tokenizer_hash
-from qscale.errors import require
+from qscale.errors import QscaleError, require
 
 _CHUNK_DOCS = 64
 
@@ -99,6 +99,11 @@ def _build(corpus, tok: Tokenizer, folder: Path, dtype: np.dtype, progress: bool
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cache_error(cache: Path, e: OSError) -> QscaleError:
+    return QscaleError(f"cannot write the token cache in {cache} ({e.strerror or type(e).__name__}): set QSCALE_CACHE "
+                       "to a writable folder")
+
+
 def load_token_streams(cfg: DataConfig, progress: bool = True) -> TokenStreams:
     """Read the corpus, get the tokenizer and the (cached) token streams for ``cfg``."""
     cache = cfg.resolved_cache_dir()
@@ -107,8 +112,11 @@ def load_token_streams(cfg: DataConfig, progress: bool = True) -> TokenStreams:
     vocab, thash = tok.get_vocab_size(), tokenizer_hash(tok)
     folder = cache / "streams" / f"{corpus.fingerprint}-{thash}"
     if not (folder / "meta.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _build(corpus, tok, folder, _dtype(vocab), progress)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _build(corpus, tok, folder, _dtype(vocab), progress)
+        except OSError as e:
+            raise cache_error(cache, e) from e
     meta = json.loads((folder / "meta.json").read_text())
     arrays = {
         s: np.memmap(folder / f"{s}.bin", dtype=meta["dtype"], mode="r", shape=(meta[s],)) for s in ("train", "val")

@@ -61,7 +61,11 @@ def cached_bpe(texts: list[str], vocab_size: int, cache_dir: Path) -> Tokenizer:
     if path.is_file():
         return Tokenizer.from_file(str(path))
     tok = train_bpe(prefix, vocab_size)
-    atomic_write_bytes(path, tok.to_str().encode())
+    try:
+        atomic_write_bytes(path, tok.to_str().encode())
+    except OSError as e:
+        raise QscaleError(f"cannot write the tokenizer cache in {cache_dir} ({e.strerror or type(e).__name__}): "
+                          "set QSCALE_CACHE to a writable folder") from e
     return tok
 
 

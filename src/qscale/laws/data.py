@@ -1,4 +1,7 @@
-"""Validation of a law's inputs and target: every bad value is reported with its column and row."""
+"""Validation of a law's inputs and target: every bad value is reported with its column and row.
+
+Rows are numbered as a user counts them in a file: ``data row 1`` is the first row under the header.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,11 @@ from qscale.errors import QscaleError
 
 if TYPE_CHECKING:  # annotations only: forms imports this module
     from qscale.laws.forms import LawForm
+
+
+def data_row(i: int) -> str:
+    """The 0-based index ``i`` as a user numbers rows: ``data row 1`` is the first row under the header."""
+    return f"data row {int(i) + 1}"
 
 
 def label_of(value: object) -> str:
@@ -36,7 +44,7 @@ def _numeric(name: str, values: object) -> np.ndarray:
             try:
                 float(v)
             except (TypeError, ValueError):
-                raise QscaleError(f"column {name!r} row {i}: {v!r} is not a number") from None
+                raise QscaleError(f"column {name!r} {data_row(i)}: {v!r} is not a number") from None
         raise
 
 
@@ -45,12 +53,12 @@ def check_column(name: str, values: object, greater_than: float | None = None) -
     x = _numeric(name, values).ravel()
     bad = np.flatnonzero(~np.isfinite(x))
     if bad.size:
-        raise QscaleError(f"column {name!r} row {bad[0]}: value {x[bad[0]]} is not finite")
+        raise QscaleError(f"column {name!r} {data_row(bad[0])}: value {x[bad[0]]} is not finite")
     if greater_than is not None:
         bad = np.flatnonzero(x <= greater_than)
         if bad.size:
             why = "its logarithm is taken" if greater_than == 0 else "the law needs it"
-            raise QscaleError(f"column {name!r} row {bad[0]}: value {x[bad[0]]:g} must be > {greater_than:g} ({why})")
+            raise QscaleError(f"column {name!r} {data_row(bad[0])}: value {x[bad[0]]:g} must be > {greater_than:g} ({why})")
     return x
 
 
@@ -74,7 +82,7 @@ def check_inputs(form: LawForm, inputs: Mapping[str, object]) -> dict[str, np.nd
             if unknown.size:
                 i = unknown[0]
                 raise QscaleError(
-                    f"column {c!r} row {i}: label {labs[i]!r} has no fitted parameter "
+                    f"column {c!r} {data_row(i)}: label {labs[i]!r} has no fitted parameter "
                     f"(known: {', '.join(form.labels)})"
                 )
         if c == form.label_input and c not in form.log_inputs:

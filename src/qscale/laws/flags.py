@@ -37,7 +37,7 @@ def check_flags(form: LawForm, inputs: Mapping[str, object]) -> None:
 def flag_message(message: str) -> str:
     """A validation message about a data column, reworded to name the flag the user typed."""
     for name, flag in {**FLAGS, "value": "the threshold"}.items():
-        message = message.replace(f"column {name!r} row 0", flag)
+        message = message.replace(f"column {name!r} data row 1", flag)
     return message
 
 

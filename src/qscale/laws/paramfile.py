@@ -44,6 +44,20 @@ class ParamFile:
     unfitted: dict[str, str] = field(default_factory=dict)  # study methods without a fit: the reason
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked(params: Mapping, where: str) -> dict:
+    """Every parameter a number, or an object of numbers (per-label parameters such as effective_params')."""
+    for name, value in params.items():
+        values = value.values() if isinstance(value, Mapping) else [value]
+        bad = next((v for v in values if not _number(v)), None)
+        if bad is not None or not values:
+            raise QscaleError(f"{where}: parameter {name!r} is {json.dumps(value)}, not a number")
+    return dict(params)
+
+
 def _law_name(obj: Mapping) -> str | None:
     for key in ("law_name", "law"):
         if isinstance(obj.get(key), str) and obj[key] in LAWS:
@@ -61,7 +75,8 @@ def _study(obj: Mapping, path: Path) -> ParamFile:
         if not isinstance(e, Mapping):
             raise QscaleError(f"{path}: entry {name!r} of '{key}' must be an object")
         if isinstance(e.get("params"), Mapping):
-            entries[str(name)] = ParamEntry(dict(e["params"]), e.get("bootstrap"), _law_name(e))
+            params = _checked(e["params"], f"{path} ({name})")
+            entries[str(name)] = ParamEntry(params, e.get("bootstrap"), _law_name(e))
         else:
             unfitted[str(name)] = str(e.get("error") or "not fitted")
     return ParamFile(_law_name(obj), str(path), recorded_ranges(obj), entries, unfitted)
@@ -89,4 +104,4 @@ def load_params(spec: str) -> ParamFile:
     if not isinstance(params, dict):
         raise QscaleError(f"{path}: 'params' must be an object")
     law = obj.get("law") if isinstance(obj.get("law"), str) else None
-    return ParamFile(law, str(path), recorded_ranges(obj), {"": ParamEntry(params, obj.get("bootstrap"))})
+    return ParamFile(law, str(path), recorded_ranges(obj), {"": ParamEntry(_checked(params, str(path)), obj.get("bootstrap"))})

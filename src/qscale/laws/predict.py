@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from qscale.errors import QscaleError
-from qscale.laws.data import check_column, labels_of
+from qscale.laws.data import check_column, data_row, labels_of
 from qscale.laws.fit import get_form
 from qscale.laws.forms import LawForm
 from qscale.laws.losslaws import Chinchilla, EffectiveParams
@@ -88,7 +88,7 @@ def _invert_loss(form: LawForm, params: Mapping[str, object], others: Mapping[st
         scale, exponent = B, beta
     bad = np.flatnonzero(rest <= 0)
     if bad.size:
-        raise QscaleError(f"loss {target[bad[0]]:g} is not reachable by varying {var} (row {bad[0]}): "
+        raise QscaleError(f"loss {target[bad[0]]:g} is not reachable by varying {var} ({data_row(bad[0])}): "
                           "it is at or below the law's floor given the other inputs")
     x = (scale / rest) ** (1.0 / exponent)
     return x / eff if var == "N" else x

@@ -17,6 +17,7 @@ import numpy as np
 
 from qscale.errors import QscaleError
 from qscale.evaluate.noise import NoisePolicy
+from qscale.laws.data import data_row
 
 GROUP_COLUMNS = {"method": "method", "scheme": "scheme"}  # one law per value, as the studies fit
 
@@ -62,7 +63,7 @@ def screen_rows(rows: Mapping[str, np.ndarray], target: str,
     se = np.asarray(rows[se_col], dtype=float)
     if np.isnan(y).any() or np.isnan(se).any():
         col, arr = (target, y) if np.isnan(y).any() else (se_col, se)
-        raise QscaleError(f"column {col!r} row {int(np.flatnonzero(np.isnan(arr))[0])}: missing value")
+        raise QscaleError(f"column {col!r} {data_row(np.flatnonzero(np.isnan(arr))[0])}: missing value")
     keep = policy.keep(y, se)
     kept = {k: np.asarray(v)[keep] for k, v in rows.items()}
     return kept, Screening(se_col, int(y.size), int(keep.sum()), int((y <= 0).sum()), policy.describe())

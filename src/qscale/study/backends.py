@@ -31,7 +31,7 @@ def open_store(target: str | Path, tables: Sequence[Table] = ()) -> Store:
     return SqliteStore(text.removeprefix("sqlite://"), tables)
 
 
-def make_executor(name: str, address: str = "auto", gpus_per_task: float = 0.0) -> Executor:
+def make_executor(name: str, address: str | None = None, gpus_per_task: float = 0.0) -> Executor:
     """The executor ``--executor`` names."""
     require(name in EXECUTORS, f"unknown executor {name!r} (choose from {', '.join(EXECUTORS)})")
     require(gpus_per_task >= 0, f"--gpus-per-task must be >= 0, got {gpus_per_task}")

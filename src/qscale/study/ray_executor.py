@@ -1,4 +1,4 @@
-"""Running a study's tasks on a Ray cluster (``--executor ray --address auto|HOST:PORT``; extra ``ray``).
+"""Running a study's tasks on Ray (``--executor ray [--address auto|HOST:PORT]``; extra ``ray``).
 
 Each task is one Ray task reserving its ``cpus``/``gpus``. Dependencies are Ray's own: a task that needs a
 trained suite size gets that size's ObjectRef as an argument, so Ray starts it only when the training has
@@ -43,11 +43,12 @@ def _error(e: BaseException) -> str:
 
 
 class RayExecutor(Executor):
-    """Tasks on the Ray cluster at ``address`` (``auto``: the one this host belongs to; ``local``: start one
-    here); connects on first use unless Ray is already initialized in this process. Each task reserves its
+    """Tasks on Ray: ``address`` None (or ``local``) follows ``ray.init()``: the cluster this host belongs to
+    (``RAY_ADDRESS``, the latest ``ray start``) else a new local one; ``auto`` joins an existing cluster only,
+    ``HOST:PORT`` that cluster. Connects on first use unless Ray is already initialized in this process. Each task reserves its
     own ``cpus``/``gpus``, at least ``gpus_per_task`` GPUs."""
 
-    def __init__(self, address: str = "auto", retries: int = 2, gpus_per_task: float = 0.0):
+    def __init__(self, address: str | None = None, retries: int = 2, gpus_per_task: float = 0.0):
         if ray is None:
             raise QscaleError("--executor ray needs Ray: pip install 'qscale[ray]'")
         require(retries >= 0, f"retries must be >= 0, got {retries}")
@@ -57,9 +58,9 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             return
         try:
-            ray.init(address=None if self.address == "local" else self.address, log_to_driver=False)
+            ray.init(address=None if self.address in (None, "local") else self.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise QscaleError(f"cannot connect to the Ray cluster at {self.address}: {str(e).splitlines()[0]}") from e
+            raise QscaleError(f"cannot connect to the Ray cluster at {self.address or '(ray.init default)'}: {str(e).splitlines()[0]}") from e
 
     def run(self, tasks: Sequence[Task], inputs: Mapping[str, Any], on_done: OnDone,
             on_start: OnStart | None = None, on_failed: OnFailed | None = None) -> None:

@@ -102,3 +102,21 @@ def test_qat_seed_recipes_from_the_cli(user_models, corpus, cache, tmp_path, cap
                "--data", str(corpus), *FAST])
     err = capsys.readouterr().err
     assert rc == 2 and "'gpt_neox' is not supported" in err and len(err.strip().splitlines()) == 1
+
+
+def test_finished_qat_rerun_says_done_and_redo_retrains(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "done"
+    argv = ["qat", str(user_models["neox"]), "--recipe", "ste", "--tokens", "256", "--group-size", "32", "--out",
+            str(out), "--data", str(corpus), *FAST]
+    assert main(argv) == 0
+    capsys.readouterr()
+    record = (out / "qscale-qat.json").read_bytes()
+    assert main(argv) == 0  # the same flags again: nothing retrained, nothing rewritten
+    err = capsys.readouterr().err
+    assert "already holds this finished run" in err and "--redo" in err
+    assert (out / "qscale-qat.json").read_bytes() == record
+    assert main([*argv, "--seed", "1"]) == 0  # other flags: a new run replaces it
+    assert "already holds" not in capsys.readouterr().err
+    assert json.loads((out / "qscale-qat.json").read_text())["seed"] == 1
+    assert main([*argv, "--seed", "1", "--redo"]) == 0
+    assert "already holds" not in capsys.readouterr().err

@@ -190,9 +190,8 @@ def qat_command(
     request = {k: str(given[k]) if isinstance(given[k], Path) else given[k] for k in _REQUEST}
     request["model_dir"] = str(model_dir.resolve())
     if not redo and _finished(out, request):
-        console = make_console(stderr=True)
-        console.print(f"{out} already holds this finished run (qscale-qat.json, same flags): nothing to do; "
-                      "pass --redo to train it again")
+        typer.echo(f"{out} already holds this finished run (qscale-qat.json, same flags): nothing to do; "
+                   "pass --redo to train it again", err=True)
         return
     cfg = QATRecipeConfig(recipe, w_bits=w_bits, a_bits=a_bits, group_size=group_size or None,
                           rules=tuple(parse_rule(r) for r in rule),

@@ -84,3 +84,18 @@ def list_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
         raise QscaleError(f"run folder does not exist: {run_dir}")
     found = (read_checkpoint(p) for p in sorted(run_dir.glob(f"{_STEP_PREFIX}*")) if p.is_dir())
     return sorted((c for c in found if c is not None), key=lambda c: (c.tokens, c.step))
+
+
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+
+
+def tokenizer_side_files(model: Path | None, tokenizer_hash: str) -> list[Path]:
+    """The ``--model`` folder's tokenizer side files (BOS/EOS, special tokens, chat template), for its checkpoints
+    to load with ``AutoTokenizer`` as the source did; none when the run uses another tokenizer."""
+    from qscale.data.tokenizer import folder_tokenizer, load_tokenizer
+    from qscale.data.tokenizer import tokenizer_hash as hash_of
+
+    found = folder_tokenizer(model) if model is not None else None
+    if found is None or hash_of(load_tokenizer(found)) != tokenizer_hash:
+        return []
+    return [model / name for name in TOKENIZER_SIDE_FILES if (model / name).is_file()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -27,7 +28,7 @@ from qscale.models import build_model, count_params, load_model
 from qscale.models.load import model_positions
 from qscale.provenance import config_hash, to_jsonable, versions
 from qscale.train.checkpoint import (META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints,
-                                     read_checkpoint)
+                                     read_checkpoint, tokenizer_side_files)
 from qscale.train.config import TrainConfig
 from qscale.train.distributed import barrier, setup
 from qscale.train.engine import autocast, device_for, make_optimizer, train_steps
@@ -109,6 +110,8 @@ def _save_checkpoint(out_dir: Path, model, streams, cfg: TrainConfig, step: int,
         hf_logging.disable_progress_bar()  # transformers' per-shard bar would interleave with ours
         model.save_pretrained(tmp)
         streams.tokenizer.save(str(tmp / "tokenizer.json"))
+        for side in tokenizer_side_files(cfg.model, streams.tokenizer_hash):  # AutoTokenizer's BOS/EOS come from these
+            shutil.copy2(side, tmp / side.name)
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     atomic_folder(checkpoint_dir(out_dir, step), write)

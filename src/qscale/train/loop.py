@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 from transformers.utils import logging as hf_logging
@@ -156,7 +157,7 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
         print(f"qscale: data-parallel training on {info.world} processes ({cfg.batch_size // info.world} sequences "
               "each per step); rank 0 writes", file=sys.stderr)
     with _progress(progress and info.is_main) as bar:
-        task = bar.add_task(f"train {cfg.size if cfg.model is None else cfg.model.name}", total=total,
+        task = bar.add_task(escape(f"train {cfg.size if cfg.model is None else cfg.model.name}"), total=total,
                             completed=start, info="")
         t0 = time.perf_counter()
 

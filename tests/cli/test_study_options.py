@@ -4,8 +4,8 @@ import types
 
 import pytest
 
-import qscale.study.ray_executor as ray_executor
 from qscale.cli.study_options import ADDRESS_OPTION
+from qscale.study import ray_executor
 from qscale.study.backends import make_executor
 
 

@@ -85,7 +85,12 @@ def test_train_and_eval_a_local_hf_folder(cache_env, streams, tmp_path, capsys):
 
 def test_train_model_keeps_the_tokenizer_side_files_and_runs_without_progress(cache_env, streams, tmp_path, capfd):
     """AutoTokenizer on a checkpoint of ``train --model`` has the source's BOS/EOS (tokenizer_config.json)."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+    )
 
     src = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(src)

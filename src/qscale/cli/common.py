@@ -4,6 +4,7 @@ consoles that print user text literally, and the ``--progress`` flag."""
 from __future__ import annotations
 
 import sys
+
 import typer
 from rich.console import Console
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import typer
 
 from qscale.cli.common import console as make_console
-from qscale.cli.pipeline import FORMAT_CHOICES, check_out, export_dtype, formats, write_record
+from qscale.cli.pipeline import (
+    FORMAT_CHOICES,
+    check_out,
+    export_dtype,
+    formats,
+    write_record,
+)
 from qscale.errors import require
 from qscale.export import export_model, load_quantized
 from qscale.export.folder import copy_aux_files

@@ -14,8 +14,8 @@ from qscale.errors import QscaleError
 from qscale.evaluate.noise import NOISE_K, NoisePolicy
 from qscale.laws.bootstrap import bootstrap_problem
 from qscale.laws.extrapolate import extrapolation_check
-from qscale.laws.flags import fitted_ranges
 from qscale.laws.fit import fit_problem, make_problem
+from qscale.laws.flags import fitted_ranges
 from qscale.laws.io import load_table, parse_column_map
 from qscale.laws.plot import plot_observed_vs_predicted
 from qscale.laws.registry import LAWS, get_law

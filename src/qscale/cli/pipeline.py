@@ -16,11 +16,11 @@ from qscale.data import DataConfig, TokenStreams, load_token_streams
 from qscale.data.batches import check_eval_windows, eval_windows
 from qscale.errors import require
 from qscale.evaluate.loss import EvalResult, evaluate
+from qscale.evaluate.noise import paired_se
 from qscale.export import ExportResult, export_model, load_quantized
 from qscale.models.load import model_positions
 from qscale.paths import check_out_folder, outside
 from qscale.provenance import atomic_write_json, versions
-from qscale.evaluate.noise import paired_se
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FORMAT_CHOICES = ("compressed-tensors", "gptq", "qscale", "all")

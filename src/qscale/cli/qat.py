@@ -54,9 +54,9 @@ from qscale.qat import (
     qat_finetune,
 )
 from qscale.qat.doublerounding import joint_finetune
-from qscale.qat.prepare import plan_layers
 from qscale.qat.efficientdm import EfficientDMOptions, self_generated_batches
 from qscale.qat.efficientqat import block_ap, freeze_codes
+from qscale.qat.prepare import plan_layers
 
 _RULE = re.compile(r"^(?P<pattern>[^=]+)=(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?$|^(?P<skip>[^=]+)=skip$")
 

@@ -8,7 +8,6 @@ import typer
 
 from qscale.cli.common import console as make_console
 from qscale.cli.study_options import (
-    check_study_paths,
     ADDRESS_OPTION,
     DATA_OPTION,
     DB_OPTION,
@@ -16,6 +15,7 @@ from qscale.cli.study_options import (
     GPUS_OPTION,
     PROGRESS_OPTION,
     TOKENIZER_OPTION,
+    check_study_paths,
     floats,
     ints,
     names,

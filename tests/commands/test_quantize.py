@@ -82,6 +82,8 @@ def test_neox_qllm_w4a4_qscale_format(user_models, corpus, cache, tmp_path, caps
     assert all(isinstance(c["reassembly"], bool) and c["act"]["bits"] == 4 for c in layers.values())
     layer = load_quantized(out).gpt_neox.layers[0].attention.query_key_value
     assert layer.act_quantizer.spec.bits == 4
+    assert main(["eval", str(out), "--windows", "8", "--seq-len", "64", "--data", str(corpus), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(record["results"][0]["loss"], abs=1e-6)
     rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "ct"), "--act-bits", "4", "--method",
                "rtn", *_data(corpus), *FAST])
     assert rc == 2 and "--format qscale" in capsys.readouterr().err

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qscale.errors import QscaleError
+from qscale.provenance import current_umask, temp_dir
 
 META = "qscale.json"
 _STEP_PREFIX = "step-"
@@ -33,22 +33,33 @@ class CheckpointInfo:
     meta: dict
 
 
-def _fsync_tree(folder: Path) -> None:
+def _settle_tree(folder: Path) -> None:
+    """fsync every file; give files and folders the umask's mode (some writers, safetensors' among them,
+    create 0600 files; ``copy2`` keeps a source file's mode)."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
     for p in folder.rglob("*"):
-        if p.is_file():
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            os.chmod(p, 0o777 & ~mask)
+        elif p.is_file():
+            os.chmod(p, 0o666 & ~mask)
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
 
 
 def atomic_folder(target: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a fresh temp folder next to ``target``, fsync it, rename it to ``target``."""
+    """Call ``write(tmp)`` on a fresh temp folder next to ``target``, fsync it, rename it to ``target``.
+
+    The folder and its files get the modes the umask gives (0755/0644 under 022), not the temp folder's 0700."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp"))
+    tmp = temp_dir(target.parent, f".{target.name}.tmp")
     old = target.parent / f".{target.name}.old"
     try:
         write(tmp)
-        _fsync_tree(tmp)
+        _settle_tree(tmp)
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)

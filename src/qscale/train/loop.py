@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -21,6 +22,7 @@ from safetensors.torch import save_model as save_safetensors
 from transformers.utils import logging as hf_logging
 
 from qscale.data.batches import eval_windows, train_batch
+from qscale.data.tokenizer import tokenizer_side_files
 from qscale.errors import QscaleError, require
 from qscale.evaluate.loss import evaluate
 from qscale.models import build_model, count_params, load_model
@@ -104,11 +106,14 @@ def _save_checkpoint(out_dir: Path, model, streams, cfg: TrainConfig, step: int,
         "versions": versions(),
         **extra,
     }
+    side = [] if cfg.model is None else tokenizer_side_files(cfg.model, streams.tokenizer)  # BOS/EOS for AutoTokenizer
 
     def write(tmp: Path) -> None:
         hf_logging.disable_progress_bar()  # transformers' per-shard bar would interleave with ours
         model.save_pretrained(tmp)
         streams.tokenizer.save(str(tmp / "tokenizer.json"))
+        for f in side:
+            shutil.copyfile(f, tmp / f.name)
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     atomic_folder(checkpoint_dir(out_dir, step), write)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,24 @@ def atomic_folder(target: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_state_file(path: Path):
+    """``torch.load`` of a resume-state file, data only: tensors, numbers, strings and containers (plus the
+    NumPy array inside ``np.random.get_state()``). ``weights_only=True`` unpickles no other class and calls no
+    function, so a crafted file from a shared run folder is refused, never run."""
+    import numpy as np
+    import torch
+
+    core = getattr(np, "_core", None) or np.core  # NumPy 2 / 1
+    numpy_types = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(numpy_types):
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        what = str(e).split("Unsupported global: ")[-1].split("\n")[0].strip() if "Unsupported" in str(e) else ""
+        raise QscaleError(f"refusing to load {path}: it holds more than tensors and plain values"
+                          f"{f' ({what})' if what else ''}, and unpickling it could run code") from None
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -29,7 +29,7 @@ from qscale.models import build_model, count_params, load_model
 from qscale.models.load import model_positions
 from qscale.provenance import config_hash, to_jsonable, versions
 from qscale.train.checkpoint import (META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints,
-                                     read_checkpoint)
+                                     load_state_file, read_checkpoint)
 from qscale.train.config import TrainConfig
 from qscale.train.distributed import barrier, setup
 from qscale.train.engine import autocast, device_for, make_optimizer, train_steps
@@ -80,8 +80,8 @@ def _load_state(out_dir: Path, model, opt) -> tuple[int, list[float]]:
         return 0, []
     try:
         load_safetensors(model, str(folder / "model.safetensors"))
-        opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-        rng = torch.load(folder / "rng.pt", weights_only=False)
+        opt.load_state_dict(load_state_file(folder / "optimizer.pt"))  # data only: a crafted pickle is refused
+        rng = load_state_file(folder / "rng.pt")
         trainer = json.loads((folder / "trainer.json").read_text())
     except Exception as e:
         raise QscaleError(f"cannot resume from {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,9 +84,10 @@ def load_state_file(path: Path):
         with torch.serialization.safe_globals(numpy_types):
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        what = str(e).split("Unsupported global: ")[-1].split("\n")[0].strip() if "Unsupported" in str(e) else ""
-        raise QscaleError(f"refusing to load {path}: it holds more than tensors and plain values"
-                          f"{f' ({what})' if what else ''}, and unpickling it could run code") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (it names {found.group(1)})" if found else ""
+        raise QscaleError(f"refusing to load {path}: it holds more than tensors and plain values{what}, and "
+                          "unpickling it could run code; delete the run's state folder to start afresh") from None
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

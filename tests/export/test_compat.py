@@ -177,6 +177,19 @@ def test_documented_limits():
     assert [n.reads for n in compat.notes("qscale", True, "llama")] == ["yes", "no", "no"]
 
 
+def test_lines_printed_by_quantize():
+    out = compat.lines("compressed-tensors", False, "llama", 4, 128)
+    assert out[0] == "Loaders of the compressed-tensors folder (asymmetric weights, Llama):"
+    assert "with setting" in out[2] and "CompressedTensorsConfig(dequantize=True)" in out[2]
+    assert out[2].endswith("(tested)")
+    assert out[-1].strip().startswith("(docs/reference/compatibility.md")
+    gpt2 = compat.lines("gptq", False, "gpt2", 3, None)
+    assert "transformers" in gpt2[2] and ": no — " in gpt2[2] and "GPTQModel.load" not in gpt2[2]  # asym: qscale only
+    mixed = compat.notes("compressed-tensors", True, "llama", bits=None)[2]
+    assert mixed.reads == "with" and "4 or 8" in mixed.how
+    assert "not in the tested set" in compat.lines("gptq", True, "mistral")[0]
+
+
 def test_docs_table_is_the_modules():
     page = (ROOT / "docs" / "reference" / "compatibility.md").read_text()
     assert compat.table_markdown() in page

@@ -51,17 +51,29 @@ class Note:
     evidence: str
 
     def line(self) -> str:
-        return f"{self.loader}: {self.reads} — {self.how} [{self.evidence}]"
+        """One line for a terminal: loader, verdict, how or what instead, and the kind of evidence."""
+        kind = self.evidence.split(":")[0].split(" (")[0]
+        return f"{self.loader.replace('`', '')}: {_mark(self)} — {self.how} ({kind})"
 
 
-def notes(fmt: str, symmetric: bool, architecture: str, bits: int = 4, group_size: int | None = 128) -> list[Note]:
+def notes(fmt: str, symmetric: bool, architecture: str, bits: int | None = 4,
+          group_size: int | None = 128) -> list[Note]:
     """The loaders of a folder written as ``fmt`` from a model of ``architecture`` (a config ``model_type``),
-    quantized ``symmetric`` or not to ``bits`` with ``group_size`` (None = per channel)."""
+    quantized ``symmetric`` or not to ``bits`` (None: mixed precision) with ``group_size`` (None = per channel)."""
     arch = architecture if architecture in ARCHITECTURES else None
     return [_cell(fmt, symmetric, arch, bits, group_size, loader) for loader in LOADERS.get(fmt, ())]
 
 
-def _cell(fmt: str, sym: bool, arch: str | None, bits: int, G: int | None, loader: str) -> Note:
+def lines(fmt: str, symmetric: bool, architecture: str, bits: int | None = 4,
+          group_size: int | None = 128) -> list[str]:
+    """What ``qscale quantize`` prints about a folder it wrote: a heading and one line per loader."""
+    arch = ARCHITECTURES.get(architecture, f"{architecture} (not in the tested set)")
+    head = f"Loaders of the {fmt} folder ({'symmetric' if symmetric else 'asymmetric'} weights, {arch}):"
+    return [head, *(f"  {n.line()}" for n in notes(fmt, symmetric, architecture, bits, group_size)),
+            "  (docs/reference/compatibility.md: versions, tests and sources)"]
+
+
+def _cell(fmt: str, sym: bool, arch: str | None, bits: int | None, G: int | None, loader: str) -> Note:
     untested = f"not tested for this architecture ({', '.join(ARCHITECTURES.values())} are)"
     if loader == QSCALE:
         if fmt == "onnx":
@@ -98,7 +110,7 @@ def _cell(fmt: str, sym: bool, arch: str | None, bits: int, G: int | None, loade
         if not sym:
             return Note(loader, "no", "TensorRT dequantizes only with zero points of 0: quantize symmetrically "
                         "(--sym) for TensorRT", "documented: trt-dq")
-        if G is not None and bits > 4:
+        if G is not None and (bits is None or bits > 4):
             return Note(loader, "no", "group-wise (block) scales are INT4-only in TensorRT: use <= 4 bits or "
                         "per-channel scales (--group-size 0)", "documented: trt-dq")
         return Note(loader, "yes", "symmetric QDQ weights (zero points all 0)", "documented: trt-dq")
@@ -108,8 +120,11 @@ def _cell(fmt: str, sym: bool, arch: str | None, bits: int, G: int | None, loade
     return _vllm(fmt, sym, arch, bits)
 
 
-def _vllm(fmt: str, sym: bool, arch: str | None, bits: int) -> Note:
+def _vllm(fmt: str, sym: bool, arch: str | None, bits: int | None) -> Note:
     where = "" if arch else "; architecture not listed here"
+    if bits is None and fmt in ("compressed-tensors", "gptq"):
+        return Note(VLLM, "with", "mixed precision: each layer's bit width must be one vLLM takes (4 or 8 for "
+                    "compressed-tensors); otherwise use qscale", "documented: vllm-ct, vllm-gptq")
     if fmt == "compressed-tensors":
         if bits in (4, 8):
             return Note(VLLM, "yes", "vllm serve folder (compressed-tensors W"

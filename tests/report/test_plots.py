@@ -3,7 +3,6 @@ across the tiny study's 16K–102K tokens, one distinct colour per model size, a
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 

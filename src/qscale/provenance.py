@@ -1,4 +1,9 @@
-"""What every run records: seed, config hash, library versions; atomic file writes."""
+"""What every run records: seed, config hash, library versions; atomic file writes.
+
+Atomic writes go through a temp file or folder and a rename. ``mkstemp``/``mkdtemp`` create them 0600/0700
+whatever the umask; :func:`temp_dir` and :func:`atomic_write_bytes` give them the mode an ordinary ``open`` or
+``mkdir`` would (0644/0755 under umask 022), so another user or a serving process can read the outputs.
+"""
 
 from __future__ import annotations
 
@@ -63,12 +68,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def current_umask() -> int:
+    """The process umask (from ``/proc/self/status`` where it exists: reading it there changes nothing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """``tempfile.mkdtemp`` in ``parent``, with the mode ``mkdir`` would give it (not 0700)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 -> what open() would create
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -23,6 +23,9 @@ def test_neox_gptq_all_formats(user_models, corpus, cache, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "compressed-tensors" in text and "gptq" in text and "QiD" in text
+    assert "Loaders of the compressed-tensors folder (symmetric weights, GPT-NeoX):" in text  # qscale.export.compat
+    assert "Loaders of the gptq folder (symmetric weights, GPT-NeoX):" in text
+    assert "vLLM: no — vLLM's compressed-tensors W*A16 path takes 4 or 8 bits, not 3" in text
     record = json.loads((out / "qscale-quantize.json").read_text())
     assert record["config"]["spec"]["bits"] == 3 and record["tokenizer_hash"] and record["versions"]["torch"]
     for fmt in ("compressed-tensors", "gptq"):
@@ -43,6 +46,9 @@ def test_gpt2_rtn_asym_gptq_format_and_ct_refused(user_models, corpus, cache, tm
     rc = main(["quantize", str(user_models["gpt2"]), "--out", str(out), "--method", "rtn", "--asym", "--bits", "4",
                "--group-size", "0", "--format", "gptq", *_data(corpus), *FAST])
     assert rc == 0
+    text = capsys.readouterr().out  # GPT-2 GPTQ: transformers cannot, GPTQModel.load refuses asymmetric: qscale
+    assert "Loaders of the gptq folder (asymmetric weights, GPT-2):" in text
+    assert "transformers 5.25.0 + optimum 2.3.0 + gptqmodel 7.7.0: no — fails inside transformers" in text
     model = load_quantized(out)
     assert isinstance(model.transformer.h[0].attn.c_attn, QuantizedLinear)
     with torch.no_grad():
@@ -82,6 +88,8 @@ def test_neox_qllm_w4a4_qscale_format(user_models, corpus, cache, tmp_path, caps
     assert all(isinstance(c["reassembly"], bool) and c["act"]["bits"] == 4 for c in layers.values())
     layer = load_quantized(out).gpt_neox.layers[0].attention.query_key_value
     assert layer.act_quantizer.spec.bits == 4
+    assert main(["eval", str(out), "--windows", "8", "--seq-len", "64", "--data", str(corpus), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(record["results"][0]["loss"], abs=1e-6)
     rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "ct"), "--act-bits", "4", "--method",
                "rtn", *_data(corpus), *FAST])
     assert rc == 2 and "--format qscale" in capsys.readouterr().err

@@ -83,6 +83,7 @@ def test_train_and_eval_a_local_hf_folder(cache_env, streams, tmp_path, capsys):
     assert after < before
 
 
+<<<<<<< HEAD:tests/cli/test_train.py
 def test_train_model_keeps_the_tokenizer_side_files_and_runs_without_progress(cache_env, streams, tmp_path, capfd):
     """AutoTokenizer on a checkpoint of ``train --model`` has the source's BOS/EOS (tokenizer_config.json)."""
     from transformers import (
@@ -104,3 +105,31 @@ def test_train_model_keeps_the_tokenizer_side_files_and_runs_without_progress(ca
     assert (ckpt / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
     tok = AutoTokenizer.from_pretrained(ckpt)
     assert tok.eos_token == tok.bos_token == "<|endoftext|>"
+=======
+def test_train_model_checkpoints_keep_the_tokenizer_files(cache_env, streams, tmp_path, capsys):
+    """AutoTokenizer on a ``train --model`` checkpoint has the source folder's BOS/EOS (its tokenizer_config.json)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    src = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(src)
+    PreTrainedTokenizerFast(tokenizer_object=streams.tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            model_max_length=64).save_pretrained(src)
+    assert main(["train", "--model", str(src), "--tokens", str(2 * 8 * 16), "--batch-size", "8", "--seq-len", "16",
+                 "--warmup-steps", "1", "--max-files", "40", "--out", str(tmp_path / "run")]) == 0
+    step = tmp_path / "run" / "step-000002"
+    assert (step / "tokenizer_config.json").read_text() == (src / "tokenizer_config.json").read_text()
+    tok = AutoTokenizer.from_pretrained(step)
+    assert (tok.bos_token, tok.eos_token, tok.model_max_length) == ("<|endoftext|>", "<|endoftext|>", 64)
+    # another tokenizer than the folder's: its tokenizer_config.json would describe the wrong one, so none is copied
+    other = tmp_path / "other.json"
+    streams.tokenizer.save(str(other))
+    from tokenizers import Tokenizer, normalizers
+
+    tok2 = Tokenizer.from_file(str(other))
+    tok2.normalizer = normalizers.NFKC()  # same vocabulary, another tokenizer
+    tok2.save(str(other))
+    assert main(["train", "--model", str(src), "--tokenizer", str(other), "--tokens", str(8 * 16), "--batch-size", "8",
+                 "--seq-len", "16", "--warmup-steps", "1", "--max-files", "40", "--out", str(tmp_path / "run2")]) == 0
+    assert not (tmp_path / "run2" / "step-000001" / "tokenizer_config.json").exists()
+>>>>>>> h20b:tests/train/test_cli.py

@@ -24,10 +24,11 @@ def folders(kit, tmp_path_factory):
 def _edit(src, dst, change):
     """Copy a folder with ``change(tensors, config)`` applied."""
     dst.mkdir()
-    tensors = load_file(src / "model.safetensors")
+    (weights,) = src.glob("*.safetensors")  # model.safetensors; qscale-model.safetensors for --format qscale
+    tensors = load_file(weights)
     config = json.loads((src / "config.json").read_text())
     change(tensors, config)
-    save_file(tensors, dst / "model.safetensors")
+    save_file(tensors, dst / weights.name)
     (dst / "config.json").write_text(json.dumps(config))
     return dst
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from qscale.data import DataConfig, load_token_streams
 from qscale.study.backends import open_store
@@ -189,3 +190,30 @@ def test_tiny_qid_study_on_ray_into_postgres_equals_local(local_ray, request, tm
         rows_a = sorted(tuple(r[k] for k in measured) for r in a.rows("qid"))
         rows_b = sorted(tuple(r[k] for k in measured) for r in b.rows("qid"))
     assert rows_a == rows_b
+
+
+def _threaded_sum(n: int) -> tuple[int, float]:
+    """(torch threads, a float32 sum whose value depends on how many threads split it)."""
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    return torch.get_num_threads(), x.sum().item()
+
+
+def test_ray_tasks_run_with_the_drivers_thread_count_and_give_its_numbers(local_ray):
+    """Ray starts workers with OMP_NUM_THREADS=1 (the fixture says so too); a task must compute with the
+    driver's thread count, or a reduction splits differently and the rows differ from a local run."""
+    tasks = [Task(f"sum{i}", _threaded_sum, (2**20,)) for i in range(2)]
+
+    def collect(executor):
+        got = {}
+        executor.run(tasks, {}, lambda task, result, seconds: got.__setitem__(task.id, result))
+        return got
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        local, remote = collect(LocalExecutor()), collect(RayExecutor(retries=0))
+        one = collect(RayExecutor(retries=0, threads=1))
+    finally:
+        torch.set_num_threads(previous)
+    assert remote == local and {r[0] for r in remote.values()} == {2}
+    assert {r[0] for r in one.values()} == {1} and one["sum0"][1] != local["sum0"][1]  # the difference it avoids

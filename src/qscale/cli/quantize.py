@@ -27,7 +27,7 @@ from qscale.data.batches import calibration_windows
 from qscale.data.tokenizer import model_tokenizer
 from qscale.errors import QscaleError, require
 from qscale.evaluate.loss import evaluate
-from qscale.export import folder_bytes
+from qscale.export import compat, folder_bytes
 from qscale.export.gptq import GPTQ_BITS
 from qscale.models import count_params, load_model
 from qscale.provenance import seed_everything, to_jsonable
@@ -123,6 +123,10 @@ def quantize_command(
     label = spec.label.replace(f"w{bits}", "wmix", 1) if avg_bits else spec.label
     title = f"{method} {label}{acts}{' act-order' if act_order else ''}: {model_dir}"
     report(title, counts, fp, results, folder_bytes(model_dir))
+    for r in results:  # which loader reads what was written, and what to use where one cannot
+        for line in compat.lines(r.export.format, sym, model.config.model_type, None if avg_bits else bits,
+                                 group_size or None):
+            typer.echo(line)
     record = {
         "command": "quantize", "model": str(model_dir), "config": to_jsonable(cfg), "seed": seed,
         "dtype": str(out_dtype), "tokenizer": str(tok), "tokenizer_hash": eval_streams.tokenizer_hash,

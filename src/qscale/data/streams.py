@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tokenizers import Tokenizer
 from qscale.data.corpus import load_corpus
 from qscale.data.tokenizer import cached_bpe, eos_id, load_tokenizer, tokenizer_hash
 from qscale.errors import QscaleError, require
+from qscale.provenance import temp_dir
 
 _CHUNK_DOCS = 64
 
@@ -80,7 +80,7 @@ def _write_split(texts: list[str], tok: Tokenizer, path: Path, dtype: np.dtype, 
 def _build(corpus, tok: Tokenizer, folder: Path, dtype: np.dtype, progress: bool) -> None:
     from rich.progress import Progress
 
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp = temp_dir(folder.parent, f".{folder.name}.")
     try:
         total = sum(len(t) for t in corpus.train) + sum(len(t) for t in corpus.val)
         with Progress(disable=not progress, transient=True) as bar:

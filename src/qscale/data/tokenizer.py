@@ -21,6 +21,9 @@ EOS = "<|endoftext|>"
 TRAIN_PREFIX_BYTES = 8_000_000
 _EOS_CANDIDATES = (EOS, "</s>", "<eos>", "<|end_of_text|>")
 _FORMAT = "bytelevel-bpe-v1"
+# what a Hugging Face tokenizer folder holds beside tokenizer.json (special tokens, BOS/EOS, chat template)
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                        "merges.txt", "tokenizer.model", "chat_template.jinja")
 
 
 def training_prefix(texts: list[str], max_bytes: int = TRAIN_PREFIX_BYTES) -> list[str]:
@@ -96,6 +99,15 @@ def folder_tokenizer(folder: Path) -> Path | None:
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         return folder
     return None
+
+
+def tokenizer_side_files(folder: Path, tok: Tokenizer) -> list[Path]:
+    """:data:`TOKENIZER_SIDE_FILES` of model ``folder``, when its own tokenizer is ``tok`` (else none: a
+    ``tokenizer_config.json`` describes the tokenizer it was written for)."""
+    own = folder_tokenizer(folder)
+    if own is None or tokenizer_hash(load_tokenizer(own)) != tokenizer_hash(tok):
+        return []
+    return [Path(folder) / n for n in TOKENIZER_SIDE_FILES if (Path(folder) / n).is_file()]
 
 
 def model_tokenizer(folder: Path, tokenizer: Path | None) -> Path:

@@ -43,6 +43,9 @@ def export_model(model: nn.Module, out: str | Path, fmt: str, source: str | Path
     config = base_config(model, dtype)
     config["quantization_config"] = module.quantization_config(model)
     extra = {"quantize_config.json": config["quantization_config"]} if fmt == "gptq" else None
+    weights_name = "model"
+    if fmt == "qscale":  # a folder no other loader can mistake for a plain model (qscale.export.native)
+        config, weights_name = native.folder_config(config), native.WEIGHTS_NAME
     nbytes = write_model_folder(Path(out), model_tensors(model, module.layer_tensors(dtype), dtype), config,
-                                None if source is None else Path(source), extra)
+                                None if source is None else Path(source), extra, weights_name=weights_name)
     return ExportResult(fmt, Path(out), nbytes)

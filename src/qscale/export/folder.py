@@ -71,11 +71,12 @@ def model_tensors(model: nn.Module, layer_tensors: LayerTensors, dtype: torch.dt
 
 
 def write_model_folder(out: Path, tensors: Iterator[tuple[str, Tensor]], config: dict, source: Path | None,
-                       extra_json: dict[str, dict] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> int:
+                       extra_json: dict[str, dict] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+                       weights_name: str = "model") -> int:
     """Write ``tensors`` as safetensors shards plus ``config.json`` (and ``extra_json`` files) to ``out``.
 
-    Returns the total bytes of the weight files. One file ``model.safetensors`` when it fits a shard,
-    else ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json``.
+    Returns the total bytes of the weight files. One file ``<weights_name>.safetensors`` when it fits a shard,
+    else ``<weights_name>-0000k-of-0000n.safetensors`` with ``<weights_name>.safetensors.index.json``.
     """
     total = 0
 
@@ -96,7 +97,7 @@ def write_model_folder(out: Path, tensors: Iterator[tuple[str, Tensor]], config:
             total += nbytes
         require(writer is not None, "nothing to write")
         writer.close()
-        _name_shards(tmp, shards, total)
+        _name_shards(tmp, shards, total, weights_name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -115,17 +116,17 @@ def copy_aux_files(source: Path, dest: Path) -> None:
             shutil.copy2(Path(source) / name, dest / name)
 
 
-def _name_shards(folder: Path, shards: list[list[str]], total: int) -> None:
+def _name_shards(folder: Path, shards: list[list[str]], total: int, stem: str) -> None:
     if len(shards) == 1:
-        (folder / "shard-00000.safetensors").rename(folder / "model.safetensors")
+        (folder / "shard-00000.safetensors").rename(folder / f"{stem}.safetensors")
         return
     weight_map = {}
     for i, keys in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         (folder / f"shard-{i:05d}.safetensors").rename(folder / name)
         weight_map.update(dict.fromkeys(keys, name))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def base_config(model: nn.Module, dtype: torch.dtype) -> dict:

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from qscale.errors import QscaleError, require
+from qscale.export.native import model_config
 from qscale.export.readers import READERS
 from qscale.ptq.layers import replace_module
 from qscale.quant import QuantizedLinear
@@ -41,8 +42,14 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     return tensors
 
 
+def quantization_method(config: dict) -> str:
+    """``quantization_config.quant_method`` of a folder's ``config.json`` (lower case; "" when absent)."""
+    qcfg = config.get("quantization_config") or {}
+    return str(qcfg.get("quant_method", "") if isinstance(qcfg, dict) else "").lower()
+
+
 def _skeleton(path: Path, config: dict) -> nn.Module:
-    cfg = dict(config)
+    cfg = model_config(config)  # a qscale folder's model_type is "qscale_packed"; the architecture's is kept
     cfg.pop("quantization_config", None)
     try:
         hf_config = AutoConfig.for_model(**cfg) if "model_type" in cfg else None
@@ -74,7 +81,7 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, bits: i
     except ValueError as e:
         raise QscaleError(f"config.json of {path} is not valid JSON: {e}") from None
     qcfg = config.get("quantization_config") or {}
-    method = str(qcfg.get("quant_method", "")).lower()
+    method = quantization_method(config)
     require(method in READERS, f"{path} is not a quantized folder qscale reads (quant_method {method or 'missing'!r}; "
                                f"known: {', '.join(READERS)})")
     tensors = read_tensors(path)

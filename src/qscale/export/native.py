@@ -12,6 +12,13 @@ activation quantizer's buffers (``act_quantizer.*``). ``config.json`` carries
 symmetric, granularity, group_size, grid, layout, in_features, out_features, hadamard_group, source, reassembly, act}}}``
 where ``reassembly`` says whether the ``input_*`` tensors are there (absent = false) and ``act`` is the
 activation quantizer's description (or null). Only ``qscale.load_quantized`` reads it.
+
+No other loader can mistake the folder for a plain model: ``config.json`` says ``model_type: "qscale_packed"``
+(unknown to transformers, so ``AutoConfig``/``AutoModel*.from_pretrained`` and everything built on them raise)
+and keeps the architecture's own type as ``qscale_model_type``; the weights are ``qscale-model.safetensors``
+(or ``qscale-model-0000k-of-0000n.safetensors``), so a loader that takes the architecture from elsewhere
+(``LlamaForCausalLM.from_pretrained``) finds no ``model.safetensors`` and raises too, instead of initialising the
+quantized layers at random.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from qscale.export.folder import quantized_layers
 from qscale.quant import QuantizedLinear
 
 FORMAT_VERSION = 1
+MODEL_TYPE = "qscale_packed"
+BASE_MODEL_TYPE_KEY = "qscale_model_type"
+WEIGHTS_NAME = "qscale-model"
 
 
 def layer_tensors(dtype: torch.dtype):
@@ -53,3 +63,21 @@ def quantization_config(model: nn.Module) -> dict:
     layers = quantized_layers(model)
     return {"quant_method": "qscale", "format": "qscale-packed", "version": FORMAT_VERSION,
             "layers": {name: layer_config(layer) for name, layer in layers.items()}}
+
+
+def folder_config(config: dict) -> dict:
+    """``config.json`` of a qscale folder: ``model_type`` replaced by :data:`MODEL_TYPE`, the original kept."""
+    out = dict(config)
+    out[BASE_MODEL_TYPE_KEY] = out.get("model_type")
+    out["model_type"] = MODEL_TYPE
+    return out
+
+
+def model_config(config: dict) -> dict:
+    """The architecture's own config from a folder's ``config.json`` (undoes :func:`folder_config`)."""
+    out = dict(config)
+    if out.get("model_type") == MODEL_TYPE:
+        out["model_type"] = out.pop(BASE_MODEL_TYPE_KEY, None)
+        if out["model_type"] is None:
+            out.pop("model_type")
+    return out

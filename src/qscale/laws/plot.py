@@ -1,4 +1,4 @@
-"""Plots of laws (matplotlib, Agg backend): observed vs fitted, and law curves for reports."""
+"""Plots of laws (matplotlib, Agg backend): observed vs fitted with the parity plot, and law curves for reports."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from qscale.laws.data import labels_of
 from qscale.laws.fit import FitResult, get_form
 from qscale.laws.forms import LawForm
+from qscale.laws.plot_style import distinct_colors, readable_log_axes
 
 
 def _pyplot():
@@ -37,9 +38,9 @@ def _x_axis(form: LawForm) -> str:
 
 def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path: str | Path | None = None,
                                x: str | None = None, n_curve: int = 64, max_groups: int = 12):
-    """Observed points and the fitted law (log-log) against ``x`` (default D), one line per group
-    of the other inputs (e.g. per N, or per N and P); with more than ``max_groups`` groups (no grid),
-    observed vs predicted (predicted on x, as in the study reports). Returns the figure, saved to ``path`` if given."""
+    """The parity plot (observed against predicted, log-log, y = x; predicted on x as in the study reports),
+    always; beside it, when the other inputs form at most ``max_groups`` groups (a grid), the observed points
+    and the fitted law against ``x`` (default D), one line per group. Returns the figure, saved to ``path``."""
     plt = _pyplot()
     form = fit.law
     x = x or _x_axis(form)
@@ -48,30 +49,41 @@ def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path:
     y = np.asarray(data[fit.target], dtype=float)
     keys = [tuple(labels_of(data[c])[i] for c in others) for i in range(len(xs))]
     groups = sorted(set(keys), key=lambda k: [_num(v) for v in k])
-    fig, ax = plt.subplots(figsize=(7, 5))
-    if len(groups) > max_groups:  # no grid to draw lines through: a parity plot, predicted on x as in reports
-        pred = fit.predict(data)
-        ax.scatter(pred, y, s=12)
-        lims = [min(y.min(), pred.min()), max(y.max(), pred.max())]
-        ax.plot(lims, lims, color="k", lw=1)
-        ax.set(xscale="log", yscale="log", xlabel=f"predicted {fit.target}", ylabel=f"observed {fit.target}",
-               title=f"{form.name}: observed vs predicted, R²(log) = {fit.r2_log:.3f}")
-        return _save(fig, path)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(groups), 1)))
-    for color, key in zip(colors, groups):
-        rows = np.array([k == key for k in keys])
-        label = ", ".join(f"{c}={v}" for c, v in zip(others, key)) or fit.target
-        ax.scatter(xs[rows], y[rows], s=14, color=color, label=label)
-        grid = np.geomspace(xs[rows].min(), xs[rows].max(), n_curve) if xs[rows].min() > 0 else np.sort(xs[rows])
-        inputs = {c: np.asarray(data[c], dtype=object)[rows][0] for c in others}
-        ax.plot(grid, fit.predict({**inputs, x: grid}), color=color, lw=1.2)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(fit.target)
-    ax.set_title(f"{form.name}: observed (points) vs fitted (lines), R²(log) = {fit.r2_log:.3f}")
-    ax.legend(fontsize=7)
+    lines = len(groups) <= max_groups
+    fig, axes = plt.subplots(1, 2 if lines else 1, figsize=(13, 5) if lines else (7, 5), squeeze=False)
+    colors = distinct_colors(len(groups)) if lines else distinct_colors(1)
+    if lines:
+        ax = axes[0][0]
+        for color, key in zip(colors, groups):
+            rows = np.array([k == key for k in keys])
+            label = ", ".join(f"{c}={v}" for c, v in zip(others, key)) or fit.target
+            ax.scatter(xs[rows], y[rows], s=14, color=color, label=label)
+            grid = np.geomspace(xs[rows].min(), xs[rows].max(), n_curve) if xs[rows].min() > 0 else np.sort(xs[rows])
+            inputs = {c: np.asarray(data[c], dtype=object)[rows][0] for c in others}
+            ax.plot(grid, fit.predict({**inputs, x: grid}), color=color, lw=1.2)
+        ax.set(xscale="log", yscale="log", xlabel=x, ylabel=fit.target,
+               title=f"{form.name}: observed (points) vs fitted (lines)")
+        readable_log_axes(ax)
+        ax.legend(fontsize=7)
+    _parity(axes[0][-1], fit, data, y, colors if lines else None, groups, keys)
     return _save(fig, path)
+
+
+def _parity(ax, fit: FitResult, data, y: np.ndarray, colors, groups, keys) -> None:
+    """Observed against predicted with the y = x line; coloured by group when the groups are drawn."""
+    pred = np.asarray(fit.predict(data), dtype=float)
+    if colors is None:
+        ax.scatter(pred, y, s=12, color=distinct_colors(1)[0])
+    else:
+        for color, key in zip(colors, groups):
+            rows = np.array([k == key for k in keys])
+            ax.scatter(pred[rows], y[rows], s=12, color=color)
+    pos = y[y > 0]
+    lims = [min(pos.min(initial=pred.min()), pred.min()), max(y.max(), pred.max())]
+    ax.plot(lims, lims, color="k", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel=f"predicted {fit.target}", ylabel=f"observed {fit.target}",
+           title=f"{fit.law.name}: observed vs predicted, R²(log) = {fit.r2_log:.3f}")
+    readable_log_axes(ax)
 
 
 def plot_law_curves(law: LawForm | str, params: Mapping[str, object], x: str, x_values: Sequence[float],
@@ -88,11 +100,12 @@ def plot_law_curves(law: LawForm | str, params: Mapping[str, object], x: str, x_
     else:
         fig = ax.figure
     xv = np.asarray(x_values, dtype=float)
-    for fixed in series:
+    for color, fixed in zip(distinct_colors(len(series)), series):
         label = ", ".join(f"{c}={_fmt(v)}" for c, v in fixed.items())
-        ax.plot(xv, form.predict(params, {**fixed, x: xv}), label=label)
+        ax.plot(xv, form.predict(params, {**fixed, x: xv}), label=label, color=color)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    readable_log_axes(ax)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or form.target)
     ax.set_title(title or form.name)

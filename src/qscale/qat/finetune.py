@@ -27,7 +27,7 @@ from qscale.qat.distill import distill_loss
 from qscale.qat.intervention import phase_at, signals, ti_loss
 from qscale.qat.prepare import prepare, quant_layers
 from qscale.qat.registry import get_recipe
-from qscale.train.checkpoint import atomic_folder
+from qscale.train.checkpoint import atomic_folder, load_state_file
 from qscale.train.engine import LossFn, OptimConfig, lm_loss, logits_of, make_optimizer, train_steps
 
 
@@ -124,7 +124,9 @@ def _resume(state_dir: Path | None, model: nn.Module, opt, fingerprint: str) -> 
     if state_dir is None or not (Path(state_dir) / "state.pt").is_file():
         return 0, []
     try:
-        state = torch.load(Path(state_dir) / "state.pt", weights_only=False)
+        state = load_state_file(Path(state_dir) / "state.pt")  # data only: a crafted pickle is refused
+    except QscaleError:
+        raise
     except Exception as e:
         raise QscaleError(f"cannot resume from {state_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     require(state.get("fingerprint") == fingerprint,

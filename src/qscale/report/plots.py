@@ -13,6 +13,7 @@ import numpy as np
 
 from qscale.evaluate.noise import NoisePolicy
 from qscale.laws import predict
+from qscale.laws.plot_style import distinct_colors, readable_log_axes
 
 
 def new_figure(nrows: int, ncols: int, size: tuple[float, float]):
@@ -27,13 +28,10 @@ def new_figure(nrows: int, ncols: int, size: tuple[float, float]):
 
 
 def _log_axes(ax) -> None:
-    """Log-log axes with labels on the decades only (minor labels overlap on short ranges)."""
-    from matplotlib.ticker import NullFormatter
-
+    """Log-log axes with several plainly labelled ticks even on a short range (16K–102K tokens)."""
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    readable_log_axes(ax)
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -51,7 +49,7 @@ def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> by
     bits = sorted({int(r["P"]) for r in rows})
     models = sorted({(int(r["N"]), r["model"]) for r in rows})
     plt, fig, axes = new_figure(1, len(bits), (4.2 * len(bits), 3.8))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(models), 1)))
+    colors = distinct_colors(len(models))
     for ax, p in zip(axes[0], bits):
         n_nonpos = 0
         for color, (n, name) in zip(colors, models):
@@ -92,9 +90,10 @@ def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, pol
         pred = predict("qid", fit.params, {c: np.array([r[c] for r in rows], dtype=float) for c in ("N", "D", "P")})
         keep, pos = policy.keep(q, se), q > 0
         bits = np.array([r["P"] for r in rows])
-        for p in sorted(set(bits.tolist())):
+        levels = sorted(set(bits.tolist()))
+        for color, p in zip(distinct_colors(len(levels)), levels):
             s = bits == p
-            pts = ax.scatter(pred[s & keep], q[s & keep], s=16, label=f"{p} bits")
+            pts = ax.scatter(pred[s & keep], q[s & keep], s=16, color=color, label=f"{p} bits")
             ax.scatter(pred[s & pos & ~keep], q[s & pos & ~keep], s=16, facecolors="none",
                        edgecolors=pts.get_facecolor())
         lo, hi = min(pred.min(), q[pos].min(initial=pred.min())), max(pred.max(), q.max())

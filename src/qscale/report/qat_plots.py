@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from qscale.evaluate.noise import NoisePolicy
+from qscale.laws.plot_style import distinct_colors, readable_log_axes
 from qscale.report.plots import new_figure, to_png
 from qscale.report.qat_law import predict_delta
 
@@ -22,6 +23,7 @@ def _loglog(ax, any_positive: bool = True) -> None:
         ax.set_yscale("log")
     else:
         ax.text(0.5, 0.5, "no δ > 0", ha="center", va="center", transform=ax.transAxes)
+    readable_log_axes(ax)
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -30,7 +32,7 @@ def delta_vs_d(rows: list[dict], fit, policy: NoisePolicy) -> bytes:
     groups = sorted({int(r["G"]) for r in rows}, key=lambda g: (g == 0, g))
     models = sorted({(int(r["N"]), r["model"]) for r in rows})
     plt, fig, axes = new_figure(1, len(groups), (4.0 * len(groups), 3.6))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(models), 1)))
+    colors = distinct_colors(len(models))
     scheme = rows[0]["scheme"] if rows else ""
     for ax, g in zip(axes[0], groups):
         n_nonpos, n_pos = 0, 0
@@ -76,7 +78,7 @@ def observed_vs_predicted(by_scheme: dict[str, list[dict]], fits: dict, policy: 
         keep = policy.keep(y, np.array([r["delta_se"] for r in rows], dtype=float))
         pred = predict_delta(fit.params, *(np.array([r[c] for r in rows], dtype=float) for c in ("N", "D", "G_eff")))
         pos = y > 0
-        ax.scatter(pred[keep], y[keep], s=16, label="fitted")
+        ax.scatter(pred[keep], y[keep], s=16, color=distinct_colors(1)[0], label="fitted")
         ax.scatter(pred[pos & ~keep], y[pos & ~keep], s=16, facecolors="none", edgecolors="gray", label="excluded")
         lo = min(pred.min(), y[pos].min(initial=pred.min()))
         hi = max(pred.max(), y.max())
@@ -95,10 +97,10 @@ def attribution_bars(attribution: dict) -> bytes:
     plt, fig, axes = new_figure(1, 2, (10, 3.8))
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(types))
-    for i, m in enumerate(models):
+    for i, (m, color) in enumerate(zip(models, distinct_colors(len(models)))):
         bt = attribution[m]["by_type"]
         for ax, key in zip(axes[0], ("kurtosis", "rel_mse")):
-            ax.bar(x + i * width, [bt[t][key] if t in bt else np.nan for t in types], width, label=m)
+            ax.bar(x + i * width, [bt[t][key] if t in bt else np.nan for t in types], width, label=m, color=color)
     axes[0][0].set_yscale("log")  # kurtosis spans 3 (Gaussian) to ~100 (FC2 outliers)
     for ax, label in zip(axes[0], ("input kurtosis (mean over layers; 3 = Gaussian)",
                                    "relative input quantization MSE (A4)")):

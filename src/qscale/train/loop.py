@@ -23,13 +23,14 @@ from safetensors.torch import save_model as save_safetensors
 from transformers.utils import logging as hf_logging
 
 from qscale.data.batches import eval_windows, train_batch
+from qscale.data.tokenizer import tokenizer_side_files
 from qscale.errors import QscaleError, require
 from qscale.evaluate.loss import evaluate
 from qscale.models import build_model, count_params, load_model
 from qscale.models.load import model_positions
 from qscale.provenance import config_hash, to_jsonable, versions
 from qscale.train.checkpoint import (META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints,
-                                     read_checkpoint, tokenizer_side_files)
+                                     load_state_file, read_checkpoint)
 from qscale.train.config import TrainConfig
 from qscale.train.distributed import barrier, setup
 from qscale.train.engine import autocast, device_for, make_optimizer, train_steps
@@ -80,8 +81,8 @@ def _load_state(out_dir: Path, model, opt) -> tuple[int, list[float]]:
         return 0, []
     try:
         load_safetensors(model, str(folder / "model.safetensors"))
-        opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-        rng = torch.load(folder / "rng.pt", weights_only=False)
+        opt.load_state_dict(load_state_file(folder / "optimizer.pt"))  # data only: a crafted pickle is refused
+        rng = load_state_file(folder / "rng.pt")
         trainer = json.loads((folder / "trainer.json").read_text())
     except Exception as e:
         raise QscaleError(f"cannot resume from {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
@@ -106,13 +107,14 @@ def _save_checkpoint(out_dir: Path, model, streams, cfg: TrainConfig, step: int,
         "versions": versions(),
         **extra,
     }
+    side = [] if cfg.model is None else tokenizer_side_files(cfg.model, streams.tokenizer)  # BOS/EOS for AutoTokenizer
 
     def write(tmp: Path) -> None:
         hf_logging.disable_progress_bar()  # transformers' per-shard bar would interleave with ours
         model.save_pretrained(tmp)
         streams.tokenizer.save(str(tmp / "tokenizer.json"))
-        for side in tokenizer_side_files(cfg.model, streams.tokenizer_hash):  # AutoTokenizer's BOS/EOS come from these
-            shutil.copy2(side, tmp / side.name)
+        for f in side:
+            shutil.copyfile(f, tmp / f.name)
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     atomic_folder(checkpoint_dir(out_dir, step), write)

@@ -83,7 +83,6 @@ def test_train_and_eval_a_local_hf_folder(cache_env, streams, tmp_path, capsys):
     assert after < before
 
 
-<<<<<<< HEAD:tests/cli/test_train.py
 def test_train_model_keeps_the_tokenizer_side_files_and_runs_without_progress(cache_env, streams, tmp_path, capfd):
     """AutoTokenizer on a checkpoint of ``train --model`` has the source's BOS/EOS (tokenizer_config.json)."""
     from transformers import (
@@ -105,7 +104,8 @@ def test_train_model_keeps_the_tokenizer_side_files_and_runs_without_progress(ca
     assert (ckpt / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
     tok = AutoTokenizer.from_pretrained(ckpt)
     assert tok.eos_token == tok.bos_token == "<|endoftext|>"
-=======
+
+
 def test_train_model_checkpoints_keep_the_tokenizer_files(cache_env, streams, tmp_path, capsys):
     """AutoTokenizer on a ``train --model`` checkpoint has the source folder's BOS/EOS (its tokenizer_config.json)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -132,4 +132,3 @@ def test_train_model_checkpoints_keep_the_tokenizer_files(cache_env, streams, tm
     assert main(["train", "--model", str(src), "--tokenizer", str(other), "--tokens", str(8 * 16), "--batch-size", "8",
                  "--seq-len", "16", "--warmup-steps", "1", "--max-files", "40", "--out", str(tmp_path / "run2")]) == 0
     assert not (tmp_path / "run2" / "step-000001" / "tokenizer_config.json").exists()
->>>>>>> h20b:tests/train/test_cli.py

@@ -7,10 +7,14 @@ would silently initialise a missing weight at random (the loss comes out plausib
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
+
+if TYPE_CHECKING:  # the model classes load torch._dynamo and Triton: not at import
+    from transformers import PreTrainedModel
 
 from qscale.errors import QscaleError, require
 

@@ -168,3 +168,16 @@ def test_only_the_cli_layer_parses_flags():
             if top in ("typer", "click") or name == "qscale.cli" or name.startswith("qscale.cli."):
                 bad.append(f"{mod} imports {name}")
     assert not bad, bad
+
+
+def test_importing_the_library_and_cli_leaves_triton_unloaded():
+    """Triton (~70 MB RSS, ~1 s) loads only where it runs: transformers' model classes import torch._dynamo,
+    which imports Triton, so ``qscale``, ``qscale.ptq`` and ``qscale.cli`` import them where a model is built."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import qscale, qscale.ptq, qscale.cli; "
+            "print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(SRC.parent)})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -9,9 +9,13 @@ and the LM head are untied (the Llama default), and neither counts toward N.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import LlamaConfig
+
+if TYPE_CHECKING:  # the model classes load torch._dynamo and Triton: imported where a model is built
+    from transformers import PreTrainedModel
 
 from qscale.errors import require
 
@@ -68,6 +72,8 @@ def llama_config(size: str, vocab_size: int, max_seq_len: int = 1024) -> LlamaCo
 
 def build_model(size: str, vocab_size: int, max_seq_len: int = 1024, seed: int = 0) -> PreTrainedModel:
     """A freshly initialised fp32 ``LlamaForCausalLM`` of the named size (init seeded by ``seed``)."""
+    from transformers import LlamaForCausalLM
+
     cfg = llama_config(size, vocab_size, max_seq_len)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
+
+if TYPE_CHECKING:  # the model classes load torch._dynamo and Triton: not at import
+    from transformers import PreTrainedModel
 
 from qscale.errors import QscaleError, require
 

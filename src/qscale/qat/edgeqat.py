@@ -34,14 +34,13 @@ with the quantization and the records) installed on the Llama-family models whos
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from qscale.errors import require
 from qscale.qat.hooks import Objective, TrainHooks
@@ -162,8 +161,15 @@ def edgeqat_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     return out.transpose(1, 2).contiguous(), probs
 
 
-AttentionInterface.register(ATTN_NAME, edgeqat_attention)
-AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+@functools.cache
+def _register() -> None:
+    """Register ``qscale_edgeqat`` with transformers (on first use: importing its attention interfaces loads
+    the model classes, torch._dynamo and Triton)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_NAME, edgeqat_attention)
+    AttentionMaskInterface.register(ATTN_NAME, eager_mask)
 
 
 class TokenAdaptiveActQuantizer(ActQuantizer):
@@ -208,6 +214,7 @@ def install(model: nn.Module, bits: int | None, high_bits: int = 8, low_fraction
     for m in model.modules():
         if isinstance(m, TokenAdaptiveActQuantizer):
             m.state = state
+    _register()
     model.set_attn_implementation(ATTN_NAME)
     model.register_forward_pre_hook(lambda mod, args: state.reset())
     model._qscale_edgeqat = state

@@ -43,14 +43,13 @@ optimizer and LR schedule across both steps (the authors restart BertAdam for st
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from qscale.errors import require
 from qscale.ptq.layers import find_blocks
@@ -106,8 +105,15 @@ def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, att
     return context.contiguous(), probs
 
 
-AttentionInterface.register(IMPL, _attention)
-AttentionMaskInterface.register(IMPL, eager_mask)
+@functools.cache
+def _register() -> None:
+    """Register ``qscale_ti`` with transformers (on first use: importing its attention interfaces loads the
+    model classes, torch._dynamo and Triton)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(IMPL, _attention)
+    AttentionMaskInterface.register(IMPL, eager_mask)
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -190,6 +196,7 @@ def signals(model: nn.Module, phase: str | None = None, teacher: Signals | None 
                 stack.callback(h.remove)
             _ACTIVE[id(a)] = (rec, i, phase, teacher)
             stack.callback(_ACTIVE.pop, id(a), None)
+        _register()
         for c in configs.values():
             c._attn_implementation = IMPL
         try:

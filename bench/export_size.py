@@ -29,8 +29,15 @@ from qscale.quant import QuantizedLinear, QuantSpec
 
 def build() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                      num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        max_position_embeddings=2048,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -48,20 +55,37 @@ def one(fmt: str, bits: int, G: int) -> dict:
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     n_w = sum(m.in_features * m.out_features for m in layers)
     n_groups = sum(m.out_features * m.weight_scale.shape[1] for m in layers)
-    n_fp = sum(t.numel() for k, t in model.state_dict().items() if not any(k.startswith(f"{n}.") for n in
-               (n for n, m in model.named_modules() if isinstance(m, QuantizedLinear))))
+    n_fp = sum(
+        t.numel()
+        for k, t in model.state_dict().items()
+        if not any(
+            k.startswith(f"{n}.") for n in (n for n, m in model.named_modules() if isinstance(m, QuantizedLinear))
+        )
+    )
     scale_bytes = {"compressed-tensors": 4, "gptq": 2, "qscale": 8}[fmt]  # qscale: fp32 scale + fp32 zero
     theory = n_w * bits / 8 + n_groups * scale_bytes + n_fp * 4
-    theory += {"gptq": n_groups * bits / 8 + 4 * sum(m.in_features for m in layers),
-               "qscale": 4 * sum(m.in_features for m in layers), "compressed-tensors": 16 * len(layers)}[fmt]
+    theory += {
+        "gptq": n_groups * bits / 8 + 4 * sum(m.in_features for m in layers),
+        "qscale": 4 * sum(m.in_features for m in layers),
+        "compressed-tensors": 16 * len(layers),
+    }[fmt]
     quant_rss = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         export_model(model, Path(tmp) / "out", fmt)
         seconds = time.perf_counter() - t0
         size = folder_bytes(Path(tmp) / "out")
-    return {"format": fmt, "bits": bits, "G": G, "bytes": size, "theory": theory, "ratio": size / theory,
-            "export_s": seconds, "peak_rss_mb": peak_rss_mb(), "peak_after_quant_mb": quant_rss}
+    return {
+        "format": fmt,
+        "bits": bits,
+        "G": G,
+        "bytes": size,
+        "theory": theory,
+        "ratio": size / theory,
+        "export_s": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_after_quant_mb": quant_rss,
+    }
 
 
 def main() -> None:
@@ -76,17 +100,25 @@ def main() -> None:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.group_size)))
         return
     runs = [("baseline", 0)] + [(f, int(b)) for b in args.bits.split(",") for f in args.formats.split(",")]
-    print(f"{'format':20s} {'bits':>4s} {'MB':>9s} {'theory MB':>10s} {'ratio':>7s} {'export s':>9s} "
-          f"{'RSS quant':>10s} {'RSS export':>11s}")
+    print(
+        f"{'format':20s} {'bits':>4s} {'MB':>9s} {'theory MB':>10s} {'ratio':>7s} {'export s':>9s} "
+        f"{'RSS quant':>10s} {'RSS export':>11s}"
+    )
     for fmt, bits in runs:
-        out = subprocess.run([sys.executable, __file__, "--one", fmt, str(bits), "--group-size", str(args.group_size)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", fmt, str(bits), "--group-size", str(args.group_size)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         if fmt == "baseline":
             print(f"{'fp32 model only':20s} {'':>4s} {'':>9s} {'':>10s} {'':>7s} {'':>9s} {r['peak_rss_mb']:10.0f}")
             continue
-        print(f"{fmt:20s} {bits:4d} {r['bytes'] / 1e6:9.2f} {r['theory'] / 1e6:10.2f} {r['ratio']:7.4f} "
-              f"{r['export_s']:9.2f} {r['peak_after_quant_mb']:10.0f} {r['peak_rss_mb']:11.0f}")
+        print(
+            f"{fmt:20s} {bits:4d} {r['bytes'] / 1e6:9.2f} {r['theory'] / 1e6:10.2f} {r['ratio']:7.4f} "
+            f"{r['export_s']:9.2f} {r['peak_after_quant_mb']:10.0f} {r['peak_rss_mb']:11.0f}"
+        )
 
 
 if __name__ == "__main__":

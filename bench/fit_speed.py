@@ -1,6 +1,6 @@
 """Fit + 200 bootstraps of the unified QiD law on 1,000 synthetic points; prints seconds (target < 30 s, 2 cores).
 
-    python bench/fit_speed.py [--n 1000] [--n-boot 200]
+python bench/fit_speed.py [--n 1000] [--n-boot 200]
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def main() -> None:
     t1 = time.perf_counter()
     boot = bootstrap_problem(problem, fit, n_boot=args.n_boot, seed=0)
     t2 = time.perf_counter()
-    print(f"qid law, {args.n} points: fit {t1 - t0:.2f} s, {args.n_boot} bootstraps {t2 - t1:.2f} s, "
-          f"total {t2 - t0:.2f} s ({boot.n_failed} failed refits)")
+    print(
+        f"qid law, {args.n} points: fit {t1 - t0:.2f} s, {args.n_boot} bootstraps {t2 - t1:.2f} s, "
+        f"total {t2 - t0:.2f} s ({boot.n_failed} failed refits)"
+    )
 
 
 if __name__ == "__main__":

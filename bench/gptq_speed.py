@@ -76,9 +76,11 @@ def main() -> None:
     rows = args.rows or (128 * 2048 if cuda else 4096)
     repeats = args.repeats or (3 if cuda else 1)
     spec = QuantSpec(args.bits, granularity="group", group_size=args.group_size)
-    print(f"device={device} ({torch.cuda.get_device_name(device) if cuda else torch.get_num_threads()} "
-          f"{'' if cuda else 'threads'}) torch={torch.__version__} spec={spec.label} rows={rows} "
-          f"block={args.block_size} act_order={args.act_order} repeats={repeats}")
+    print(
+        f"device={device} ({torch.cuda.get_device_name(device) if cuda else torch.get_num_threads()} "
+        f"{'' if cuda else 'threads'}) torch={torch.__version__} spec={spec.label} rows={rows} "
+        f"block={args.block_size} act_order={args.act_order} repeats={repeats}"
+    )
     header = f"{'model':6} {'layer':8} {'shape':>10} {'H s':>8} {'GPTQ s':>8} {'RTN s':>8} {'GPTQ/RTN':>9} {'out err GPTQ/RTN':>17}"
     print(header)
     print("-" * len(header))
@@ -88,7 +90,9 @@ def main() -> None:
         for layer, (n_out, n_in) in SHAPES[model].items():
             W = torch.randn(n_out, n_in, device=device) * 0.02
             t_h, H = _timed(lambda: hessian(n_in, rows, device), device, 1)
-            t_g, res = _timed(lambda: gptq_quantize(W, H, spec, args.block_size, act_order=args.act_order), device, repeats)
+            t_g, res = _timed(
+                lambda: gptq_quantize(W, H, spec, args.block_size, act_order=args.act_order), device, repeats
+            )
             t_r, Q = _timed(lambda: fake_quantize(W, spec), device, repeats)
             err = lambda D: float((D @ H * D).sum())  # noqa: E731  (output error tr(ΔHΔᵀ))
             ratio = err(W - res.weight) / err(W - Q)

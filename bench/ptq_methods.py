@@ -35,10 +35,10 @@ from qscale.ptq import PTQConfig, quantize_model
 from qscale.ptq.qllm import act_quant_spec
 from qscale.qat import QATRecipeConfig, convert, prepare
 from qscale.qat.doublerounding import joint_finetune
-from qscale.train.engine import lm_loss
-from qscale.train.schedule import cosine
 from qscale.quant import QuantSpec
 from qscale.quant.ste import STEActQuantizer
+from qscale.train.engine import lm_loss
+from qscale.train.schedule import cosine
 
 
 def _row(*cells) -> None:
@@ -82,8 +82,10 @@ def main() -> None:
     base = evaluate(fp, windows).loss
     G = args.group_size
     spec = lambda b: QuantSpec(b, True, "group", G)  # noqa: E731
-    print(f"checkpoint {args.ckpt}: loss {base:.4f} ({args.eval_windows} windows x {args.seq_len}); "
-          f"calibration {args.calib_windows} x {args.seq_len} train windows")
+    print(
+        f"checkpoint {args.ckpt}: loss {base:.4f} ({args.eval_windows} windows x {args.seq_len}); "
+        f"calibration {args.calib_windows} x {args.seq_len} train windows"
+    )
 
     print("\nWeights only (symmetric, group G)")
     _row("method", "bits", "G", "loss", "QiD", "s")
@@ -96,25 +98,40 @@ def main() -> None:
             if mix and bits == 2:  # the budget's floor: every layer gets 2 bits, the uniform run again
                 _row(method, "2 (avg)", G, "= learned-round (every layer at the 2-bit floor)", "", "")
                 continue
-            cfg = PTQConfig("learned-round" if mix else method, spec(bits), round_steps=args.round_steps,
-                            avg_bits=bits if mix else None)
+            cfg = PTQConfig(
+                "learned-round" if mix else method,
+                spec(bits),
+                round_steps=args.round_steps,
+                avg_bits=bits if mix else None,
+            )
             quantize_model(model, cfg, calib)
             loss = evaluate(model, windows).loss
-            _row(method, f"{bits}{' (avg)' if mix else ''}", G, f"{loss:.4f}", f"{loss - base:+.4f}",
-                 f"{time.perf_counter() - t0:.0f}")
+            _row(
+                method,
+                f"{bits}{' (avg)' if mix else ''}",
+                G,
+                f"{loss:.4f}",
+                f"{loss - base:+.4f}",
+                f"{time.perf_counter() - t0:.0f}",
+            )
 
     if args.act_bits:
         print("\nWeights and activations (per-token activations: absmax for rtn, asymmetric min/max otherwise)")
         _row("method", "W", "A", "G", "loss", "QiD", "s")
         _row(*["---"] * 7)
         for a in map(int, args.act_bits.split(",")):
-            for method, steps in (("rtn", 0), ("rtn (asym acts)", 0), ("qllm (reassembly only)", 0),
-                                  ("qllm", args.qllm_steps)):
+            for method, steps in (
+                ("rtn", 0),
+                ("rtn (asym acts)", 0),
+                ("qllm (reassembly only)", 0),
+                ("qllm", args.qllm_steps),
+            ):
                 model = copy.deepcopy(fp)
                 t0 = time.perf_counter()
                 asym = method == "rtn (asym acts)"
-                stats = quantize_model(model, PTQConfig(method.split()[0], spec(a), act_bits=16 if asym else a,
-                                                        qllm_steps=steps), calib)
+                stats = quantize_model(
+                    model, PTQConfig(method.split()[0], spec(a), act_bits=16 if asym else a, qllm_steps=steps), calib
+                )
                 for name in stats if asym else ():
                     model.get_submodule(name).act_quantizer = STEActQuantizer(act_quant_spec(a))
                 loss = evaluate(model, windows).loss
@@ -132,15 +149,19 @@ def main() -> None:
             dr = prepare(copy.deepcopy(fp), QATRecipeConfig("double-rounding", group_size=G))
             t0 = time.perf_counter()
             joint_finetune(dr, batches, args.dr_steps, args.dr_lr, bits=(8, 6, 4, 2))
-            print(f"joint Double Rounding QAT: {args.dr_steps} steps x 4 x {args.seq_len} tokens at 8/6/4/2 bits "
-                  f"(ALRS), {time.perf_counter() - t0:.0f} s")
+            print(
+                f"joint Double Rounding QAT: {args.dr_steps} steps x 4 x {args.seq_len} tokens at 8/6/4/2 bits "
+                f"(ALRS), {time.perf_counter() - t0:.0f} s"
+            )
             convert(dr.eval())
             export_model(dr, Path(tmp) / "dr", "qscale")
             name = f"joint QAT ({args.dr_steps} steps)"
             stored[name] = Path(tmp) / "dr"
             bases[name] = _fp_control(fp, batches, args.dr_steps, args.dr_lr, windows)
-            print(f"its QiD is against the fp model fine-tuned the same steps on the same batches "
-                  f"(loss {bases[name]:.4f})")
+            print(
+                f"its QiD is against the fp model fine-tuned the same steps on the same batches "
+                f"(loss {bases[name]:.4f})"
+            )
         _row("bits", *(f"served from {k}: QiD" for k in stored), "GPTQ at these bits: QiD")
         _row(*["---"] * (len(stored) + 2))
         for bits in (8, 6, 4, 2):

@@ -53,18 +53,32 @@ def run(method: str, bits: int, G: int, args) -> dict:
         quantize_model(model, PTQConfig("gptq", QuantSpec(bits, True, "group", G)), calib)
     else:
         recipe = method.split("+")[0]
-        cfg = QATRecipeConfig(recipe, w_bits=bits, a_bits=16, group_size=G,
-                              distill=DistillConfig() if method.endswith("+distill") else None,
-                              intervention=InterventionConfig() if method.endswith("+ti") else None)
+        cfg = QATRecipeConfig(
+            recipe,
+            w_bits=bits,
+            a_bits=16,
+            group_size=G,
+            distill=DistillConfig() if method.endswith("+distill") else None,
+            intervention=InterventionConfig() if method.endswith("+ti") else None,
+        )
         if recipe == "efficientqat":
-            block_ap(model, cfg, calibration_windows(streams.train, 32, args.seq_len, args.seed), steps=args.block_steps)
+            block_ap(
+                model, cfg, calibration_windows(streams.train, 32, args.seq_len, args.seed), steps=args.block_steps
+            )
             freeze_codes(model)
         qat_finetune(model, cfg, batches, args.steps, args.lr, warmup_steps=args.steps // 10)
         convert(model)
     seconds = time.perf_counter() - t0
     loss = evaluate(model, windows).loss
-    return {"method": method, "bits": bits, "G": G, "loss": loss, "ckpt_loss": base, "seconds": seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "method": method,
+        "bits": bits,
+        "G": G,
+        "loss": loss,
+        "ckpt_loss": base,
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -91,11 +105,17 @@ def main() -> None:
     methods = args.methods.split(",")
     results = []
     grid = [("fp-finetune", 16, 0)] if "fp-finetune" in methods else []
-    grid += [(m, int(b), int(g)) for b in args.bits.split(",") for g in args.groups.split(",")
-             for m in methods if m != "fp-finetune"]
+    grid += [
+        (m, int(b), int(g))
+        for b in args.bits.split(",")
+        for g in args.groups.split(",")
+        for m in methods
+        if m != "fp-finetune"
+    ]
     for method, bits, G in grid:
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--one", method, str(bits), str(G)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--one", method, str(bits), str(G)], capture_output=True, text=True
+        )
         if out.returncode:
             print(f"{method} w{bits} g{G}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             continue
@@ -103,8 +123,10 @@ def main() -> None:
         print(json.dumps(results[-1]), file=sys.stderr)
     control = next((r["loss"] for r in results if r["method"] == "fp-finetune"), None)
     lsq_rss = {(r["bits"], r["G"]): r["peak_rss_mb"] for r in results if r["method"] == "lsq"}
-    print(f"checkpoint loss {results[0]['ckpt_loss']:.4f}; fp fine-tune ({args.steps} steps) loss "
-          f"{control if control is None else round(control, 4)}")
+    print(
+        f"checkpoint loss {results[0]['ckpt_loss']:.4f}; fp fine-tune ({args.steps} steps) loss "
+        f"{control if control is None else round(control, 4)}"
+    )
     print("| method | bits | G | loss | QiD vs ckpt | QiD vs fp fine-tune | s | peak RSS MB | RSS / lsq |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
@@ -113,8 +135,10 @@ def main() -> None:
         vs_ft = "" if control is None else f"{r['loss'] - control:+.4f}"
         rel = lsq_rss.get((r["bits"], r["G"]))
         ratio = "" if rel is None else f"{r['peak_rss_mb'] / rel:.2f}"
-        print(f"| {r['method']} | {r['bits']} | {r['G']} | {r['loss']:.4f} | {r['loss'] - r['ckpt_loss']:+.4f} | "
-              f"{vs_ft} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+        print(
+            f"| {r['method']} | {r['bits']} | {r['G']} | {r['loss']:.4f} | {r['loss'] - r['ckpt_loss']:+.4f} | "
+            f"{vs_ft} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,16 @@ RECIPES = {
 
 def build(args, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
-                      num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                      num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=args.seq,
-                      use_cache=False)
+    cfg = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=max(1, args.hidden // 128),
+        max_position_embeddings=args.seq,
+        use_cache=False,
+    )
     return LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
 
 
@@ -81,8 +87,12 @@ def time_interleaved(steps: dict[str, Callable[[], None]], args, device: torch.d
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (default: on for cuda, off for cpu)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model (default: on for cuda, off for cpu)",
+    )
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
     p.add_argument("--hidden", type=int, default=256, help="hidden size (multiple of 128)")
     p.add_argument("--layers", type=int, default=4)
@@ -92,8 +102,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 on cpu, for stable timings)")
-    p.add_argument("--fake-quant", choices=BACKENDS, default=None,
-                   help="fake-quantization backend of eager steps (default: triton on CUDA, torch on CPU)")
+    p.add_argument(
+        "--fake-quant",
+        choices=BACKENDS,
+        default=None,
+        help="fake-quantization backend of eager steps (default: triton on CUDA, torch on CPU)",
+    )
     args = p.parse_args()
     if args.fake_quant:
         os.environ[ENV] = args.fake_quant
@@ -115,9 +129,11 @@ def main() -> None:
         steps[RECIPES[name].label] = make_step(prepare(build(args, device, dtype), RECIPES[name]), args, device)
     times = time_interleaved(steps, args, device)
     base = times["(no quantization)"]
-    print(f"device={device} dtype={str(dtype).removeprefix('torch.')} compile={args.compile} "
-          f"threads={torch.get_num_threads()} model=llama d{args.hidden} L{args.layers} "
-          f"tokens/step={args.batch * args.seq} fake-quant={backend_for(torch.empty(0, device=device))}")
+    print(
+        f"device={device} dtype={str(dtype).removeprefix('torch.')} compile={args.compile} "
+        f"threads={torch.get_num_threads()} model=llama d{args.hidden} L{args.layers} "
+        f"tokens/step={args.batch * args.seq} fake-quant={backend_for(torch.empty(0, device=device))}"
+    )
     print(f"{'recipe':<22}{'ms/step':>10}{'ratio':>8}")
     for label, t in times.items():
         print(f"{label:<22}{t * 1e3:>10.1f}{t / base:>8.2f}")

@@ -69,8 +69,14 @@ def run(name: str, args) -> dict:
     if recipe is None:
         train_model(model, OptimConfig(lr=args.lr, warmup=args.steps // 10), batches, args.steps)
     else:
-        cfg = QATRecipeConfig(recipe, w_bits=w_bits or args.bits, a_bits=a_bits, group_size=args.group,
-                              rank=args.rank, options=EfficientDMOptions(samples=args.samples) if recipe == "efficientdm" else None)
+        cfg = QATRecipeConfig(
+            recipe,
+            w_bits=w_bits or args.bits,
+            a_bits=a_bits,
+            group_size=args.group,
+            rank=args.rank,
+            options=EfficientDMOptions(samples=args.samples) if recipe == "efficientdm" else None,
+        )
         teacher = None
         if recipe == "efficientdm":  # data-free: the fp model's own samples replace the corpus batches
             teacher = copy.deepcopy(model)
@@ -80,8 +86,14 @@ def run(name: str, args) -> dict:
         extra = {"label": cfg.label, "train_first": losses[0], "train_last": losses[-1]}
     seconds = time.perf_counter() - t0
     res = evaluate(model, windows)
-    return {"method": name, "loss": res.loss, "ckpt_loss": base, "seconds": seconds,
-            "per_window": [float(x) for x in res.per_window], **extra}
+    return {
+        "method": name,
+        "loss": res.loss,
+        "ckpt_loss": base,
+        "seconds": seconds,
+        "per_window": [float(x) for x in res.per_window],
+        **extra,
+    }
 
 
 def main() -> None:
@@ -108,7 +120,9 @@ def main() -> None:
     passthrough = sys.argv[1:]
     results = {}
     for name in args.methods.split(","):
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--one", name], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--one", name], capture_output=True, text=True, check=False
+        )
         if out.returncode:
             print(f"{name}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             continue
@@ -116,8 +130,10 @@ def main() -> None:
         print(json.dumps({k: v for k, v in results[name].items() if k != "per_window"}), file=sys.stderr)
     first = next(iter(results.values()))
     control = results.get("fp-finetune", {}).get("loss")
-    print(f"checkpoint {args.ckpt}: loss {first['ckpt_loss']:.4f}; fp fine-tune ({args.steps} steps) "
-          f"{'-' if control is None else f'{control:.4f}'}; {args.eval_windows} windows x {args.seq_len} tokens")
+    print(
+        f"checkpoint {args.ckpt}: loss {first['ckpt_loss']:.4f}; fp fine-tune ({args.steps} steps) "
+        f"{'-' if control is None else f'{control:.4f}'}; {args.eval_windows} windows x {args.seq_len} tokens"
+    )
     print("| method | config | loss | δ vs reference | QiD vs ckpt | vs fp fine-tune | train loss first → last | s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
@@ -129,8 +145,10 @@ def main() -> None:
             se = paired_se(np.array(results[ref]["per_window"]), np.array(r["per_window"]))
             delta = f"{r['loss'] - results[ref]['loss']:+.4f} ± {se:.4f} (vs {ref})"
         vs_ft = "" if control is None else f"{r['loss'] - control:+.4f}"
-        print(f"| {name} | {r['label']} | {r['loss']:.4f} | {delta} | {r['loss'] - r['ckpt_loss']:+.4f} | {vs_ft} | "
-              f"{r['train_first']:.3f} → {r['train_last']:.3f} | {r['seconds']:.0f} |")
+        print(
+            f"| {name} | {r['label']} | {r['loss']:.4f} | {delta} | {r['loss'] - r['ckpt_loss']:+.4f} | {vs_ft} | "
+            f"{r['train_first']:.3f} → {r['train_last']:.3f} | {r['seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

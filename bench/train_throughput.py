@@ -29,14 +29,24 @@ H100_BF16_DENSE_TFLOPS = 989.0
 
 def llama_125m(vocab_size: int, seq_len: int) -> LlamaForCausalLM:
     """GPT-2-small-like Llama: d=768, 12 layers, 12 heads, SwiGLU 2048 (85M non-embedding, 135M total)."""
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                      num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=seq_len,
-                      tie_word_embeddings=False, use_cache=False, attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        max_position_embeddings=seq_len,
+        tie_word_embeddings=False,
+        use_cache=False,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(cfg)
 
 
-def measure(model, device: torch.device, batch_size: int, seq_len: int, steps: int, warmup: int,
-            compile_model: bool) -> float:
+def measure(
+    model, device: torch.device, batch_size: int, seq_len: int, steps: int, warmup: int, compile_model: bool
+) -> float:
     """Tokens/s of full training steps, timed after ``warmup`` untimed steps."""
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -76,8 +86,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 2 on CPU, 10 on CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help=f"peak for MFU (default: {H100_BF16_DENSE_TFLOPS:g} on CUDA, none on CPU)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help=f"peak for MFU (default: {H100_BF16_DENSE_TFLOPS:g} on CUDA, none on CPU)",
+    )
     a = p.parse_args()
     device = torch.device(a.device)
     cuda = device.type == "cuda"
@@ -87,15 +101,20 @@ def main() -> None:
     bs, T = a.batch_size or 16, a.seq_len or (1024 if cuda else 128)
     steps, warmup = a.steps or (30 if cuda else 5), a.warmup if a.warmup is not None else (10 if cuda else 2)
     torch.manual_seed(0)
-    table = Table(title=f"training throughput on {torch.cuda.get_device_name() if cuda else 'CPU'} "
-                        f"({'bf16 autocast' if cuda else f'fp32, {torch.get_num_threads()} threads'}, "
-                        f"batch {bs} x seq {T}, vocab {vocab}{', compiled' if a.compile else ''})")
+    table = Table(
+        title=f"training throughput on {torch.cuda.get_device_name() if cuda else 'CPU'} "
+        f"({'bf16 autocast' if cuda else f'fp32, {torch.get_num_threads()} threads'}, "
+        f"batch {bs} x seq {T}, vocab {vocab}{', compiled' if a.compile else ''})"
+    )
     peak = a.peak_tflops or (H100_BF16_DENSE_TFLOPS if cuda else None)
     columns = ["model", "N (non-emb)", "total params", "tokens/s", "TFLOP/s (6N)"] + (["MFU"] if peak else [])
     for col in columns:
         table.add_column(col, justify="right")
-    models = {"llama-125m": lambda: llama_125m(vocab, T)} if cuda else {
-        s: (lambda s=s: build_model(s, vocab, max_seq_len=T)) for s in a.sizes.split(",")}
+    models = (
+        {"llama-125m": lambda: llama_125m(vocab, T)}
+        if cuda
+        else {s: (lambda s=s: build_model(s, vocab, max_seq_len=T)) for s in a.sizes.split(",")}
+    )
     for name, make in models.items():
         model = make()
         counts = count_params(model)

@@ -11,10 +11,10 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from qscale.data import DataConfig, load_token_streams  # noqa: E402
+from qscale.data import DataConfig, load_token_streams
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -106,8 +106,13 @@ def test_no_import_cycles():
 
 
 def test_report_never_imports_study():
-    bad = [(m, t) for m, ts in import_graph().items() if m.startswith("qscale.report") for t in ts
-           if t == "qscale.study" or t.startswith("qscale.study.")]
+    bad = [
+        (m, t)
+        for m, ts in import_graph().items()
+        if m.startswith("qscale.report")
+        for t in ts
+        if t == "qscale.study" or t.startswith("qscale.study.")
+    ]
     assert not bad, f"report imports study: {bad}"
 
 
@@ -176,8 +181,15 @@ def test_importing_the_library_and_cli_leaves_triton_unloaded():
     import subprocess
     import sys
 
-    code = ("import sys; import qscale, qscale.ptq, qscale.cli; "
-            "print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(SRC.parent)})
+    code = (
+        "import sys; import qscale, qscale.ptq, qscale.cli; "
+        "print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(SRC.parent)},
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

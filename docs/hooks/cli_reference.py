@@ -60,7 +60,9 @@ def _type_name(p: Any) -> str:
     if getattr(ann, "__origin__", None) in (list, tuple) and args:  # list[str] of a repeatable option
         ann = args[0]
     name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-    return {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN", "Path": "PATH"}.get(name, name.upper())
+    return {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN", "Path": "PATH"}.get(
+        name, name.upper()
+    )
 
 
 def _default(p: Any) -> str:
@@ -131,9 +133,21 @@ def cli_reference() -> str:
     lines: list[str] = []
     subs = getattr(root, "commands", {})
     opts = [r for r in (_param_row(p) for p in root.params) if r]
-    lines += ["## `qscale`", "", "```text", "qscale [OPTIONS] COMMAND [ARGS]...", "```", "", _text(root.help), "",
-              "| option | type | default | description |", "| --- | --- | --- | --- |", *opts,
-              "| `--help` |  |  | Show the help and exit. |", ""]
+    lines += [
+        "## `qscale`",
+        "",
+        "```text",
+        "qscale [OPTIONS] COMMAND [ARGS]...",
+        "```",
+        "",
+        _text(root.help),
+        "",
+        "| option | type | default | description |",
+        "| --- | --- | --- | --- |",
+        *opts,
+        "| `--help` |  |  | Show the help and exit. |",
+        "",
+    ]
     lines += ["| command | what it does |", "| --- | --- |"]
     for name in sorted(subs):
         first = _text((subs[name].short_help or subs[name].help or "").split("\n\n")[0])

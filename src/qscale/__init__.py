@@ -1,7 +1,7 @@
 """qscale: quantize language models and fit scaling laws of quantization-induced degradation.
 
-    import qscale
-    model = qscale.load_quantized("my-model-w4g128/")   # compressed-tensors, GPTQ or qscale packed folder
+import qscale
+model = qscale.load_quantized("my-model-w4g128/")   # compressed-tensors, GPTQ or qscale packed folder
 """
 
 from qscale._version import __version__

@@ -31,11 +31,19 @@ def user_models(tmp_path_factory, streams):
     base = tmp_path_factory.mktemp("user-models")
     torch.manual_seed(0)
     models = {
-        "neox": GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=512, hidden_size=64, intermediate_size=256,
-                                                 num_hidden_layers=2, num_attention_heads=4,
-                                                 max_position_embeddings=128)),
-        "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-                                           bos_token_id=0, eos_token_id=0)),
+        "neox": GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=512,
+                hidden_size=64,
+                intermediate_size=256,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=128,
+            )
+        ),
+        "gpt2": GPT2LMHeadModel(
+            GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0)
+        ),
     }
     paths = {}
     for name, model in models.items():
@@ -69,8 +77,12 @@ def inputs(tmp_path_factory, streams, data_cfg):
     from qscale.train import TrainConfig, train
 
     d = tmp_path_factory.mktemp("bad-inputs")
-    ckpt = train(TrainConfig(size="xs", tokens=2 * 8 * 32, batch_size=8, seq_len=32, warmup_steps=1, eval_windows=4),
-                 streams, d / "run", progress=False)[-1].path
+    ckpt = train(
+        TrainConfig(size="xs", tokens=2 * 8 * 32, batch_size=8, seq_len=32, warmup_steps=1, eval_windows=4),
+        streams,
+        d / "run",
+        progress=False,
+    )[-1].path
     first = sorted(load_file(str(ckpt / "model.safetensors")))[0]
     _rewrite(ckpt, d / "missing-weight", lambda t: t.pop(first))
     _rewrite(ckpt, d / "extra-weight", lambda t: t.update({"model.extra.weight": torch.zeros(2)}))
@@ -87,10 +99,12 @@ def inputs(tmp_path_factory, streams, data_cfg):
     convert(prepare(qat, QATRecipeConfig(recipe="ste", w_bits=4, a_bits=16)))
     qat.save_pretrained(d / "qat-converted")
     streams.tokenizer.save(str(d / "qat-converted" / "tokenizer.json"))
-    GPT2LMHeadModel(GPT2Config(vocab_size=streams.vocab_size, n_positions=16, n_embd=16, n_layer=1,
-                               n_head=2)).save_pretrained(d / "gpt2-16pos")
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=streams.vocab_size, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    ).save_pretrained(d / "gpt2-16pos")
     GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=128, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
-        d / "gpt2-300vocab")
+        d / "gpt2-300vocab"
+    )
     streams.tokenizer.save(str(d / "tok.json"))
     other: Tokenizer = train_bpe(["def f(x):\n    return x + 1\n"] * 20, 300)
     other.save(str(d / "other-tok.json"))
@@ -109,8 +123,9 @@ def inputs(tmp_path_factory, streams, data_cfg):
     rows = ["N,D,P,qid"] + [f"{n},{dd},{p},{0.01 * p * dd / n}" for n, dd, p in grid]
     (d / "points.csv").write_text("\n".join(rows) + "\n")
     (d / "two.csv").write_text("N,D,P,qid\n1e6,1e8,2,0.1\n2e6,1e8,2,0.05\n")
-    (d / "bad-params.json").write_text(json.dumps({"law": "qid", "params": {"k": "abc", "alpha": 0.2, "beta": 0.5,
-                                                                             "gamma": 5.0}}))
+    (d / "bad-params.json").write_text(
+        json.dumps({"law": "qid", "params": {"k": "abc", "alpha": 0.2, "beta": 0.5, "gamma": 5.0}})
+    )
     bad_rows = rows[:3] + [rows[3].rsplit(",", 1)[0] + ",abc"] + rows[4:]  # data row 3 (line 4 of the file)
     (d / "bad-row.csv").write_text("\n".join(bad_rows) + "\n")
     shutil.copytree(ckpt, d / "lying")
@@ -119,9 +134,32 @@ def inputs(tmp_path_factory, streams, data_cfg):
     with pytest.MonkeyPatch.context() as mp:  # two already-quantized folders, as qscale quantize writes them
         mp.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))
         for fmt in ("compressed-tensors", "gptq"):
-            assert main(["quantize", str(ckpt), "--method", "rtn", "-g", "32", "--format", fmt, "--out",
-                         str(d / fmt), "--calib-data", str(d / "other.txt"), "--eval-data", str(d / "other.txt"),
-                         "--seq-len", "32", "--eval-windows", "4", "--no-progress"]) == 0
+            assert (
+                main(
+                    [
+                        "quantize",
+                        str(ckpt),
+                        "--method",
+                        "rtn",
+                        "-g",
+                        "32",
+                        "--format",
+                        fmt,
+                        "--out",
+                        str(d / fmt),
+                        "--calib-data",
+                        str(d / "other.txt"),
+                        "--eval-data",
+                        str(d / "other.txt"),
+                        "--seq-len",
+                        "32",
+                        "--eval-windows",
+                        "4",
+                        "--no-progress",
+                    ]
+                )
+                == 0
+            )
     (d / "ro").mkdir()
     (d / "ro").chmod(0o555)
     return d

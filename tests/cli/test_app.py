@@ -15,10 +15,13 @@ def test_usage_error_in_a_subprocess_is_one_line(tmp_path):
     """The installed entry point, end to end: real stderr, exit code 2, no traceback."""
     (tmp_path / "bad.csv").write_bytes(bytes(range(256)))
     argv = [sys.executable, "-m", "qscale.cli", "fit", "--law", "qid", "--data", str(tmp_path / "bad.csv")]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"qscale: error: {tmp_path / 'bad.csv'}: not a UTF-8 CSV text file "
-                                                "(UnicodeDecodeError)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"qscale: error: {tmp_path / 'bad.csv'}: not a UTF-8 CSV text file (UnicodeDecodeError)"
+    ]
     assert os.listdir(tmp_path) == ["bad.csv"]
 
 
@@ -31,11 +34,22 @@ def test_help_and_version_exit_zero(capsys):
     assert capsys.readouterr().out.strip() == f"qscale {__version__}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["fit", "--help"],
-                                  ["predict", "--help"], ["study", "qid", "--help"], ["study", "qat", "--help"],
-                                  ["quantize", "--help"], ["qat", "--help"], ["export", "--help"],
-                                  ["predict", "--params", "chen2025-w4a4", "--N", "1e9", "--D", "1e9", "--G", "32",
-                                   "--json"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["eval", "--help"],
+        ["fit", "--help"],
+        ["predict", "--help"],
+        ["study", "qid", "--help"],
+        ["study", "qat", "--help"],
+        ["quantize", "--help"],
+        ["qat", "--help"],
+        ["export", "--help"],
+        ["predict", "--params", "chen2025-w4a4", "--N", "1e9", "--D", "1e9", "--G", "32", "--json"],
+    ],
+)
 def test_no_spec_references_in_user_facing_output(argv, capsys):
     assert main(argv) == 0
     assert "SPEC" not in capsys.readouterr().out
@@ -70,13 +84,16 @@ def test_user_text_is_printed_literally(capsys):
     assert "qscale[postgres]" in text and "qscale[ray]" in text
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["quantize", "--help"], ["rtn", "gptq", "learned-round", "qllm", "last 5%"]),
-    (["export", "--help"], ["onnx"]),
-    (["train", "--help"], ["--no-progress"]),
-    (["qat", "--help"], ["--redo", "last 5%"]),
-    (["study", "qat", "--help"], ["ray.init()"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["quantize", "--help"], ["rtn", "gptq", "learned-round", "qllm", "last 5%"]),
+        (["export", "--help"], ["onnx"]),
+        (["train", "--help"], ["--no-progress"]),
+        (["qat", "--help"], ["--redo", "last 5%"]),
+        (["study", "qat", "--help"], ["ray.init()"]),
+    ],
+)
 def test_help_names_every_choice(argv, words, capsys):
     assert main(argv) == 0
     text = " ".join(capsys.readouterr().out.split())

@@ -45,15 +45,60 @@ CASES = [  # (argv with {name} = inputs/name and {out} = a folder under the work
     (["train", "--tokenizer", "{bad-tok.json}", *COMMON], "cannot read tokenizer"),
     (["train", "--preset", "nope", *COMMON], "unknown suite preset"),
     (["train", "--model", "{no-tokenizer}", "--out", "{out}", *COMMON], "pass --tokenizer PATH"),
-    (["train", "--model", "{run}/step-000002", "--tokenizer", "{other-tok.json}", "--out", "{out}", *COMMON],
-     "trained with another tokenizer"),
+    (
+        ["train", "--model", "{run}/step-000002", "--tokenizer", "{other-tok.json}", "--out", "{out}", *COMMON],
+        "trained with another tokenizer",
+    ),
     (["train", "--model", "{missing-weight}", "--out", "{out}", *COMMON], "lacks 1 weight(s)"),
-    (["train", "--model", "{gpt2-16pos}", "--tokenizer", "{tok.json}", "--seq-len", "32", "--out", "{out}",
-      *COMMON], "supports 16 positions"),
-    (["train", "--size", "xs", "--tokens", "512", "--batch-size", "8", "--seq-len", "32", "--warmup-steps", "1",
-      "--data", "{other.txt}", "--tokenizer", "{tok.json}", "--out", "{run}"], "different data"),
-    (["train", "--size", "xs", "--tokens", "512", "--batch-size", "8", "--seq-len", "32", "--warmup-steps", "1",
-      "--lr", "0.001", "--tokenizer", "{tok.json}", "--out", "{run}", *COMMON], "different config"),
+    (
+        ["train", "--model", "{gpt2-16pos}", "--tokenizer", "{tok.json}", "--seq-len", "32", "--out", "{out}", *COMMON],
+        "supports 16 positions",
+    ),
+    (
+        [
+            "train",
+            "--size",
+            "xs",
+            "--tokens",
+            "512",
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "32",
+            "--warmup-steps",
+            "1",
+            "--data",
+            "{other.txt}",
+            "--tokenizer",
+            "{tok.json}",
+            "--out",
+            "{run}",
+        ],
+        "different data",
+    ),
+    (
+        [
+            "train",
+            "--size",
+            "xs",
+            "--tokens",
+            "512",
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "32",
+            "--warmup-steps",
+            "1",
+            "--lr",
+            "0.001",
+            "--tokenizer",
+            "{tok.json}",
+            "--out",
+            "{run}",
+            *COMMON,
+        ],
+        "different config",
+    ),
     # eval
     (["eval", "{missing}"], "does not exist"),
     (["eval", "{no-config}"], "no config.json"),
@@ -78,8 +123,10 @@ CASES = [  # (argv with {name} = inputs/name and {out} = a folder under the work
     (["fit", "--law", "qid", "--data", "{missing}.csv"], "data file not found"),
     (["fit", "--law", "qid", "--data", "{binary.csv}"], "not a UTF-8 CSV"),
     (["fit", "--law", "qid", "--data", "{data.xyz}"], "unknown data format"),
-    (["fit", "--law", "qid", "--data", "{points.csv}", "--plot", str(ROOT_MISSING / "dir" / "x.png")],
-     "does not exist"),
+    (
+        ["fit", "--law", "qid", "--data", "{points.csv}", "--plot", str(ROOT_MISSING / "dir" / "x.png")],
+        "does not exist",
+    ),
     (["fit", "--law", "qid", "--data", "{points.csv}", "--plot", "{out}/x.txt"], "use a .png"),
     (["fit", "--law", "qid", "--data", "{points.csv}", "--n-boot", "5"], "--n-boot must be 0 or >= 200"),
     (["fit", "--law", "qid", "--data", "{points.csv}", "--holdout", "P"], "--holdout must be N or D"),
@@ -109,8 +156,7 @@ CASES = [  # (argv with {name} = inputs/name and {out} = a folder under the work
     (["quantize", "{no-tokenizer}", "--out", "{out}", "-g", "32"], "no tokenizer"),
     (["quantize", "{run}/step-000002", "--bits", "9", "--out", "{out}"], "bits"),
     (["quantize", "{run}/step-000002", "--method", "awq", "--out", "{out}"], "awq"),
-    (["quantize", "{run}/step-000002", "--eval-windows", "100000000", "-g", "32", "--out", "{out}", *QDATA],
-     "windows"),
+    (["quantize", "{run}/step-000002", "--eval-windows", "100000000", "-g", "32", "--out", "{out}", *QDATA], "windows"),
     (["qat", "{run}/step-000002", "--recipe", "nope", "--out", "{out}"], "nope"),
     (["qat", "{run}/step-000002", "--seed", "-1", "--out", "{out}"], "--seed must be >= 0"),
     (["qat", "{extra-weight}", "--out", "{out}", "--data", "{other.txt}"], "does not use"),
@@ -146,13 +192,29 @@ ISSUE20 = [  # refused before any work: nothing at all is written, not even unde
     (["train", "--model", "{compressed-tensors}", "--out", "{out}", *COMMON], "is already quantized"),
     (["train", "--model", "{gptq}", "--out", "{out}", *COMMON], "is already quantized"),
     # accepted and ignored, or misleading, before
-    (["quantize", "{run}/step-000002", "--method", "rtn", "--act-order", "--out", "{out}", *G32, *QDATA],
-     "--act-order applies to --method gptq only"),
+    (
+        ["quantize", "{run}/step-000002", "--method", "rtn", "--act-order", "--out", "{out}", *G32, *QDATA],
+        "--act-order applies to --method gptq only",
+    ),
     (["quantize", "{run}/step-000002", "--out", "{out}", *QDATA], "--group-size 128 does not divide the 64"),
     (["quantize", "{run}/step-000002", "--format", "all", "-g", "48", "--out", "{out}", *QDATA], "does not divide"),
     (["qat", "{run}/step-000002", "--format", "compressed-tensors", "--out", "{out}"], "does not divide the 64"),
-    (["qat", "{run}/step-000002", "--recipe", "ste", "--a-bits", "8", "--format", "compressed-tensors", *G32,
-      "--out", "{out}"], "--format qscale only"),
+    (
+        [
+            "qat",
+            "{run}/step-000002",
+            "--recipe",
+            "ste",
+            "--a-bits",
+            "8",
+            "--format",
+            "compressed-tensors",
+            *G32,
+            "--out",
+            "{out}",
+        ],
+        "--format qscale only",
+    ),
     (["qat", "{run}/step-000002", "--format", "onnx", "--out", "{out}"], "--format must be one of"),
     (["qat", "{run}/step-000002", "--recipe", "lsq", "--rank", "4", "--out", "{out}"], "--rank applies to"),
     (["qat", "{run}/step-000002", "--recipe", "lsq", "--joint-bits", "8,4", "--out", "{out}"], "--joint-bits"),
@@ -163,8 +225,10 @@ ISSUE20 = [  # refused before any work: nothing at all is written, not even unde
     (["export", "{compressed-tensors}", "--out", "{compressed-tensors}/x"], "inside the source folder"),
     (["quantize", "{run}/step-000002", "--out", "{other.txt}", *G32, *QDATA], "is a file, not a folder"),
     (["fit", "--law", "qid", "--data", "{bad-row.csv}"], "column 'qid' data row 3: 'abc' is not a number"),
-    (["quantize", "{run}/step-000002", "--method", "learned-round", "--avg-bits", "9", "--out", "{out}", *QDATA],
-     "--avg-bits must be in 2..8"),
+    (
+        ["quantize", "{run}/step-000002", "--method", "learned-round", "--avg-bits", "9", "--out", "{out}", *QDATA],
+        "--avg-bits must be in 2..8",
+    ),
     (["quantize", "{run}/step-000002", "--avg-bits", "3", "--out", "{out}", *QDATA], "--avg-bits (mixed precision)"),
     (["export", "{compressed-tensors}", "--format", "foo", "--out", "{out}"], "qscale, all, onnx"),
 ]
@@ -194,8 +258,9 @@ def test_matrix_has_forty_cases():
 
 
 @pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, words, inputs, read_only, data_cfg, tmp_path,
-                                                            monkeypatch, capfd):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    args, words, inputs, read_only, data_cfg, tmp_path, monkeypatch, capfd
+):
     if any("{ro}" in a for a in args) and read_only is None:
         pytest.skip("no read-only folder on this machine")
     monkeypatch.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))

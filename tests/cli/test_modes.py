@@ -28,22 +28,85 @@ def _assert_world_readable(root):
     assert not bad, bad
 
 
-def test_quantize_qat_and_train_outputs_follow_the_umask(user_models, corpus, cache, umask_022, data_cfg, streams,
-                                                         monkeypatch, tmp_path):
+def test_quantize_qat_and_train_outputs_follow_the_umask(
+    user_models, corpus, cache, umask_022, data_cfg, streams, monkeypatch, tmp_path
+):
     data = ["--calib-data", str(corpus), "--eval-data", str(corpus)]
     fast = ["--calib-windows", "8", "--eval-windows", "8", "--seq-len", "64", "--no-progress"]
-    assert main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "q"), "--format", "all", "--bits", "4",
-                 "--group-size", "32", *data, *fast]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(user_models["neox"]),
+                "--out",
+                str(tmp_path / "q"),
+                "--format",
+                "all",
+                "--bits",
+                "4",
+                "--group-size",
+                "32",
+                *data,
+                *fast,
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "q" / "qscale-quantize.json").is_file() and (tmp_path / "q" / "gptq").is_dir()
     _assert_world_readable(tmp_path / "q")
-    assert main(["qat", str(user_models["neox"]), "--recipe", "ste", "--tokens", "640", "--group-size", "32",
-                 "--out", str(tmp_path / "qat"), "--data", str(corpus), "--eval-windows", "8", "--seq-len", "64",
-                 "--batch-size", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "qat",
+                str(user_models["neox"]),
+                "--recipe",
+                "ste",
+                "--tokens",
+                "640",
+                "--group-size",
+                "32",
+                "--out",
+                str(tmp_path / "qat"),
+                "--data",
+                str(corpus),
+                "--eval-windows",
+                "8",
+                "--seq-len",
+                "64",
+                "--batch-size",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "qat" / "qscale-qat.json").is_file()
     _assert_world_readable(tmp_path / "qat")
     monkeypatch.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))
-    assert main(["train", "--size", "xs", "--tokens", str(2 * 8 * 32), "--batch-size", "8", "--seq-len", "32",
-                 "--vocab-size", "512", "--max-files", "40", "--warmup-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--size",
+                "xs",
+                "--tokens",
+                str(2 * 8 * 32),
+                "--batch-size",
+                "8",
+                "--seq-len",
+                "32",
+                "--vocab-size",
+                "512",
+                "--max-files",
+                "40",
+                "--warmup-steps",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "run" / "step-000002" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "state" / "model.safetensors").is_file()
     _assert_world_readable(tmp_path / "run")

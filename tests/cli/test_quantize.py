@@ -18,8 +18,22 @@ def _data(corpus):
 
 def test_neox_gptq_all_formats(user_models, corpus, cache, tmp_path, capsys):
     out = tmp_path / "q"
-    rc = main(["quantize", str(user_models["neox"]), "--out", str(out), "--format", "all", "--bits", "3",
-               "--group-size", "32", *_data(corpus), *FAST])
+    rc = main(
+        [
+            "quantize",
+            str(user_models["neox"]),
+            "--out",
+            str(out),
+            "--format",
+            "all",
+            "--bits",
+            "3",
+            "--group-size",
+            "32",
+            *_data(corpus),
+            *FAST,
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "compressed-tensors" in text and "gptq" in text and "QiD" in text
@@ -43,8 +57,25 @@ def test_neox_gptq_all_formats(user_models, corpus, cache, tmp_path, capsys):
 
 def test_gpt2_rtn_asym_gptq_format_and_ct_refused(user_models, corpus, cache, tmp_path, capsys):
     out = tmp_path / "g"
-    rc = main(["quantize", str(user_models["gpt2"]), "--out", str(out), "--method", "rtn", "--asym", "--bits", "4",
-               "--group-size", "0", "--format", "gptq", *_data(corpus), *FAST])
+    rc = main(
+        [
+            "quantize",
+            str(user_models["gpt2"]),
+            "--out",
+            str(out),
+            "--method",
+            "rtn",
+            "--asym",
+            "--bits",
+            "4",
+            "--group-size",
+            "0",
+            "--format",
+            "gptq",
+            *_data(corpus),
+            *FAST,
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out  # GPT-2 GPTQ: transformers cannot, GPTQModel.load refuses asymmetric: qscale
     assert "Loaders of the gptq folder (asymmetric weights, GPT-2):" in text
@@ -57,14 +88,24 @@ def test_gpt2_rtn_asym_gptq_format_and_ct_refused(user_models, corpus, cache, tm
     assert rc == 2 and "Conv1D" in capsys.readouterr().err and not (tmp_path / "ct").exists()
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--bits", "9"], "--bits"), (["--bits", "5", "--format", "gptq"], "GPTQ checkpoints hold"),
-    (["--format", "awq"], "--format"), (["--method", "awq"], "--method must be one of"), (["--group-size", "-1"], "group-size"),
-    (["--eval-windows", "100000"], "would overlap"), (["--seq-len", "4096"], "positions"),
-    (["--skip", "re:("], "regular expression"), (["--tokenizer", "/nonexistent"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--bits", "9"], "--bits"),
+        (["--bits", "5", "--format", "gptq"], "GPTQ checkpoints hold"),
+        (["--format", "awq"], "--format"),
+        (["--method", "awq"], "--method must be one of"),
+        (["--group-size", "-1"], "group-size"),
+        (["--eval-windows", "100000"], "would overlap"),
+        (["--seq-len", "4096"], "positions"),
+        (["--skip", "re:("], "regular expression"),
+        (["--tokenizer", "/nonexistent"], "does not exist"),
+    ],
+)
 def test_bad_input_one_line_exit_2(user_models, corpus, cache, tmp_path, capsys, args, match):
-    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "o"), *_data(corpus), *FAST, "-g", "32", *args])
+    rc = main(
+        ["quantize", str(user_models["neox"]), "--out", str(tmp_path / "o"), *_data(corpus), *FAST, "-g", "32", *args]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
@@ -79,8 +120,24 @@ def test_refuses_to_overwrite_an_unrelated_folder(user_models, corpus, cache, tm
 
 def test_neox_qllm_w4a4_qscale_format(user_models, corpus, cache, tmp_path, capsys):
     out = tmp_path / "qllm"
-    rc = main(["quantize", str(user_models["neox"]), "--out", str(out), "--method", "qllm", "--act-bits", "4",
-               "--group-size", "32", "--format", "qscale", *_data(corpus), *FAST])
+    rc = main(
+        [
+            "quantize",
+            str(user_models["neox"]),
+            "--out",
+            str(out),
+            "--method",
+            "qllm",
+            "--act-bits",
+            "4",
+            "--group-size",
+            "32",
+            "--format",
+            "qscale",
+            *_data(corpus),
+            *FAST,
+        ]
+    )
     assert rc == 0 and "qllm w4g32-sym a4" in capsys.readouterr().out
     record = json.loads((out / "qscale-quantize.json").read_text())
     assert record["config"]["act_bits"] == 4 and abs(record["results"][0]["qid"]) < 2
@@ -90,21 +147,63 @@ def test_neox_qllm_w4a4_qscale_format(user_models, corpus, cache, tmp_path, caps
     assert layer.act_quantizer.spec.bits == 4
     assert main(["eval", str(out), "--windows", "8", "--seq-len", "64", "--data", str(corpus), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(record["results"][0]["loss"], abs=1e-6)
-    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "ct"), "--act-bits", "4", "--method",
-               "rtn", *_data(corpus), *FAST])
+    rc = main(
+        [
+            "quantize",
+            str(user_models["neox"]),
+            "--out",
+            str(tmp_path / "ct"),
+            "--act-bits",
+            "4",
+            "--method",
+            "rtn",
+            *_data(corpus),
+            *FAST,
+        ]
+    )
     assert rc == 2 and "--format qscale" in capsys.readouterr().err
 
 
 def test_neox_learned_round_mixed_precision_budget(user_models, corpus, cache, tmp_path, capsys):
     out = tmp_path / "mix"
-    rc = main(["quantize", str(user_models["neox"]), "--out", str(out), "--method", "learned-round", "--avg-bits",
-               "3", "--group-size", "32", "--format", "qscale", *_data(corpus), *FAST])
+    rc = main(
+        [
+            "quantize",
+            str(user_models["neox"]),
+            "--out",
+            str(out),
+            "--method",
+            "learned-round",
+            "--avg-bits",
+            "3",
+            "--group-size",
+            "32",
+            "--format",
+            "qscale",
+            *_data(corpus),
+            *FAST,
+        ]
+    )
     assert rc == 0 and "wmixg32-sym avg 3 bits" in capsys.readouterr().out
     record = json.loads((out / "qscale-quantize.json").read_text())
     model = load_quantized(out)
     sizes = {n: m.out_features * m.in_features for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     bits = {n: s["bits"] for n, s in record["layers"].items()}
     assert sum(sizes[n] * b for n, b in bits.items()) <= 3 * sum(sizes.values()) and len(set(bits.values())) > 1
-    rc = main(["quantize", str(user_models["neox"]), "--out", str(tmp_path / "g"), "--method", "learned-round",
-               "--avg-bits", "3", "--format", "gptq", *_data(corpus), *FAST])
+    rc = main(
+        [
+            "quantize",
+            str(user_models["neox"]),
+            "--out",
+            str(tmp_path / "g"),
+            "--method",
+            "learned-round",
+            "--avg-bits",
+            "3",
+            "--format",
+            "gptq",
+            *_data(corpus),
+            *FAST,
+        ]
+    )
     assert rc == 2 and "one bit width" in capsys.readouterr().err

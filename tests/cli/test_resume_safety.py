@@ -36,8 +36,25 @@ def _assert_refused(rc, err, marker):
 @pytest.mark.parametrize("name", ["optimizer.pt", "rng.pt"])
 def test_train_resume_refuses_a_crafted_state_file(data_cfg, streams, monkeypatch, tmp_path, capsys, name):
     monkeypatch.setenv("QSCALE_CACHE", str(data_cfg.cache_dir))
-    args = ["train", "--size", "xs", "--tokens", str(2 * 8 * 32), "--batch-size", "8", "--seq-len", "32",
-            "--vocab-size", "512", "--max-files", "40", "--warmup-steps", "1", "--out", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--size",
+        "xs",
+        "--tokens",
+        str(2 * 8 * 32),
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+        "--vocab-size",
+        "512",
+        "--max-files",
+        "40",
+        "--warmup-steps",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     assert main(args) == 0  # an honest state file resumes
     capsys.readouterr()
@@ -51,8 +68,28 @@ def test_qat_resume_refuses_a_crafted_state_file(user_models, corpus, cache, tmp
     state = tmp_path / ".qat.qat-state"  # where a killed ``qscale qat`` leaves its state (commands/qat.py)
     state.mkdir()
     _craft(state / "state.pt", marker)
-    rc = main(["qat", str(user_models["neox"]), "--recipe", "ste", "--tokens", "640", "--group-size", "32",
-               "--out", str(out), "--data", str(corpus), "--eval-windows", "8", "--seq-len", "64", "--batch-size", "2",
-               "--no-progress"])
+    rc = main(
+        [
+            "qat",
+            str(user_models["neox"]),
+            "--recipe",
+            "ste",
+            "--tokens",
+            "640",
+            "--group-size",
+            "32",
+            "--out",
+            str(out),
+            "--data",
+            str(corpus),
+            "--eval-windows",
+            "8",
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "2",
+            "--no-progress",
+        ]
+    )
     _assert_refused(rc, capsys.readouterr().err, marker)
     assert not out.exists()

@@ -17,8 +17,9 @@ def fake_ray(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("address, expected", [(None, None), ("local", None), ("auto", "auto"),
-                                               ("10.0.0.1:6379", "10.0.0.1:6379")])
+@pytest.mark.parametrize(
+    "address, expected", [(None, None), ("local", None), ("auto", "auto"), ("10.0.0.1:6379", "10.0.0.1:6379")]
+)
 def test_ray_address(fake_ray, address, expected):
     executor = make_executor("ray", address)
     executor._connect()

@@ -32,7 +32,9 @@ def test_streams_are_cached_memmaps(streams, data_cfg, monkeypatch):
 def test_external_tokenizer_file_and_folder(streams, data_cfg, tmp_path):
     streams.tokenizer.save(str(tmp_path / "tokenizer.json"))
     for path in (tmp_path / "tokenizer.json", tmp_path):
-        loaded = load_token_streams(DataConfig(max_files=40, tokenizer=path, cache_dir=data_cfg.cache_dir), progress=False)
+        loaded = load_token_streams(
+            DataConfig(max_files=40, tokenizer=path, cache_dir=data_cfg.cache_dir), progress=False
+        )
         assert loaded.tokenizer_hash == streams.tokenizer_hash
         np.testing.assert_array_equal(loaded.val, streams.val)
 
@@ -72,8 +74,14 @@ def test_eval_windows_never_overlap(streams):
     n = len(streams.val)
     most = n // 17
     w = eval_windows(streams.val, most, 16)
-    starts = [int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(np.asarray(streams.val), 17)
-                                  == w[i].numpy()).all(axis=1))[0]) for i in (0, 1)]
+    starts = [
+        int(
+            np.flatnonzero(
+                (np.lib.stride_tricks.sliding_window_view(np.asarray(streams.val), 17) == w[i].numpy()).all(axis=1)
+            )[0]
+        )
+        for i in (0, 1)
+    ]
     assert starts[1] - starts[0] >= 17
     with pytest.raises(QscaleError, match=f"use at most {most:,} windows"):
         eval_windows(streams.val, most + 1, 16)

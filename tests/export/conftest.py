@@ -19,15 +19,29 @@ V = 64
 
 def tiny_llama(seed: int = 0, tie: bool = False, hidden: int = 64) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def tiny_neox(seed: int = 0) -> GPTNeoXForCausalLM:
     torch.manual_seed(seed)
-    cfg = GPTNeoXConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, max_position_embeddings=64)
+    cfg = GPTNeoXConfig(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
     return GPTNeoXForCausalLM(cfg).eval()
 
 

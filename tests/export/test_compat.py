@@ -147,7 +147,8 @@ def test_onnx_runtime_reads_every_architecture(kit, quantized, tmp_path, arch, s
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(2))
     theirs = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(
-        ["logits"], {"input_ids": ids.numpy()})[0]
+        ["logits"], {"input_ids": ids.numpy()}
+    )[0]
     with torch.no_grad():
         assert np.abs(theirs - model(input_ids=ids).logits.numpy()).max() < 1e-4
 
@@ -169,10 +170,19 @@ def test_every_cell_names_its_evidence_and_the_tests_exist():
 
 
 def test_documented_limits():
-    trt = {(s, b, g): compat.notes("onnx", s, "llama", b, g)[1].reads
-           for s in (True, False) for b, g in ((4, 32), (8, 32), (8, None))}
-    assert trt == {(True, 4, 32): "yes", (True, 8, 32): "no", (True, 8, None): "yes",
-                   (False, 4, 32): "no", (False, 8, 32): "no", (False, 8, None): "no"}
+    trt = {
+        (s, b, g): compat.notes("onnx", s, "llama", b, g)[1].reads
+        for s in (True, False)
+        for b, g in ((4, 32), (8, 32), (8, None))
+    }
+    assert trt == {
+        (True, 4, 32): "yes",
+        (True, 8, 32): "no",
+        (True, 8, None): "yes",
+        (False, 4, 32): "no",
+        (False, 8, 32): "no",
+        (False, 8, None): "no",
+    }
     assert compat.notes("compressed-tensors", True, "llama", bits=3)[2].reads == "no"  # vLLM: 4/8 bits
     assert [n.reads for n in compat.notes("qscale", True, "llama")] == ["yes", "no", "no"]
 

@@ -59,13 +59,26 @@ def _nan_norm(t, c):
 
 
 @pytest.mark.parametrize("fmt", list(PACKED))
-@pytest.mark.parametrize("case,match", [
-    ("drop_scale", "missing tensor"), ("nan_scale", "non-finite"), ("shrink", "shape"), ("extra", "does not use"),
-    ("nan_norm", "NaN or Inf"), ("drop_norm", "lacks"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("drop_scale", "missing tensor"),
+        ("nan_scale", "non-finite"),
+        ("shrink", "shape"),
+        ("extra", "does not use"),
+        ("nan_norm", "NaN or Inf"),
+        ("drop_norm", "lacks"),
+    ],
+)
 def test_corrupt_folder_is_an_error(folders, tmp_path, fmt, case, match):
-    change = {"drop_scale": _drop(f"{L0}.{SCALE[fmt]}"), "nan_scale": _nan_scale(fmt), "shrink": _shrink(fmt),
-              "extra": _extra, "nan_norm": _nan_norm, "drop_norm": _drop("model.norm.weight")}[case]
+    change = {
+        "drop_scale": _drop(f"{L0}.{SCALE[fmt]}"),
+        "nan_scale": _nan_scale(fmt),
+        "shrink": _shrink(fmt),
+        "extra": _extra,
+        "nan_norm": _nan_norm,
+        "drop_norm": _drop("model.norm.weight"),
+    }[case]
     with pytest.raises(QscaleError, match=match):
         load_quantized(_edit(folders / fmt, tmp_path / "bad", change))
 
@@ -76,9 +89,11 @@ def test_truncated_file_wrong_config_and_no_folder(folders, tmp_path):
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(QscaleError, match="cannot read"):
         load_quantized(bad)
-    for change, match in [(lambda t, c: c["quantization_config"].update(bits=5), "bits 5"),
-                          (lambda t, c: c.update(quantization_config={"quant_method": "awq"}), "not a quantized"),
-                          (lambda t, c: c.update(hidden_size=32), "shape")]:
+    for change, match in [
+        (lambda t, c: c["quantization_config"].update(bits=5), "bits 5"),
+        (lambda t, c: c.update(quantization_config={"quant_method": "awq"}), "not a quantized"),
+        (lambda t, c: c.update(hidden_size=32), "shape"),
+    ]:
         target = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
         with pytest.raises(QscaleError, match=match):
             load_quantized(_edit(folders / "gptq", target, change))
@@ -93,8 +108,11 @@ def test_unsupported_combinations_name_the_layer_and_the_way_out(kit, tmp_path):
     ragged = kit.ptq(kit.tiny_llama(), spec=QuantSpec(4, True, "group", 48))
     with pytest.raises(QscaleError, match="multiple of the group size"):
         export_model(ragged, tmp_path / "r", "compressed-tensors")
-    for cfg in (QATRecipeConfig("pbllm"), QATRecipeConfig("quest", w_bits=4, a_bits=16),
-                QATRecipeConfig("ste", w_bits=4, a_bits=8)):
+    for cfg in (
+        QATRecipeConfig("pbllm"),
+        QATRecipeConfig("quest", w_bits=4, a_bits=16),
+        QATRecipeConfig("ste", w_bits=4, a_bits=8),
+    ):
         model = kit.tiny_llama()
         prepare(model, cfg)
         convert(model)

@@ -56,10 +56,17 @@ def test_sharded_qscale_folder_and_act_quantizers(kit, tmp_path):
     with torch.no_grad():
         model(input_ids=torch.randint(0, 64, (2, 8)))
     convert(model)
-    cfg = native.folder_config({**base_config(model, torch.float32),
-                                "quantization_config": native.quantization_config(model)})
-    write_model_folder(tmp_path / "s", model_tensors(model, native.layer_tensors(torch.float32), torch.float32), cfg,
-                       None, max_shard_bytes=20_000, weights_name=native.WEIGHTS_NAME)
+    cfg = native.folder_config(
+        {**base_config(model, torch.float32), "quantization_config": native.quantization_config(model)}
+    )
+    write_model_folder(
+        tmp_path / "s",
+        model_tensors(model, native.layer_tensors(torch.float32), torch.float32),
+        cfg,
+        None,
+        max_shard_bytes=20_000,
+        weights_name=native.WEIGHTS_NAME,
+    )
     assert (tmp_path / "s" / "qscale-model.safetensors.index.json").is_file()
     assert not list((tmp_path / "s").glob("model*"))
     assert torch.equal(kit.logits(load_quantized(tmp_path / "s")), kit.logits(model))

@@ -21,12 +21,20 @@ def _run(path, ids, optimize):
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(
-        ["logits"], {"input_ids": ids.numpy()})[0]
+        ["logits"], {"input_ids": ids.numpy()}
+    )[0]
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(4, True, "group", 32), QuantSpec(3, False, "group", 32),
-                                  QuantSpec(8, True, "channel", None), QuantSpec(6, False, "channel", None)],
-                         ids=lambda s: s.label)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantSpec(4, True, "group", 32),
+        QuantSpec(3, False, "group", 32),
+        QuantSpec(8, True, "channel", None),
+        QuantSpec(6, False, "channel", None),
+    ],
+    ids=lambda s: s.label,
+)
 def test_onnx_runtime_logits_equal_qscale(kit, llama, tmp_path, spec):
     model = kit.ptq(llama, method="rtn", spec=spec)
     path = export_onnx(model, tmp_path / "model.onnx")
@@ -34,8 +42,12 @@ def test_onnx_runtime_logits_equal_qscale(kit, llama, tmp_path, spec):
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     assert len(dq) == 14  # one per quantized linear layer
     q = next(i for i in graph.initializer if i.name.endswith("q_proj.weight_q"))
-    expected = {(True, True): onnx.TensorProto.INT4, (True, False): onnx.TensorProto.UINT4,
-                (False, True): onnx.TensorProto.INT8, (False, False): onnx.TensorProto.UINT8}
+    expected = {
+        (True, True): onnx.TensorProto.INT4,
+        (True, False): onnx.TensorProto.UINT4,
+        (False, True): onnx.TensorProto.INT8,
+        (False, False): onnx.TensorProto.UINT8,
+    }
     assert q.data_type == expected[(spec.bits <= 4, spec.symmetric)]
     assert not any(i.name.endswith("q_proj.weight") for i in graph.initializer)  # no float copy of the weight
     ids = torch.randint(0, 64, (3, 11), generator=torch.Generator().manual_seed(0))

@@ -53,8 +53,13 @@ def test_neox_tied_llama_and_sharded_folder(kit, tmp_path):
         assert torch.equal(kit.logits(back), kit.logits(model))
     model = kit.ptq(kit.tiny_llama())
     cfg = {**base_config(model, torch.float32), "quantization_config": ct.quantization_config(model)}
-    write_model_folder(tmp_path / "sharded", model_tensors(model, ct.layer_tensors(torch.float32), torch.float32),
-                       cfg, None, max_shard_bytes=20_000)
+    write_model_folder(
+        tmp_path / "sharded",
+        model_tensors(model, ct.layer_tensors(torch.float32), torch.float32),
+        cfg,
+        None,
+        max_shard_bytes=20_000,
+    )
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 2
     assert torch.equal(kit.logits(load_quantized(tmp_path / "sharded")), kit.logits(model))
@@ -94,7 +99,9 @@ def test_file_sizes_within_three_percent_of_theory(kit, tmp_path):
     """bits·params/8 + scales + zero points + full-precision parts (+ GPTQ's g_idx and int64 shapes); the
     files also hold safetensors' JSON header, which this layer size keeps near 1%."""
     model = kit.ptq(kit.tiny_llama(hidden=256), method="rtn", spec=QuantSpec(3, False, "group", 32))
-    fp_bytes = sum(t.numel() * 4 for k, t in model.state_dict().items() if "embed" in k or "norm" in k or "lm_head" in k)
+    fp_bytes = sum(
+        t.numel() * 4 for k, t in model.state_dict().items() if "embed" in k or "norm" in k or "lm_head" in k
+    )
     layers = kit.qlayers(model)
     n_w = sum(m.in_features * m.out_features for m in layers.values())
     n_groups = sum(m.out_features * m.weight_scale.shape[1] for m in layers.values())

@@ -71,16 +71,22 @@ def test_extrapolation_check_holds_out_largest(qid_data, qid_true):
 
 def test_non_convergence_raises_with_a_plain_message():
     with pytest.raises(ConvergenceError, match=r"did not converge \(stopped at the iteration limit\)"):
-        fit_law("chinchilla", {"N": np.geomspace(1e7, 1e10, 20), "D": np.geomspace(1e9, 1e12, 20),
-                               "loss": np.linspace(4, 2, 20)}, maxiter=2)
+        fit_law(
+            "chinchilla",
+            {"N": np.geomspace(1e7, 1e10, 20), "D": np.geomspace(1e9, 1e12, 20), "loss": np.linspace(4, 2, 20)},
+            maxiter=2,
+        )
 
 
-@pytest.mark.parametrize("column,value,match", [
-    ("N", np.nan, "column 'N' data row 4: value nan is not finite"),
-    ("D", np.inf, "column 'D' data row 4: value inf is not finite"),
-    ("P", 0.0, "column 'P' data row 4: value 0 must be > 0"),
-    ("qid", -0.1, "column 'qid' data row 4: value -0.1 must be > 0"),
-])
+@pytest.mark.parametrize(
+    "column,value,match",
+    [
+        ("N", np.nan, "column 'N' data row 4: value nan is not finite"),
+        ("D", np.inf, "column 'D' data row 4: value inf is not finite"),
+        ("P", 0.0, "column 'P' data row 4: value 0 must be > 0"),
+        ("qid", -0.1, "column 'qid' data row 4: value -0.1 must be > 0"),
+    ],
+)
 def test_bad_values_are_named(column, value, match, qid_data):
     data = qid_data(0, 10)
     data[column] = data[column].copy()
@@ -104,5 +110,7 @@ def test_other_bad_inputs(qid_data):
     with pytest.raises(QscaleError, match="G.*must be > 1"):
         fit_law("qat", {"N": np.ones(9) * 1e8, "D": np.ones(9) * 1e10, "G": np.ones(9), "delta": np.ones(9)})
     with pytest.raises(QscaleError, match="reference rows with precision = '16'"):
-        fit_law("effective_params", {"N": np.ones(9), "D": np.ones(9), "precision": np.array(["w4a4"] * 9),
-                                     "loss": np.ones(9)})
+        fit_law(
+            "effective_params",
+            {"N": np.ones(9), "D": np.ones(9), "precision": np.array(["w4a4"] * 9), "loss": np.ones(9)},
+        )

@@ -15,8 +15,9 @@ def test_qid_unified_definition():
     np.testing.assert_allclose(get_law("qid").predict(p, {"N": N, "D": D, "P": P}), want, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name,param,col,sign", [("qid_D", "beta", "D", 1), ("qid_N", "alpha", "N", -1),
-                                                 ("qid_P", "gamma", "P", -1)])
+@pytest.mark.parametrize(
+    "name,param,col,sign", [("qid_D", "beta", "D", 1), ("qid_N", "alpha", "N", -1), ("qid_P", "gamma", "P", -1)]
+)
 def test_qid_single_factor_definitions(name, param, col, sign):
     x = {"N": N, "D": D, "P": P}[col]
     got = get_law(name).predict({"k": 0.5, param: 0.3}, {col: x})
@@ -45,8 +46,9 @@ def test_effective_params_definition_and_reference():
     p = {"E": 1.7, "A": 400.0, "B": 2000.0, "alpha": 0.35, "beta": 0.36, "eff": {"w4a4": 0.7}}
     prec = np.array(["16", "w4a4"], dtype=object)
     want = 400.0 / (N * np.array([1.0, 0.7])) ** 0.35 + 2000.0 / D**0.36 + 1.7
-    np.testing.assert_allclose(get_law("effective_params").predict(p, {"N": N, "D": D, "precision": prec}), want,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        get_law("effective_params").predict(p, {"N": N, "D": D, "precision": prec}), want, rtol=1e-12
+    )
     with pytest.raises(QscaleError, match="data row 2: label 'w2a2'"):
         get_law("effective_params").predict(p, {"N": N, "D": D, "precision": np.array(["16", "w2a2"])})
 
@@ -59,8 +61,13 @@ def test_qid_per_bit_definition():
 
 def test_user_expression_and_callable_agree():
     expr = UserLaw("my_pow", "c * D**b / N**a", {"c": (1e-6, 1e3), "a": (-5, 5), "b": (-5, 5)}, ["N", "D"], "qid")
-    call = UserLaw("my_pow2", lambda N, D, c, a, b: c * D**b / N**a, {"c": (1e-6, 1e3), "a": (-5, 5), "b": (-5, 5)},
-                   ["N", "D"], "qid")
+    call = UserLaw(
+        "my_pow2",
+        lambda N, D, c, a, b: c * D**b / N**a,
+        {"c": (1e-6, 1e3), "a": (-5, 5), "b": (-5, 5)},
+        ["N", "D"],
+        "qid",
+    )
     p = {"c": 0.017, "a": 0.2261, "b": 0.5251}
     want = 0.017 * D**0.5251 / N**0.2261
     np.testing.assert_allclose(expr.predict(p, {"N": N, "D": D}), want, rtol=1e-12)
@@ -68,16 +75,34 @@ def test_user_expression_and_callable_agree():
     assert expr.params[0].log and not expr.params[1].log  # positive lower bound -> fitted as a log
 
 
-@pytest.mark.parametrize("expr,why", [("__import__('os').system('true')", "not allowed|only"),
-                                      ("c.real", "not allowed"), ("x * c", "unknown name 'x'"), ("c *", "law expression")])
+@pytest.mark.parametrize(
+    "expr,why",
+    [
+        ("__import__('os').system('true')", "not allowed|only"),
+        ("c.real", "not allowed"),
+        ("x * c", "unknown name 'x'"),
+        ("c *", "law expression"),
+    ],
+)
 def test_user_expression_rejects_unsafe_or_unknown(expr, why):
     with pytest.raises(QscaleError, match=why):
         UserLaw("bad", expr, {"c": (1e-3, 1e3)}, ["N"])
 
 
 def test_registry():
-    assert {"qid", "qid_D", "qid_N", "qid_P", "qat", "qat_w4a4", "qat_w4a16", "qat_w16a4", "precision_ptq",
-            "chinchilla", "effective_params"} <= set(LAWS)
+    assert {
+        "qid",
+        "qid_D",
+        "qid_N",
+        "qid_P",
+        "qat",
+        "qat_w4a4",
+        "qat_w4a16",
+        "qat_w16a4",
+        "precision_ptq",
+        "chinchilla",
+        "effective_params",
+    } <= set(LAWS)
     with pytest.raises(QscaleError, match="unknown law 'nope'"):
         get_law("nope")
     with pytest.raises(QscaleError, match="already registered"):

@@ -15,8 +15,10 @@ from qscale.laws import load_table
 @pytest.fixture
 def rows(qid_data):
     d = qid_data(0, 30, noise=0.02)
-    return [{"n_params": n, "D": t, "P": p, "qid": q, "method": "gptq" if i % 3 else "rtn"}
-            for i, (n, t, p, q) in enumerate(zip(d["N"], d["D"], d["P"], d["qid"]))]
+    return [
+        {"n_params": n, "D": t, "P": p, "qid": q, "method": "gptq" if i % 3 else "rtn"}
+        for i, (n, t, p, q) in enumerate(zip(d["N"], d["D"], d["P"], d["qid"]))
+    ]
 
 
 def write_csv(path, rows):
@@ -69,8 +71,22 @@ def test_load_errors(tmp_path, rows):
 
 def test_fit_json_feeds_predict_and_plot(tmp_path, rows, capsys, qid_true):
     write_sqlite(tmp_path / "s.sqlite", rows)
-    argv = ["fit", "--law", "qid", "--data", str(tmp_path / "s.sqlite"), "--col", "N=n_params",
-            "--where", "method = 'gptq'", "--holdout", "N", "--json", "--plot", str(tmp_path / "fit.png")]
+    argv = [
+        "fit",
+        "--law",
+        "qid",
+        "--data",
+        str(tmp_path / "s.sqlite"),
+        "--col",
+        "N=n_params",
+        "--where",
+        "method = 'gptq'",
+        "--holdout",
+        "N",
+        "--json",
+        "--plot",
+        str(tmp_path / "fit.png"),
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["params"]) == {"k", "alpha", "beta", "gamma"} and out["n_points"] == 20
@@ -79,28 +95,44 @@ def test_fit_json_feeds_predict_and_plot(tmp_path, rows, capsys, qid_true):
     assert {"objective", "r2_log", "rmse_log"} <= set(out) and out["extrapolation"]["hold_out"] == "N"
     assert (tmp_path / "fit.png").stat().st_size > 1000
     (tmp_path / "fit.json").write_text(json.dumps(out))
-    assert main(["predict", "--params", str(tmp_path / "fit.json"), "--N", "7e10", "--bits", "4", "--qid", "0.2",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["predict", "--params", str(tmp_path / "fit.json"), "--N", "7e10", "--bits", "4", "--qid", "0.2", "--json"]
+        )
+        == 0
+    )
     pred = json.loads(capsys.readouterr().out)
     assert pred["solve_for"] == "D" and pred["value"] > 0
     lo, hi = out["ranges"]["D"]
     assert (lo, hi) == (min(r["D"] for r in rows), max(r["D"] for r in rows))
     assert pred["extrapolation"] and "outside the fitted range" in pred["extrapolation"][0]  # N = 7e10 is far out
     inside = {"N": out["ranges"]["N"][0], "D": lo, "P": 4}
-    assert main(["predict", "--params", str(tmp_path / "fit.json"), "--N", str(inside["N"]), "--D", str(lo),
-                 "--bits", "4"]) == 0
+    assert (
+        main(
+            ["predict", "--params", str(tmp_path / "fit.json"), "--N", str(inside["N"]), "--D", str(lo), "--bits", "4"]
+        )
+        == 0
+    )
     assert "extrapolation" not in capsys.readouterr().out
-    assert main(["predict", "--params", str(tmp_path / "fit.json"), "--N", str(inside["N"]), "--bits", "4",
-                 "--qid", "1e-9"]) == 0
+    assert (
+        main(
+            ["predict", "--params", str(tmp_path / "fit.json"), "--N", str(inside["N"]), "--bits", "4", "--qid", "1e-9"]
+        )
+        == 0
+    )
     assert "(extrapolation: D = " in capsys.readouterr().out  # the solved D lies far beyond the data
 
 
 def test_predict_published_text_and_errors(capsys):
-    assert main(["predict", "--law", "qid", "--params", "ouyang2024-gptq", "--N", "70e9", "--bits", "4",
-                 "--qid", "0.2"]) == 0
-    assert capsys.readouterr().out.strip() == ("D = 1.02531e+13  (extrapolation: N = 7e+10 is outside the fitted "
-                                               "range 1.6e+08–1.2e+10; D = 1.025e+13 is outside the fitted range "
-                                               "2.097e+06–2.999e+11)")  # the paper's own 70B claim extrapolates
+    assert (
+        main(["predict", "--law", "qid", "--params", "ouyang2024-gptq", "--N", "70e9", "--bits", "4", "--qid", "0.2"])
+        == 0
+    )
+    assert capsys.readouterr().out.strip() == (
+        "D = 1.02531e+13  (extrapolation: N = 7e+10 is outside the fitted "
+        "range 1.6e+08–1.2e+10; D = 1.025e+13 is outside the fitted range "
+        "2.097e+06–2.999e+11)"
+    )  # the paper's own 70B claim extrapolates
     assert main(["predict", "--params", "chen2025-w4a4", "--N", "595e6", "--D", "1e11", "--G", "128"]) == 0
     assert capsys.readouterr().out.strip() == "delta = 0.0572794"  # inside Chen et al.'s grid: no mark
     assert main(["predict", "--law", "chinchilla", "--params", "ouyang2024-gptq", "--N", "1"]) == 2
@@ -130,7 +162,13 @@ def test_plot_functions_write_files(tmp_path, qid_data):
     plot_observed_vs_predicted(fit_law("qid", data), data, tmp_path / "obs.png")
     parity = plot_observed_vs_predicted(fit_law("qid", data), data, max_groups=1)  # as the study's: predicted on x
     assert (parity.axes[0].get_xlabel(), parity.axes[0].get_ylabel()) == ("predicted qid", "observed qid")
-    fig = plot_law_curves("qid", PUBLISHED["ouyang2024-gptq"].params, "D", np.geomspace(1e9, 1e14, 20),
-                          [{"N": 7e9, "P": 4.0}, {"N": 7e10, "P": 3.0}], tmp_path / "curves.png")
+    fig = plot_law_curves(
+        "qid",
+        PUBLISHED["ouyang2024-gptq"].params,
+        "D",
+        np.geomspace(1e9, 1e14, 20),
+        [{"N": 7e9, "P": 4.0}, {"N": 7e10, "P": 3.0}],
+        tmp_path / "curves.png",
+    )
     assert len(fig.axes[0].lines) == 2
     assert (tmp_path / "obs.png").stat().st_size > 1000 and (tmp_path / "curves.png").stat().st_size > 1000

@@ -56,8 +56,14 @@ def test_law_curves_get_distinct_colours_and_short_ranges_get_labels():
 
 
 def test_short_numbers_and_colours():
-    assert [short_number(v) for v in (16_384, 2e5, 1e6, 2.5e9, 0.05, 3.0)] == ["16.4K", "200K", "1M", "2.5B",
-                                                                              "0.05", "3"]
+    assert [short_number(v) for v in (16_384, 2e5, 1e6, 2.5e9, 0.05, 3.0)] == [
+        "16.4K",
+        "200K",
+        "1M",
+        "2.5B",
+        "0.05",
+        "3",
+    ]
     assert len({to_hex(c) for c in distinct_colors(10)}) == 10 and len({to_hex(c) for c in distinct_colors(20)}) == 20
 
 

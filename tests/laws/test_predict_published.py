@@ -31,8 +31,9 @@ def test_inversion_effective_params_and_user_law_by_brent():
     p = {"E": 1.7, "A": 400.0, "B": 2000.0, "alpha": 0.35, "beta": 0.36, "eff": {"w4a4": 0.7}}
     x = {"N": np.array([1e8, 1e9]), "D": np.array([1e10, 1e11]), "precision": np.array(["w4a4", "16"])}
     y = predict("effective_params", p, x)
-    np.testing.assert_allclose(invert("effective_params", p, {"D": x["D"], "precision": x["precision"]}, y, "N"),
-                               x["N"], rtol=1e-6)
+    np.testing.assert_allclose(
+        invert("effective_params", p, {"D": x["D"], "precision": x["precision"]}, y, "N"), x["N"], rtol=1e-6
+    )
     user = UserLaw("u", "E + A / N**a", {"E": (0.1, 10), "A": (1, 1e4), "a": (0.01, 2)}, ["N"])
     q = {"E": 1.5, "A": 300.0, "a": 0.3}
     np.testing.assert_allclose(invert(user, q, {}, user.predict(q, {"N": 3e8}), "N"), 3e8, rtol=1e-6)
@@ -43,8 +44,13 @@ def test_unreachable_and_bad_inversions_raise():
     with pytest.raises(QscaleError, match="not reachable"):
         invert("chinchilla", pub.params, {"N": 7e10}, 1.5, "D")
     with pytest.raises(QscaleError, match="can be solved for"):
-        invert("effective_params", {"E": 1, "A": 1, "B": 1, "alpha": 1, "beta": 1, "eff": {}}, {"N": 1, "D": 1},
-               2.0, "precision")
+        invert(
+            "effective_params",
+            {"E": 1, "A": 1, "B": 1, "alpha": 1, "beta": 1, "eff": {}},
+            {"N": 1, "D": 1},
+            2.0,
+            "precision",
+        )
     with pytest.raises(QscaleError, match="needs P"):
         invert("qid", get_published("ouyang2024-gptq").params, {"N": 7e10}, 0.2, "D")
 
@@ -76,8 +82,9 @@ def test_per_bit_constants_are_the_fit_of_the_table():
 
 
 def _qat_grid():
-    N, D, G = np.meshgrid([74e6, 145e6, 297e6, 595e6], [10e9, 20e9, 50e9, 100e9], [32.0, 64.0, 128.0, 256.0],
-                          indexing="ij")
+    N, D, G = np.meshgrid(
+        [74e6, 145e6, 297e6, 595e6], [10e9, 20e9, 50e9, 100e9], [32.0, 64.0, 128.0, 256.0], indexing="ij"
+    )
     return {"N": N.ravel(), "D": D.ravel(), "G": G.ravel()}
 
 
@@ -85,7 +92,8 @@ def test_chen_w4a4_is_about_0906_of_the_sum_of_its_parts():
     """Chen et al. 2025: δ_W4A4 ≈ 0.906·(δ_W4A16 + δ_W16A4), over the paper's N, D, G grid (SPEC §2)."""
     x = _qat_grid()
     ratio = get_published("chen2025-w4a4").predict(x) / (
-        get_published("chen2025-w4a16").predict(x) + get_published("chen2025-w16a4").predict(x))
+        get_published("chen2025-w4a16").predict(x) + get_published("chen2025-w16a4").predict(x)
+    )
     assert ratio.mean() == pytest.approx(0.906, abs=0.01)
 
 
@@ -105,8 +113,17 @@ def test_qat_effective_multiplier_definition():
 
 
 def test_every_published_set_has_a_citation_and_evaluates():
-    assert {"ouyang2024-gptq", "chen2025-w4a4", "chen2025-w4a16", "chen2025-w16a4", "chen2025-w4a4-fc2int8",
-            "chen2025-w16a4-fc2int8", "kumar2024-ptq", "hoffmann2022", "besiroglu2024"} <= set(PUBLISHED)
+    assert {
+        "ouyang2024-gptq",
+        "chen2025-w4a4",
+        "chen2025-w4a16",
+        "chen2025-w16a4",
+        "chen2025-w4a4-fc2int8",
+        "chen2025-w16a4-fc2int8",
+        "kumar2024-ptq",
+        "hoffmann2022",
+        "besiroglu2024",
+    } <= set(PUBLISHED)
     inputs = {"N": 1e9, "D": 1e11, "P": 4.0, "G": 128.0}
     for pub in PUBLISHED.values():
         assert "20" in pub.citation and "arXiv" in pub.citation

@@ -30,8 +30,9 @@ def _store(path, qid_data, qid_true):
     return n_noise
 
 
-def test_fit_on_a_study_store_applies_the_noise_policy_and_predict_gives_intervals(tmp_path, qid_data, qid_true,
-                                                                                     capsys):
+def test_fit_on_a_study_store_applies_the_noise_policy_and_predict_gives_intervals(
+    tmp_path, qid_data, qid_true, capsys
+):
     db = tmp_path / "study.sqlite"
     n_noise = _store(db, qid_data, qid_true)
     assert main(["fit", "--law", "qid", "--data", str(db)]) == 2  # two methods pooled: refused, as the study
@@ -51,8 +52,12 @@ def test_fit_on_a_study_store_applies_the_noise_policy_and_predict_gives_interva
     value, lo, hi = map(float, m.groups())
     truth = float(get_law("qid").predict(qid_true, {"N": 7e9, "D": 2e12, "P": 4}))
     assert lo < value < hi and lo < truth < hi
-    assert main(["predict", "--params", str(tmp_path / "gptq.json"), "--N", "7e9", "--bits", "4", "--qid", "0.05",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["predict", "--params", str(tmp_path / "gptq.json"), "--N", "7e9", "--bits", "4", "--qid", "0.05", "--json"]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["interval"]["lo"] < res["value"] < res["interval"]["hi"] and res["solve_for"] == "D"
 
@@ -62,9 +67,15 @@ def test_predict_reads_a_study_fit_json(tmp_path, qid_data, qid_true, capsys):
     _store(db, qid_data, qid_true)
     assert main(["fit", "--law", "qid", "--data", str(db), "--where", "method = 'gptq'", "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)
-    study = {"law": "QiD = k * D^beta / (N^alpha * P^gamma)", "law_name": "qid", "measured_D_range": [1e9, 1e12],
-             "methods": {"gptq": {"params": fit["params"], "bootstrap": fit["bootstrap"], "error": None},
-                         "rtn": {"params": None, "error": "not fitted: only 2 points above the noise floor"}}}
+    study = {
+        "law": "QiD = k * D^beta / (N^alpha * P^gamma)",
+        "law_name": "qid",
+        "measured_D_range": [1e9, 1e12],
+        "methods": {
+            "gptq": {"params": fit["params"], "bootstrap": fit["bootstrap"], "error": None},
+            "rtn": {"params": None, "error": "not fitted: only 2 points above the noise floor"},
+        },
+    }
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(study))
     assert main(["predict", "--params", str(path), "--N", "7e9", "--D", "2e12", "--bits", "4"]) == 0

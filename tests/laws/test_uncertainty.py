@@ -37,18 +37,23 @@ def test_prediction_and_inversion_intervals_cover_the_true_law(qid_data, qid_tru
 def test_bad_sample_records_are_errors(qid_true):
     rec = {"names": ["k", "alpha", "beta", "gamma"], "samples": [[0.01, 0.2, 0.5, 5.0]] * 30, "level": 0.95}
     assert LawSamples.from_record("qid", qid_true, rec).samples.shape == (30, 4)
-    for bad, match in (({**rec, "samples": rec["samples"][:5]}, ">= 20 finite samples"),
-                       ({**rec, "names": ["k", "alpha", "beta"]}, "malformed"),
-                       ({**rec, "names": ["k", "alpha", "beta", "delta"]}, "lack parameter"),
-                       (None, "no bootstrap samples")):
+    for bad, match in (
+        ({**rec, "samples": rec["samples"][:5]}, ">= 20 finite samples"),
+        ({**rec, "names": ["k", "alpha", "beta"]}, "malformed"),
+        ({**rec, "names": ["k", "alpha", "beta", "delta"]}, "lack parameter"),
+        (None, "no bootstrap samples"),
+    ):
         with pytest.raises(QscaleError, match=match):
             LawSamples.from_record("qid", qid_true, bad, "f.json")
 
 
 def test_rank_methods_orders_by_predicted_qid_and_says_which_intervals_separate(qid_data):
     base = qid_data(1, 60, noise=0.05)
-    laws = {"good": _fitted(base), "twin": _fitted(_scaled(qid_data(2, 60, noise=0.05), 1.02)),
-            "bad": _fitted(_scaled(qid_data(3, 60, noise=0.05), 3.0))}
+    laws = {
+        "good": _fitted(base),
+        "twin": _fitted(_scaled(qid_data(2, 60, noise=0.05), 1.02)),
+        "bad": _fitted(_scaled(qid_data(3, 60, noise=0.05), 3.0)),
+    }
     r = rank_methods(laws, TARGET)
     assert [x.method for x in r.ranked][2] == "bad" and r.best in ("good", "twin")
     assert r.ranked[1].separated_from_previous is False  # good vs twin (2% apart): not resolved
@@ -63,8 +68,11 @@ def test_rank_methods_orders_by_predicted_qid_and_says_which_intervals_separate(
 
 
 def test_inversion_with_unsolvable_samples_reports_them(qid_true):
-    rec = {"names": ["k", "alpha", "beta", "gamma"], "level": 0.95,
-           "samples": [[0.017, 0.2261, 0.5251, 5.4967]] * 25 + [[0.017, 0.2261, 0.0, 5.4967]] * 10}
+    rec = {
+        "names": ["k", "alpha", "beta", "gamma"],
+        "level": 0.95,
+        "samples": [[0.017, 0.2261, 0.5251, 5.4967]] * 25 + [[0.017, 0.2261, 0.0, 5.4967]] * 10,
+    }
     law = LawSamples.from_record("qid", qid_true, rec)
     est = invert_interval(law, {"N": 7e9, "P": 4.0}, 0.01, "D")
     assert est.n_failed == 10 and est.n_samples == 35 and np.isfinite(est.lo)

@@ -41,8 +41,9 @@ def test_count_params_excludes_position_embeddings_gpt_neox_and_gpt2(tmp_path):
     c = count_params(gpt2)  # tied lm_head; wte and wpe are embeddings
     assert c.total == sum(p.numel() for p in gpt2.parameters())
     assert c.non_embedding == c.total - 300 * 32 - 64 * 32
-    neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2,
-                                            num_attention_heads=2, intermediate_size=64))
+    neox = GPTNeoXForCausalLM(
+        GPTNeoXConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    )
     assert count_params(neox).non_embedding == count_params(neox).total - 2 * 300 * 32
 
 
@@ -110,5 +111,7 @@ def test_model_positions_of_llama_and_gpt2():
     from qscale.models.load import model_positions
 
     assert model_positions(build_model("xs", 300, max_seq_len=96)) == 96
-    assert model_positions(GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=48, n_embd=16, n_layer=1,
-                                                      n_head=2))) == 48
+    assert (
+        model_positions(GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=48, n_embd=16, n_layer=1, n_head=2)))
+        == 48
+    )

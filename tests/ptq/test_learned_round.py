@@ -25,13 +25,33 @@ from qscale.quant import QuantizedLinear, QuantSpec, fake_quantize, grouped
 # scale_method='mse') (BRECQ's weight quantizer) on W below; quant/adaptive_rounding.py AdaRoundQuantizer(...,
 # 'learned_hard_sigmoid').get_soft_targets() at initialisation; its regulariser
 # Σ 1 − |2h − 1|^b at b = 7 (quant/block_recon.py LossFunction); LinearTempDecay(100, 0.2, 20, 2)(t).
-GOLDEN_DELTA = {2: [1.0260754823684692, 1.1297904253005981, 0.8566029071807861],
-                3: [0.46338894963264465, 0.5696422457695007, 0.3870674669742584]}
+GOLDEN_DELTA = {
+    2: [1.0260754823684692, 1.1297904253005981, 0.8566029071807861],
+    3: [0.46338894963264465, 0.5696422457695007, 0.3870674669742584],
+}
 GOLDEN_ZERO = {2: [2.0, 1.0, 2.0], 3: [5.0, 3.0, 4.0]}
-GOLDEN_H_ROW0 = {2: [0.7483024597167969, 0.6362345218658447, 0.9661417007446289, 0.9741089344024658,
-                     0.1384405791759491, 0.7568683624267578, 0.39261335134506226, 0.15557712316513062],
-                 3: [0.014098644256591797, 0.19451922178268433, 0.7107424736022949, 0.15695545077323914,
-                     0.0922614261507988, 0.24735140800476074, 0.6550724506378174, 0.13020658493041992]}
+GOLDEN_H_ROW0 = {
+    2: [
+        0.7483024597167969,
+        0.6362345218658447,
+        0.9661417007446289,
+        0.9741089344024658,
+        0.1384405791759491,
+        0.7568683624267578,
+        0.39261335134506226,
+        0.15557712316513062,
+    ],
+    3: [
+        0.014098644256591797,
+        0.19451922178268433,
+        0.7107424736022949,
+        0.15695545077323914,
+        0.0922614261507988,
+        0.24735140800476074,
+        0.6550724506378174,
+        0.13020658493041992,
+    ],
+}
 GOLDEN_REG_B7 = {2: 21.25078010559082, 3: 21.897005081176758}
 GOLDEN_TEMP = [(1, 20.0), (19, 20.0), (20, 20.0), (21, 19.775), (50, 13.25), (99, 2.225), (100, 2.0)]
 
@@ -105,8 +125,16 @@ def test_model_pass_never_worse_than_rtn_per_layer_and_registered():
     model's logits are closer to full precision than RTN's."""
     assert "learned-round" in PTQ_METHODS
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     calib = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
     ref = copy.deepcopy(model)
     rtn, learned = copy.deepcopy(model), model
@@ -120,8 +148,10 @@ def test_model_pass_never_worse_than_rtn_per_layer_and_registered():
     for proj in ("q_proj", "k_proj", "v_proj"):
         name = f"model.layers.0.self_attn.{proj}"
         w = ref.get_submodule(name).weight.detach()
-        err = {k: float(((x @ (w - m.get_submodule(name).dequantized_weight()).t()) ** 2).sum())
-               for k, m in (("rtn", rtn), ("learned", learned))}
+        err = {
+            k: float(((x @ (w - m.get_submodule(name).dequantized_weight()).t()) ** 2).sum())
+            for k, m in (("rtn", rtn), ("learned", learned))
+        }
         assert err["learned"] <= err["rtn"] * (1 + 1e-6), (proj, err)
         gains.append(err["rtn"] / err["learned"])
     assert max(gains) > 1.2, gains  # and clearly better on at least one

@@ -20,7 +20,7 @@ SPEC = QuantSpec(4, True, "group", 16)
 def test_allocation_respects_the_budget_and_orders_bits_by_sensitivity():
     importance = {f"l{i}": c for i, c in enumerate([1.0, 30.0, 3.0, 1000.0, 10.0, 0.1])}
     sizes = {n: 100 * (1 + i % 2) for i, n in enumerate(importance)}
-    sens = {n: {b: c * 4.0 ** -b for b in MIX_BITS} for n, c in importance.items()}
+    sens = {n: {b: c * 4.0**-b for b in MIX_BITS} for n, c in importance.items()}
     for avg in (2, 2.5, 3, 4.2, 8):
         bits = allocate_bits(sens, sizes, avg)
         assert sum(sizes[n] * b for n, b in bits.items()) <= avg * sum(sizes.values()) + 1e-9
@@ -38,18 +38,70 @@ def test_allocation_respects_the_budget_and_orders_bits_by_sensitivity():
 # quant/quant_layer.py UniformAffineQuantizer(n_bits, symmetric=False, channel_wise=True, scale_method='mse'),
 # run on CPU in a scratch folder) of the weight of tests/ptq/test_learned_round.py::_brecq_weight.
 BRECQ_WQ = {
-    2: [[-2.0521509647369385, 0.0, -1.0260754823684692, 1.0260754823684692, -1.0260754823684692, -1.0260754823684692,
-         -1.0260754823684692, -1.0260754823684692],
-        [0.0, 1.1297904253005981, -1.1297904253005981, 2.2595808506011963, -1.1297904253005981, -1.1297904253005981,
-         0.0, -1.1297904253005981],
-        [0.8566029071807861, 0.8566029071807861, 0.0, -0.8566029071807861, -0.8566029071807861, 0.0,
-         -1.7132058143615723, 0.8566029071807861]],
-    3: [[-2.3169448375701904, -0.46338894963264465, -0.9267778992652893, 0.9267778992652893, -0.9267778992652893,
-         -1.3901668787002563, -0.46338894963264465, -0.9267778992652893],
-        [0.0, 0.5696422457695007, -1.1392844915390015, 2.278568983078003, -1.7089266777038574, -0.5696422457695007,
-         0.5696422457695007, -1.1392844915390015],
-        [0.7741349339485168, 1.1612024307250977, 0.0, -0.7741349339485168, -0.7741349339485168, 0.0,
-         -1.5482698678970337, 1.1612024307250977]],
+    2: [
+        [
+            -2.0521509647369385,
+            0.0,
+            -1.0260754823684692,
+            1.0260754823684692,
+            -1.0260754823684692,
+            -1.0260754823684692,
+            -1.0260754823684692,
+            -1.0260754823684692,
+        ],
+        [
+            0.0,
+            1.1297904253005981,
+            -1.1297904253005981,
+            2.2595808506011963,
+            -1.1297904253005981,
+            -1.1297904253005981,
+            0.0,
+            -1.1297904253005981,
+        ],
+        [
+            0.8566029071807861,
+            0.8566029071807861,
+            0.0,
+            -0.8566029071807861,
+            -0.8566029071807861,
+            0.0,
+            -1.7132058143615723,
+            0.8566029071807861,
+        ],
+    ],
+    3: [
+        [
+            -2.3169448375701904,
+            -0.46338894963264465,
+            -0.9267778992652893,
+            0.9267778992652893,
+            -0.9267778992652893,
+            -1.3901668787002563,
+            -0.46338894963264465,
+            -0.9267778992652893,
+        ],
+        [
+            0.0,
+            0.5696422457695007,
+            -1.1392844915390015,
+            2.278568983078003,
+            -1.7089266777038574,
+            -0.5696422457695007,
+            0.5696422457695007,
+            -1.1392844915390015,
+        ],
+        [
+            0.7741349339485168,
+            1.1612024307250977,
+            0.0,
+            -0.7741349339485168,
+            -0.7741349339485168,
+            0.0,
+            -1.5482698678970337,
+            1.1612024307250977,
+        ],
+    ],
 }
 
 
@@ -65,8 +117,16 @@ def test_sensitivity_weighs_brecqs_quantization_error_by_the_fisher():
 
 def _tiny_llama():
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
 
 
 def test_fisher_is_the_mean_of_per_window_squared_gradients():

@@ -18,13 +18,26 @@ SPEC4 = QuantSpec(4, granularity="group", group_size=16)
 def tiny(arch: str, tie: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     if arch == "llama":
-        cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                          tie_word_embeddings=tie)
+        cfg = LlamaConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=tie,
+        )
         return LlamaForCausalLM(cfg).eval()
     if arch == "neox":
-        cfg = GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=64)
+        cfg = GPTNeoXConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        )
         return GPTNeoXForCausalLM(cfg).eval()
     cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(cfg).eval()
@@ -74,7 +87,9 @@ def test_gptq_quantizes_every_block_linear_and_nothing_else(arch):
     before = copy.deepcopy(model.state_dict())
     calib = structured_tokens(8, 16, seed=1)
     blocks_name, blocks = find_blocks(model)
-    n_linear = sum(1 for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D")
+    n_linear = sum(
+        1 for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+    )
     stats = quantize_model(model, PTQConfig("gptq", SPEC4), calib)
     assert len(stats) == n_linear and all(n.startswith(blocks_name + ".") for n in stats)
     modules = dict(model.named_modules())
@@ -117,7 +132,9 @@ def test_gptq_8bit_changes_trained_loss_by_under_one_percent(trained_llama):
     base = loss(trained_llama, val)
     assert base < 2.5  # learnt something (uniform would be ln 32 = 3.47)
     model = copy.deepcopy(trained_llama)
-    quantize_model(model, PTQConfig("gptq", QuantSpec(8, granularity="group", group_size=16)), structured_tokens(16, 32, seed=500))
+    quantize_model(
+        model, PTQConfig("gptq", QuantSpec(8, granularity="group", group_size=16)), structured_tokens(16, 32, seed=500)
+    )
     assert abs(loss(model, val) - base) / base < 0.01
 
 

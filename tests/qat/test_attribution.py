@@ -24,8 +24,11 @@ class _Table(nn.Module):
 def test_kurtosis_of_known_distributions(dist, kurt):
     torch.manual_seed(0)
     n = (2000, 100)
-    x = {"normal": lambda: torch.randn(n), "laplace": lambda: torch.distributions.Laplace(0.5, 2.0).sample(n),
-         "uniform": lambda: torch.rand(n)}[dist]()
+    x = {
+        "normal": lambda: torch.randn(n),
+        "laplace": lambda: torch.distributions.Laplace(0.5, 2.0).sample(n),
+        "uniform": lambda: torch.rand(n),
+    }[dist]()
     assert kurtosis(x) == pytest.approx(kurt, rel=0.05)
     model = _Table(x)
     spec = QuantSpec(4, granularity="token", group_size=None)

@@ -12,9 +12,9 @@ from qscale.export import export_model, load_quantized
 from qscale.qat import QATRecipeConfig, convert, prepare
 from qscale.qat.doublerounding import DoubleRoundingWeightQuantizer, alrs_eta, alrs_rate, joint_finetune, set_bits
 from qscale.qat.finetune import lm_loss
-from qscale.train.engine import OptimConfig
 from qscale.quant import QuantSpec
 from qscale.quant.switch import switch_bits
+from qscale.train.engine import OptimConfig
 
 SPEC = QuantSpec(8, True, "group", 16)
 BITS = (8, 6, 4, 2)

@@ -29,9 +29,13 @@ from qscale.train.engine import lm_loss, logits_of
 # loss_attn with ratio 1, loss_entropy with ratio 0.5, loss_logits at temperature 2) and the token-importance
 # block of distill_train/models/modeling_llama_qat_mix.py (quant_a_low_bit_percent 0.5), ported verbatim into a
 # scratch folder and run on CPU on the tensors of _authors_inputs().
-AUTHORS = {"loss_attn": 1.9264378547668457, "loss_entropy": -1.7874655723571777, "loss_logits": 4.41541051864624,
-           "score_token": [0.03867480158805847, 1.373683214187622, 0.01373821496963501, 0.5028113722801208],
-           "lower_bit_idx": [0, 2]}
+AUTHORS = {
+    "loss_attn": 1.9264378547668457,
+    "loss_entropy": -1.7874655723571777,
+    "loss_logits": 4.41541051864624,
+    "score_token": [0.03867480158805847, 1.373683214187622, 0.01373821496963501, 0.5028113722801208],
+    "lower_bit_idx": [0, 2],
+}
 
 
 def _authors_inputs():
@@ -139,8 +143,12 @@ def test_edgeqat_loss_is_the_authors_combination_recomputed_from_fresh_forwards(
     hooks.teacher_state.record = hooks.state.record = False
     assert len(s_scores) == len(t_scores) == 2 and s_qk[0][1].shape[1] == 4  # keys repeated to the 4 query heads
     ce = torch.nn.functional.cross_entropy(s_logits.flatten(0, 1), batch[:, 1:].flatten())
-    expected = 0.5 * ce + 0.5 * logit_distillation(s_logits, t_logits, 2.0) + distribution_term(t_scores, s_scores) \
+    expected = (
+        0.5 * ce
+        + 0.5 * logit_distillation(s_logits, t_logits, 2.0)
+        + distribution_term(t_scores, s_scores)
         + 0.5 * entropy_term(s_qk)
+    )
     loss = hooks.backward(llama, batch, lambda b: lm_loss(llama, b)[0], 0, 1)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     assert 0 < -float(distribution_term(t_scores, s_scores)) < math.log(8 * 4 * 2)  # sum of 64 cosines (B, H, layers)

@@ -59,14 +59,22 @@ def test_data_free_distillation_reads_no_corpus(trained, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a corpus loader was called")
 
-    for module, name in ((qscale.data.corpus, "load_corpus"), (qscale.data.streams, "load_corpus"),
-                         (qscale.data.streams, "load_token_streams"), (qscale.cli.pipeline, "load_token_streams"),
-                         (qscale.data.batches, "train_batch"), (qscale.data.batches, "calibration_windows"),
-                         (np, "fromfile"), (np, "memmap"), (np, "load")):
+    for module, name in (
+        (qscale.data.corpus, "load_corpus"),
+        (qscale.data.streams, "load_corpus"),
+        (qscale.data.streams, "load_token_streams"),
+        (qscale.cli.pipeline, "load_token_streams"),
+        (qscale.data.batches, "train_batch"),
+        (qscale.data.batches, "calibration_windows"),
+        (np, "fromfile"),
+        (np, "memmap"),
+        (np, "load"),
+    ):
         monkeypatch.setattr(module, name, forbidden)
     teacher = copy.deepcopy(trained)
-    cfg = QATRecipeConfig("efficientdm", w_bits=2, a_bits=16, group_size=32, rank=4,
-                          options=EfficientDMOptions(samples=32))
+    cfg = QATRecipeConfig(
+        "efficientdm", w_bits=2, a_bits=16, group_size=32, rank=4, options=EfficientDMOptions(samples=32)
+    )
     batches = self_generated_batches(teacher, cfg.options, batch_size=8, seq_len=24, seed=0)
     losses = qat_finetune(trained, cfg, batches, steps=20, lr=1e-2, warmup_steps=2, teacher=teacher)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
@@ -92,12 +100,58 @@ def test_efficientdm_quantizes_activations_with_lsq(llama):
 # makes their grid [0, 15] − 8 the symmetric full grid used here; loraA.weight = golden.wave(2, 8, a=0.29, b=0.3)·0.3,
 # loraB.weight = golden.wave(4, 2, a=0.53, b=0.7)·0.02, W0 = golden.matrix(4, 8, 0.05), delta below.
 AUTHORS_DELTA = [0.008, 0.01, 0.012, 0.006]
-AUTHORS_WQ = [0.032, 0.056, 0.056, 0.024, 0.016, 0, -0.056, -0.048, 0.02, 0.05, 0.02, -0.02, -0.03, -0.06, 0.03, 0.02,
-              -0.012, 0.024, -0.012, -0.036, 0.012, 0.024, 0.06, -0.036, -0.006, 0.03, -0.03, -0.006, 0.03, 0.006,
-              -0.048, 0.036]
-AUTHORS_GRAD_LORA_A = [0.018593129, 0.021288671, 0.021175962, 0.021896424, 0.044968553, 0.035031069, 0.025524678,
-                       0.046127528, 0.009447854, -0.0066068447, 0.01873973, 0.026003687, 0.019216591, 0.026864145,
-                       0.039894927, 0.032433901]
+AUTHORS_WQ = [
+    0.032,
+    0.056,
+    0.056,
+    0.024,
+    0.016,
+    0,
+    -0.056,
+    -0.048,
+    0.02,
+    0.05,
+    0.02,
+    -0.02,
+    -0.03,
+    -0.06,
+    0.03,
+    0.02,
+    -0.012,
+    0.024,
+    -0.012,
+    -0.036,
+    0.012,
+    0.024,
+    0.06,
+    -0.036,
+    -0.006,
+    0.03,
+    -0.03,
+    -0.006,
+    0.03,
+    0.006,
+    -0.048,
+    0.036,
+]
+AUTHORS_GRAD_LORA_A = [
+    0.018593129,
+    0.021288671,
+    0.021175962,
+    0.021896424,
+    0.044968553,
+    0.035031069,
+    0.025524678,
+    0.046127528,
+    0.009447854,
+    -0.0066068447,
+    0.01873973,
+    0.026003687,
+    0.019216591,
+    0.026864145,
+    0.039894927,
+    0.032433901,
+]
 AUTHORS_GRAD_LORA_B = [1.3064623, -1.0305147, 1.6720921, -0.71995485, 1.4508671, -0.68555903, -0.23723771, 0.48582649]
 AUTHORS_GRAD_DELTA = [4.3036237, 0.48323607, 0.030141115, -0.55620623]
 
@@ -106,8 +160,9 @@ def test_qalora_matches_the_authors_quant_module(golden):
     """Same merged-then-quantized weight and the same LoRA gradients (ours: ``ΔW = c·A·B`` with ``c = s̄·α/r``, so
     ``A = loraB.weight/c`` and ``∂A = c·∂loraB``); the step gradient is theirs times LSQ's gradient scale g (they
     apply none)."""
-    q = QALoRAWeightQuantizer(golden.matrix(4, 8, 0.05), QuantSpec(4, True, "channel", None, grid="full"), rank=2,
-                              alpha=4.0)
+    q = QALoRAWeightQuantizer(
+        golden.matrix(4, 8, 0.05), QuantSpec(4, True, "channel", None, grid="full"), rank=2, alpha=4.0
+    )
     c = float(torch.tensor(AUTHORS_DELTA).mean()) * q.lora_scale
     with torch.no_grad():
         q.step.copy_(torch.tensor(AUTHORS_DELTA)[:, None])

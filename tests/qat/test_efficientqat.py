@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from qscale.export import export_model, load_quantized
 from qscale.ptq import PTQConfig, quantize_model
@@ -16,7 +17,6 @@ from qscale.qat import QATRecipeConfig, convert, qat_finetune, quant_layers
 from qscale.qat.efficientqat import AsymWeightQuantizer, FrozenCodesQuantizer, block_ap, cosine_lr, freeze_codes
 from qscale.quant import QuantSpec, fake_quantize
 from qscale.train.engine import OptimConfig, lm_loss, make_optimizer, train_steps
-from transformers import LlamaConfig, LlamaForCausalLM
 
 # Golden values from the authors' code, OpenGVLab/EfficientQAT @ 78fd3fb6b6a2e70cc29d9e5d5f4fc6c3ea250619, run on
 # CPU in a scratch folder: quantize/quantizer.py's UniformAffineQuantizer(3 bits, group 4) on W below (its
@@ -27,9 +27,24 @@ G = [[1.0, -2.0, 0.5, 3.0, -1.5, 0.25, 2.0, -0.75], [0.5, 1.0, -1.0, 2.0, 1.5, -
 AUTHORS_QUANT = {
     "scale0": [0.08428571373224258, 0.0771428570151329, 0.00714285671710968, 0.11142856627702713],
     "zero0": [1.0, 5.0, 4.0, 4.0],
-    "out": [0.27814286947250366, -0.09271428734064102, 0.09271428734064102, 0.4635714292526245, -0.20828571915626526,
-            0.1388571411371231, -0.3471428453922272, 0.06942857056856155, 0.0, 0.0, -0.02857142686843872, 0.0,
-            0.13371428847312927, -0.4011428654193878, 0.26742857694625854, 0.0],
+    "out": [
+        0.27814286947250366,
+        -0.09271428734064102,
+        0.09271428734064102,
+        0.4635714292526245,
+        -0.20828571915626526,
+        0.1388571411371231,
+        -0.3471428453922272,
+        0.06942857056856155,
+        0.0,
+        0.0,
+        -0.02857142686843872,
+        0.0,
+        0.13371428847312927,
+        -0.4011428654193878,
+        0.26742857694625854,
+        0.0,
+    ],
     "gW": [1.0, -2.0, 0.5, 3.0, -1.5, 0.0, 2.0, -0.75, 0.0, 0.0, -1.0, 0.0, 1.5, -0.5, 0.75, -2.5],
     "gs": [-0.9098625183105469, 0.8395066261291504, -0.20000028610229492, -2.2120728492736816],
     "gz": [0.0, -0.01735714077949524, -0.02499999850988388, 0.0],
@@ -51,8 +66,15 @@ AUTHORS_BLOCK_AP = {
 
 def _one_block():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -75,15 +97,20 @@ def test_quantizer_matches_the_authors_uniform_affine_quantizer():
 def test_block_ap_matches_the_authors_loop():
     model = _one_block()
     calib = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(5))
-    mse = block_ap(model, QATRecipeConfig("efficientqat", w_bits=3, group_size=32), calib, steps=6, lr_weight=1e-3,
-                   lr_quant=1e-2)
+    mse = block_ap(
+        model, QATRecipeConfig("efficientqat", w_bits=3, group_size=32), calib, steps=6, lr_weight=1e-3, lr_quant=1e-2
+    )
     b, want = model.model.layers[0], AUTHORS_BLOCK_AP
     assert mse == [pytest.approx(want["mse"], rel=1e-4)]
     assert b.input_layernorm.weight[:4].tolist() == pytest.approx(want["input_layernorm"], abs=1e-6)
     assert b.post_attention_layernorm.weight[:4].tolist() == pytest.approx(want["post_attention_layernorm"], abs=1e-6)
     assert b.self_attn.q_proj.weight[0, :4].tolist() == pytest.approx(want["q_proj_weight"], abs=1e-6)
-    assert b.self_attn.q_proj.weight_quantizer.scale.flatten()[:4].tolist() == pytest.approx(want["q_proj_scale"], abs=1e-6)
-    assert b.mlp.down_proj.weight_quantizer.zero.flatten()[:4].tolist() == pytest.approx(want["down_proj_zero"], abs=1e-5)
+    assert b.self_attn.q_proj.weight_quantizer.scale.flatten()[:4].tolist() == pytest.approx(
+        want["q_proj_scale"], abs=1e-6
+    )
+    assert b.mlp.down_proj.weight_quantizer.zero.flatten()[:4].tolist() == pytest.approx(
+        want["down_proj_zero"], abs=1e-5
+    )
 
 
 def test_cosine_lr_is_the_authors_annealing_to_a_twentieth():
@@ -143,8 +170,12 @@ def test_block_ap_gradient_flow_every_block_weight_and_quantizer_trains(llama, b
     calib = torch.cat([batches(s)[:, :-1] for s in range(2)])
     block_ap(llama, QATRecipeConfig("efficientqat", w_bits=3, group_size=32), calib, steps=4)
     params = dict(llama.named_parameters())
-    trained = {n for n in params if n.startswith("model.layers.")
-               and (n.endswith(".weight") or n.endswith((".weight_quantizer.scale", ".weight_quantizer.zero")))}
+    trained = {
+        n
+        for n in params
+        if n.startswith("model.layers.")
+        and (n.endswith(".weight") or n.endswith((".weight_quantizer.scale", ".weight_quantizer.zero")))
+    }
     assert any("layernorm" in n for n in trained) and {id(params[n]) for n in trained} == set(seen)
     assert all(seen[id(params[n])] for n in trained), [n for n in trained if not seen[id(params[n])]]
     for n in trained:

@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from qscale.errors import QscaleError
 import qscale.qat.finetune as finetune_mod
+from qscale.errors import QscaleError
 from qscale.qat import DistillConfig, InterventionConfig, QATRecipeConfig, distill_loss, prepare, qat_finetune
 from qscale.qat.finetune import qat_loss
 from qscale.qat.intervention import signals, ti_loss
@@ -139,7 +139,9 @@ def test_killed_run_resumes_to_the_same_weights(llama, batches, tmp_path):
     with pytest.raises(_Killed):
         qat_finetune(first, cfg, dies_at_7, steps=8, lr=1e-3, state_dir=tmp_path / "b", save_every=3, fingerprint="x")
     again = copy.deepcopy(llama)  # a new process: the fp model again, then the saved state (step 6)
-    losses = qat_finetune(again, cfg, batches, steps=8, lr=1e-3, state_dir=tmp_path / "b", save_every=3, fingerprint="x")
+    losses = qat_finetune(
+        again, cfg, batches, steps=8, lr=1e-3, state_dir=tmp_path / "b", save_every=3, fingerprint="x"
+    )
     assert losses == ref
     for (n, p), (_, q) in zip(whole.state_dict().items(), again.state_dict().items()):
         assert torch.equal(p, q), n

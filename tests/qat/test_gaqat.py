@@ -9,8 +9,8 @@ import torch
 from qscale.errors import QscaleError
 from qscale.qat import QATRecipeConfig, get_recipe, prepare, qat_finetune
 from qscale.qat.finetune import lm_loss
-from qscale.train.engine import OptimConfig, make_optimizer, train_steps
 from qscale.qat.gaqat import GAQATOptions, scale_params
+from qscale.train.engine import OptimConfig, make_optimizer, train_steps
 
 
 def _cosine(a, b):
@@ -60,8 +60,9 @@ def test_freezes_exactly_the_layers_in_conflict(llama, batches):
 
 
 def test_gaqat_lowers_its_loss(llama, batches):
-    losses = qat_finetune(llama, QATRecipeConfig("gaqat", w_bits=4, a_bits=4, group_size=32), batches, steps=15,
-                          lr=1e-2, warmup_steps=2)
+    losses = qat_finetune(
+        llama, QATRecipeConfig("gaqat", w_bits=4, a_bits=4, group_size=32), batches, steps=15, lr=1e-2, warmup_steps=2
+    )
     assert losses[-1] < losses[0]
 
 
@@ -82,8 +83,10 @@ class _Probe:
 
     def backward(self, model, batch, objective, step, total):
         loss = self.hooks.backward(model, batch, objective, step, total)
-        self.before = {n: [(p.detach().clone(), {k: v.clone() for k, v in self.opt.state.get(p, {}).items()})
-                           for p in ps] for n, ps in self.hooks.scales.items()}
+        self.before = {
+            n: [(p.detach().clone(), {k: v.clone() for k, v in self.opt.state.get(p, {}).items()}) for p in ps]
+            for n, ps in self.hooks.scales.items()
+        }
         return loss
 
     def after_step(self, model, opt, step, total):

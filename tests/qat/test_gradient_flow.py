@@ -43,11 +43,17 @@ CASES = {
     "pbllm": Case(QATRecipeConfig("pbllm")),
     "ifairy": Case(QATRecipeConfig("ifairy")),
     # rank 4 decays 4 → 2 → 1 → 0 over the first half (steps 0-2); the branch is gone from step 3 on
-    "qvgen": Case(QATRecipeConfig("qvgen", group_size=32, rank=4, options=QVGenOptions(decay_end=0.5)),
-                  dead_after={".U": 3, ".V": 3}),
+    "qvgen": Case(
+        QATRecipeConfig("qvgen", group_size=32, rank=4, options=QVGenOptions(decay_end=0.5)),
+        dead_after={".U": 3, ".V": 3},
+    ),
     # LoRA: A starts at zero, so B's gradient (A^T·G) is zero at the first step
-    "efficientdm": Case(QATRecipeConfig("efficientdm", w_bits=4, a_bits=8, group_size=32, rank=4), teacher=True,
-                        trained=(".A", ".B", ".step"), alive_from={".B": 1}),
+    "efficientdm": Case(
+        QATRecipeConfig("efficientdm", w_bits=4, a_bits=8, group_size=32, rank=4),
+        teacher=True,
+        trained=(".A", ".B", ".step"),
+        alive_from={".B": 1},
+    ),
 }
 
 

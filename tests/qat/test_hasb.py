@@ -55,8 +55,9 @@ def test_algorithm_1_training_on_real_traces_lowers_the_loss(llama, batches):
     model = prepare(copy.deepcopy(llama), QATRecipeConfig("double-rounding", group_size=16))
     names = [n for n, m in model.named_modules() if hasattr(m, "weight_quantizer")]
     fp = copy.deepcopy(llama).train()
-    traces = hessian_traces(lambda: lm_loss(fp, batches(0))[0], {n: fp.get_submodule(n).weight for n in names},
-                            samples=2)
+    traces = hessian_traces(
+        lambda: lm_loss(fp, batches(0))[0], {n: fp.get_submodule(n).weight for n in names}, samples=2
+    )
     assert all(math.isfinite(t) for t in traces.values())
     probs = hasb_probabilities(traces, BITS)
     assert 0 < sum(bool(p[-1] > 0.3) for p in probs.values()) < len(probs)  # some layers sensitive, some not

@@ -27,6 +27,7 @@ def test_schedule_is_the_authors_gradual_intervention_then_plain_qat():
         InterventionConfig(handback=0)
     with pytest.raises(QscaleError, match="own distillation loss"):
         from qscale.qat import DistillConfig
+
         QATRecipeConfig("ste", intervention=InterventionConfig(), distill=DistillConfig())
 
 
@@ -62,9 +63,14 @@ def _perturbed_logits(student, t_sig, ids, phase, names):
     return before, after
 
 
-@pytest.mark.parametrize("phase,bypassed,used", [("output", ("o_proj", "v_proj", "q_proj", "k_proj"), ("up_proj",)),
-                                                ("context", ("v_proj", "q_proj", "k_proj"), ("o_proj",)),
-                                                ("map", ("q_proj", "k_proj"), ("v_proj",))])
+@pytest.mark.parametrize(
+    "phase,bypassed,used",
+    [
+        ("output", ("o_proj", "v_proj", "q_proj", "k_proj"), ("up_proj",)),
+        ("context", ("v_proj", "q_proj", "k_proj"), ("o_proj",)),
+        ("map", ("q_proj", "k_proj"), ("v_proj",)),
+    ],
+)
 def test_each_phase_replaces_its_signal_in_every_layer(llama, batches, phase, bypassed, used):
     teacher = copy.deepcopy(llama)
     ids = batches(0)[:, :-1]
@@ -84,8 +90,11 @@ def test_each_phase_replaces_its_signal_in_every_layer(llama, batches, phase, by
 
 # the parameters the authors' stop-gradient and substitution leave without gradient in each phase (GPT-NeoX: o_proj is
 # "dense"; its fused query_key_value keeps the q/k gradient of the attention-score term)
-NO_GRAD = {"llama": {"output": {"v_proj", "o_proj", "input_layernorm"}, "context": {"v_proj", "input_layernorm"}},
-           "neox": {"output": {"dense", "input_layernorm"}, "context": {"input_layernorm"}}}
+NO_GRAD = {
+    "llama": {"output": {"v_proj", "o_proj", "input_layernorm"}, "context": {"v_proj", "input_layernorm"}},
+    "neox": {"output": {"dense", "input_layernorm"}, "context": {"input_layernorm"}},
+}
+
 
 @pytest.mark.parametrize("arch", ["llama", "neox"])
 @pytest.mark.parametrize("phase", PHASES)

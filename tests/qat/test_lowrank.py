@@ -13,8 +13,11 @@ from qscale.qat.lowrank import L4QOptions, L4QWeightQuantizer, LRQATWeightQuanti
 from qscale.quant import QuantizedLinear, QuantSpec
 from qscale.train.engine import OptimConfig, lm_loss, make_optimizer, train_steps
 
-CFGS = [QATRecipeConfig("lrqat", w_bits=3, group_size=32, rank=4), QATRecipeConfig("l4q", w_bits=4, group_size=32, rank=4),
-        QATRecipeConfig("lrqat", w_bits=2, group_size=None, rank=2)]
+CFGS = [
+    QATRecipeConfig("lrqat", w_bits=3, group_size=32, rank=4),
+    QATRecipeConfig("l4q", w_bits=4, group_size=32, rank=4),
+    QATRecipeConfig("lrqat", w_bits=2, group_size=None, rank=2),
+]
 
 
 def test_lrqat_eq3_golden_phi_clipped_before_the_int8_fixed_point():
@@ -54,9 +57,11 @@ def test_low_rank_layers_of_the_same_shape_start_from_different_B(llama):
         model = copy.deepcopy(llama)
         prepare(model, QATRecipeConfig(recipe, w_bits=4, group_size=32, rank=4))
         layers = quant_layers(model)
-        same = [layers[f"model.layers.{i}.mlp.{p}"].weight_quantizer.B for i in (0, 1) for p in ("gate_proj", "up_proj")]
+        same = [
+            layers[f"model.layers.{i}.mlp.{p}"].weight_quantizer.B for i in (0, 1) for p in ("gate_proj", "up_proj")
+        ]
         for i, a in enumerate(same):
-            for b in same[i + 1:]:
+            for b in same[i + 1 :]:
                 assert not torch.equal(a, b), recipe
 
 
@@ -69,11 +74,18 @@ W0 = [[0.30, -0.12, 0.05, 0.41], [-0.27, 0.18, -0.36, 0.09]]
 A0, B0 = [[0.10, -0.20], [0.05, 0.15]], [[0.30, -0.10, 0.20, 0.05], [-0.25, 0.40, 0.10, -0.30]]
 S0, BETA0 = [[0.07], [0.09]], [[0.01], [-0.02]]
 G = [[1.0, -2.0, 0.5, 3.0], [-1.5, 0.25, 2.0, -0.75]]
-JOINT = {"W": [0.22, -0.27, 0.08, 0.22, -0.29, 0.25, -0.29, -0.02], "A": [0.2, 0.1, -0.175, 1.6],
-         "B": [-0.15, 0.0, 0.3, -0.075, -0.45, 0.0, 0.4, -0.225], "step": [5.835361649309433, 0.2846657577254402],
-         "offset": [0.5773502691896258, 0.07216878364870333]}
-WARMUP = {"W": [0.38, -0.31, 0.08, 0.35, -0.335, 0.27, -0.33, -0.015], "A": [1.5, -3.8, -0.225, 1.8],
-          "B": [0.05, -0.375, 0.3, 0.525, -0.85, 0.875, 0.4, -1.425]}
+JOINT = {
+    "W": [0.22, -0.27, 0.08, 0.22, -0.29, 0.25, -0.29, -0.02],
+    "A": [0.2, 0.1, -0.175, 1.6],
+    "B": [-0.15, 0.0, 0.3, -0.075, -0.45, 0.0, 0.4, -0.225],
+    "step": [5.835361649309433, 0.2846657577254402],
+    "offset": [0.5773502691896258, 0.07216878364870333],
+}
+WARMUP = {
+    "W": [0.38, -0.31, 0.08, 0.35, -0.335, 0.27, -0.33, -0.015],
+    "A": [1.5, -3.8, -0.225, 1.8],
+    "B": [0.05, -0.375, 0.3, 0.525, -0.85, 0.875, 0.4, -1.425],
+}
 
 
 def _l4q_golden_quantizer() -> L4QWeightQuantizer:
@@ -124,8 +136,9 @@ def _train_phase(model, cfg, batches, opt, hooks, total, start, end):
 def test_gradient_flow_in_every_phase(llama, batches, recipe):
     """Each phase: what trains gets a non-zero gradient; what is frozen is bit-identical after several steps and
     has no optimizer state. l4q: warm-up (A, B only) for 4 of 8 steps, then the joint stage (A, B, s, beta)."""
-    cfg = QATRecipeConfig(recipe, w_bits=4, group_size=32, rank=4,
-                          options=L4QOptions(warmup_fraction=0.5) if recipe == "l4q" else None)
+    cfg = QATRecipeConfig(
+        recipe, w_bits=4, group_size=32, rank=4, options=L4QOptions(warmup_fraction=0.5) if recipe == "l4q" else None
+    )
     prepare(llama, cfg)
     hooks = get_recipe(recipe).hooks(llama, cfg, None)
     opt = make_optimizer(llama, OptimConfig(lr=1e-2))
@@ -135,7 +148,9 @@ def test_gradient_flow_in_every_phase(llama, batches, recipe):
     assert {n for n, p in params.items() if p.requires_grad} == {n for n in quant if n.rsplit(".", 1)[1] in trained}
     phases = [("warmup", 0, 4), ("joint", 4, 8)] if recipe == "l4q" else [("all", 0, 8)]
     for phase, start, end in phases:
-        frozen = {n for n in params if n not in quant or (phase == "warmup" and n.rsplit(".", 1)[1] in ("step", "offset"))}
+        frozen = {
+            n for n in params if n not in quant or (phase == "warmup" and n.rsplit(".", 1)[1] in ("step", "offset"))
+        }
         before = {n: params[n].detach().clone() for n in params}
         buffers = {n: b.clone() for n, b in llama.named_buffers() if n.endswith(("w0", "w0_fixed"))}
         _train_phase(llama, cfg, batches, opt, hooks, 8, start, end)

@@ -8,8 +8,20 @@ from qscale.qat.pbllm import PartialBinaryWeightQuantizer
 # 8 bits and frozen, the rest α·sign(w) with the L2-optimal α = mean|w| of the row's non-salient weights) written out
 # in numpy in a scratch folder, independently of qscale, for w = golden.wave(2, 6, a=0.29, b=0.3)·0.05, r = 0.25.
 PAPER_MASK = [0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0]
-PAPER_W_HAT = [0.029671413, 0.029671413, 0.029671413, 0.047039464, 0.072853804, 0.029671413, 0.01741454, 0.060920723,
-               0.01741454, -0.01741454, 0.01741454, -0.01741454]
+PAPER_W_HAT = [
+    0.029671413,
+    0.029671413,
+    0.029671413,
+    0.047039464,
+    0.072853804,
+    0.029671413,
+    0.01741454,
+    0.060920723,
+    0.01741454,
+    -0.01741454,
+    0.01741454,
+    -0.01741454,
+]
 
 
 def test_partial_binarization_matches_the_paper_equations(golden):

@@ -71,7 +71,7 @@ def test_mixed_precision_rules_select_intended_layers(llama):
     assert plans["model.layers.0.self_attn.q_proj"].w_bits == 4 and plans["model.layers.1.self_attn.v_proj"].w_bits == 4
     assert "model.layers.0.self_attn.o_proj" not in plans and "model.layers.1.self_attn.o_proj" in plans
     assert not any(n.endswith("up_proj") for n in plans)
-    assert plans["model.layers.0.mlp.gate_proj"] .a_bits == 4
+    assert plans["model.layers.0.mlp.gate_proj"].a_bits == 4
     prepare(llama, cfg)
     down = llama.model.layers[0].mlp.down_proj
     assert isinstance(down, QuantLinear) and down.act_quantizer.spec.bits == 8 and down.weight_quantizer.spec.bits == 4
@@ -123,8 +123,9 @@ def test_gpt2_conv1d_is_prepared_and_converted():
         assert torch.allclose(model(input_ids=ids).logits, fake, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("cfg", [RECIPE_CFGS[0], RECIPE_CFGS[3], RECIPE_CFGS[4], RECIPE_CFGS[5], RECIPE_CFGS[6]],
-                         ids=lambda c: c.label)
+@pytest.mark.parametrize(
+    "cfg", [RECIPE_CFGS[0], RECIPE_CFGS[3], RECIPE_CFGS[4], RECIPE_CFGS[5], RECIPE_CFGS[6]], ids=lambda c: c.label
+)
 def test_bf16_training_step_and_convert(llama, cfg):
     model = llama.to(torch.bfloat16)
     ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))

@@ -70,8 +70,14 @@ def test_rank_reaches_zero_even_with_fewer_steps_than_phases(llama):
 
 def test_qvgen_trains_and_exports_without_extra_parameters(llama, batches, tmp_path):
     lsq = copy.deepcopy(llama)
-    losses = qat_finetune(llama, QATRecipeConfig("qvgen", w_bits=4, a_bits=16, group_size=32, rank=4), batches,
-                          steps=16, lr=1e-2, warmup_steps=2)
+    losses = qat_finetune(
+        llama,
+        QATRecipeConfig("qvgen", w_bits=4, a_bits=16, group_size=32, rank=4),
+        batches,
+        steps=16,
+        lr=1e-2,
+        warmup_steps=2,
+    )
     assert losses[-1] < losses[0]
     assert all(q.weight_quantizer.rank == 0 for q in quant_layers(llama).values())
     qat_finetune(lsq, QATRecipeConfig("lsq", w_bits=4, a_bits=16, group_size=32), batches, steps=2, lr=1e-3)
@@ -81,7 +87,7 @@ def test_qvgen_trains_and_exports_without_extra_parameters(llama, batches, tmp_p
 
     def shapes(folder):
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors reader, not a dict)
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
     assert shapes(tmp_path / "qvgen") == shapes(tmp_path / "lsq")
     ids = torch.randint(0, 64, (1, 10))
@@ -95,22 +101,73 @@ def test_qvgen_trains_and_exports_without_extra_parameters(llama, batches, tmp_p
 # ``alpha_T`` 4, no warm-up, cosine strategy, L, R = low_rank_decomposition(golden.matrix(12, 10, 0.1), 8); one
 # row per training iteration. Alpha codes: 1 → 1, a → (1 + cos(π/4))/2, h → 1/2, b → (1 − cos(π/4))/2, 0 → 0;
 # "-" = L and R deleted (rank 0).
-AUTHORS_ALPHA = ["11111111", "1111aaaa", "1111hhhh", "1111bbbb", "11110000", "11aa0000", "11hh0000", "11bb0000",
-                 "11000000", "1a000000", "1h000000", "1b000000", "10000000", "a0000000", "h0000000", "b0000000",
-                 "--------", "--------", "--------", "--------"]
-AUTHORS_BRANCH_NORM = [0.82826853, 0.79619277, 0.73624831, 0.70582539, 0.70290321, 0.66866952, 0.60360605, 0.56991732,
-                       0.56665343, 0.53034347, 0.45939249, 0.42131183, 0.41756007, 0.35640982, 0.20878004, 0.06115026]
-AUTHORS_BRANCH_DOT = [0.11918646, 0.077416271, -0.023425817, -0.12426785, -0.1660381, -0.16565096, -0.16471645,
-                      -0.16378185, -0.16339475, -0.16110189, -0.15556639, -0.15003088, -0.14773801, -0.12610227,
-                      -0.073869005, -0.021635726]
+AUTHORS_ALPHA = [
+    "11111111",
+    "1111aaaa",
+    "1111hhhh",
+    "1111bbbb",
+    "11110000",
+    "11aa0000",
+    "11hh0000",
+    "11bb0000",
+    "11000000",
+    "1a000000",
+    "1h000000",
+    "1b000000",
+    "10000000",
+    "a0000000",
+    "h0000000",
+    "b0000000",
+    "--------",
+    "--------",
+    "--------",
+    "--------",
+]
+AUTHORS_BRANCH_NORM = [
+    0.82826853,
+    0.79619277,
+    0.73624831,
+    0.70582539,
+    0.70290321,
+    0.66866952,
+    0.60360605,
+    0.56991732,
+    0.56665343,
+    0.53034347,
+    0.45939249,
+    0.42131183,
+    0.41756007,
+    0.35640982,
+    0.20878004,
+    0.06115026,
+]
+AUTHORS_BRANCH_DOT = [
+    0.11918646,
+    0.077416271,
+    -0.023425817,
+    -0.12426785,
+    -0.1660381,
+    -0.16565096,
+    -0.16471645,
+    -0.16378185,
+    -0.16339475,
+    -0.16110189,
+    -0.15556639,
+    -0.15003088,
+    -0.14773801,
+    -0.12610227,
+    -0.073869005,
+    -0.021635726,
+]
 
 
 def test_rank_decay_matches_the_authors_progressive_lora(golden):
     """4 phases of 4 steps (decay_end 0.8 of 20 steps = the authors' alpha_T 4): the regulariser of every
     component, and the branch after the SVD re-factorings, step by step."""
     model = torch.nn.Sequential(torch.nn.Linear(10, 12, bias=False))
-    cfg = QATRecipeConfig("qvgen", w_bits=4, a_bits=16, group_size=None, rank=8, exclude=(),
-                          options=QVGenOptions(decay_end=0.8))
+    cfg = QATRecipeConfig(
+        "qvgen", w_bits=4, a_bits=16, group_size=None, rank=8, exclude=(), options=QVGenOptions(decay_end=0.8)
+    )
     prepare(model, cfg)
     q = model[0].weight_quantizer
     U, S, Vh = torch.linalg.svd(golden.matrix(12, 10, 0.1), full_matrices=False)

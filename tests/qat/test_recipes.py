@@ -68,11 +68,13 @@ def test_quest_alpha_is_mse_optimal_for_gaussian():
     torch.manual_seed(0)
     x = torch.randn(1, 100_000, dtype=torch.float64)
     for bits in (1, 2, 3, 4):
+
         def mse(alpha):
             levels = 2**bits - 1
             step = 2 * alpha / levels
             k = torch.clamp(torch.round(x / step + levels / 2), 0, levels)
             return float(((k - levels / 2) * step - x).pow(2).mean())
+
         a = QUEST_ALPHA[bits]
         assert mse(a) < mse(0.9 * a) and mse(a) < mse(1.1 * a)
         # and our quantizer (RMS of these samples ~ 1) realises that grid

@@ -70,5 +70,8 @@ def test_golden_values_worked_out_by_hand():
     # 3 bits per group of 4: s = 0.4/3 (x/s = 0.75, −3, 1.875, 0.375) and 1/3 (x/s = 3, 0.9, −1.8, 0.6)
     expected = torch.tensor([[0.4 / 3, -0.4, 0.8 / 3, 0.0, 1.0, 1 / 3, -2 / 3, 1 / 3]])
     assert torch.allclose(STEWeightQuantizer(weight_spec(3, 4))(w), expected, atol=1e-7)
-    assert torch.allclose(STEWeightQuantizer(weight_spec(1, 4))(w), torch.tensor([[1, -1, 1, 1, 1, 1, -1, 1]]) *
-                          torch.tensor([[0.2] * 4 + [0.5] * 4]), atol=1e-7)  # 1 bit: ±absmax/2 per group
+    assert torch.allclose(
+        STEWeightQuantizer(weight_spec(1, 4))(w),
+        torch.tensor([[1, -1, 1, 1, 1, 1, -1, 1]]) * torch.tensor([[0.2] * 4 + [0.5] * 4]),
+        atol=1e-7,
+    )  # 1 bit: ±absmax/2 per group

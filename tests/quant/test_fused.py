@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from qscale.errors import QscaleError
-from qscale.quant.fused import ENV, backend_for, triton_available
 from qscale.qat.lsq import LSQActQuantizer, LSQWeightQuantizer
 from qscale.qat.quest import quest_fake_quantize
 from qscale.qat.ste import act_spec, ste_fake_quantize, weight_spec
 from qscale.quant import QuantSpec, fake_quantize
+from qscale.quant.fused import ENV, backend_for, triton_available
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed (extra 'gpu')")
 DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") == "0" and torch.cuda.is_available() else "cpu"
@@ -24,6 +24,7 @@ DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") == "0" and torch.cuda.is_a
 def use(monkeypatch):
     def set_backend(name: str) -> None:
         monkeypatch.setenv(ENV, name)
+
     return set_backend
 
 

@@ -38,8 +38,10 @@ def test_golden_words():
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_same_words_as_compressed_tensors(bits):
-    helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers",
-                                  reason="compressed-tensors (a test extra) is not installed")
+    helpers = pytest.importorskip(
+        "compressed_tensors.compressors.pack_quantized.helpers",
+        reason="compressed-tensors (a test extra) is not installed",
+    )
     g = torch.Generator().manual_seed(bits)
     codes = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (7, 77), generator=g)
     ours = pack_rows(codes + 2 ** (bits - 1), bits)

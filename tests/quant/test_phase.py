@@ -54,8 +54,12 @@ def test_layout_values_in_roots_of_unity_times_scale_and_residual_stages_help():
     assert torch.allclose(real_from_widely(qu, qv), dequantize_layout(codes, scale))
     # stage 1 alone: every entry of U is ±s_re or ±i·s_im
     first = phase_values(codes[:4, :6].long(), scale[0, 0, 0], scale[0, 0, 1])
-    assert set(first.flatten().tolist()) <= {complex(scale[0, 0, 0]), complex(-scale[0, 0, 0]),
-                                             complex(0, scale[0, 0, 1]), complex(0, -scale[0, 0, 1])}
+    assert set(first.flatten().tolist()) <= {
+        complex(scale[0, 0, 0]),
+        complex(-scale[0, 0, 0]),
+        complex(0, scale[0, 0, 1]),
+        complex(0, -scale[0, 0, 1]),
+    }
     assert torch.equal(codes[:4, :6].long(), phase_codes(u))
     one_stage = real_from_widely(first, phase_values(codes[4:, :6].long(), scale[0, 1, 0], scale[0, 1, 1]))
     assert (dequantize_layout(codes, scale) - w).norm() < (one_stage - w).norm()

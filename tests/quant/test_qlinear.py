@@ -8,7 +8,10 @@ from qscale.errors import QscaleError
 from qscale.quant import QuantizedLinear, QuantizedWeight, QuantSpec, dequantize, quantize
 
 SPECS = [QuantSpec(b, s, "group", 16) for b in (2, 3, 4, 8) for s in (True, False)] + [
-    QuantSpec(4, True, "channel", None), QuantSpec(3, False, "tensor", None), QuantSpec(5, True, "group", 24)]
+    QuantSpec(4, True, "channel", None),
+    QuantSpec(3, False, "tensor", None),
+    QuantSpec(5, True, "group", 24),
+]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)

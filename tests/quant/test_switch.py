@@ -24,8 +24,9 @@ TWO = [-2, -2, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
 def _stored(scale=0.01):
     codes = torch.tensor([STORED], dtype=torch.int8)
     s = torch.tensor([[scale]])
-    return QuantizedWeight(codes, s, torch.zeros_like(s), torch.zeros(len(STORED), dtype=torch.int32),
-                           QuantSpec(8, True, "channel"))
+    return QuantizedWeight(
+        codes, s, torch.zeros_like(s), torch.zeros(len(STORED), dtype=torch.int32), QuantSpec(8, True, "channel")
+    )
 
 
 @pytest.mark.parametrize("bits,expected,shift", [(4, FOUR, 16), (2, TWO, 64)])

@@ -15,11 +15,23 @@ TRUE = {"k": 0.05, "alpha": 0.3, "beta": 0.5, "gamma": 2.0}
 
 def test_report_fit_json_feeds_predict_with_intervals(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    rows = [{"model": m, "method": "gptq", "N": n, "D": d, "P": p, "G": 128, "qid_se": 0.002,
-             "qid": float(get_law("qid").predict(TRUE, {"N": n, "D": d, "P": p})) * math.exp(rng.normal(0, 0.02)),
-             "loss_fp": 3.0, "loss_q": 3.1}
-            for m, n in (("xs", 1e5), ("s", 3e5), ("m", 1e6)) for d in np.geomspace(1e5, 1e8, 5).round()
-            for p in (2, 3, 4)]
+    rows = [
+        {
+            "model": m,
+            "method": "gptq",
+            "N": n,
+            "D": d,
+            "P": p,
+            "G": 128,
+            "qid_se": 0.002,
+            "qid": float(get_law("qid").predict(TRUE, {"N": n, "D": d, "P": p})) * math.exp(rng.normal(0, 0.02)),
+            "loss_fp": 3.0,
+            "loss_q": 3.1,
+        }
+        for m, n in (("xs", 1e5), ("s", 3e5), ("m", 1e6))
+        for d in np.geomspace(1e5, 1e8, 5).round()
+        for p in (2, 3, 4)
+    ]
     write_qid_report(rows, tmp_path / "report", ReportConfig(n_boot=200))
     doc = json.loads((tmp_path / "report" / "fit.json").read_text())
     assert doc["law_name"] == "qid" and len(doc["methods"]["gptq"]["bootstrap"]["samples"]) == 200

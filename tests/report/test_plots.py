@@ -37,8 +37,19 @@ def labelled(ax) -> list[str]:
 
 
 def _qid_rows():
-    return [{"model": m, "N": n, "D": d, "P": p, "qid": float(predict("qid", QID, {"N": n, "D": d, "P": p})),
-             "qid_se": 1e-6} for m, n in MODELS for d in D for p in (2, 4)]
+    return [
+        {
+            "model": m,
+            "N": n,
+            "D": d,
+            "P": p,
+            "qid": float(predict("qid", QID, {"N": n, "D": d, "P": p})),
+            "qid_se": 1e-6,
+        }
+        for m, n in MODELS
+        for d in D
+        for p in (2, 4)
+    ]
 
 
 def test_qid_vs_d_panels_have_readable_ticks_and_distinct_colours(figures):
@@ -60,8 +71,21 @@ def test_qid_parity_panel_is_drawn_with_one_colour_per_bit_width(figures):
 
 
 def test_qat_delta_vs_d_has_readable_ticks_and_distinct_colours(figures):
-    rows = [{"model": m, "N": n, "D": d, "G": g, "G_eff": g, "scheme": "w4a4", "delta_se": 1e-6,
-             "delta": float(qat_plots.predict_delta(QAT, n, d, g))} for m, n in MODELS for d in D for g in (32, 128)]
+    rows = [
+        {
+            "model": m,
+            "N": n,
+            "D": d,
+            "G": g,
+            "G_eff": g,
+            "scheme": "w4a4",
+            "delta_se": 1e-6,
+            "delta": float(qat_plots.predict_delta(QAT, n, d, g)),
+        }
+        for m, n in MODELS
+        for d in D
+        for g in (32, 128)
+    ]
     qat_plots.delta_vs_d(rows, SimpleNamespace(params=QAT), NoisePolicy())
     qat_plots.observed_vs_predicted({"w4a4": rows}, {"w4a4": SimpleNamespace(params=QAT)}, NoisePolicy())
     delta_fig, parity_fig = figures

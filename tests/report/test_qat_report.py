@@ -27,8 +27,20 @@ def _cells(scheme="W4A4", params=TRUE, scale=1.0, se=1e-4):
         for D in (1e4, 3e4, 1e5):
             for G in (16, 32, 128):
                 d = scale * float(_law(params, N, D, G))
-                rows.append({"model": model, "N": N, "D": D, "G": G, "G_eff": G, "scheme": scheme, "delta": d,
-                             "delta_se": se, "delta_train": d, "per_window": np.zeros(3)})
+                rows.append(
+                    {
+                        "model": model,
+                        "N": N,
+                        "D": D,
+                        "G": G,
+                        "G_eff": G,
+                        "scheme": scheme,
+                        "delta": d,
+                        "delta_se": se,
+                        "delta_train": d,
+                        "per_window": np.zeros(3),
+                    }
+                )
     return rows
 
 
@@ -56,10 +68,14 @@ def test_c_factor_by_definition():
 
 def test_fc2_reduction_and_floor():
     base = [{"model": "m", "D": 1, "scheme": "W4A4", "G": g, "delta": 0.2, "delta_se": 0.01} for g in (32, 0)]
-    fixed = [{"model": "m", "D": 1, "scheme": "W4A4-fc2a8", "G": 32, "delta": 0.15, "delta_se": 0.01},
-             {"model": "m", "D": 1, "scheme": "W4A4-fc2a8", "G": 0, "delta": 0.1, "delta_se": 0.01}]
-    noisy = [{"model": "s", "D": 1, "scheme": "W4A4", "G": 32, "delta": 0.01, "delta_se": 0.01},
-             {"model": "s", "D": 1, "scheme": "W4A4-fc2a8", "G": 32, "delta": 0.0, "delta_se": 0.01}]
+    fixed = [
+        {"model": "m", "D": 1, "scheme": "W4A4-fc2a8", "G": 32, "delta": 0.15, "delta_se": 0.01},
+        {"model": "m", "D": 1, "scheme": "W4A4-fc2a8", "G": 0, "delta": 0.1, "delta_se": 0.01},
+    ]
+    noisy = [
+        {"model": "s", "D": 1, "scheme": "W4A4", "G": 32, "delta": 0.01, "delta_se": 0.01},
+        {"model": "s", "D": 1, "scheme": "W4A4-fc2a8", "G": 32, "delta": 0.0, "delta_se": 0.01},
+    ]
     r = fc2_reduction(base + fixed + noisy)["W4A4"]
     assert r["by_G"]["32"]["mean_reduction"] == pytest.approx(0.25)
     assert r["by_G"]["0"]["mean_reduction"] == pytest.approx(0.5)
@@ -67,9 +83,21 @@ def test_fc2_reduction_and_floor():
 
 
 def test_attribution_ranks_the_heavy_tailed_input_first():
-    attr = [{"scheme": "W16A4", "model": "m", "D": 1, "G": 16, "layer": f"model.layers.{i}.{t}", "mse": 1.0,
-             "rel_mse": rel, "kurtosis": k, "n": 10}
-            for i in range(2) for t, k, rel in (("q_proj", 3.0, 0.01), ("down_proj", 90.0, 0.05), ("o_proj", 5.0, 0.02))]
+    attr = [
+        {
+            "scheme": "W16A4",
+            "model": "m",
+            "D": 1,
+            "G": 16,
+            "layer": f"model.layers.{i}.{t}",
+            "mse": 1.0,
+            "rel_mse": rel,
+            "kurtosis": k,
+            "n": 10,
+        }
+        for i in range(2)
+        for t, k, rel in (("q_proj", 3.0, 0.01), ("down_proj", 90.0, 0.05), ("o_proj", 5.0, 0.02))
+    ]
     a = attribution_table(attr)["W16A4"]
     assert a["down_proj_rank_kurtosis"] == 1 and a["down_proj_rank_rel_mse"] == 1
     assert a["by_type"]["down_proj"]["kurtosis"] == 90.0 and a["by_type"]["q_proj"]["n_layers"] == 2
@@ -77,11 +105,26 @@ def test_attribution_ranks_the_heavy_tailed_input_first():
 
 def test_qat_vs_ptq_deltas_against_checkpoint_and_control():
     def row(method, scheme, pw):
-        return {"model": "xs", "N": 10, "D": 100, "G": 32, "method": method, "scheme": scheme, "loss": float(np.mean(pw)),
-                "per_window": np.array(pw), "train_loss": None, "steps": 0, "seconds": 0.0}
+        return {
+            "model": "xs",
+            "N": 10,
+            "D": 100,
+            "G": 32,
+            "method": method,
+            "scheme": scheme,
+            "loss": float(np.mean(pw)),
+            "per_window": np.array(pw),
+            "train_loss": None,
+            "steps": 0,
+            "seconds": 0.0,
+        }
 
-    ptq = [row("checkpoint", "W16A16", [3.0, 3.0]), row("gptq", "W4A16", [3.10, 3.10]),
-           row("fp-finetune", "W16A16", [2.9, 2.9]), row("lsq", "W4A16", [2.95, 2.95])]
+    ptq = [
+        row("checkpoint", "W16A16", [3.0, 3.0]),
+        row("gptq", "W4A16", [3.10, 3.10]),
+        row("fp-finetune", "W16A16", [2.9, 2.9]),
+        row("lsq", "W4A16", [2.95, 2.95]),
+    ]
     t = qat_vs_ptq(ptq)["xs"]
     assert t["rows"]["gptq W4A16"]["delta_ckpt"] == pytest.approx(0.10)
     assert t["rows"]["lsq W4A16"]["delta_ckpt"] == pytest.approx(-0.05)

@@ -30,8 +30,20 @@ def _rows(seed=0):
                 se = 0.002
                 if p == 8 and d < 1e6:  # measurement noise swamps the tiny 8-bit QiD of early checkpoints
                     q = -0.001 if d < 3e5 else 0.0
-                rows.append({"model": model, "method": "gptq", "N": n, "D": d, "P": p, "G": 128, "qid": q,
-                             "qid_se": se, "loss_fp": 3.0, "loss_q": 3.0 + q})
+                rows.append(
+                    {
+                        "model": model,
+                        "method": "gptq",
+                        "N": n,
+                        "D": d,
+                        "P": p,
+                        "G": 128,
+                        "qid": q,
+                        "qid_se": se,
+                        "loss_fp": 3.0,
+                        "loss_q": 3.0 + q,
+                    }
+                )
     return rows
 
 

@@ -50,14 +50,20 @@ def pythia_like(tmp_path_factory):
     suite = root / "suite"
     for name, (hidden, layers, heads) in SIZES.items():
         torch.manual_seed(0)
-        cfg = GPTNeoXConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
-                            num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=128)
+        cfg = GPTNeoXConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=128,
+        )
         model = GPTNeoXForCausalLM(cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         gen.manual_seed(0)  # both sizes see the same batches
         for step in range(1, max(STEPS) + 1):
             starts = torch.randint(0, len(ids) - SEQ - 1, (BATCH,), generator=gen)
-            batch = torch.stack([ids[s:s + SEQ + 1] for s in starts.tolist()])
+            batch = torch.stack([ids[s : s + SEQ + 1] for s in starts.tolist()])
             loss = model(input_ids=batch, labels=batch).loss
             opt.zero_grad()
             loss.backward()

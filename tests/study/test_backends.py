@@ -62,7 +62,8 @@ def test_round_trip_insert_or_ignore_and_schema_version(db):
         s.record_failure("cell:8", "cells P=8", "RuntimeError: boom", 3)
         s.record_failure("cell:8", "cells P=8", "RuntimeError: boom again", 3)
         assert [(f["task_id"], f["error"], f["attempts"]) for f in s.failures()] == [
-            ("cell:8", "RuntimeError: boom again", 3)]
+            ("cell:8", "RuntimeError: boom again", 3)
+        ]
         s.clear_failure("cell:8")
         assert s.failures() == []
     with open_store(db, [T]) as s:  # reopening applies nothing twice
@@ -87,8 +88,16 @@ def test_two_processes_writing_at_once_lose_nothing(request, tmp_path):
     n = 30
     start = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    procs = [subprocess.Popen([sys.executable, str(WRITER), str(w), str(n), str(start), *dbs], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WRITER), str(w), str(n), str(start), *dbs],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in (0, 1)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     new = [[int(x) for x in o[0].split()] for o in outs]

@@ -72,10 +72,31 @@ def test_bad_suites_are_one_line_errors(pythia_like, tmp_path, capsys):
 
 
 def _run(out, suite, data, calib, capsys) -> str:
-    code = main(["study", "qid", "--checkpoints", str(suite), "--tokens-per-step", str(TPS), "--preset", "tiny",
-                 "--data", str(data), "--calib-data", str(calib), "--target", "7e9,2e12,4", "--out", str(out),
-                 "--eval-windows", "32", "--bits", "2,3,4",
-                 "--no-progress"])
+    code = main(
+        [
+            "study",
+            "qid",
+            "--checkpoints",
+            str(suite),
+            "--tokens-per-step",
+            str(TPS),
+            "--preset",
+            "tiny",
+            "--data",
+            str(data),
+            "--calib-data",
+            str(calib),
+            "--target",
+            "7e9,2e12,4",
+            "--out",
+            str(out),
+            "--eval-windows",
+            "32",
+            "--bits",
+            "2,3,4",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.err
@@ -83,8 +104,10 @@ def _run(out, suite, data, calib, capsys) -> str:
 
 def _rows(out):
     with SqliteStore(out / "study.sqlite", TABLES) as s:
-        return [{k: v for k, v in r.items() if not k.endswith("_s") and k not in ("created_at", "versions")}
-                for r in s.rows("qid")], s.count("qid_fp")
+        return [
+            {k: v for k, v in r.items() if not k.endswith("_s") and k not in ("created_at", "versions")}
+            for r in s.rows("qid")
+        ], s.count("qid_fp")
 
 
 def test_study_on_a_pythia_like_suite_end_to_end(pythia_like, tmp_path, capsys, monkeypatch):
@@ -120,11 +143,23 @@ def test_study_on_a_pythia_like_suite_end_to_end(pythia_like, tmp_path, capsys, 
 def test_qat_vs_ptq_on_the_users_checkpoints(pythia_like, tmp_path, monkeypatch):
     monkeypatch.setenv("QSCALE_CACHE", str(tmp_path / "cache"))
     suite, data, _ = pythia_like
-    study = build_qat_study("tiny", out=tmp_path / "qat", data=data, checkpoints=str(suite), tokens_per_step=TPS,
-                            recipes=("lsq",))
-    grid = QatGrid(sizes=("xs",), steps=(2,), groups=(16,), schemes=("W4A4",), fc2_steps=(2,), batch_size=2,
-                   seq_len=16, warmup_steps=1, eval_windows=4, attribution=("xs", 2, 16), attribution_windows=1,
-                   control=False)
+    study = build_qat_study(
+        "tiny", out=tmp_path / "qat", data=data, checkpoints=str(suite), tokens_per_step=TPS, recipes=("lsq",)
+    )
+    grid = QatGrid(
+        sizes=("xs",),
+        steps=(2,),
+        groups=(16,),
+        schemes=("W4A4",),
+        fc2_steps=(2,),
+        batch_size=2,
+        seq_len=16,
+        warmup_steps=1,
+        eval_windows=4,
+        attribution=("xs", 2, 16),
+        attribution_windows=1,
+        control=False,
+    )
     compare = dataclasses.replace(study.compare, schemes=("W4A16",))
     study = dataclasses.replace(study, grid=grid, compare=compare, n_boot=0)
     res = run_qat_study(study, progress=False)
@@ -132,8 +167,10 @@ def test_qat_vs_ptq_on_the_users_checkpoints(pythia_like, tmp_path, monkeypatch)
         ptq = s.rows("qat_ptq")
     final = {c.size: c for c in discover(suite, TPS) if c.D == STEPS[-1] * TPS}
     assert {(r["model"], r["method"], r["scheme"]) for r in ptq} == {
-        (size, m, sc) for size in SIZES for m, sc in (("checkpoint", "W16A16"), ("gptq", "W4A16"),
-                                                      ("fp-finetune", "W16A16"), ("lsq", "W4A16"))}
+        (size, m, sc)
+        for size in SIZES
+        for m, sc in (("checkpoint", "W16A16"), ("gptq", "W4A16"), ("fp-finetune", "W16A16"), ("lsq", "W4A16"))
+    }
     assert all(r["checkpoint"] == final[r["model"]].path and r["D"] == final[r["model"]].D for r in ptq)
     assert set(res.report.qat_vs_ptq) == set(SIZES)
     assert run_qat_study(study, progress=False).computed == 0

@@ -9,17 +9,20 @@ import pytest
 
 from qscale.errors import QscaleError
 from qscale.laws import load_table
+from qscale.study.backends import open_store
 from qscale.study.core import CellKey, Row, Table, Task, columns, topological
 from qscale.study.executor import LocalExecutor
 from qscale.study.qat import QatDefinition, build_qat_study
 from qscale.study.qid import QidDefinition, build_study
 from qscale.study.runner import plan, run_study
-from qscale.study.backends import open_store
 from qscale.study.store import SqliteStore
 
 TRAIN = Table("toy_train", columns("run:text model:text config_hash:text"), columns("steps:int seconds:float"))
-CELLS = Table("toy", columns("run:text model:text P:int config_hash:text"),
-              columns("N:int qid:float per_window:array meta:json note:text?"))
+CELLS = Table(
+    "toy",
+    columns("run:text model:text P:int config_hash:text"),
+    columns("N:int qid:float per_window:array meta:json note:text?"),
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,16 @@ class Toy:
             out.append(Task(f"train:{model}", train_size, (model, steps, tk), keys=(tk,), phase="train"))
             for P in (2, 4):
                 key = CellKey.make("toy", {"P": P}, run="r", model=model, P=P)
-                out.append(Task(f"cell:{model}:{P}", measure_cell, (model, P, key), deps=(f"train:{model}",),
-                                keys=(key,), phase="quantize"))
+                out.append(
+                    Task(
+                        f"cell:{model}:{P}",
+                        measure_cell,
+                        (model, P, key),
+                        deps=(f"train:{model}",),
+                        keys=(key,),
+                        phase="quantize",
+                    )
+                )
         return out
 
     def report(self, store):
@@ -137,8 +148,12 @@ def test_runner_commits_each_row_resumes_after_a_kill_and_skips_stored_cells(tmp
     # the stored training rows are not re-run: the cells of "b" got the stored record as their dependency
     assert (CALLS["train"], CALLS["cell"]) == (0, 2) and (out.computed, out.skipped) == (2, 4)
     assert out.by_table == {"toy_train": {"computed": 0, "skipped": 2}, "toy": {"computed": 2, "skipped": 2}}
-    assert sorted((r["model"], r["P"], r["N"]) for r in out.report) == [("a", 2, 20), ("a", 4, 20), ("b", 2, 40),
-                                                                         ("b", 4, 40)]
+    assert sorted((r["model"], r["P"], r["N"]) for r in out.report) == [
+        ("a", 2, 20),
+        ("a", 4, 20),
+        ("b", 2, 40),
+        ("b", 4, 40),
+    ]
     assert set(out.seconds) == {"plan", "quantize", "report"}
     with SqliteStore(path) as s:
         again = run_study(Toy(), s, progress=False)
@@ -147,9 +162,16 @@ def test_runner_commits_each_row_resumes_after_a_kill_and_skips_stored_cells(tmp
 
 def test_a_task_without_keys_runs_only_for_dependents_that_run(tmp_path):
     ran = []
-    tasks = [Task("dep", ran.append, ("dep",)),
-             Task("cell", measure_cell, ("a", 2, CellKey.make("toy", {}, run="r", model="a", P=2)), deps=("dep",),
-                  keys=(CellKey.make("toy", {}, run="r", model="a", P=2),))]
+    tasks = [
+        Task("dep", ran.append, ("dep",)),
+        Task(
+            "cell",
+            measure_cell,
+            ("a", 2, CellKey.make("toy", {}, run="r", model="a", P=2)),
+            deps=("dep",),
+            keys=(CellKey.make("toy", {}, run="r", model="a", P=2),),
+        ),
+    ]
     with SqliteStore(tmp_path / "s.sqlite", (CELLS,)) as s:
         todo, inputs, n_stored = plan(tasks, s)
         assert [t.id for t in todo] == ["dep", "cell"] and n_stored == [] and inputs == {}
@@ -171,20 +193,25 @@ def test_tasks_are_picklable_and_ordered_by_dependency():
 def test_local_executor_passes_dependency_values_in_order():
     seen = []
     ex = LocalExecutor()
-    ex.run([Task("a", lambda: 3), Task("b", lambda x, y: x + y, (1,), deps=("a",))], {},
-           lambda t, r, s: seen.append((t.id, r)))
+    ex.run(
+        [Task("a", lambda: 3), Task("b", lambda x, y: x + y, (1,), deps=("a",))],
+        {},
+        lambda t, r, s: seen.append((t.id, r)),
+    )
     assert seen == [("a", 3), ("b", 4)]
 
 
 def test_study_tasks_pickle_for_a_remote_executor(streams, tmp_path):
     """QiD and QAT tasks (functions, configs, token windows, dependency ids) survive pickling."""
     qid = QidDefinition(build_study("tiny", out=tmp_path / "qid"), streams, progress=False).tasks()
-    qat = QatDefinition(build_qat_study("tiny", out=tmp_path / "qat", qid_dir=tmp_path / "none"), streams, streams,
-                        progress=False).tasks()
+    qat = QatDefinition(
+        build_qat_study("tiny", out=tmp_path / "qat", qid_dir=tmp_path / "none"), streams, streams, progress=False
+    ).tasks()
     for tasks in (qid, qat):
         back = pickle.loads(pickle.dumps(tasks))
-        assert [(t.id, t.fn.__name__, t.deps, t.keys) for t in back] == [(t.id, t.fn.__name__, t.deps, t.keys)
-                                                                           for t in tasks]
+        assert [(t.id, t.fn.__name__, t.deps, t.keys) for t in back] == [
+            (t.id, t.fn.__name__, t.deps, t.keys) for t in tasks
+        ]
     train = [t for t in qid if t.phase == "train"]
     assert train and all(t.deps for t in qid if t.phase == "quantize")  # cells depend on their size's training
     assert {d for t in qid if t.phase == "fp_eval" for d in t.deps} == {t.id for t in train}

@@ -23,27 +23,48 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def streams(tmp_path_factory):
     p = get_qat_preset("tiny")
-    cfg = DataConfig(vocab_size=p.vocab_size, max_files=p.max_files, cache_dir=tmp_path_factory.getbasetemp() / "qscale-cache")
+    cfg = DataConfig(
+        vocab_size=p.vocab_size, max_files=p.max_files, cache_dir=tmp_path_factory.getbasetemp() / "qscale-cache"
+    )
     return load_token_streams(cfg, progress=False)
 
 
 def _small(out, tmp_path):
     """1 size x 2 D x 2 G, W4A4 and W16A4 (+ fc2 at the larger D, + W8A8 control), no QAT-vs-PTQ part."""
     study = build_qat_study("tiny", out=out, compare=False, qid_dir=tmp_path / "no-qid")
-    grid = QatGrid(sizes=("xs",), steps=(2, 3), groups=(16, 0), schemes=("W4A4", "W16A4"), fc2_steps=(3,),
-                   batch_size=2, seq_len=16, warmup_steps=1, eval_windows=4, attribution=("xs", 3, 16),
-                   attribution_windows=1)
+    grid = QatGrid(
+        sizes=("xs",),
+        steps=(2, 3),
+        groups=(16, 0),
+        schemes=("W4A4", "W16A4"),
+        fc2_steps=(3,),
+        batch_size=2,
+        seq_len=16,
+        warmup_steps=1,
+        eval_windows=4,
+        attribution=("xs", 3, 16),
+        attribution_windows=1,
+    )
     return dataclasses.replace(study, grid=grid, n_boot=0)
 
 
 def test_tiny_cli_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "qat"
-    code = main(["study", "qat", "--preset", "tiny", "--out", str(out), "--qid-dir", str(tmp_path / "no-qid"),
-                 "--no-progress"])
+    code = main(
+        ["study", "qat", "--preset", "tiny", "--out", str(out), "--qid-dir", str(tmp_path / "no-qid"), "--no-progress"]
+    )
     assert code == 0
     report = out / "report"
-    for name in ("fit.json", "summary.md", "observed_vs_predicted.png", "attribution.png", "delta_vs_D_W4A4.png",
-                 "delta_vs_D_W4A16.png", "delta_vs_D_W16A4.png", "delta_vs_D_W4A4-fc2a8.png"):
+    for name in (
+        "fit.json",
+        "summary.md",
+        "observed_vs_predicted.png",
+        "attribution.png",
+        "delta_vs_D_W4A4.png",
+        "delta_vs_D_W4A16.png",
+        "delta_vs_D_W16A4.png",
+        "delta_vs_D_W4A4-fc2a8.png",
+    ):
         assert (report / name).is_file(), name
     assert f"report: {report / 'summary.md'}" in capsys.readouterr().out
     with SqliteStore(out / "study.sqlite", TABLES) as store:

@@ -26,7 +26,9 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def streams(cache):
     p = get_preset("tiny")
-    return load_token_streams(DataConfig(vocab_size=p.vocab_size, max_files=p.max_files, cache_dir=cache), progress=False)
+    return load_token_streams(
+        DataConfig(vocab_size=p.vocab_size, max_files=p.max_files, cache_dir=cache), progress=False
+    )
 
 
 class Counting:
@@ -53,10 +55,18 @@ def _patch(monkeypatch, kill_at=None):
 def _tiny_study(out):
     """2 sizes x 3 checkpoints (steps 1, 2, 4 of 4 x 16 tokens), RTN and GPTQ at 2 and 4 bits."""
     study = build_study("tiny", out=out)
-    suite = SuiteConfig("test", ("xs", "s"), TrainConfig(tokens=4 * 4 * 16, batch_size=4, seq_len=16, warmup_steps=1,
-                                                         eval_windows=2))
-    grid = QidGrid(methods=("rtn", "gptq"), bits=(2, 4), group_size=32, eval_windows=8, eval_seq_len=16, n_calib=2,
-                   calib_seq_len=16)
+    suite = SuiteConfig(
+        "test", ("xs", "s"), TrainConfig(tokens=4 * 4 * 16, batch_size=4, seq_len=16, warmup_steps=1, eval_windows=2)
+    )
+    grid = QidGrid(
+        methods=("rtn", "gptq"),
+        bits=(2, 4),
+        group_size=32,
+        eval_windows=8,
+        eval_seq_len=16,
+        n_calib=2,
+        calib_seq_len=16,
+    )
     return dataclasses.replace(study, suite=suite, grid=grid)
 
 
@@ -99,8 +109,9 @@ def test_tiny_study_end_to_end_kill_and_resume(tmp_path, streams, monkeypatch):
     with SqliteStore(tmp_path / "fresh" / "study.sqlite", TABLES) as s:
         fresh = s.rows("qid")
     measured = ("N", "N_total", "loss_fp", "loss_q", "qid", "qid_se", "eval_tokens")
-    assert sorted(tuple(r[k] for k in ("model", "D", "method", "P", *measured)) for r in fresh) == \
-        sorted(tuple(r[k] for k in ("model", "D", "method", "P", *measured)) for r in rows)
+    assert sorted(tuple(r[k] for k in ("model", "D", "method", "P", *measured)) for r in fresh) == sorted(
+        tuple(r[k] for k in ("model", "D", "method", "P", *measured)) for r in rows
+    )
 
     folder = study.report_dir
     doc = json.loads((folder / "fit.json").read_text())
@@ -108,8 +119,9 @@ def test_tiny_study_end_to_end_kill_and_resume(tmp_path, streams, monkeypatch):
     for m in grid.methods:
         assert (folder / f"qid_vs_D_{m}.png").stat().st_size > 0
         f = doc["methods"][m]
-        assert f["excluded"]["total"] == sum(1 for r in rows if r["method"] == m
-                                              and not (r["qid"] > 0 and r["qid"] > 2 * r["qid_se"]))
+        assert f["excluded"]["total"] == sum(
+            1 for r in rows if r["method"] == m and not (r["qid"] > 0 and r["qid"] > 2 * r["qid_se"])
+        )
     assert (folder / "observed_vs_predicted.png").stat().st_size > 0
     assert "Training tokens to reach" in (folder / "summary.md").read_text()
 

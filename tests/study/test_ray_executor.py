@@ -80,8 +80,17 @@ class Toy:
             out.append(Task(f"train:{model}", train_size, (model, steps, tk, self.marks), keys=(tk,), phase="train"))
             for P in (2, 4, 8):
                 key = CellKey.make("toy", {"P": P}, run="r", model=model, P=P)
-                out.append(Task(f"cell:{model}:{P}", measure_cell, (model, P, key, self.marks),
-                                deps=(f"train:{model}",), keys=(key,), phase="quantize", cpus=1))
+                out.append(
+                    Task(
+                        f"cell:{model}:{P}",
+                        measure_cell,
+                        (model, P, key, self.marks),
+                        deps=(f"train:{model}",),
+                        keys=(key,),
+                        phase="quantize",
+                        cpus=1,
+                    )
+                )
         return out
 
     def report(self, store):
@@ -96,8 +105,14 @@ def local_ray():
     os.environ["HOME"] = tmp
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     try:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=f"{tmp}/ray", log_to_driver=False,
-                 configure_logging=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})  # as tests/conftest.py
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=f"{tmp}/ray",
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        )  # as tests/conftest.py
         yield
     finally:
         ray.shutdown()
@@ -163,10 +178,18 @@ def _broken_training(*_):
 
 def _tiny_qid(out):
     """2 sizes x 3 checkpoints (steps 1, 2, 4 of 4 x 16 tokens), RTN and GPTQ at 2 and 4 bits."""
-    suite = SuiteConfig("test", ("xs", "s"), TrainConfig(tokens=4 * 4 * 16, batch_size=4, seq_len=16, warmup_steps=1,
-                                                         eval_windows=2))
-    grid = QidGrid(methods=("rtn", "gptq"), bits=(2, 4), group_size=32, eval_windows=8, eval_seq_len=16, n_calib=2,
-                   calib_seq_len=16)
+    suite = SuiteConfig(
+        "test", ("xs", "s"), TrainConfig(tokens=4 * 4 * 16, batch_size=4, seq_len=16, warmup_steps=1, eval_windows=2)
+    )
+    grid = QidGrid(
+        methods=("rtn", "gptq"),
+        bits=(2, 4),
+        group_size=32,
+        eval_windows=8,
+        eval_seq_len=16,
+        n_calib=2,
+        calib_seq_len=16,
+    )
     return dataclasses.replace(build_study("tiny", out=out), suite=suite, grid=grid)
 
 
@@ -175,15 +198,17 @@ def test_tiny_qid_study_on_ray_into_postgres_equals_local(local_ray, request, tm
     """The real QiD study: trained on Ray workers, quantized there, rows committed to PostgreSQL (SQLite
     where no server can start), equal to the local executor's rows in SQLite, losses bit for bit."""
     p = get_preset("tiny")
-    streams = load_token_streams(DataConfig(vocab_size=p.vocab_size, max_files=p.max_files, cache_dir=tmp_path / "c"),
-                                 progress=False)
+    streams = load_token_streams(
+        DataConfig(vocab_size=p.vocab_size, max_files=p.max_files, cache_dir=tmp_path / "c"), progress=False
+    )
     try:
         db = request.getfixturevalue("pg_url")
     except pytest.skip.Exception:
         db = str(tmp_path / "ray.sqlite")
     local = run_qid_study(_tiny_qid(tmp_path / "local"), progress=False, streams=streams)
-    remote = run_qid_study(_tiny_qid(tmp_path / "ray"), progress=False, streams=streams, db=db,
-                           executor=RayExecutor(retries=0))
+    remote = run_qid_study(
+        _tiny_qid(tmp_path / "ray"), progress=False, streams=streams, db=db, executor=RayExecutor(retries=0)
+    )
     assert local.n_rows == remote.n_rows == 24 and remote.computed == 24
     measured = ("model", "D", "method", "P", "N", "N_total", "loss_fp", "loss_q", "qid", "qid_se", "eval_tokens")
     with SqliteStore(tmp_path / "local" / "study.sqlite", TABLES) as a, open_store(db, TABLES) as b:

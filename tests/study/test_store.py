@@ -12,8 +12,19 @@ from qscale.study.store import SqliteStore
 
 def _row(D=1000, method="rtn", P=4, loss_q=3.5):
     key = CellKey.make("qid", run="quick", model="xs", D=D, method=method, P=P, G=128, seed=0, config_hash="abc123")
-    return QidRow(key, N=1000, N_total=5000, loss_fp=3.25, loss_q=loss_q, qid_se=0.01, eval_tokens=4096,
-                  versions={"torch": "x"}, train_s=1.0, quantize_s=0.5, eval_s=0.25)
+    return QidRow(
+        key,
+        N=1000,
+        N_total=5000,
+        loss_fp=3.25,
+        loss_q=loss_q,
+        qid_se=0.01,
+        eval_tokens=4096,
+        versions={"torch": "x"},
+        train_s=1.0,
+        quantize_s=0.5,
+        eval_s=0.25,
+    )
 
 
 def test_round_trip_and_laws_column_names(tmp_path):
@@ -41,8 +52,9 @@ def test_unique_key_skips_duplicates_and_rows_persist(tmp_path):
 
 def test_checkpoint_losses_round_trip(tmp_path):
     key = CellKey.make("qid_fp", {"eval": "h"}, run="quick", model="xs", D=1000, seed=0)
-    ev = FpRow(key, N=1000, N_total=5000, loss_fp=3.0, per_window=np.array([2.5, 3.5]), eval_tokens=64, eval_s=0.1,
-               path="/p")
+    ev = FpRow(
+        key, N=1000, N_total=5000, loss_fp=3.0, per_window=np.array([2.5, 3.5]), eval_tokens=64, eval_s=0.1, path="/p"
+    )
     with SqliteStore(tmp_path / "s.sqlite", TABLES) as store:
         assert store.add(ev) and not store.add(ev)
         got = store.get(key)

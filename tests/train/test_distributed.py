@@ -13,8 +13,27 @@ from qscale.cli import main
 from qscale.train import list_checkpoints
 from qscale.train.distributed import Dist, local_slice
 
-ARGS = ["train", "--size", "xs", "--tokens", str(6 * 8 * 32), "--batch-size", "8", "--seq-len", "32", "--grad-accum",
-        "2", "--vocab-size", "512", "--max-files", "40", "--warmup-steps", "2", "--device", "cpu"]
+ARGS = [
+    "train",
+    "--size",
+    "xs",
+    "--tokens",
+    str(6 * 8 * 32),
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "32",
+    "--grad-accum",
+    "2",
+    "--vocab-size",
+    "512",
+    "--max-files",
+    "40",
+    "--warmup-steps",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def test_local_slices_tile_the_batch():
@@ -24,11 +43,32 @@ def test_local_slices_tile_the_batch():
 
 
 def test_torchrun_two_processes_equal_one_process(streams, data_cfg, tmp_path, monkeypatch, capsys):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
-           "QSCALE_CACHE": str(data_cfg.cache_dir)}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "qscale.cli", *ARGS, "--out", str(tmp_path / "ddp")],
-                       check=False, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "OMP_NUM_THREADS": "1",
+        "QSCALE_CACHE": str(data_cfg.cache_dir),
+    }
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "qscale.cli",
+            *ARGS,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "data-parallel training on 2 processes (4 sequences each per step)" in r.stderr
     assert r.stdout.count("validation loss") == 1  # rank 0 alone reports

@@ -9,16 +9,34 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from qscale.errors import QscaleError
 from qscale.qat import QATRecipeConfig, prepare
-from qscale.train.engine import (OptimConfig, StepHooks, autocast, decay_groups, device_for, lm_loss, make_optimizer,
-                                 train_model, train_steps)
+from qscale.train.engine import (
+    OptimConfig,
+    StepHooks,
+    autocast,
+    decay_groups,
+    device_for,
+    lm_loss,
+    make_optimizer,
+    train_model,
+    train_steps,
+)
 
 VOCAB = 64
 
 
 def tiny_llama_model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def structured(step: int) -> torch.Tensor:
@@ -76,7 +94,12 @@ def test_schedule_and_config_validation():
     cfg = OptimConfig(lr=1.0, warmup=10, min_lr_ratio=0.1)
     assert cfg.lr_at(0, 100) == pytest.approx(0.1) and cfg.lr_at(10, 100) == pytest.approx(1.0)
     assert cfg.lr_at(99, 100) == pytest.approx(0.1)
-    for bad in ({"lr": 0.0}, {"lr": 1.0, "schedule": "step"}, {"lr": 1.0, "betas": (0.9, 1.0)}, {"lr": 1.0, "warmup": -1}):
+    for bad in (
+        {"lr": 0.0},
+        {"lr": 1.0, "schedule": "step"},
+        {"lr": 1.0, "betas": (0.9, 1.0)},
+        {"lr": 1.0, "warmup": -1},
+    ):
         with pytest.raises(QscaleError):
             OptimConfig(**bad)
 

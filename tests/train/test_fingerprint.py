@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from qscale.cli import main
-from qscale.data import DataConfig, load_token_streams
+from qscale.data import load_token_streams
 from qscale.errors import QscaleError
 from qscale.train import TrainConfig, list_checkpoints, train
 
@@ -30,8 +30,9 @@ def test_resume_refuses_other_data_tokenizer_or_config(streams, data_cfg, tmp_pa
     train(cfg, streams, tmp_path, progress=False, stop_after_steps=2)  # a killed run
     (tmp_path / "other.txt").write_text("def g(y):\n    return y * 2\n" * 3000)
     streams.tokenizer.save(str(tmp_path / "tok.json"))
-    other_data = load_token_streams(replace(data_cfg, data=tmp_path / "other.txt", max_files=None,
-                                            tokenizer=tmp_path / "tok.json"), progress=False)
+    other_data = load_token_streams(
+        replace(data_cfg, data=tmp_path / "other.txt", max_files=None, tokenizer=tmp_path / "tok.json"), progress=False
+    )
     assert other_data.tokenizer_hash == streams.tokenizer_hash
     with pytest.raises(QscaleError, match="different data .*re-run with the same --data"):
         train(cfg, other_data, tmp_path, progress=False)
@@ -48,8 +49,25 @@ def test_continuing_a_checkpoint_carries_tokens_and_skips_warmup(streams, data_c
     parent = train(TrainConfig(**TINY), streams, tmp_path / "first", progress=False)[-1]
     assert parent.tokens == 4 * 8 * 32
     # the CLI takes the checkpoint's own tokenizer (no --tokenizer, a 4096-token BPE would be the default)
-    rc = main(["train", "--model", str(parent.path), "--tokens", str(2 * 8 * 32), "--batch-size", "8",
-               "--seq-len", "32", "--warmup-steps", "2", "--max-files", "40", "--out", str(tmp_path / "more")])
+    rc = main(
+        [
+            "train",
+            "--model",
+            str(parent.path),
+            "--tokens",
+            str(2 * 8 * 32),
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "32",
+            "--warmup-steps",
+            "2",
+            "--max-files",
+            "40",
+            "--out",
+            str(tmp_path / "more"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert "validation loss (nats/token) on 32" in capsys.readouterr().out  # the windows are stated
     ckpts = list_checkpoints(tmp_path / "more")

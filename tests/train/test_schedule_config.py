@@ -25,20 +25,31 @@ def test_cosine_and_wsd_shapes():
     assert lr_at(10, cos) == pytest.approx(1.0) and lr_at(99, cos) == pytest.approx(0.1)
     mid = 10 + (99 - 10) / 2
     assert lr_at(int(mid), cos) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (int(mid) - 10) / 89)))
-    wsd = TrainConfig(tokens=100 * 16, batch_size=4, seq_len=4, lr=1.0, warmup_steps=10, schedule="wsd",
-                      decay_frac=0.2, min_lr_ratio=0.0)
+    wsd = TrainConfig(
+        tokens=100 * 16,
+        batch_size=4,
+        seq_len=4,
+        lr=1.0,
+        warmup_steps=10,
+        schedule="wsd",
+        decay_frac=0.2,
+        min_lr_ratio=0.0,
+    )
     assert [lr_at(s, wsd) for s in (10, 50, 79)] == [1.0, 1.0, 1.0]
     assert lr_at(80, wsd) == pytest.approx(1 - 1 / 20) and lr_at(99, wsd) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"size": "huge"}, "unknown model size"),
-    ({"tokens": -5}, "tokens must be >= 1"),
-    ({"warmup_steps": -1}, "warmup"),
-    ({"batch_size": 6, "grad_accum": 4}, "divisible"),
-    ({"lr": -1.0}, "learning rate"),
-    ({"schedule": "linear"}, "unknown schedule"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"size": "huge"}, "unknown model size"),
+        ({"tokens": -5}, "tokens must be >= 1"),
+        ({"warmup_steps": -1}, "warmup"),
+        ({"batch_size": 6, "grad_accum": 4}, "divisible"),
+        ({"lr": -1.0}, "learning rate"),
+        ({"schedule": "linear"}, "unknown schedule"),
+    ],
+)
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(QscaleError, match=match):
         TrainConfig(**kwargs)

@@ -70,8 +70,14 @@ def test_list_checkpoints_skips_incomplete(streams, tmp_path):
 
 
 def test_local_gpt_neox_checkpoint_trains_and_evaluates(streams, tmp_path):
-    cfg = GPTNeoXConfig(vocab_size=streams.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    cfg = GPTNeoXConfig(
+        vocab_size=streams.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     GPTNeoXForCausalLM(cfg).save_pretrained(tmp_path / "neox")
     windows = eval_windows(streams.val, 4, 32)

@@ -23,10 +23,17 @@ from qscale.cli.study_qid import study_qid_command
 from qscale.cli.train import train_command
 
 HELP = "Quantize language models (QAT, PTQ) and fit scaling laws of quantization-induced degradation."
-app = typer.Typer(name="qscale", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False, rich_markup_mode=None)
-study_app = typer.Typer(help="Run a study grid: train, quantize, evaluate, store, fit, report.", no_args_is_help=True,
-                        rich_markup_mode=None)
+app = typer.Typer(
+    name="qscale",
+    help=HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+study_app = typer.Typer(
+    help="Run a study grid: train, quantize, evaluate, store, fit, report.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(study_app, name="study")
 
 
@@ -37,8 +44,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
-                                       help="Print the qscale version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_version, help="Print the qscale version and exit."
+    ),
+) -> None:
     """Quantize language models (QAT, PTQ) and fit scaling laws of quantization-induced degradation."""
 
 
@@ -50,9 +60,11 @@ app.command("predict")(predict_command)
 app.command("qat")(qat_command)
 app.command("quantize")(quantize_command)
 study_app.command("qat", short_help="QAT study: δ(N, D, G) at W4A4/W4A16/W16A4, FC2 attribution, QAT vs GPTQ.")(
-    study_qat_command)
+    study_qat_command
+)
 study_app.command("qid", short_help="QiD study: train a suite, RTN/GPTQ every checkpoint, fit QiD = k·D^β/(N^α·P^γ).")(
-    study_qid_command)
+    study_qid_command
+)
 app.command("train")(train_command)
 # --- end of registrations ---
 

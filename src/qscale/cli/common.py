@@ -66,4 +66,3 @@ def run_command(command, argv: list[str] | None) -> int:
     if code == INTERRUPTED:  # typer turns Ctrl-C inside a command into exit code 130
         print(INTERRUPTED_MESSAGE, file=sys.stderr)
     return code if isinstance(code, int) else 0
-

@@ -26,9 +26,15 @@ EXPORT_FORMATS = (*FORMAT_CHOICES, "onnx")
 def export_command(
     src: Path = typer.Argument(..., help="Quantized folder: qscale layout (qscale qat), compressed-tensors or GPTQ."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (for --format all: one subfolder per format)."),
-    fmt: str = typer.Option("compressed-tensors", "--format", help="compressed-tensors, gptq, qscale, all, or onnx "
-                            "(a QDQ graph input_ids → logits for ONNX Runtime / TensorRT; needs the onnx extra)."),
-    dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."),
+    fmt: str = typer.Option(
+        "compressed-tensors",
+        "--format",
+        help="compressed-tensors, gptq, qscale, all, or onnx "
+        "(a QDQ graph input_ids → logits for ONNX Runtime / TensorRT; needs the onnx extra).",
+    ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."
+    ),
 ) -> None:
     """Write the quantized model in SRC in another packed format (the integer codes are copied, never re-quantized)."""
     check_out(out, src, "source")
@@ -39,8 +45,14 @@ def export_command(
         copy_aux_files(src, out)
         console = make_console()
         console.print(f"onnx: {path} ({path.stat().st_size / 1e6:,.2f} MB, QDQ weights, opset {OPSET})")
-        write_record(out / "qscale-export.json", {"command": "export", "source": str(src), "results": [
-            {"format": "onnx", "path": str(path), "bytes": path.stat().st_size}]})
+        write_record(
+            out / "qscale-export.json",
+            {
+                "command": "export",
+                "source": str(src),
+                "results": [{"format": "onnx", "path": str(path), "bytes": path.stat().st_size}],
+            },
+        )
         return
     fmts = formats(fmt)
     model = load_quantized(src)
@@ -52,5 +64,7 @@ def export_command(
         res = export_model(model, path, f, source=src, dtype=out_dtype)
         written.append({"format": f, "path": str(path), "bytes": res.nbytes})
         console.print(f"{f}: {path} ({res.nbytes / 1e6:,.2f} MB of weights)")
-    write_record(out / "qscale-export.json", {"command": "export", "source": str(src), "dtype": str(out_dtype),
-                                              "results": written})
+    write_record(
+        out / "qscale-export.json",
+        {"command": "export", "source": str(src), "dtype": str(out_dtype), "results": written},
+    )

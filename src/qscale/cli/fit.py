@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -35,19 +35,33 @@ def print_json(obj: object) -> None:
 def fit_command(
     law: Annotated[str, typer.Option("--law", help=LAW_HELP)],
     data: Annotated[Path, typer.Option("--data", help="Observations: .csv, .parquet or a SQLite store (.sqlite/.db).")],
-    target: Annotated[Optional[str], typer.Option(help="Target column (default: the law's: qid, delta or loss).")] = None,
-    table: Annotated[Optional[str], typer.Option(help="SQLite table (default: the only one, or 'qid').")] = None,
-    where: Annotated[Optional[str], typer.Option(help="SQLite row filter, e.g. \"method = 'gptq'\".")] = None,
-    col: Annotated[Optional[list[str]], typer.Option("--col", help="Column mapping LAW_NAME=FILE_COLUMN, e.g. N=n_params (repeatable).")] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Target column (default: the law's: qid, delta or loss).")
+    ] = None,
+    table: Annotated[str | None, typer.Option(help="SQLite table (default: the only one, or 'qid').")] = None,
+    where: Annotated[str | None, typer.Option(help="SQLite row filter, e.g. \"method = 'gptq'\".")] = None,
+    col: Annotated[
+        list[str] | None,
+        typer.Option("--col", help="Column mapping LAW_NAME=FILE_COLUMN, e.g. N=n_params (repeatable)."),
+    ] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for 95% intervals (>= 200; 0 = none).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
-    holdout: Annotated[Optional[str], typer.Option(help="Extrapolation check: hold out the largest N or D.")] = None,
+    holdout: Annotated[str | None, typer.Option(help="Extrapolation check: hold out the largest N or D.")] = None,
     huber_delta: Annotated[float, typer.Option(help="Huber delta on log residuals (Hoffmann et al. 2022).")] = 1e-3,
-    noise_k: Annotated[float, typer.Option(help="With a <target>_se column (a study's store): fit only rows with "
-                                                "value > k x SE, as the studies do; the others are counted.")] = NOISE_K,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (accepted by predict --params).")] = False,
-    plot: Annotated[Optional[Path], typer.Option(help="Write an observed-vs-fitted plot here (.png, .pdf or .svg; "
-                                                     "its folder must exist).")] = None,
+    noise_k: Annotated[
+        float,
+        typer.Option(
+            help="With a <target>_se column (a study's store): fit only rows with "
+            "value > k x SE, as the studies do; the others are counted."
+        ),
+    ] = NOISE_K,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (accepted by predict --params).")
+    ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write an observed-vs-fitted plot here (.png, .pdf or .svg; its folder must exist)."),
+    ] = None,
 ) -> None:
     """Fit a scaling law (Huber loss on log residuals, L-BFGS-B from a grid of starts) with bootstrap CIs."""
     if n_boot and n_boot < 200:
@@ -66,8 +80,10 @@ def fit_command(
     except QscaleError as e:
         if not screening or not screening.n_excluded:
             raise
-        raise QscaleError(f"{e} ({screening.n_excluded} of {screening.n_rows} rows are at or under the noise floor, "
-                          f"value <= {noise_k:g} x {screening.se_column}, and were excluded)") from None
+        raise QscaleError(
+            f"{e} ({screening.n_excluded} of {screening.n_rows} rows are at or under the noise floor, "
+            f"value <= {noise_k:g} x {screening.se_column}, and were excluded)"
+        ) from None
     fit = fit_problem(problem, target=target)
     boot = bootstrap_problem(problem, fit, n_boot, seed) if n_boot else None
     extrapolation = extrapolation_check(law, rows, target, holdout, huber_delta) if holdout else None

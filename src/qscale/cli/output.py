@@ -22,11 +22,19 @@ def report(title: str, counts: ParamCount, fp: EvalResult, results: list[FormatR
         table.add_column(col, justify="right", no_wrap=True)
     table.add_row("fp (source)", "", f"{source_bytes / 1e6:,.2f} MB", f"{fp.loss:.4f}", "", "")
     for r in results:
-        table.add_row(r.export.format, str(r.export.path), f"{r.export.nbytes / 1e6:,.2f} MB", f"{fp.loss:.4f}",
-                      f"{r.loss:.4f}", f"{r.qid:+.4f} ± {r.qid_se:.4f}")
+        table.add_row(
+            r.export.format,
+            str(r.export.path),
+            f"{r.export.nbytes / 1e6:,.2f} MB",
+            f"{fp.loss:.4f}",
+            f"{r.loss:.4f}",
+            f"{r.qid:+.4f} ± {r.qid_se:.4f}",
+        )
     console.print(table)
-    console.print(f"N (non-embedding) = {counts.non_embedding:,}, total = {counts.total:,}; losses in nats/token on "
-                  f"{len(fp.per_window)} held-out windows; QiD = loss q − loss fp (paired standard error)")
+    console.print(
+        f"N (non-embedding) = {counts.non_embedding:,}, total = {counts.total:,}; losses in nats/token on "
+        f"{len(fp.per_window)} held-out windows; QiD = loss q − loss fp (paired standard error)"
+    )
 
 
 def loss_table(runs: dict[str, list[CheckpointInfo]], title: str) -> Table:
@@ -61,13 +69,19 @@ def print_fit(result: dict) -> None:
     console.print(t)
     noise = result["noise"]
     if noise:
-        console.print(f"noise policy: {noise['n_excluded']} of {noise['n_rows']} rows excluded "
-                      f"({noise['n_nonpositive']} with {result['target']} <= 0): {noise['policy']}")
-    console.print(f"objective {result['objective']:.6g}  R²(log) {result['r2_log']:.4f}  "
-                  f"RMSE(log) {result['rmse_log']:.4g}  {result['message']}")
+        console.print(
+            f"noise policy: {noise['n_excluded']} of {noise['n_rows']} rows excluded "
+            f"({noise['n_nonpositive']} with {result['target']} <= 0): {noise['policy']}"
+        )
+    console.print(
+        f"objective {result['objective']:.6g}  R²(log) {result['r2_log']:.4f}  "
+        f"RMSE(log) {result['rmse_log']:.4g}  {result['message']}"
+    )
     if result["at_bounds"]:
         console.print(f"parameters at their bounds: {', '.join(result['at_bounds'])}", style="yellow")
     ex = result["extrapolation"]
     if ex:
-        console.print(f"extrapolation to {ex['hold_out']} = {ex['held_out_value']:.4g} ({ex['n_test']} points): "
-                      f"mean |rel. error| {ex['mean_abs_rel_error']:.3%}, max {ex['max_abs_rel_error']:.3%}")
+        console.print(
+            f"extrapolation to {ex['hold_out']} = {ex['held_out_value']:.4g} ({ex['n_test']} points): "
+            f"mean |rel. error| {ex['mean_abs_rel_error']:.3%}, max {ex['max_abs_rel_error']:.3%}"
+        )

@@ -24,9 +24,11 @@ from qscale.provenance import atomic_write_json, versions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FORMAT_CHOICES = ("compressed-tensors", "gptq", "qscale", "all")
-EVAL_DATA_HELP = ("Held-out text: only its validation split is used, as for training data (of a folder, the ~5% of "
-                  "files whose path hash falls in the validation bucket; of a single file, its last 5% of "
-                  "characters). Default: the embedded corpus.")
+EVAL_DATA_HELP = (
+    "Held-out text: only its validation split is used, as for training data (of a folder, the ~5% of "
+    "files whose path hash falls in the validation bucket; of a single file, its last 5% of "
+    "characters). Default: the embedded corpus."
+)
 
 
 def check_out(out: Path, source: Path, what: str = "model") -> None:
@@ -36,8 +38,10 @@ def check_out(out: Path, source: Path, what: str = "model") -> None:
     check_out_folder(out)
     if out.exists():
         ours = any((out / f).is_file() for f in ("qscale-quantize.json", "qscale-qat.json", "qscale-export.json"))
-        require(ours or not any(out.iterdir()),
-                f"--out {out} exists and is not a qscale output: choose another folder or remove it")
+        require(
+            ours or not any(out.iterdir()),
+            f"--out {out} exists and is not a qscale output: choose another folder or remove it",
+        )
 
 
 def check_group_widths(layers: dict[str, nn.Module], group_size: int | None) -> None:
@@ -47,10 +51,12 @@ def check_group_widths(layers: dict[str, nn.Module], group_size: int | None) -> 
         return
     for name, layer in layers.items():
         width = layer.weight.shape[0] if isinstance(layer, Conv1D) else layer.in_features
-        require(width % group_size == 0,
-                f"--group-size {group_size} does not divide the {width} input columns of layer {name}, which "
-                f"compressed-tensors needs: use a --group-size that divides {width}, 0 (per channel), or "
-                "--format qscale")
+        require(
+            width % group_size == 0,
+            f"--group-size {group_size} does not divide the {width} input columns of layer {name}, which "
+            f"compressed-tensors needs: use a --group-size that divides {width}, 0 (per channel), or "
+            "--format qscale",
+        )
 
 
 def token_streams(data: Path | None, tokenizer: Path, progress: bool) -> TokenStreams:
@@ -59,9 +65,11 @@ def token_streams(data: Path | None, tokenizer: Path, progress: bool) -> TokenSt
 
 def check_vocab(model: nn.Module, streams: TokenStreams, model_dir: Path) -> None:
     n_emb = model.get_input_embeddings().num_embeddings
-    require(streams.vocab_size <= n_emb,
-            f"the tokenizer has {streams.vocab_size} tokens but model {model_dir} only {n_emb} embeddings: "
-            "pass the model's own tokenizer with --tokenizer")
+    require(
+        streams.vocab_size <= n_emb,
+        f"the tokenizer has {streams.vocab_size} tokens but model {model_dir} only {n_emb} embeddings: "
+        "pass the model's own tokenizer with --tokenizer",
+    )
 
 
 def held_out(model: nn.Module, streams: TokenStreams, windows: int, seq_len: int) -> torch.Tensor:
@@ -101,8 +109,16 @@ class FormatResult:
     qid_se: float
 
 
-def export_and_evaluate(model: nn.Module, out: Path, fmts: list[str], source: Path, dtype: torch.dtype,
-                        windows: torch.Tensor, fp: EvalResult, progress: bool) -> list[FormatResult]:
+def export_and_evaluate(
+    model: nn.Module,
+    out: Path,
+    fmts: list[str],
+    source: Path,
+    dtype: torch.dtype,
+    windows: torch.Tensor,
+    fp: EvalResult,
+    progress: bool,
+) -> list[FormatResult]:
     """Export to each format (``out`` itself, or ``out/<format>`` for several) and evaluate the folder as
     written, loaded back with ``load_quantized``: the loss reported is that of the files shipped."""
     results = []

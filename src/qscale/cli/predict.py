@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,20 +21,38 @@ def _flag(name: str) -> str:
 
 
 def predict_command(
-    params: Annotated[str, typer.Option("--params", help=f"Published set ({', '.join(sorted(PUBLISHED))}), a JSON file "
-                                                         "from 'qscale fit --json', or a study's report/fit.json.")],
-    law: Annotated[Optional[str], typer.Option("--law", help=LAW_HELP + " Default: the law the parameters belong to.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="A study's fit.json: the method (default: every "
-                                                                   "fitted method).")] = None,
-    n: Annotated[Optional[float], typer.Option("--N", help="Non-embedding parameters.")] = None,
-    d: Annotated[Optional[float], typer.Option("--D", help="Training tokens.")] = None,
-    bits: Annotated[Optional[float], typer.Option("--bits", help="Bit width P.")] = None,
-    g: Annotated[Optional[float], typer.Option("--G", help="Quantization group size (> 1; for per-channel scales "
-                                                           "pass the layer's input width).")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="Precision label (effective_params).")] = None,
-    qid: Annotated[Optional[float], typer.Option("--qid", help="Solve for the missing input at which QiD reaches this value.")] = None,
-    delta: Annotated[Optional[float], typer.Option("--delta", help="Solve for the missing input at which delta reaches this value.")] = None,
-    loss: Annotated[Optional[float], typer.Option("--loss", help="Solve for the missing input at which the loss reaches this value.")] = None,
+    params: Annotated[
+        str,
+        typer.Option(
+            "--params",
+            help=f"Published set ({', '.join(sorted(PUBLISHED))}), a JSON file "
+            "from 'qscale fit --json', or a study's report/fit.json.",
+        ),
+    ],
+    law: Annotated[
+        str | None, typer.Option("--law", help=LAW_HELP + " Default: the law the parameters belong to.")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="A study's fit.json: the method (default: every fitted method).")
+    ] = None,
+    n: Annotated[float | None, typer.Option("--N", help="Non-embedding parameters.")] = None,
+    d: Annotated[float | None, typer.Option("--D", help="Training tokens.")] = None,
+    bits: Annotated[float | None, typer.Option("--bits", help="Bit width P.")] = None,
+    g: Annotated[
+        float | None,
+        typer.Option("--G", help="Quantization group size (> 1; for per-channel scales pass the layer's input width)."),
+    ] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="Precision label (effective_params).")] = None,
+    qid: Annotated[
+        float | None, typer.Option("--qid", help="Solve for the missing input at which QiD reaches this value.")
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option("--delta", help="Solve for the missing input at which delta reaches this value.")
+    ] = None,
+    loss: Annotated[
+        float | None,
+        typer.Option("--loss", help="Solve for the missing input at which the loss reaches this value."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Evaluate a law at (N, D, bits, G, precision), or give a threshold and leave one input out to solve for it.
@@ -52,19 +70,28 @@ def predict_command(
     inputs = {k: v for k, v in given.items() if v is not None and k in form.inputs}
     extra = [k for k, v in given.items() if v is not None and k not in form.inputs]
     if extra:
-        raise QscaleError(f"law {law!r} takes {', '.join(map(_flag, form.inputs))}; "
-                          f"not {', '.join(map(_flag, extra))}")
+        raise QscaleError(f"law {law!r} takes {', '.join(map(_flag, form.inputs))}; not {', '.join(map(_flag, extra))}")
     check_flags(form, inputs)
     entries = _chosen(pf, method)
     try:
-        results = {name: _predict_or_solve(form, law, e, pf, inputs, {"qid": qid, "delta": delta, "loss": loss})
-                   for name, e in entries.items()}
+        results = {
+            name: _predict_or_solve(form, law, e, pf, inputs, {"qid": qid, "delta": delta, "loss": loss})
+            for name, e in entries.items()
+        }
     except QscaleError as e:
         raise QscaleError(flag_message(str(e))) from None
     if json_out:
-        print_json(results[""] if list(results) == [""] else
-                    {"law": law, "source": pf.source, "inputs": inputs, "methods": results,
-                     "unfitted": {m: pf.unfitted[m] for m in pf.unfitted if method in (None, m)}})
+        print_json(
+            results[""]
+            if list(results) == [""]
+            else {
+                "law": law,
+                "source": pf.source,
+                "inputs": inputs,
+                "methods": results,
+                "unfitted": {m: pf.unfitted[m] for m in pf.unfitted if method in (None, m)},
+            }
+        )
         return
     for name, r in results.items():
         typer.echo(f"{name + ': ' if name else ''}{_line(r)}")
@@ -83,7 +110,9 @@ def _chosen(pf: ParamFile, method: str | None) -> dict[str, ParamEntry]:
     if method in pf.unfitted:
         raise QscaleError(f"method {method!r} has no fitted law in {pf.source}: {pf.unfitted[method]}")
     if method not in pf.entries:
-        raise QscaleError(f"no method {method!r} in {pf.source} (have: {', '.join(list(pf.entries) + list(pf.unfitted))})")
+        raise QscaleError(
+            f"no method {method!r} in {pf.source} (have: {', '.join(list(pf.entries) + list(pf.unfitted))})"
+        )
     return {method: pf.entries[method]}
 
 
@@ -93,7 +122,9 @@ def _line(r: dict) -> str:
     if ci and ci["lo"] == ci["lo"]:  # not NaN
         text += f"  ({ci['level']:.0%} CI {ci['lo']:.4g} – {ci['hi']:.4g}, bootstrap)"
     elif ci:
-        text += f"  (no interval: only {ci['n_samples'] - ci['n_failed']} of {ci['n_samples']} bootstrap samples solvable)"
+        text += (
+            f"  (no interval: only {ci['n_samples'] - ci['n_failed']} of {ci['n_samples']} bootstrap samples solvable)"
+        )
     mark = f"  (extrapolation: {'; '.join(r['extrapolation'])})" if r["extrapolation"] else ""
     return text + mark
 
@@ -106,17 +137,22 @@ def _predict_or_solve(form, law: str, entry: ParamEntry, pf: ParamFile, inputs: 
     missing = [c for c in form.inputs if c not in inputs]
     result: dict[str, object] = {"law": law, "params": values, "source": pf.source, "inputs": inputs}
     if thresholds:
-        (name, value), = thresholds.items()
+        ((name, value),) = thresholds.items()
         if len(missing) != 1:
-            raise QscaleError(f"to solve for one input leave exactly one of {', '.join(map(_flag, form.inputs))} "
-                              f"out (missing: {', '.join(map(_flag, missing)) or 'none'})")
-        result.update(solve_for=missing[0], threshold={name: value},
-                      value=float(invert(form, values, inputs, value, missing[0])))
+            raise QscaleError(
+                f"to solve for one input leave exactly one of {', '.join(map(_flag, form.inputs))} "
+                f"out (missing: {', '.join(map(_flag, missing)) or 'none'})"
+            )
+        result.update(
+            solve_for=missing[0], threshold={name: value}, value=float(invert(form, values, inputs, value, missing[0]))
+        )
         est = invert_interval(samples, inputs, value, missing[0]) if samples else None
     else:
         if missing:
-            raise QscaleError(f"law {law!r} needs {', '.join(map(_flag, missing))} "
-                              "(or a threshold such as --qid to solve for one of them)")
+            raise QscaleError(
+                f"law {law!r} needs {', '.join(map(_flag, missing))} "
+                "(or a threshold such as --qid to solve for one of them)"
+            )
         result.update(prediction=float(predict(form, values, inputs)), target=form.target)
         est = predict_interval(samples, inputs) if samples else None
     result["interval"] = est.as_dict() if est else None

@@ -40,11 +40,15 @@ from qscale.quant import QuantSpec
 def _check_flags(method: str, act_order: bool, avg_bits: float | None) -> None:
     """Options the chosen method would ignore are refused, by their flag names."""
     require(method in PTQ_METHODS, f"--method must be one of {', '.join(PTQ_METHODS)}, got {method!r}")
-    require(not act_order or method == "gptq", f"--act-order applies to --method gptq only (it orders GPTQ's column "
-                                               f"updates); {method} would ignore it")
+    require(
+        not act_order or method == "gptq",
+        f"--act-order applies to --method gptq only (it orders GPTQ's column updates); {method} would ignore it",
+    )
     if avg_bits is not None:
-        require(method == "learned-round", f"--avg-bits (mixed precision) applies to --method learned-round only, "
-                                           f"not {method}")
+        require(
+            method == "learned-round",
+            f"--avg-bits (mixed precision) applies to --method learned-round only, not {method}",
+        )
         require(2 <= avg_bits <= 8, f"--avg-bits must be in 2..8, got {avg_bits:g}")
 
 
@@ -52,39 +56,83 @@ def _check_formats(model, cfg: PTQConfig, fmts: list[str]) -> None:
     """Fail before calibrating when a requested format cannot hold the result."""
     targets = quantizable(model, cfg.skip)
     if "compressed-tensors" in fmts and any(isinstance(m, Conv1D) for m in targets.values()):
-        raise QscaleError("compressed-tensors only replaces nn.Linear modules; this model's linear layers are GPT-2 "
-                          "style Conv1D: use --format gptq or qscale")
+        raise QscaleError(
+            "compressed-tensors only replaces nn.Linear modules; this model's linear layers are GPT-2 "
+            "style Conv1D: use --format gptq or qscale"
+        )
     if "compressed-tensors" in fmts:
         check_group_widths(targets, cfg.spec.group_size)
     if cfg.method == "qllm" or cfg.act_bits != 16:
-        require(fmts == ["qscale"], "quantized activations (--act-bits) and QLLM's channel reassembly are stored by "
-                                    "--format qscale only")
-    require("gptq" not in fmts or cfg.avg_bits is None, "GPTQ checkpoints hold one bit width: mixed precision "
-                                                         "(--avg-bits) needs --format compressed-tensors or qscale")
-    require("gptq" not in fmts or cfg.spec.bits in GPTQ_BITS,
-            f"GPTQ checkpoints hold {', '.join(map(str, GPTQ_BITS))} bits, not {cfg.spec.bits}: use --format "
-            "compressed-tensors or qscale")
+        require(
+            fmts == ["qscale"],
+            "quantized activations (--act-bits) and QLLM's channel reassembly are stored by --format qscale only",
+        )
+    require(
+        "gptq" not in fmts or cfg.avg_bits is None,
+        "GPTQ checkpoints hold one bit width: mixed precision (--avg-bits) needs --format compressed-tensors or qscale",
+    )
+    require(
+        "gptq" not in fmts or cfg.spec.bits in GPTQ_BITS,
+        f"GPTQ checkpoints hold {', '.join(map(str, GPTQ_BITS))} bits, not {cfg.spec.bits}: use --format "
+        "compressed-tensors or qscale",
+    )
 
 
 def quantize_command(
-    model_dir: Path = typer.Argument(..., help="Local Hugging Face causal-LM folder (Llama, GPT-NeoX/Pythia, GPT-2, ...)."),
+    model_dir: Path = typer.Argument(
+        ..., help="Local Hugging Face causal-LM folder (Llama, GPT-NeoX/Pythia, GPT-2, ...)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (for --format all: one subfolder per format)."),
     method: str = typer.Option("gptq", help=f"PTQ method: {', '.join(PTQ_METHODS)}."),
     bits: int = typer.Option(4, help="Weight bit width, 2..8."),
-    avg_bits: float = typer.Option(None, "--avg-bits", help="learned-round: importance-based mixed precision, 2..8 bits per layer averaging this (replaces --bits); compressed-tensors or qscale."),
-    act_bits: int = typer.Option(16, "--act-bits", help="Input-activation bits (per-token absmax; qllm: asymmetric min/max; 2..8); 16 = weights only. Needs --format qscale."),
-    group_size: int = typer.Option(128, "--group-size", "-g", help="Input columns per scale; 0 = one scale per output channel."),
-    sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid (s = 2·absmax/(2^b−1), GPTQ/compressed-tensors) or asymmetric with zero points."),
-    act_order: bool = typer.Option(False, "--act-order/--no-act-order", help="GPTQ only: quantize columns by decreasing Hessian diagonal (static groups)."),
-    skip: list[str] = typer.Option(["*lm_head"], "--skip", help="Layers kept in full precision (glob or re:regex on the qualified name; repeat). Embeddings always are."),
-    calib_data: Path = typer.Option(None, "--calib-data", help="Calibration text (.txt/.jsonl/.parquet or folder; train split). Default: the embedded corpus."),
+    avg_bits: float = typer.Option(
+        None,
+        "--avg-bits",
+        help="learned-round: importance-based mixed precision, 2..8 bits per layer averaging this (replaces --bits); compressed-tensors or qscale.",
+    ),
+    act_bits: int = typer.Option(
+        16,
+        "--act-bits",
+        help="Input-activation bits (per-token absmax; qllm: asymmetric min/max; 2..8); 16 = weights only. Needs --format qscale.",
+    ),
+    group_size: int = typer.Option(
+        128, "--group-size", "-g", help="Input columns per scale; 0 = one scale per output channel."
+    ),
+    sym: bool = typer.Option(
+        True,
+        "--sym/--asym",
+        help="Symmetric grid (s = 2·absmax/(2^b−1), GPTQ/compressed-tensors) or asymmetric with zero points.",
+    ),
+    act_order: bool = typer.Option(
+        False,
+        "--act-order/--no-act-order",
+        help="GPTQ only: quantize columns by decreasing Hessian diagonal (static groups).",
+    ),
+    skip: list[str] = typer.Option(
+        ["*lm_head"],
+        "--skip",
+        help="Layers kept in full precision (glob or re:regex on the qualified name; repeat). Embeddings always are.",
+    ),
+    calib_data: Path = typer.Option(
+        None,
+        "--calib-data",
+        help="Calibration text (.txt/.jsonl/.parquet or folder; train split). Default: the embedded corpus.",
+    ),
     calib_windows: int = typer.Option(128, "--calib-windows", help="Calibration windows (GPTQ)."),
     eval_data: Path = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP),
     eval_windows: int = typer.Option(64, "--eval-windows", help="Held-out windows for the loss before and after."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration and evaluation window."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="Tokenizer (default: the model folder's own)."),
-    fmt: str = typer.Option("compressed-tensors", "--format", help=f"Output format: {', '.join(FORMAT_CHOICES)} (all = compressed-tensors + gptq)."),
-    dtype: str = typer.Option("auto", "--dtype", help="dtype of full-precision tensors and compressed-tensors scales: auto (the source's), float32, bfloat16, float16."),
+    fmt: str = typer.Option(
+        "compressed-tensors",
+        "--format",
+        help=f"Output format: {', '.join(FORMAT_CHOICES)} (all = compressed-tensors + gptq).",
+    ),
+    dtype: str = typer.Option(
+        "auto",
+        "--dtype",
+        help="dtype of full-precision tensors and compressed-tensors scales: auto (the source's), float32, bfloat16, float16.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
@@ -99,8 +147,16 @@ def quantize_command(
     _check_flags(method, act_order, avg_bits)
     fmts = formats(fmt)
     spec = QuantSpec(bits, sym, "group" if group_size else "channel", group_size or None)
-    cfg = PTQConfig(method, spec, n_calib=calib_windows, calib_seq_len=seq_len, act_order=act_order, skip=tuple(skip),
-                    act_bits=act_bits, avg_bits=avg_bits)
+    cfg = PTQConfig(
+        method,
+        spec,
+        n_calib=calib_windows,
+        calib_seq_len=seq_len,
+        act_order=act_order,
+        skip=tuple(skip),
+        act_bits=act_bits,
+        avg_bits=avg_bits,
+    )
     out_dtype = export_dtype(dtype, model_dir)
     console = make_console(stderr=True)
     seed_everything(seed)
@@ -124,18 +180,38 @@ def quantize_command(
     title = f"{method} {label}{acts}{' act-order' if act_order else ''}: {model_dir}"
     report(title, counts, fp, results, folder_bytes(model_dir))
     for r in results:  # which loader reads what was written, and what to use where one cannot
-        for line in compat.lines(r.export.format, sym, model.config.model_type, None if avg_bits else bits,
-                                 group_size or None):
+        for line in compat.lines(
+            r.export.format, sym, model.config.model_type, None if avg_bits else bits, group_size or None
+        ):
             typer.echo(line)
     record = {
-        "command": "quantize", "model": str(model_dir), "config": to_jsonable(cfg), "seed": seed,
-        "dtype": str(out_dtype), "tokenizer": str(tok), "tokenizer_hash": eval_streams.tokenizer_hash,
-        "data_fingerprint": eval_streams.data_fingerprint, "calib_fingerprint": calib_streams.data_fingerprint,
-        "eval_data": str(eval_data or "embedded"), "calib_data": str(calib_data or "embedded"),
-        "eval_windows": eval_windows, "seq_len": seq_len, "loss_fp": fp.loss,
-        "results": [{"format": r.export.format, "path": str(r.export.path), "bytes": r.export.nbytes, "loss": r.loss,
-                     "qid": r.qid, "qid_se": r.qid_se} for r in results],
-        "layers": stats, "seconds": time.perf_counter() - t0,
+        "command": "quantize",
+        "model": str(model_dir),
+        "config": to_jsonable(cfg),
+        "seed": seed,
+        "dtype": str(out_dtype),
+        "tokenizer": str(tok),
+        "tokenizer_hash": eval_streams.tokenizer_hash,
+        "data_fingerprint": eval_streams.data_fingerprint,
+        "calib_fingerprint": calib_streams.data_fingerprint,
+        "eval_data": str(eval_data or "embedded"),
+        "calib_data": str(calib_data or "embedded"),
+        "eval_windows": eval_windows,
+        "seq_len": seq_len,
+        "loss_fp": fp.loss,
+        "results": [
+            {
+                "format": r.export.format,
+                "path": str(r.export.path),
+                "bytes": r.export.nbytes,
+                "loss": r.loss,
+                "qid": r.qid,
+                "qid_se": r.qid_se,
+            }
+            for r in results
+        ],
+        "layers": stats,
+        "seconds": time.perf_counter() - t0,
     }
     write_record(out / "qscale-quantize.json", record)
     console.print(f"done in {time.perf_counter() - t0:.1f} s; record: {out / 'qscale-quantize.json'}")

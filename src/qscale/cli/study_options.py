@@ -37,18 +37,34 @@ def names(text: str | None) -> tuple[str, ...] | None:
     return comma_list(text, str, "names", "names")
 
 
-DATA_OPTION = typer.Option(None, "--data", help="Text corpus: .txt, .jsonl, .parquet or a folder of them. "
-                           "Default: the embedded Python standard library sources.")
-TOKENIZER_OPTION = typer.Option(None, "--tokenizer", help="tokenizer.json to use. Default: a byte-level BPE "
-                                "trained on the train split (cached).")
+DATA_OPTION = typer.Option(
+    None,
+    "--data",
+    help="Text corpus: .txt, .jsonl, .parquet or a folder of them. "
+    "Default: the embedded Python standard library sources.",
+)
+TOKENIZER_OPTION = typer.Option(
+    None, "--tokenizer", help="tokenizer.json to use. Default: a byte-level BPE trained on the train split (cached)."
+)
 PROGRESS_OPTION = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
-DB_OPTION = typer.Option(None, "--db", help="Result store: a SQLite file path (default: OUT/study.sqlite) or "
-                         "postgresql://user:pass@host/db (needs qscale[postgres]).")
-EXECUTOR_OPTION = typer.Option("local", "--executor", help="Where cells run: local (in this process) or ray "
-                               "(one Ray task per cell; needs qscale[ray]).")
-ADDRESS_OPTION = typer.Option(None, "--address", help="Ray cluster for --executor ray. Default: as ray.init() - "
-                              "the cluster this host belongs to (RAY_ADDRESS, the latest 'ray start'), else a new "
-                              "local one; auto: join an existing cluster only; HOST:PORT: that cluster.")
+DB_OPTION = typer.Option(
+    None,
+    "--db",
+    help="Result store: a SQLite file path (default: OUT/study.sqlite) or "
+    "postgresql://user:pass@host/db (needs qscale[postgres]).",
+)
+EXECUTOR_OPTION = typer.Option(
+    "local",
+    "--executor",
+    help="Where cells run: local (in this process) or ray (one Ray task per cell; needs qscale[ray]).",
+)
+ADDRESS_OPTION = typer.Option(
+    None,
+    "--address",
+    help="Ray cluster for --executor ray. Default: as ray.init() - "
+    "the cluster this host belongs to (RAY_ADDRESS, the latest 'ray start'), else a new "
+    "local one; auto: join an existing cluster only; HOST:PORT: that cluster.",
+)
 GPUS_OPTION = typer.Option(0.0, "--gpus-per-task", help="GPUs each Ray task reserves (e.g. 1 on a GPU cluster).")
 
 

@@ -35,8 +35,11 @@ def check_eval_windows(n_tokens: int, n_windows: int, seq_len: int) -> None:
     tokens while the paired standard errors treat the windows as independent (a too-low noise floor)."""
     require(n_windows >= 1, f"number of windows must be >= 1, got {n_windows}")
     need, most = n_windows * (seq_len + 1), n_tokens // (seq_len + 1)
-    require(need <= n_tokens, f"{n_windows:,} evaluation windows of {seq_len} tokens need {need:,} validation tokens "
-                              f"but the split has {n_tokens:,}: use at most {most:,} windows (more would overlap)")
+    require(
+        need <= n_tokens,
+        f"{n_windows:,} evaluation windows of {seq_len} tokens need {need:,} validation tokens "
+        f"but the split has {n_tokens:,}: use at most {most:,} windows (more would overlap)",
+    )
 
 
 def eval_windows(val_tokens: np.ndarray, n_windows: int, seq_len: int) -> torch.LongTensor:

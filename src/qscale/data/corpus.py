@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import json
+import os
 import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -87,8 +87,10 @@ def _read_file(path: Path, rel: str) -> list[tuple[str, str]]:
             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
                 if line.strip():
                     row = json.loads(line)
-                    require(isinstance(row, dict) and isinstance(row.get("text"), str),
-                            f"{path}: line {i + 1} has no string 'text' field")
+                    require(
+                        isinstance(row, dict) and isinstance(row.get("text"), str),
+                        f"{path}: line {i + 1} has no string 'text' field",
+                    )
                     texts.append((f"{rel}:{i}", row["text"]))
             return texts
         import pyarrow.parquet as pq

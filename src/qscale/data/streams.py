@@ -100,15 +100,19 @@ def _build(corpus, tok: Tokenizer, folder: Path, dtype: np.dtype, progress: bool
 
 
 def cache_error(cache: Path, e: OSError) -> QscaleError:
-    return QscaleError(f"cannot write the token cache in {cache} ({e.strerror or type(e).__name__}): set QSCALE_CACHE "
-                       "to a writable folder")
+    return QscaleError(
+        f"cannot write the token cache in {cache} ({e.strerror or type(e).__name__}): set QSCALE_CACHE "
+        "to a writable folder"
+    )
 
 
 def load_token_streams(cfg: DataConfig, progress: bool = True) -> TokenStreams:
     """Read the corpus, get the tokenizer and the (cached) token streams for ``cfg``."""
     cache = cfg.resolved_cache_dir()
     corpus = load_corpus(cfg.data, cfg.max_files)
-    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer is not None else cached_bpe(corpus.train, cfg.vocab_size, cache)
+    tok = (
+        load_tokenizer(cfg.tokenizer) if cfg.tokenizer is not None else cached_bpe(corpus.train, cfg.vocab_size, cache)
+    )
     vocab, thash = tok.get_vocab_size(), tokenizer_hash(tok)
     folder = cache / "streams" / f"{corpus.fingerprint}-{thash}"
     if not (folder / "meta.json").is_file():

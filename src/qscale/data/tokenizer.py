@@ -22,8 +22,15 @@ TRAIN_PREFIX_BYTES = 8_000_000
 _EOS_CANDIDATES = (EOS, "</s>", "<eos>", "<|end_of_text|>")
 _FORMAT = "bytelevel-bpe-v1"
 # what a Hugging Face tokenizer folder holds beside tokenizer.json (special tokens, BOS/EOS, chat template)
-TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-                        "merges.txt", "tokenizer.model", "chat_template.jinja")
+TOKENIZER_SIDE_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 
 
 def training_prefix(texts: list[str], max_bytes: int = TRAIN_PREFIX_BYTES) -> list[str]:
@@ -67,8 +74,10 @@ def cached_bpe(texts: list[str], vocab_size: int, cache_dir: Path) -> Tokenizer:
     try:
         atomic_write_bytes(path, tok.to_str().encode())
     except OSError as e:
-        raise QscaleError(f"cannot write the tokenizer cache in {cache_dir} ({e.strerror or type(e).__name__}): "
-                          "set QSCALE_CACHE to a writable folder") from e
+        raise QscaleError(
+            f"cannot write the tokenizer cache in {cache_dir} ({e.strerror or type(e).__name__}): "
+            "set QSCALE_CACHE to a writable folder"
+        ) from e
     return tok
 
 
@@ -87,7 +96,9 @@ def load_tokenizer(path: Path) -> Tokenizer:
             tok.decoder = decoders.ByteLevel()
             return tok
     except Exception as e:  # tokenizers raises bare Exception subclasses on malformed files
-        raise QscaleError(f"cannot read tokenizer {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise QscaleError(
+            f"cannot read tokenizer {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
     raise QscaleError(f"no tokenizer.json (or vocab.json + merges.txt) in tokenizer folder {path}")
 
 
@@ -113,8 +124,11 @@ def tokenizer_side_files(folder: Path, tok: Tokenizer) -> list[Path]:
 def model_tokenizer(folder: Path, tokenizer: Path | None) -> Path:
     """``tokenizer`` if given, else the model folder's own: a model never gets a freshly trained BPE."""
     found = tokenizer or folder_tokenizer(folder)
-    require(found is not None, f"model folder {folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): "
-                               "pass --tokenizer PATH, the tokenizer the model was trained with")
+    require(
+        found is not None,
+        f"model folder {folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): "
+        "pass --tokenizer PATH, the tokenizer the model was trained with",
+    )
     return found
 
 

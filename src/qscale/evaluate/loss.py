@@ -31,7 +31,9 @@ def evaluate(model, windows: torch.LongTensor, batch_size: int = 16, progress: b
     """
     from rich.progress import Progress
 
-    require(windows.ndim == 2 and windows.shape[1] >= 2, f"windows must be [n, T+1] with T >= 1, got {tuple(windows.shape)}")
+    require(
+        windows.ndim == 2 and windows.shape[1] >= 2, f"windows must be [n, T+1] with T >= 1, got {tuple(windows.shape)}"
+    )
     require(batch_size >= 1, f"batch size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()

@@ -50,8 +50,10 @@ class NoisePolicy:
         return np.isfinite(qid) & (qid > 0) & (qid > self.floor(se))
 
     def describe(self) -> str:
-        return (f"points with QiD <= {self.k:g} x their paired standard error (including every QiD <= 0) "
-                "are excluded from the log-space fit and counted; nothing is clipped")
+        return (
+            f"points with QiD <= {self.k:g} x their paired standard error (including every QiD <= 0) "
+            "are excluded from the log-space fit and counted; nothing is clipped"
+        )
 
 
 @dataclass(frozen=True)

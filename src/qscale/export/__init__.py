@@ -1,8 +1,8 @@
 """qscale.export: packed low-bit model folders (compressed-tensors, GPTQ, qscale's own) and loading them back.
 
-    from qscale.export import export_model, load_quantized
-    export_model(model, "out/", "compressed-tensors", source="model_dir/")   # after PTQ or QAT convert
-    model = load_quantized("out/")    # QuantizedLinear layers: packed codes, dequantized on the fly
+from qscale.export import export_model, load_quantized
+export_model(model, "out/", "compressed-tensors", source="model_dir/")   # after PTQ or QAT convert
+model = load_quantized("out/")    # QuantizedLinear layers: packed codes, dequantized on the fly
 """
 
 from qscale.export.api import FORMATS, ExportResult, export_model

@@ -25,8 +25,9 @@ class ExportResult:
     nbytes: int
 
 
-def export_model(model: nn.Module, out: str | Path, fmt: str, source: str | Path | None = None,
-                 dtype: torch.dtype | None = None) -> ExportResult:
+def export_model(
+    model: nn.Module, out: str | Path, fmt: str, source: str | Path | None = None, dtype: torch.dtype | None = None
+) -> ExportResult:
     """Write ``model`` (its ``QuantizedLinear`` layers packed) to ``out`` in format ``fmt``.
 
     ``source``: the folder the model came from (its tokenizer and generation files are copied).
@@ -36,8 +37,10 @@ def export_model(model: nn.Module, out: str | Path, fmt: str, source: str | Path
     require(fmt in FORMATS, f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     w16 = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     if w16:
-        raise QscaleError(f"layer {w16[0]} is not converted or has only its input quantized (W16Ax): exporters "
-                          "write layers with integer weights")
+        raise QscaleError(
+            f"layer {w16[0]} is not converted or has only its input quantized (W16Ax): exporters "
+            "write layers with integer weights"
+        )
     dtype = dtype or next(p.dtype for p in model.parameters() if p.is_floating_point())
     module = FORMATS[fmt]
     config = base_config(model, dtype)
@@ -46,6 +49,12 @@ def export_model(model: nn.Module, out: str | Path, fmt: str, source: str | Path
     weights_name = "model"
     if fmt == "qscale":  # a folder no other loader can mistake for a plain model (qscale.export.native)
         config, weights_name = native.folder_config(config), native.WEIGHTS_NAME
-    nbytes = write_model_folder(Path(out), model_tensors(model, module.layer_tensors(dtype), dtype), config,
-                                None if source is None else Path(source), extra, weights_name=weights_name)
+    nbytes = write_model_folder(
+        Path(out),
+        model_tensors(model, module.layer_tensors(dtype), dtype),
+        config,
+        None if source is None else Path(source),
+        extra,
+        weights_name=weights_name,
+    )
     return ExportResult(fmt, Path(out), nbytes)

@@ -64,9 +64,18 @@ def layer_tensors(dtype: torch.dtype):
 def _weights_args(layer: QuantizedLinear) -> dict:
     spec = layer.spec
     strategy = {"group": "group", "channel": "channel", "tensor": "tensor"}[spec.granularity]
-    return {"num_bits": spec.bits, "type": "int", "symmetric": spec.symmetric, "strategy": strategy,
-            "group_size": spec.group_size if strategy == "group" else None, "dynamic": False,
-            "actorder": None, "block_structure": None, "observer": "minmax", "observer_kwargs": {}}
+    return {
+        "num_bits": spec.bits,
+        "type": "int",
+        "symmetric": spec.symmetric,
+        "strategy": strategy,
+        "group_size": spec.group_size if strategy == "group" else None,
+        "dynamic": False,
+        "actorder": None,
+        "block_structure": None,
+        "observer": "minmax",
+        "observer_kwargs": {},
+    }
 
 
 def quantization_config(model: nn.Module) -> dict:
@@ -82,8 +91,13 @@ def quantization_config(model: nn.Module) -> dict:
     one = len(schemes) == 1
     groups = {}
     for i, (args, names) in enumerate(schemes.values()):
-        groups[f"group_{i}"] = {"targets": ["Linear"] if one else names, "weights": args,
-                                "input_activations": None, "output_activations": None, "format": "pack-quantized"}
+        groups[f"group_{i}"] = {
+            "targets": ["Linear"] if one else names,
+            "weights": args,
+            "input_activations": None,
+            "output_activations": None,
+            "format": "pack-quantized",
+        }
     return {
         "quant_method": "compressed-tensors",
         "format": "pack-quantized",

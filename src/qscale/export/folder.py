@@ -22,8 +22,17 @@ from qscale.export.stream import SafetensorsWriter
 from qscale.quant import QuantizedLinear
 from qscale.train.checkpoint import atomic_folder
 
-AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-             "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+AUX_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 MAX_SHARD_BYTES = 2 * 1024**3
 LayerTensors = Callable[[str, QuantizedLinear], dict[str, Tensor]]
 
@@ -70,9 +79,15 @@ def model_tensors(model: nn.Module, layer_tensors: LayerTensors, dtype: torch.dt
         yield key, (t.to(dtype) if t.is_floating_point() else t).contiguous()
 
 
-def write_model_folder(out: Path, tensors: Iterator[tuple[str, Tensor]], config: dict, source: Path | None,
-                       extra_json: dict[str, dict] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-                       weights_name: str = "model") -> int:
+def write_model_folder(
+    out: Path,
+    tensors: Iterator[tuple[str, Tensor]],
+    config: dict,
+    source: Path | None,
+    extra_json: dict[str, dict] | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    weights_name: str = "model",
+) -> int:
     """Write ``tensors`` as safetensors shards plus ``config.json`` (and ``extra_json`` files) to ``out``.
 
     Returns the total bytes of the weight files. One file ``<weights_name>.safetensors`` when it fits a shard,

@@ -38,7 +38,7 @@ def check_layer(name: str, layer: QuantizedLinear) -> None:
 
 def _unsigned_zero(layer: QuantizedLinear) -> Tensor:
     """Zero points on the unsigned code scale ``[out, n_groups]`` (symmetric: 2^(b−1))."""
-    return (layer.weight_zero.to(torch.int64) - layer.spec.qmin)
+    return layer.weight_zero.to(torch.int64) - layer.spec.qmin
 
 
 def layer_tensors(dtype: torch.dtype):
@@ -68,13 +68,18 @@ def quantization_config(model: nn.Module) -> dict:
     for name, layer in layers.items():
         check_layer(name, layer)
     specs = {(m.spec.bits, m.spec.symmetric, m.spec.granularity, m.spec.group_size) for m in layers.values()}
-    require(len(specs) == 1, "a GPTQ checkpoint has one bit width and group size for all layers, this model has "
-                             f"{len(specs)}: use --format compressed-tensors")
+    require(
+        len(specs) == 1,
+        "a GPTQ checkpoint has one bit width and group size for all layers, this model has "
+        f"{len(specs)}: use --format compressed-tensors",
+    )
     blocks_name, _ = find_blocks(model)
     left = [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES) and n.startswith(blocks_name + ".")]
     if left:
-        raise QscaleError(f"GPTQ loaders quantize every linear layer of the decoder blocks, but {left[0]} is not "
-                          "quantized: use --format compressed-tensors")
+        raise QscaleError(
+            f"GPTQ loaders quantize every linear layer of the decoder blocks, but {left[0]} is not "
+            "quantized: use --format compressed-tensors"
+        )
     bits, sym, gran, G = specs.pop()
     return {
         "quant_method": "gptq",

@@ -82,8 +82,11 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, bits: i
         raise QscaleError(f"config.json of {path} is not valid JSON: {e}") from None
     qcfg = config.get("quantization_config") or {}
     method = quantization_method(config)
-    require(method in READERS, f"{path} is not a quantized folder qscale reads (quant_method {method or 'missing'!r}; "
-                               f"known: {', '.join(READERS)})")
+    require(
+        method in READERS,
+        f"{path} is not a quantized folder qscale reads (quant_method {method or 'missing'!r}; "
+        f"known: {', '.join(READERS)})",
+    )
     tensors = read_tensors(path)
     model = _skeleton(path, config)
     layers = READERS[method](model, qcfg, tensors)
@@ -101,8 +104,9 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, bits: i
 
 def _switched(layer: QuantizedLinear, bits: int) -> QuantizedLinear:
     qw = switch_bits(layer.qweight(), bits)
-    return QuantizedLinear(qw, layer.bias, layer.act_quantizer, layer.hadamard_group, layer.name, layer.source,
-                           layer.reassembly())
+    return QuantizedLinear(
+        qw, layer.bias, layer.act_quantizer, layer.hadamard_group, layer.name, layer.source, layer.reassembly()
+    )
 
 
 def _load_rest(model: nn.Module, tensors: dict[str, Tensor], taken: set[str], path: Path, dtype: torch.dtype) -> None:
@@ -121,8 +125,10 @@ def _load_rest(model: nn.Module, tensors: dict[str, Tensor], taken: set[str], pa
     if unexpected:
         raise QscaleError(f"{path} has {len(unexpected)} tensor(s) the model does not use, e.g. {unexpected[0]}")
     for key in rest:
-        require(state[key].shape == rest[key].shape,
-                f"tensor {key} in {path} has shape {tuple(rest[key].shape)}, the model needs {tuple(state[key].shape)}")
+        require(
+            state[key].shape == rest[key].shape,
+            f"tensor {key} in {path} has shape {tuple(rest[key].shape)}, the model needs {tuple(state[key].shape)}",
+        )
     model.load_state_dict(rest, strict=False)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

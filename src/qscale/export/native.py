@@ -50,19 +50,32 @@ def layer_tensors(dtype: torch.dtype):
 def layer_config(layer: QuantizedLinear) -> dict:
     """What ``load_quantized`` needs besides the tensors to rebuild the layer."""
     spec = layer.spec
-    return {"bits": spec.bits, "symmetric": spec.symmetric, "granularity": spec.granularity,
-            "group_size": spec.group_size, "grid": spec.grid, "layout": layer.layout,
-            "in_features": layer.in_features, "out_features": layer.out_features,
-            "hadamard_group": layer.hadamard_group, "source": layer.source, "extras": list(layer.extra_names),
-            "reassembly": layer.reassembled,
-            "act": None if layer.act_quantizer is None else layer.act_quantizer.describe()}
+    return {
+        "bits": spec.bits,
+        "symmetric": spec.symmetric,
+        "granularity": spec.granularity,
+        "group_size": spec.group_size,
+        "grid": spec.grid,
+        "layout": layer.layout,
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+        "hadamard_group": layer.hadamard_group,
+        "source": layer.source,
+        "extras": list(layer.extra_names),
+        "reassembly": layer.reassembled,
+        "act": None if layer.act_quantizer is None else layer.act_quantizer.describe(),
+    }
 
 
 def quantization_config(model: nn.Module) -> dict:
     """``quantization_config`` for ``config.json``: every quantized layer's description."""
     layers = quantized_layers(model)
-    return {"quant_method": "qscale", "format": "qscale-packed", "version": FORMAT_VERSION,
-            "layers": {name: layer_config(layer) for name, layer in layers.items()}}
+    return {
+        "quant_method": "qscale",
+        "format": "qscale-packed",
+        "version": FORMAT_VERSION,
+        "layers": {name: layer_config(layer) for name, layer in layers.items()},
+    }
 
 
 def folder_config(config: dict) -> dict:

@@ -76,8 +76,13 @@ def _qdq(onnx, name: str, layer: QuantizedLinear) -> tuple[list, object]:
         helper.make_tensor(f"{name}_scale", TP.FLOAT, tuple(scale.shape), scale.float().flatten().tolist()),
         helper.make_tensor(f"{name}_zero", elem, zero.shape, zero.flatten().tolist()),
     ]
-    node = helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"], [name],
-                            name=f"{name}_DequantizeLinear", **attrs)
+    node = helper.make_node(
+        "DequantizeLinear",
+        [f"{name}_q", f"{name}_scale", f"{name}_zero"],
+        [name],
+        name=f"{name}_DequantizeLinear",
+        **attrs,
+    )
     return inits, node
 
 
@@ -94,9 +99,17 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
     ids = torch.zeros(2, seq_len, dtype=torch.long)  # sizes of 1 would be specialised by torch.export
     dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", min=2)},)
     try:
-        program = torch.onnx.export(_Logits(_float_view(model)), (ids,), dynamo=True, optimize=False,
-                                    opset_version=OPSET, dynamic_shapes=dims, input_names=["input_ids"],
-                                    output_names=["logits"], verbose=False)
+        program = torch.onnx.export(
+            _Logits(_float_view(model)),
+            (ids,),
+            dynamo=True,
+            optimize=False,
+            opset_version=OPSET,
+            dynamic_shapes=dims,
+            input_names=["input_ids"],
+            output_names=["logits"],
+            verbose=False,
+        )
     except Exception as e:
         raise QscaleError(f"ONNX tracing failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     proto = program.model_proto

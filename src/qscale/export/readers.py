@@ -28,7 +28,7 @@ from qscale.quant.reassembly import ChannelReassembly
 
 def _layer_keys(tensors: dict[str, Tensor], name: str, allowed: set[str], required: set[str]) -> dict[str, Tensor]:
     prefix = name + "."
-    mine = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+    mine = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix) and "." not in k[len(prefix) :]}
     extra, lacking = set(mine) - allowed, required - set(mine)
     if extra:
         raise QscaleError(f"layer {name}: unexpected tensor {prefix}{sorted(extra)[0]}")
@@ -68,18 +68,24 @@ def _ct_scheme(qcfg: dict, name: str, module: nn.Module) -> dict:
     for group in (qcfg.get("config_groups") or {}).values():
         targets = group.get("targets") or []
         if name in targets or ("Linear" in targets and type(module).__name__ == "Linear"):
-            require(group.get("input_activations") is None,
-                    f"layer {name}: compressed-tensors activation quantization is not supported by qscale's reader")
-            require(group.get("format", qcfg.get("format")) == "pack-quantized",
-                    f"layer {name}: only the pack-quantized format is read")
+            require(
+                group.get("input_activations") is None,
+                f"layer {name}: compressed-tensors activation quantization is not supported by qscale's reader",
+            )
+            require(
+                group.get("format", qcfg.get("format")) == "pack-quantized",
+                f"layer {name}: only the pack-quantized format is read",
+            )
             return group["weights"]
     raise QscaleError(f"layer {name} holds packed weights but no config group of quantization_config targets it")
 
 
 def read_compressed_tensors(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dict[str, QuantizedLinear]:
     """compressed-tensors ``pack-quantized``: ``weight_packed``/``weight_scale``/``weight_shape``(/``weight_zero_point``)."""
-    require(qcfg.get("format") == "pack-quantized", f"compressed-tensors format {qcfg.get('format')!r} is not read; "
-                                                    "only pack-quantized")
+    require(
+        qcfg.get("format") == "pack-quantized",
+        f"compressed-tensors format {qcfg.get('format')!r} is not read; only pack-quantized",
+    )
     layers = {}
     for key in [k for k in tensors if k.endswith(".weight_packed")]:
         name = key[: -len(".weight_packed")]
@@ -89,8 +95,10 @@ def read_compressed_tensors(model: nn.Module, qcfg: dict, tensors: dict[str, Ten
         allowed = {"weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "bias"}
         req = {"weight_packed", "weight_scale", "weight_shape"} | (set() if spec.symmetric else {"weight_zero_point"})
         t = _layer_keys(tensors, name, allowed, req)
-        require(t["weight_shape"].tolist() == [out, n_in], f"layer {name}: weight_shape {t['weight_shape'].tolist()} "
-                                                           f"does not match the model's [{out}, {n_in}]")
+        require(
+            t["weight_shape"].tolist() == [out, n_in],
+            f"layer {name}: weight_shape {t['weight_shape'].tolist()} does not match the model's [{out}, {n_in}]",
+        )
         _shape(t["weight_packed"], (out, packed_words(n_in, spec.bits)), f"{name}.weight_packed")
         n_groups = math.ceil(n_in / spec.group_size) if spec.granularity == "group" else 1
         scale = t["weight_scale"].reshape(1, 1).expand(out, 1) if spec.granularity == "tensor" else t["weight_scale"]
@@ -100,8 +108,13 @@ def read_compressed_tensors(model: nn.Module, qcfg: dict, tensors: dict[str, Ten
             zp = t["weight_zero_point"]
             _shape(zp, (packed_words(out, spec.bits), n_groups), f"{name}.weight_zero_point")
             zero = unpack_rows(zp.t().contiguous(), spec.bits, out).t().float()
-        qw = QuantizedWeight(_codes(t["weight_packed"], spec, n_in, f"{name}.weight_packed"), scale.contiguous(),
-                             zero, default_g_idx(n_in, spec), spec)
+        qw = QuantizedWeight(
+            _codes(t["weight_packed"], spec, n_in, f"{name}.weight_packed"),
+            scale.contiguous(),
+            zero,
+            default_g_idx(n_in, spec),
+            spec,
+        )
         layers[name] = QuantizedLinear(qw, t.get("bias"), name=name, source=type(mod).__name__)
     require(layers, "quantization_config says compressed-tensors but no layer has weight_packed")
     return layers
@@ -120,8 +133,9 @@ def read_gptq(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dict[
         name = key[: -len(".qweight")]
         mod = _module(model, name)
         out, n_in = get_weight(mod).shape
-        t = _layer_keys(tensors, name, {"qweight", "qzeros", "scales", "g_idx", "bias"},
-                        {"qweight", "qzeros", "scales", "g_idx"})
+        t = _layer_keys(
+            tensors, name, {"qweight", "qzeros", "scales", "g_idx", "bias"}, {"qweight", "qzeros", "scales", "g_idx"}
+        )
         n_groups = math.ceil(n_in / G) if G > 0 else 1
         _shape(t["qweight"], (packed_words(n_in, b), out), f"{name}.qweight")
         _shape(t["qzeros"], (n_groups, packed_words(out, b)), f"{name}.qzeros")
@@ -164,16 +178,24 @@ def read_native(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dic
         t = _layer_keys(tensors, name, own | {"bias"}, own)
         _shape(t["weight_packed"], (out, packed_words(n_in, spec.bits)), f"{name}.weight_packed")
         extra_t = {x: t[f"weight_{x}"] for x in extras}
-        qw = QuantizedWeight(_codes(t["weight_packed"], spec, n_in, f"{name}.weight_packed"), t["weight_scale"],
-                             t["weight_zero"], t["weight_g_idx"], spec, c["layout"], extra_t)
+        qw = QuantizedWeight(
+            _codes(t["weight_packed"], spec, n_in, f"{name}.weight_packed"),
+            t["weight_scale"],
+            t["weight_zero"],
+            t["weight_g_idx"],
+            spec,
+            c["layout"],
+            extra_t,
+        )
         reassembly = None
         if reassembled:
             reassembly = ChannelReassembly(t["input_src"], t["input_dst"], t["input_coef"], n_in)
-        layer = QuantizedLinear(qw, t.get("bias"), act, int(c["hadamard_group"]), name=name, source=c["source"],
-                                reassembly=reassembly)
+        layer = QuantizedLinear(
+            qw, t.get("bias"), act, int(c["hadamard_group"]), name=name, source=c["source"], reassembly=reassembly
+        )
         if act is not None:
             prefix = f"{name}.act_quantizer."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
                 act.load_state_dict(state, strict=True)
             except RuntimeError as e:

@@ -18,9 +18,18 @@ from torch import Tensor
 
 from qscale.errors import require
 
-DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-          torch.bool: "BOOL"}
+DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
 class SafetensorsWriter:
@@ -40,8 +49,11 @@ class SafetensorsWriter:
         raw = t.reshape(-1).view(torch.uint8)
         self._data.write(memoryview(raw.numpy()))
         size = raw.numel()
-        self._header[key] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
-                             "data_offsets": [self.nbytes, self.nbytes + size]}
+        self._header[key] = {
+            "dtype": DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [self.nbytes, self.nbytes + size],
+        }
         self.nbytes += size
 
     def close(self) -> None:

@@ -48,8 +48,9 @@ def _strata(problem: Problem) -> list[np.ndarray]:
     return [np.arange(problem.n)]
 
 
-def bootstrap_problem(problem: Problem, full: FitResult, n_boot: int = 200, seed: int = 0, level: float = 0.95,
-                      max_failed: float = 0.05) -> Bootstrap:
+def bootstrap_problem(
+    problem: Problem, full: FitResult, n_boot: int = 200, seed: int = 0, level: float = 0.95, max_failed: float = 0.05
+) -> Bootstrap:
     """Refit ``problem`` on ``n_boot`` row resamples, warm-started at ``full``'s optimum."""
     if n_boot < 2:
         raise QscaleError(f"n_boot must be >= 2, got {n_boot}")
@@ -74,9 +75,16 @@ def bootstrap_problem(problem: Problem, full: FitResult, n_boot: int = 200, seed
     return Bootstrap(list(form.param_names), np.array(samples), n_boot, failed, level)
 
 
-def bootstrap_ci(law: LawForm | str, data: Mapping[str, object], target: str | None = None, n_boot: int = 200,
-                 seed: int = 0, level: float = 0.95, huber_delta: float = 1e-3,
-                 fit: FitResult | None = None) -> dict[str, object]:
+def bootstrap_ci(
+    law: LawForm | str,
+    data: Mapping[str, object],
+    target: str | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    huber_delta: float = 1e-3,
+    fit: FitResult | None = None,
+) -> dict[str, object]:
     """95% (``level``) percentile bootstrap intervals per parameter: name -> (lo, hi).
 
     Pass ``fit`` (a :func:`~qscale.laws.fit.fit_law` result on the same data) to skip the full refit.

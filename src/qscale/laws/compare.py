@@ -44,9 +44,15 @@ class Ranking:
         return len(self.ranked) > 1 and all(not first.overlaps(r.estimate) for r in self.ranked[1:])
 
     def as_dict(self) -> dict[str, object]:
-        return {"target": self.target, "best": self.best, "resolved": self.resolved,
-                "methods": [{"method": r.method, **r.estimate.as_dict(),
-                             "separated_from_previous": r.separated_from_previous} for r in self.ranked]}
+        return {
+            "target": self.target,
+            "best": self.best,
+            "resolved": self.resolved,
+            "methods": [
+                {"method": r.method, **r.estimate.as_dict(), "separated_from_previous": r.separated_from_previous}
+                for r in self.ranked
+            ],
+        }
 
 
 def rank_methods(laws: Mapping[str, LawSamples], target: Mapping[str, float]) -> Ranking:

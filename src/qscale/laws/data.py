@@ -58,7 +58,9 @@ def check_column(name: str, values: object, greater_than: float | None = None) -
         bad = np.flatnonzero(x <= greater_than)
         if bad.size:
             why = "its logarithm is taken" if greater_than == 0 else "the law needs it"
-            raise QscaleError(f"column {name!r} {data_row(bad[0])}: value {x[bad[0]]:g} must be > {greater_than:g} ({why})")
+            raise QscaleError(
+                f"column {name!r} {data_row(bad[0])}: value {x[bad[0]]:g} must be > {greater_than:g} ({why})"
+            )
     return x
 
 

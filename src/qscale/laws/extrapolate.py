@@ -16,8 +16,13 @@ from qscale.laws.fit import fit_law, get_form
 from qscale.laws.forms import LawForm
 
 
-def extrapolation_check(law: LawForm | str, data: Mapping[str, object], target: str | None = None,
-                        hold_out: str = "N", huber_delta: float = 1e-3) -> dict[str, object]:
+def extrapolation_check(
+    law: LawForm | str,
+    data: Mapping[str, object],
+    target: str | None = None,
+    hold_out: str = "N",
+    huber_delta: float = 1e-3,
+) -> dict[str, object]:
     """Fit without the rows at the largest ``hold_out`` value and report relative errors on them.
 
     Returns hold_out, held_out_value, n_train, n_test, rel_errors (predicted/observed − 1, per held-out

@@ -65,7 +65,6 @@ class Problem:
         return float(h.sum()), J.T @ psi
 
 
-
 def _value_only(problem: Problem, theta: np.ndarray, weights: np.ndarray | None) -> float:
     d = problem.huber_delta
     r = problem.form._log_predict(theta, problem.X) - problem.y
@@ -90,7 +89,8 @@ def _fd_gradient(problem: Problem, theta: np.ndarray, weights: np.ndarray | None
 def _plain(status: int) -> str:
     """L-BFGS-B's exit status in words (its raw message names Fortran internals)."""
     return {0: "converged", 1: "stopped at the iteration limit", 2: "stopped: the line search found no descent"}.get(
-        status, f"stopped (L-BFGS-B status {status})")
+        status, f"stopped (L-BFGS-B status {status})"
+    )
 
 
 @dataclass
@@ -108,12 +108,12 @@ def minimise(problem: Problem, start: np.ndarray, weights: np.ndarray | None = N
     lo, hi = np.array(bounds).T
     x0 = np.clip(start, lo, hi)
     options = {"maxiter": maxiter, "ftol": 1e-11, "gtol": 1e-9, "maxcor": 20}
-    res = minimize(problem.objective, x0, args=(weights,), jac=True, method="L-BFGS-B", bounds=bounds,
-                   options=options)
+    res = minimize(problem.objective, x0, args=(weights,), jac=True, method="L-BFGS-B", bounds=bounds, options=options)
     message = _plain(res.status)
     if res.status == 2:
-        again = minimize(problem.objective, res.x, args=(weights,), jac=True, method="L-BFGS-B",
-                         bounds=bounds, options=options)
+        again = minimize(
+            problem.objective, res.x, args=(weights,), jac=True, method="L-BFGS-B", bounds=bounds, options=options
+        )
         stalled = again.fun >= res.fun - 1e-9 * max(1.0, abs(res.fun))
         if again.fun < res.fun:
             res = again
@@ -170,8 +170,9 @@ def get_form(law: LawForm | str) -> LawForm:
     return get_law(law) if isinstance(law, str) else law
 
 
-def make_problem(law: LawForm | str, data: Mapping[str, object], target: str | None = None,
-                 huber_delta: float = 1e-3) -> Problem:
+def make_problem(
+    law: LawForm | str, data: Mapping[str, object], target: str | None = None, huber_delta: float = 1e-3
+) -> Problem:
     """Validate ``data`` for ``law`` and bind per-label parameters to the labels present."""
     form = get_form(law)
     if not huber_delta > 0:
@@ -192,8 +193,9 @@ def make_problem(law: LawForm | str, data: Mapping[str, object], target: str | N
     return Problem(form, form.features(inputs), np.log(y), huber_delta)
 
 
-def fit_problem(problem: Problem, init: np.ndarray | None = None, n_starts: int = 8, maxiter: int = 2000,
-                target: str = "") -> FitResult:
+def fit_problem(
+    problem: Problem, init: np.ndarray | None = None, n_starts: int = 8, maxiter: int = 2000, target: str = ""
+) -> FitResult:
     """Fit a prepared problem from ``init`` (internal coordinates) or the form's grid of starts."""
     form = problem.form
     if init is not None:
@@ -207,14 +209,17 @@ def fit_problem(problem: Problem, init: np.ndarray | None = None, n_starts: int 
     good = [o for o in optima if o.converged]
     if not good:
         best = min(optima, key=lambda o: o.value)
-        raise ConvergenceError(f"fit of law {form.name!r} did not converge ({best.message}): check the data for "
-                               "outliers, give more points, or try another --huber-delta")
+        raise ConvergenceError(
+            f"fit of law {form.name!r} did not converge ({best.message}): check the data for "
+            "outliers, give more points, or try another --huber-delta"
+        )
     best = min(good, key=lambda o: o.value)
     r = form._log_predict(best.theta, problem.X) - problem.y
     ss_tot = float(((problem.y - problem.y.mean()) ** 2).sum())
     lo, hi = np.array(form.bounds()).T
-    at_bounds = [p.name for p, t, a, b in zip(form.params, best.theta, lo, hi)
-                 if min(t - a, b - t) <= 1e-7 * max(1.0, abs(t))]
+    at_bounds = [
+        p.name for p, t, a, b in zip(form.params, best.theta, lo, hi) if min(t - a, b - t) <= 1e-7 * max(1.0, abs(t))
+    ]
     return FitResult(
         law=form,
         params=form.to_natural(best.theta),
@@ -231,8 +236,15 @@ def fit_problem(problem: Problem, init: np.ndarray | None = None, n_starts: int 
     )
 
 
-def fit_law(law: LawForm | str, data: Mapping[str, object], target: str | None = None, huber_delta: float = 1e-3,
-            init: Mapping[str, object] | None = None, n_starts: int = 8, maxiter: int = 2000) -> FitResult:
+def fit_law(
+    law: LawForm | str,
+    data: Mapping[str, object],
+    target: str | None = None,
+    huber_delta: float = 1e-3,
+    init: Mapping[str, object] | None = None,
+    n_starts: int = 8,
+    maxiter: int = 2000,
+) -> FitResult:
     """Fit ``law`` to ``data`` (columns by name) on log residuals of column ``target``.
 
     ``target`` defaults to the law's own (``qid`` for qid laws, ``delta`` for qat / precision_ptq,
@@ -240,5 +252,4 @@ def fit_law(law: LawForm | str, data: Mapping[str, object], target: str | None =
     """
     problem = make_problem(law, data, target, huber_delta)
     theta0 = problem.form.to_internal(init) if init is not None else None
-    return fit_problem(problem, theta0, n_starts=n_starts, maxiter=maxiter,
-                       target=target or problem.form.target)
+    return fit_problem(problem, theta0, n_starts=n_starts, maxiter=maxiter, target=target or problem.form.target)

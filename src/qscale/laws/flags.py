@@ -25,9 +25,11 @@ def check_flags(form: LawForm, inputs: Mapping[str, object]) -> None:
             continue
         flag, value = FLAGS.get(name, name), float(value)
         if name == "G" and value == 0 and "G" in form.greater_than:
-            raise QscaleError("--G 0 (one scale per output channel) has no group size in this law: pass the "
-                              "layer's input width instead, e.g. --G 4096 for a 4096-wide layer (a per-channel "
-                              "scale spans all its input columns)")
+            raise QscaleError(
+                "--G 0 (one scale per output channel) has no group size in this law: pass the "
+                "layer's input width instead, e.g. --G 4096 for a 4096-wide layer (a per-channel "
+                "scale spans all its input columns)"
+            )
         limit = form.greater_than.get(name, 0.0 if name in form.log_inputs else None)
         if not math.isfinite(value) or (limit is not None and value <= limit):
             why = f" (it must be > {limit:g})" if limit is not None else ""

@@ -136,9 +136,7 @@ class LawForm:
 
     def start_grid(self) -> np.ndarray:
         """Cartesian grid of starting points in internal coordinates, shape (S, p)."""
-        axes = [
-            [p.to_internal(v) for v in (p.grid or (_default_start(p),))] for p in self.params
-        ]
+        axes = [[p.to_internal(v) for v in (p.grid or (_default_start(p),))] for p in self.params]
         return np.array(list(itertools.product(*axes)), dtype=float)
 
     # ---- public evaluation ------------------------------------------------------------------

@@ -76,8 +76,9 @@ def _read_sqlite(path: Path, table: str | None, where: str | None) -> dict[str, 
     return {n: [r[i] for r in rows] for i, n in enumerate(names)}
 
 
-def load_table(path: str | Path, table: str | None = None, where: str | None = None,
-               columns: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+def load_table(
+    path: str | Path, table: str | None = None, where: str | None = None, columns: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
     """Read ``path`` (.csv, .parquet, .sqlite/.db) as columns; ``columns`` renames file columns to law names.
 
     ``table`` and ``where`` (an SQL condition such as ``method = 'gptq'``) apply to SQLite only.

@@ -86,16 +86,18 @@ def load_params(spec: str) -> ParamFile:
     """A published set's name or a JSON file from ``qscale fit --json`` or a study's report."""
     if spec in PUBLISHED:
         pub = PUBLISHED[spec]
-        return ParamFile(pub.law_name, pub.citation, {k: list(v) for k, v in pub.ranges.items()},
-                         {"": ParamEntry(dict(pub.params))})
+        return ParamFile(
+            pub.law_name, pub.citation, {k: list(v) for k, v in pub.ranges.items()}, {"": ParamEntry(dict(pub.params))}
+        )
     path = Path(spec)
     if not path.is_file():
         raise QscaleError(f"--params {spec!r} is neither a published set ({', '.join(sorted(PUBLISHED))}) nor a file")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise QscaleError(f"--params {path}: not a JSON file from 'qscale fit --json' or a study "
-                          f"({type(e).__name__})") from None
+        raise QscaleError(
+            f"--params {path}: not a JSON file from 'qscale fit --json' or a study ({type(e).__name__})"
+        ) from None
     if not isinstance(obj, dict):
         raise QscaleError(f"{path}: expected a JSON object of parameters")
     if any(k in obj for k in STUDY_KEYS):
@@ -104,4 +106,6 @@ def load_params(spec: str) -> ParamFile:
     if not isinstance(params, dict):
         raise QscaleError(f"{path}: 'params' must be an object")
     law = obj.get("law") if isinstance(obj.get("law"), str) else None
-    return ParamFile(law, str(path), recorded_ranges(obj), {"": ParamEntry(_checked(params, str(path)), obj.get("bootstrap"))})
+    return ParamFile(
+        law, str(path), recorded_ranges(obj), {"": ParamEntry(_checked(params, str(path)), obj.get("bootstrap"))}
+    )

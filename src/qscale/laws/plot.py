@@ -36,8 +36,14 @@ def _x_axis(form: LawForm) -> str:
     return form.inputs[0]
 
 
-def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path: str | Path | None = None,
-                               x: str | None = None, n_curve: int = 64, max_groups: int = 12):
+def plot_observed_vs_predicted(
+    fit: FitResult,
+    data: Mapping[str, object],
+    path: str | Path | None = None,
+    x: str | None = None,
+    n_curve: int = 64,
+    max_groups: int = 12,
+):
     """The parity plot (observed against predicted, log-log, y = x; predicted on x as in the study reports),
     always; beside it, when the other inputs form at most ``max_groups`` groups (a grid), the observed points
     and the fitted law against ``x`` (default D), one line per group. Returns the figure, saved to ``path``."""
@@ -61,8 +67,13 @@ def plot_observed_vs_predicted(fit: FitResult, data: Mapping[str, object], path:
             grid = np.geomspace(xs[rows].min(), xs[rows].max(), n_curve) if xs[rows].min() > 0 else np.sort(xs[rows])
             inputs = {c: np.asarray(data[c], dtype=object)[rows][0] for c in others}
             ax.plot(grid, fit.predict({**inputs, x: grid}), color=color, lw=1.2)
-        ax.set(xscale="log", yscale="log", xlabel=x, ylabel=fit.target,
-               title=f"{form.name}: observed (points) vs fitted (lines)")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel=x,
+            ylabel=fit.target,
+            title=f"{form.name}: observed (points) vs fitted (lines)",
+        )
         readable_log_axes(ax)
         ax.legend(fontsize=7)
     _parity(axes[0][-1], fit, data, y, colors if lines else None, groups, keys)
@@ -81,14 +92,27 @@ def _parity(ax, fit: FitResult, data, y: np.ndarray, colors, groups, keys) -> No
     pos = y[y > 0]
     lims = [min(pos.min(initial=pred.min()), pred.min()), max(y.max(), pred.max())]
     ax.plot(lims, lims, color="k", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel=f"predicted {fit.target}", ylabel=f"observed {fit.target}",
-           title=f"{fit.law.name}: observed vs predicted, R²(log) = {fit.r2_log:.3f}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel=f"predicted {fit.target}",
+        ylabel=f"observed {fit.target}",
+        title=f"{fit.law.name}: observed vs predicted, R²(log) = {fit.r2_log:.3f}",
+    )
     readable_log_axes(ax)
 
 
-def plot_law_curves(law: LawForm | str, params: Mapping[str, object], x: str, x_values: Sequence[float],
-                    series: Sequence[Mapping[str, object]], path: str | Path | None = None,
-                    ylabel: str | None = None, title: str | None = None, ax=None):
+def plot_law_curves(
+    law: LawForm | str,
+    params: Mapping[str, object],
+    x: str,
+    x_values: Sequence[float],
+    series: Sequence[Mapping[str, object]],
+    path: str | Path | None = None,
+    ylabel: str | None = None,
+    title: str | None = None,
+    ax=None,
+):
     """One curve per entry of ``series`` (fixed values of the other inputs), law against ``x`` (log-log).
 
     Example: ``plot_law_curves("qid", params, "D", np.geomspace(1e9, 1e14), [{"N": 7e9, "P": 4}, ...])``.

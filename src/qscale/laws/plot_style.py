@@ -65,4 +65,3 @@ def distinct_colors(n: int) -> list:
     cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     k = cmap.N
     return [cmap(i % k) for i in range(max(n, 0))] if n else []
-

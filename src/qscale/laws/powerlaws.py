@@ -35,8 +35,16 @@ class PowerLaw(LawForm):
     target = "qid"
     terms: tuple[tuple[str, str, float], ...] = ()
 
-    def __init__(self, name: str, terms: tuple[tuple[str, str, float], ...], target: str, description: str,
-                 citation: str, scale: str = "k", variant: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        terms: tuple[tuple[str, str, float], ...],
+        target: str,
+        description: str,
+        citation: str,
+        scale: str = "k",
+        variant: str | None = None,
+    ) -> None:
         self.name, self.terms, self.target = name, terms, target
         self.description, self.citation, self.variant = description, citation, variant
         self.params = (_scale(scale),) + tuple(_exponent(e) for e, _, _ in terms)

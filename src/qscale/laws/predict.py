@@ -38,8 +38,9 @@ def _feature(form: LawForm, var: str) -> tuple:
     return np.log, np.exp
 
 
-def invert(law: LawForm | str, params: Mapping[str, object], inputs: Mapping[str, object], value: object,
-           solve_for: str) -> np.ndarray:
+def invert(
+    law: LawForm | str, params: Mapping[str, object], inputs: Mapping[str, object], value: object, solve_for: str
+) -> np.ndarray:
     """The value of input ``solve_for`` at which the law equals ``value``, given the other inputs."""
     form = get_form(law).for_params(params)
     if solve_for not in form.inputs or solve_for == form.label_input:
@@ -65,13 +66,15 @@ def invert(law: LawForm | str, params: Mapping[str, object], inputs: Mapping[str
     elif isinstance(form, (Chinchilla, EffectiveParams)) and solve_for in ("N", "D"):
         out = _invert_loss(form, params, others, target, solve_for)
     else:
-        out = np.array([_brent(form, params, {c: v[i] for c, v in others.items()}, t, solve_for)
-                        for i, t in enumerate(target)])
+        out = np.array(
+            [_brent(form, params, {c: v[i] for c, v in others.items()}, t, solve_for) for i, t in enumerate(target)]
+        )
     return np.asarray(out, dtype=float).reshape(shape)
 
 
-def _invert_loss(form: LawForm, params: Mapping[str, object], others: Mapping[str, np.ndarray],
-                 target: np.ndarray, var: str) -> np.ndarray:
+def _invert_loss(
+    form: LawForm, params: Mapping[str, object], others: Mapping[str, np.ndarray], target: np.ndarray, var: str
+) -> np.ndarray:
     """L = E + A/(N·eff)^α + B/D^β solved for N or D (Hoffmann et al. 2022, eq. 2)."""
     p = {k: v for k, v in params.items()}
     A, B, E, alpha, beta = (float(p[k]) for k in ("A", "B", "E", "alpha", "beta"))  # type: ignore[arg-type]
@@ -88,8 +91,10 @@ def _invert_loss(form: LawForm, params: Mapping[str, object], others: Mapping[st
         scale, exponent = B, beta
     bad = np.flatnonzero(rest <= 0)
     if bad.size:
-        raise QscaleError(f"loss {target[bad[0]]:g} is not reachable by varying {var} ({data_row(bad[0])}): "
-                          "it is at or below the law's floor given the other inputs")
+        raise QscaleError(
+            f"loss {target[bad[0]]:g} is not reachable by varying {var} ({data_row(bad[0])}): "
+            "it is at or below the law's floor given the other inputs"
+        )
     x = (scale / rest) ** (1.0 / exponent)
     return x / eff if var == "N" else x
 
@@ -102,7 +107,9 @@ def _brent(form: LawForm, params: Mapping[str, object], others: Mapping[str, obj
     try:
         flo, fhi = f(lo), f(hi)
     except QscaleError:
-        raise QscaleError(f"cannot solve law {form.name!r} for {var}: the law is undefined at the bracket ends") from None
+        raise QscaleError(
+            f"cannot solve law {form.name!r} for {var}: the law is undefined at the bracket ends"
+        ) from None
     if not np.isfinite(flo) or not np.isfinite(fhi) or flo * fhi > 0:
         raise QscaleError(f"no {var} in [{np.exp(lo):.3g}, {np.exp(hi):.3g}] makes law {form.name!r} reach {target:g}")
     return float(np.exp(brentq(f, lo, hi, xtol=1e-12, rtol=1e-13)))

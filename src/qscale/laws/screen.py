@@ -37,8 +37,14 @@ class Screening:
         return self.n_rows - self.n_kept
 
     def as_dict(self) -> dict[str, object]:
-        return {"se_column": self.se_column, "n_rows": self.n_rows, "n_kept": self.n_kept,
-                "n_excluded": self.n_excluded, "n_nonpositive": self.n_nonpositive, "policy": self.policy}
+        return {
+            "se_column": self.se_column,
+            "n_rows": self.n_rows,
+            "n_kept": self.n_kept,
+            "n_excluded": self.n_excluded,
+            "n_nonpositive": self.n_nonpositive,
+            "policy": self.policy,
+        }
 
 
 def check_one_group(rows: Mapping[str, np.ndarray]) -> None:
@@ -47,12 +53,15 @@ def check_one_group(rows: Mapping[str, np.ndarray]) -> None:
         if col in rows:
             values = sorted({str(v) for v in np.asarray(rows[col], dtype=object)})
             if len(values) > 1:
-                raise QscaleError(f"the data holds {len(values)} {what}s ({', '.join(values)}): fit one at a time, "
-                                  f"e.g. --where \"{col} = '{values[0]}'\" (the studies fit each {what} separately)")
+                raise QscaleError(
+                    f"the data holds {len(values)} {what}s ({', '.join(values)}): fit one at a time, "
+                    f"e.g. --where \"{col} = '{values[0]}'\" (the studies fit each {what} separately)"
+                )
 
 
-def screen_rows(rows: Mapping[str, np.ndarray], target: str,
-                policy: NoisePolicy | None = None) -> tuple[dict[str, np.ndarray], Screening | None]:
+def screen_rows(
+    rows: Mapping[str, np.ndarray], target: str, policy: NoisePolicy | None = None
+) -> tuple[dict[str, np.ndarray], Screening | None]:
     """The rows above the noise floor when ``<target>_se`` is a column (else all rows, and None)."""
     se_col = f"{target}_se"
     if se_col not in rows or target not in rows:

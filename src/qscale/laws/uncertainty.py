@@ -41,14 +41,25 @@ class Estimate:
         return f"{self.value:{fmt}} ({self.level:.0%} CI {self.lo:{fmt}} – {self.hi:{fmt}})"
 
     def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "lo": self.lo, "hi": self.hi, "level": self.level,
-                "n_samples": self.n_samples, "n_failed": self.n_failed}
+        return {
+            "value": self.value,
+            "lo": self.lo,
+            "hi": self.hi,
+            "level": self.level,
+            "n_samples": self.n_samples,
+            "n_failed": self.n_failed,
+        }
 
 
 def samples_record(boot: Bootstrap) -> dict[str, object]:
     """The JSON form of a bootstrap's parameter samples (what ``fit.json`` stores)."""
-    return {"names": list(boot.names), "samples": boot.samples.tolist(), "level": boot.level,
-            "n_boot": boot.n_boot, "n_failed": boot.n_failed}
+    return {
+        "names": list(boot.names),
+        "samples": boot.samples.tolist(),
+        "level": boot.level,
+        "n_boot": boot.n_boot,
+        "n_failed": boot.n_failed,
+    }
 
 
 @dataclass(frozen=True)
@@ -62,12 +73,19 @@ class LawSamples:
     level: float = 0.95
 
     @classmethod
-    def from_record(cls, law: str, params: Mapping[str, object], record: Mapping[str, object] | None,
-                    where: str = "the parameter file") -> LawSamples:
+    def from_record(
+        cls,
+        law: str,
+        params: Mapping[str, object],
+        record: Mapping[str, object] | None,
+        where: str = "the parameter file",
+    ) -> LawSamples:
         """Validate a stored ``bootstrap`` record; a missing or too small one is an error naming the file."""
         if not record:
-            raise QscaleError(f"{where} has no bootstrap samples for law {law!r}: refit with a bootstrap "
-                              "(qscale fit --n-boot 200 --json, or re-run the study's report)")
+            raise QscaleError(
+                f"{where} has no bootstrap samples for law {law!r}: refit with a bootstrap "
+                "(qscale fit --n-boot 200 --json, or re-run the study's report)"
+            )
         try:
             names = tuple(str(n) for n in record["names"])  # type: ignore[union-attr]
             samples = np.asarray(record["samples"], dtype=float)
@@ -75,11 +93,15 @@ class LawSamples:
         except (KeyError, TypeError, ValueError) as e:
             raise QscaleError(f"{where}: malformed bootstrap record ({type(e).__name__}: {e})") from None
         if samples.ndim != 2 or samples.shape[1] != len(names):
-            raise QscaleError(f"{where}: malformed bootstrap record (samples of shape {samples.shape} for "
-                              f"{len(names)} parameter names)")
+            raise QscaleError(
+                f"{where}: malformed bootstrap record (samples of shape {samples.shape} for "
+                f"{len(names)} parameter names)"
+            )
         if len(samples) < MIN_SAMPLES or not np.isfinite(samples).all() or not 0 < level < 1:
-            raise QscaleError(f"{where}: the bootstrap record needs >= {MIN_SAMPLES} finite samples and a level "
-                              f"in (0, 1) (has {len(samples)} samples, level {level:g})")
+            raise QscaleError(
+                f"{where}: the bootstrap record needs >= {MIN_SAMPLES} finite samples and a level "
+                f"in (0, 1) (has {len(samples)} samples, level {level:g})"
+            )
         form = get_form(law).for_params(params)
         missing = [n for n in form.param_names if n not in names]
         if missing:

@@ -15,12 +15,32 @@ from qscale.errors import QscaleError
 from qscale.laws.forms import LawForm, Param
 
 FUNCTIONS: dict[str, Callable] = {
-    "exp": np.exp, "log": np.log, "log2": np.log2, "log10": np.log10, "sqrt": np.sqrt, "abs": np.abs,
-    "minimum": np.minimum, "maximum": np.maximum,
+    "exp": np.exp,
+    "log": np.log,
+    "log2": np.log2,
+    "log10": np.log10,
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+    "minimum": np.minimum,
+    "maximum": np.maximum,
 }
 CONSTANTS = {"pi": float(np.pi), "e": float(np.e)}
-_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Name, ast.Load, ast.Constant, ast.Add, ast.Sub,
-          ast.Mult, ast.Div, ast.Pow, ast.USub, ast.UAdd)
+_NODES = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Call,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.Pow,
+    ast.USub,
+    ast.UAdd,
+)
 
 
 def compile_expression(expr: str, names: Sequence[str]) -> Callable[..., np.ndarray]:
@@ -34,7 +54,9 @@ def compile_expression(expr: str, names: Sequence[str]) -> Callable[..., np.ndar
         if not isinstance(node, _NODES):
             raise QscaleError(f"law expression {expr!r}: {type(node).__name__} is not allowed")
         if isinstance(node, ast.Name) and node.id not in allowed:
-            raise QscaleError(f"law expression {expr!r}: unknown name {node.id!r} (allowed: {', '.join(sorted(allowed))})")
+            raise QscaleError(
+                f"law expression {expr!r}: unknown name {node.id!r} (allowed: {', '.join(sorted(allowed))})"
+            )
         if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS):
             raise QscaleError(f"law expression {expr!r}: only {', '.join(FUNCTIONS)} may be called")
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float)):
@@ -43,7 +65,7 @@ def compile_expression(expr: str, names: Sequence[str]) -> Callable[..., np.ndar
     namespace = {"__builtins__": {}, **FUNCTIONS, **CONSTANTS}
 
     def f(**values: np.ndarray) -> np.ndarray:
-        return eval(code, namespace, values)  # noqa: S307 - checked above: arithmetic on declared names only
+        return eval(code, namespace, values)
 
     return f
 
@@ -51,8 +73,15 @@ def compile_expression(expr: str, names: Sequence[str]) -> Callable[..., np.ndar
 class UserLaw(LawForm):
     """A law ``y = f(inputs, params)``; parameters with a positive lower bound are fitted as logs."""
 
-    def __init__(self, name: str, f: Callable[..., np.ndarray] | str, params: Mapping[str, tuple[float, float]],
-                 inputs: Sequence[str], target: str = "loss", log_inputs: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        f: Callable[..., np.ndarray] | str,
+        params: Mapping[str, tuple[float, float]],
+        inputs: Sequence[str],
+        target: str = "loss",
+        log_inputs: Sequence[str] = (),
+    ) -> None:
         if not params or not inputs:
             raise QscaleError(f"user law {name!r} needs at least one parameter and one input")
         self.name, self.target, self.inputs, self.log_inputs = name, target, tuple(inputs), tuple(log_inputs)

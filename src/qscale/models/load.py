@@ -29,12 +29,18 @@ def _check_loading_info(path: Path, info: dict) -> None:
     """Missing, unexpected or mis-shaped weights are an error, not a warning."""
     missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
     mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
-    hint = " (a quantized or QAT-converted checkpoint stores integer codes that this loader does not read)" \
-        if any(k.endswith(("_codes", "_scale", "_zero")) for k in unexpected) else ""
-    require(not missing, f"checkpoint {path} lacks {len(missing)} weight(s) of its architecture: "
-                         f"{_names(missing)}{hint}")
-    require(not unexpected, f"checkpoint {path} has {len(unexpected)} weight(s) its architecture does not use: "
-                            f"{_names(unexpected)}{hint}")
+    hint = (
+        " (a quantized or QAT-converted checkpoint stores integer codes that this loader does not read)"
+        if any(k.endswith(("_codes", "_scale", "_zero")) for k in unexpected)
+        else ""
+    )
+    require(
+        not missing, f"checkpoint {path} lacks {len(missing)} weight(s) of its architecture: {_names(missing)}{hint}"
+    )
+    require(
+        not unexpected,
+        f"checkpoint {path} has {len(unexpected)} weight(s) its architecture does not use: {_names(unexpected)}{hint}",
+    )
     require(not mismatched, f"checkpoint {path} has weight(s) of the wrong shape: {_names(mismatched)}")
 
 
@@ -62,9 +68,12 @@ def quantization_method(path: Path) -> str | None:
 def require_full_precision(path: Path) -> None:
     """A packed quantized folder is not a model to quantize or train: say so instead of failing in transformers."""
     method = quantization_method(path)
-    require(method is None, f"{path} is already quantized (config.json quantization_config, quant_method "
-                            f"{method!r}): give the full-precision model; a quantized folder is read by "
-                            "'qscale eval' and re-packed by 'qscale export'")
+    require(
+        method is None,
+        f"{path} is already quantized (config.json quantization_config, quant_method "
+        f"{method!r}): give the full-precision model; a quantized folder is read by "
+        "'qscale eval' and re-packed by 'qscale export'",
+    )
 
 
 def _mismatch(path: Path) -> str | None:
@@ -81,9 +90,11 @@ def _mismatch(path: Path) -> str | None:
                 for key in f.keys():
                     got = tuple(f.get_slice(key).get_shape())
                     if key in shapes and shapes[key] != got:
-                        return (f"weight {key} has shape {list(got)} in {file.name} but config.json makes it "
-                                f"{list(shapes[key])}: config.json does not describe these weights "
-                                "(check hidden_size, intermediate_size, num_attention_heads, vocab_size)")
+                        return (
+                            f"weight {key} has shape {list(got)} in {file.name} but config.json makes it "
+                            f"{list(shapes[key])}: config.json does not describe these weights "
+                            "(check hidden_size, intermediate_size, num_attention_heads, vocab_size)"
+                        )
     except Exception:  # best effort: the caller still reports transformers' own first line
         return None
     return None

@@ -23,7 +23,11 @@ def count_params(model: nn.Module) -> ParamCount:
         if module is not None:
             embedding_ids |= {id(p) for p in module.parameters()}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) and name.split(".")[-1] in {"wpe", "embed_positions", "position_embeddings"}:
+        if isinstance(module, nn.Embedding) and name.split(".")[-1] in {
+            "wpe",
+            "embed_positions",
+            "position_embeddings",
+        }:
             embedding_ids |= {id(p) for p in module.parameters()}
     total = sum(p.numel() for p in params.values())
     emb = sum(params[i].numel() for i in embedding_ids if i in params)

@@ -63,13 +63,19 @@ class PTQConfig:
         require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
         require(self.round_steps >= 1 and self.round_lr > 0, "round_steps must be >= 1 and round_lr positive")
         require(isinstance(self.learn_scale, bool), "learn_scale must be a bool")
-        require(isinstance(self.act_bits, int) and (2 <= self.act_bits <= 8 or self.act_bits == 16),
-                f"act_bits must be in 2..8 or 16 (activations unquantized), got {self.act_bits!r}")
+        require(
+            isinstance(self.act_bits, int) and (2 <= self.act_bits <= 8 or self.act_bits == 16),
+            f"act_bits must be in 2..8 or 16 (activations unquantized), got {self.act_bits!r}",
+        )
         if self.avg_bits is not None:
             require(self.method == "learned-round", "avg_bits (mixed precision) applies to learned-round only")
-            require(isinstance(self.avg_bits, (int, float)) and 2 <= self.avg_bits <= 8,
-                    f"avg_bits must be in 2..8, got {self.avg_bits!r}")
-        require(self.qllm_rank >= 1 and self.qllm_steps >= 0 and self.qllm_lr > 0,
-                "qllm_rank must be >= 1, qllm_steps >= 0 and qllm_lr positive")
+            require(
+                isinstance(self.avg_bits, (int, float)) and 2 <= self.avg_bits <= 8,
+                f"avg_bits must be in 2..8, got {self.avg_bits!r}",
+            )
+        require(
+            self.qllm_rank >= 1 and self.qllm_steps >= 0 and self.qllm_lr > 0,
+            "qllm_rank must be >= 1, qllm_steps >= 0 and qllm_lr positive",
+        )
         for pattern in self.skip:
             check_pattern(pattern)

@@ -72,7 +72,12 @@ def _fixed_params(Wt: Tensor, spec: QuantSpec, row_splits: list[int]) -> tuple[T
 
 @torch.no_grad()
 def gptq_quantize(
-    W: Tensor, H: Tensor, spec: QuantSpec, block_size: int = 128, damp: float = 0.01, act_order: bool = False,
+    W: Tensor,
+    H: Tensor,
+    spec: QuantSpec,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
     row_splits: list[int] | None = None,
 ) -> GPTQResult:
     """GPTQ-quantize ``W`` ``[out, in]`` given the Hessian ``H = (2/n) XXᵀ`` ``[in, in]`` of its inputs.
@@ -82,7 +87,9 @@ def gptq_quantize(
     counts of layers stacked into ``W`` (used by per-tensor scales; default: one layer).
     """
     require(spec.granularity != "token", "GPTQ quantizes weights: granularity 'token' is for activations")
-    require(H.shape == (W.shape[1], W.shape[1]), f"Hessian shape {tuple(H.shape)} does not match weight {tuple(W.shape)}")
+    require(
+        H.shape == (W.shape[1], W.shape[1]), f"Hessian shape {tuple(H.shape)} does not match weight {tuple(W.shape)}"
+    )
     require(bool(torch.isfinite(W).all()), "GPTQ: the weight holds NaN or Inf")
     require(bool(torch.isfinite(H).all()), "GPTQ: the Hessian holds NaN or Inf (non-finite calibration activations)")
     row_splits = row_splits or [W.shape[0]]
@@ -155,8 +162,16 @@ def split_rows(qw: QuantizedWeight, row_splits: list[int]) -> list[QuantizedWeig
     out, start = [], 0
     for n in row_splits:
         rows = slice(start, start + n)
-        out.append(QuantizedWeight(qw.codes[rows].contiguous(), qw.scale[rows].contiguous(),
-                                   qw.zero[rows].contiguous(), qw.g_idx, qw.spec, qw.layout,
-                                   {k: v[rows].contiguous() for k, v in qw.extras.items()}))
+        out.append(
+            QuantizedWeight(
+                qw.codes[rows].contiguous(),
+                qw.scale[rows].contiguous(),
+                qw.zero[rows].contiguous(),
+                qw.g_idx,
+                qw.spec,
+                qw.layout,
+                {k: v[rows].contiguous() for k, v in qw.extras.items()},
+            )
+        )
         start += n
     return out

@@ -42,7 +42,9 @@ def quantizable(model: nn.Module, skip: tuple[str, ...]) -> dict[str, nn.Module]
     return {
         name: mod
         for name, mod in model.named_modules()
-        if isinstance(mod, LINEAR_TYPES) and not any(name_matches(p, name) for p in skip) and holders[id(mod.weight)] == 1
+        if isinstance(mod, LINEAR_TYPES)
+        and not any(name_matches(p, name) for p in skip)
+        and holders[id(mod.weight)] == 1
     }
 
 

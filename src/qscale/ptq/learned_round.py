@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from qscale.ptq.clip import mse_qparams
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.layers import get_weight, replace_module
-from qscale.ptq.registry import register
 from qscale.ptq.mixed import allocate_bits, fisher_diagonal, sensitivities
+from qscale.ptq.registry import register
 from qscale.ptq.rtn import weight_stats
 from qscale.ptq.sequential import block_layers, capture_block_inputs, run_block
 from qscale.quant import (
@@ -122,8 +122,11 @@ class LearnedRoundLinear(nn.Module):
         s_abs = torch.where(s_abs > 0, s_abs, torch.ones_like(s_abs))
         rtn_abs = torch.clamp(torch.round(grouped(self.w, self.spec) / s_abs + z_abs), self.spec.qmin, self.spec.qmax)
         best = None
-        for grouped_codes, s, z in ((self.codes(hard=True), self.scale.detach(), self.zero),
-                                    (self.rtn_codes(), self.scale.detach(), self.zero), (rtn_abs, s_abs, z_abs)):
+        for grouped_codes, s, z in (
+            (self.codes(hard=True), self.scale.detach(), self.zero),
+            (self.rtn_codes(), self.scale.detach(), self.zero),
+            (rtn_abs, s_abs, z_abs),
+        ):
             w_hat = ungrouped((grouped_codes - z) * s, self.spec, self.w.shape)
             err = float(((x @ (self.w - w_hat).t()) ** 2).sum())
             if best is None or err < best[0]:
@@ -136,8 +139,10 @@ class LearnedRoundLinear(nn.Module):
 def layer_inputs(block: nn.Module, layers: dict[str, nn.Module], inputs: list) -> dict[str, Tensor]:
     """The rows each layer reads during a forward of ``block`` on ``inputs`` (``[rows, in]``, float32)."""
     seen: dict[str, list[Tensor]] = {n: [] for n in layers}
-    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1]).float()))
-             for n, m in layers.items()]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1]).float()))
+        for n, m in layers.items()
+    ]
     try:
         with torch.no_grad():
             for inp in inputs:
@@ -148,8 +153,9 @@ def layer_inputs(block: nn.Module, layers: dict[str, nn.Module], inputs: list) -
     return {n: torch.cat(v) for n, v in seen.items()}
 
 
-def learn_block(block: nn.Module, layers: dict[str, LearnedRoundLinear], inputs: list, targets: list[Tensor],
-                steps: int, lr: float) -> float:
+def learn_block(
+    block: nn.Module, layers: dict[str, LearnedRoundLinear], inputs: list, targets: list[Tensor], steps: int, lr: float
+) -> float:
     """Adam on the rounding variables (and scales) of one block: the output MSE relative to the target's mean
     square (so the regulariser's weight does not depend on the activations' scale) + the annealed regulariser."""
     params = [p for m in layers.values() for p in m.parameters() if p.requires_grad]
@@ -188,8 +194,9 @@ def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, 
     with torch.no_grad():
         inputs = capture_block_inputs(model, blocks[0], calib, progress)
     stats = {}
-    for b, block in track(list(enumerate(blocks)), description="learned rounding", disable=not progress,
-                          transient=True):
+    for b, block in track(
+        list(enumerate(blocks)), description="learned rounding", disable=not progress, transient=True
+    ):
         prefix = f"{blocks_name}.{b}."
         with torch.no_grad():
             targets = [run_block(block, inp) for inp in inputs]
@@ -205,8 +212,11 @@ def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, 
             qw = layer.freeze(xs[name])
             source = targets_all[name]
             replace_module(model, name, QuantizedLinear(qw, source.bias, name=name, source=type(source).__name__))
-            stats[name] = {**weight_stats(layer.w, qw.dequantize(), (time.perf_counter() - t0) / len(layers)),
-                           "block_loss": loss, "bits": layer.spec.bits}
+            stats[name] = {
+                **weight_stats(layer.w, qw.dequantize(), (time.perf_counter() - t0) / len(layers)),
+                "block_loss": loss,
+                "bits": layer.spec.bits,
+            }
         with torch.no_grad():
             inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
     model.train(was_training)

@@ -54,14 +54,17 @@ def fisher_diagonal(model: nn.Module, layers: dict[str, nn.Module], calib: Tenso
     return {n: f.t() if isinstance(layers[n], Conv1D) else f for n, f in fisher.items()}
 
 
-def sensitivities(weights: dict[str, Tensor], fisher: dict[str, Tensor], spec: QuantSpec,
-                  choices: tuple[int, ...] = MIX_BITS) -> dict[str, dict[int, float]]:
+def sensitivities(
+    weights: dict[str, Tensor], fisher: dict[str, Tensor], spec: QuantSpec, choices: tuple[int, ...] = MIX_BITS
+) -> dict[str, dict[int, float]]:
     """``S_l(b) = ½ Σ F ⊙ (W − Q_b(W))²`` for every layer and candidate width."""
     out = {}
     for name, w in weights.items():
         w = w.float()
-        out[name] = {b: float(0.5 * (fisher[name] * (w - rtn_mse(w, dataclasses.replace(spec, bits=b))) ** 2).sum())
-                     for b in choices}
+        out[name] = {
+            b: float(0.5 * (fisher[name] * (w - rtn_mse(w, dataclasses.replace(spec, bits=b))) ** 2).sum())
+            for b in choices
+        }
     return out
 
 

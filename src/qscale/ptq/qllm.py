@@ -125,8 +125,9 @@ def _absmax(block: nn.Module, layers: dict[str, nn.Module], inputs: list) -> dic
     return out
 
 
-def reassembly_plan(block: nn.Module, inp, mods: dict[str, nn.Module],
-                    prefix: str) -> list[tuple[list[str], str, bool]]:
+def reassembly_plan(
+    block: nn.Module, inp, mods: dict[str, nn.Module], prefix: str
+) -> list[tuple[list[str], str, bool]]:
     """The authors' three reassembly points of a block: ``(layers sharing the input, scored layer, its output?)``.
 
     The block's layers in call order, grouped by the tensor they read (``q/k/v``, ``o``, ``gate/up``, ``down``
@@ -135,13 +136,26 @@ def reassembly_plan(block: nn.Module, inp, mods: dict[str, nn.Module],
     ``QLLMLlamaDecoderLayer``: ``input_layernorm_crm``, ``post_attention_layernorm_crm``, ``down_proj_crm``).
     """
     stages = _stages(block, inp, mods)
-    require(len(stages) == 4, f"qllm needs decoder blocks whose quantized linear layers read 4 tensors in turn "
-                              f"(q/k/v, o, gate/up, down); {prefix.rstrip('.')} has {[len(s) for s in stages]}")
+    require(
+        len(stages) == 4,
+        f"qllm needs decoder blocks whose quantized linear layers read 4 tensors in turn "
+        f"(q/k/v, o, gate/up, down); {prefix.rstrip('.')} has {[len(s) for s in stages]}",
+    )
     return [(stages[0], stages[1][0], False), (stages[2], stages[3][0], False), (stages[3], stages[3][0], True)]
 
 
-def search_stage(model: nn.Module, block: nn.Module, inp, names: list[str], scored: str, output: bool, x: Tensor,
-                 absmax: Tensor, spec: QuantSpec, act_bits: int) -> tuple[ChannelReassembly | None, dict]:
+def search_stage(
+    model: nn.Module,
+    block: nn.Module,
+    inp,
+    names: list[str],
+    scored: str,
+    output: bool,
+    x: Tensor,
+    absmax: Tensor,
+    spec: QuantSpec,
+    act_bits: int,
+) -> tuple[ChannelReassembly | None, dict]:
     """QLLM's reassembly of the input shared by ``names``, scored by the MSE of the tensor at ``scored`` (its
     input, or its output) with only these layers quantized (``Q_a(M(x))``, ``Q_w(W')``) against full precision."""
     mods = {n: model.get_submodule(n) for n in names}
@@ -166,8 +180,15 @@ def search_stage(model: nn.Module, block: nn.Module, inp, names: list[str], scor
 class QLLMLinear(nn.Module):
     """``y = Q_a(M(x)) · Q_w(W' + A·B)ᵀ + b`` during tuning (``quantize=False``: ``M(x) · W'ᵀ + b``, full precision)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, spec: QuantSpec, act_bits: int, rank: int,
-                 reassembly: ChannelReassembly | None):
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        spec: QuantSpec,
+        act_bits: int,
+        rank: int,
+        reassembly: ChannelReassembly | None,
+    ):
         super().__init__()
         require_finite(weight, "a weight")
         self.spec, self.reassembly, self.quantize = spec, reassembly, True
@@ -208,12 +229,15 @@ class QLLMLinear(nn.Module):
 def block_error(block: nn.Module, inputs: list, targets: list[Tensor]) -> float:
     """Mean over batches of the block output's MSE relative to the target's mean square."""
     with torch.no_grad():
-        return sum(float(F.mse_loss(run_block(block, i).float(), t.float()) / t.float().pow(2).mean().clamp_min(1e-12))
-                   for i, t in zip(inputs, targets)) / len(inputs)
+        return sum(
+            float(F.mse_loss(run_block(block, i).float(), t.float()) / t.float().pow(2).mean().clamp_min(1e-12))
+            for i, t in zip(inputs, targets)
+        ) / len(inputs)
 
 
-def tune_block(block: nn.Module, layers: dict[str, QLLMLinear], inputs: list, targets: list[Tensor], steps: int,
-               lr: float) -> tuple[float, float]:
+def tune_block(
+    block: nn.Module, layers: dict[str, QLLMLinear], inputs: list, targets: list[Tensor], steps: int, lr: float
+) -> tuple[float, float]:
     """Adam on every layer's ``A, B`` against the block's full-precision outputs; (error before, error after) on
     the held-out last calibration batch (when there are several: the rest train). If tuning did not lower
     that error, the low-rank terms are reset to zero (the start)."""
@@ -266,8 +290,9 @@ def qllm_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
         rows = layer_inputs(block, firsts, inputs[:1])  # the authors match and score on the first calibration batch
         found: dict[str, tuple] = {}
         for names, scored, output in plan:
-            r, st = search_stage(model, block, inputs[0], names, scored, output, rows[names[0]], absmax[names[0]],
-                                 cfg.spec, cfg.act_bits)
+            r, st = search_stage(
+                model, block, inputs[0], names, scored, output, rows[names[0]], absmax[names[0]], cfg.spec, cfg.act_bits
+            )
             found.update(dict.fromkeys(names, (r, st)))
         layers = {}
         for name, mod in mods.items():
@@ -279,11 +304,20 @@ def qllm_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
             qw = layer.freeze()
             source = mods[name]
             act = None if aspec is None else STEActQuantizer(aspec)
-            replace_module(model, name, QuantizedLinear(qw, source.bias, act, name=name, source=type(source).__name__,
-                                                        reassembly=layer.reassembly))
+            replace_module(
+                model,
+                name,
+                QuantizedLinear(
+                    qw, source.bias, act, name=name, source=type(source).__name__, reassembly=layer.reassembly
+                ),
+            )
             st = found.get(name, (None, {"theta": math.inf, "extra_channels": 0, "search_mse": math.nan}))[1]
-            stats[name] = {**weight_stats(layer.w, qw.dequantize(), (time.perf_counter() - t0) / len(layers)),
-                           **st, "block_err_rtn": before, "block_err_tuned": after}
+            stats[name] = {
+                **weight_stats(layer.w, qw.dequantize(), (time.perf_counter() - t0) / len(layers)),
+                **st,
+                "block_err_rtn": before,
+                "block_err_tuned": after,
+            }
         with torch.no_grad():
             inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
     model.train(was_training)

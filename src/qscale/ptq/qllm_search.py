@@ -88,8 +88,12 @@ def merged_then_split(splits: Tensor, src: Tensor, dst: Tensor, device: torch.de
             e_src.append(c)
             e_dst.append(int(base[j]) + k)
             e_coef.append(float(f_slot[j] / size[j]))
-    return ChannelReassembly(torch.tensor(e_src, device=device), torch.tensor(e_dst, device=device),
-                             torch.tensor(e_coef, dtype=torch.float32, device=device), int(copies.sum()))
+    return ChannelReassembly(
+        torch.tensor(e_src, device=device),
+        torch.tensor(e_dst, device=device),
+        torch.tensor(e_coef, dtype=torch.float32, device=device),
+        int(copies.sum()),
+    )
 
 
 def split_then_merged(splits: Tensor, x: Tensor, w: Tensor) -> ChannelReassembly:
@@ -108,8 +112,9 @@ def split_then_merged(splits: Tensor, x: Tensor, w: Tensor) -> ChannelReassembly
     return ChannelReassembly(orig.to(dev), slot.to(dev), coef.float().to(dev), len(size))
 
 
-def search_threshold(x: Tensor, w: Tensor, absmax: Tensor, score: Callable[[ChannelReassembly], float],
-                     ratio: float = CHANNEL_RATIO) -> tuple[float, int, float]:
+def search_threshold(
+    x: Tensor, w: Tensor, absmax: Tensor, score: Callable[[ChannelReassembly], float], ratio: float = CHANNEL_RATIO
+) -> tuple[float, int, float]:
     """θ of least ``score`` (the caller's quantized-output MSE of a reassembly), its added channels and error.
 
     ``x [rows, C]`` float32 rows for the matching, ``w [out, C]`` the stacked weights, ``absmax [C]`` over all
@@ -138,8 +143,9 @@ def search_threshold(x: Tensor, w: Tensor, absmax: Tensor, score: Callable[[Chan
     return best
 
 
-def stage_reassembly(x: Tensor, w: Tensor, absmax: Tensor, score: Callable[[ChannelReassembly], float],
-                     ratio: float = CHANNEL_RATIO) -> tuple[ChannelReassembly | None, dict]:
+def stage_reassembly(
+    x: Tensor, w: Tensor, absmax: Tensor, score: Callable[[ChannelReassembly], float], ratio: float = CHANNEL_RATIO
+) -> tuple[ChannelReassembly | None, dict]:
     """The reassembly QLLM keeps for one shared input (None: none fits the cap) and its search stats."""
     th, extra, err = search_threshold(x, w, absmax, score, ratio)
     splits = torch.clamp(torch.ceil(absmax / th), min=1.0)

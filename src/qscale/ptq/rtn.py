@@ -37,8 +37,9 @@ def rtn_weight(name: str, W: Tensor, cfg: PTQConfig) -> QuantizedWeight:
 def rtn_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None = None, progress: bool = False) -> dict:
     """Quantize every linear layer not skipped (calibration is not used); per-layer stats."""
     stats = {}
-    for name, mod in track(list(quantizable(model, cfg.skip).items()), description="RTN layers",
-                           disable=not progress, transient=True):
+    for name, mod in track(
+        list(quantizable(model, cfg.skip).items()), description="RTN layers", disable=not progress, transient=True
+    ):
         t0 = time.perf_counter()
         W = get_weight(mod).float()
         qw = rtn_weight(name, W, cfg)

@@ -58,12 +58,15 @@ def run_block(block: nn.Module, inp: BlockInput) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def block_layers(model: nn.Module, cfg: PTQConfig, calib: Tensor | None,
-                 method: str) -> tuple[dict[str, nn.Module], str, list[nn.Module]]:
+def block_layers(
+    model: nn.Module, cfg: PTQConfig, calib: Tensor | None, method: str
+) -> tuple[dict[str, nn.Module], str, list[nn.Module]]:
     """The selected layers, the blocks' name and the blocks of a block-wise method (learned-round, qllm),
     after its checks: calibration windows given and every selected layer inside a decoder block."""
-    require(calib is not None and calib.ndim == 2 and calib.numel() > 0,
-            f"{method} needs calibration token windows [n, T] drawn from the train split")
+    require(
+        calib is not None and calib.ndim == 2 and calib.numel() > 0,
+        f"{method} needs calibration token windows [n, T] drawn from the train split",
+    )
     targets = quantizable(model, cfg.skip)
     blocks_name, blocks = find_blocks(model)
     outside = [n for n in targets if not n.startswith(blocks_name + ".")]
@@ -143,8 +146,9 @@ def _hessians(layers: dict[str, nn.Module], run_all: Callable[[], None], stop_af
     return {n: sums[n] * (2 / rows[n]) for n in layers}
 
 
-def _gptq_layers(model: nn.Module, names: list[str], prefix: str, layers: dict[str, nn.Module], H: Tensor,
-                 cfg: PTQConfig) -> dict[str, dict]:
+def _gptq_layers(
+    model: nn.Module, names: list[str], prefix: str, layers: dict[str, nn.Module], H: Tensor, cfg: PTQConfig
+) -> dict[str, dict]:
     """GPTQ layers that read the same input (hence share ``H``) as one matrix of stacked rows.
 
     Rows are independent given ``H`` (per-row scales and error propagation; a per-tensor scale is kept per
@@ -155,8 +159,10 @@ def _gptq_layers(model: nn.Module, names: list[str], prefix: str, layers: dict[s
     Ws = [get_weight(layers[n]).float() for n in names]
     for n, W in zip(names, Ws):
         require(bool(torch.isfinite(W).all()), f"layer {prefix + n}: weight holds NaN or Inf")
-    require(bool(torch.isfinite(H).all()),
-            f"layer {prefix + names[0]}: calibration activations hold NaN or Inf (Hessian is not finite)")
+    require(
+        bool(torch.isfinite(H).all()),
+        f"layer {prefix + names[0]}: calibration activations hold NaN or Inf (Hessian is not finite)",
+    )
     splits = [W.shape[0] for W in Ws]
     res = gptq_quantize(torch.cat(Ws), H, cfg.spec, cfg.block_size, cfg.damp, cfg.act_order, row_splits=splits)
     seconds = time.perf_counter() - t0
@@ -166,8 +172,11 @@ def _gptq_layers(model: nn.Module, names: list[str], prefix: str, layers: dict[s
         Q = qw.dequantize()
         D = W - Q
         out_err = (D @ H * D).sum() / (W @ H * W).sum().clamp_min(1e-30)
-        stats[prefix + n] = {**weight_stats(W, Q, seconds * W.shape[0] / sum(splits)), "damp": res.damp,
-                             "output_rel_err": float(out_err)}
+        stats[prefix + n] = {
+            **weight_stats(W, Q, seconds * W.shape[0] / sum(splits)),
+            "damp": res.damp,
+            "output_rel_err": float(out_err),
+        }
     return stats
 
 

@@ -1,10 +1,10 @@
 """qscale.qat: quantization-aware training — quantized linear layers, recipes, mixed precision.
 
-    from qscale.qat import QATRecipeConfig, LayerRule, prepare, convert
-    cfg = QATRecipeConfig("lsq", w_bits=4, a_bits=4, group_size=128,
-                          rules=(LayerRule("*.down_proj", a_bits=8),))
-    prepare(model, cfg)      # nn.Linear -> QuantLinear (train as usual, or use qat_finetune)
-    convert(model)           # freeze to integer codes + scales (buffers), same logits
+from qscale.qat import QATRecipeConfig, LayerRule, prepare, convert
+cfg = QATRecipeConfig("lsq", w_bits=4, a_bits=4, group_size=128,
+                      rules=(LayerRule("*.down_proj", a_bits=8),))
+prepare(model, cfg)      # nn.Linear -> QuantLinear (train as usual, or use qat_finetune)
+convert(model)           # freeze to integer codes + scales (buffers), same logits
 """
 
 from qscale.qat import (  # noqa: F401  (register the recipes)
@@ -40,8 +40,8 @@ __all__ = [
     "RECIPES",
     "ActQuantizer",
     "DistillConfig",
-    "InterventionConfig",
     "InputStats",
+    "InterventionConfig",
     "LayerPlan",
     "LayerRule",
     "QATRecipeConfig",

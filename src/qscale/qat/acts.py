@@ -16,8 +16,15 @@ def act_quantizer_from(desc: dict) -> ActQuantizer:
     try:
         kind = desc["kind"]
         if kind == "absmax":
-            return STEActQuantizer(QuantSpec(int(desc["bits"]), bool(desc.get("symmetric", True)), desc["granularity"],
-                                             desc["group_size"], grid=desc["grid"]))
+            return STEActQuantizer(
+                QuantSpec(
+                    int(desc["bits"]),
+                    bool(desc.get("symmetric", True)),
+                    desc["granularity"],
+                    desc["group_size"],
+                    grid=desc["grid"],
+                )
+            )
         if kind == "lsq":
             q = LSQActQuantizer(int(desc["in_features"]), int(desc["bits"]), bool(desc["offset"]))
             params_to_buffers(q)

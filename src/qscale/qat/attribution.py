@@ -39,8 +39,15 @@ class _Moments:
 
     def add(self, x: Tensor, spec: QuantSpec) -> None:
         xf = x.detach().double().flatten()
-        self.s += torch.stack([torch.tensor(float(xf.numel()), dtype=torch.float64), xf.sum(), xf.pow(2).sum(),
-                               xf.pow(3).sum(), xf.pow(4).sum()]).cpu()
+        self.s += torch.stack(
+            [
+                torch.tensor(float(xf.numel()), dtype=torch.float64),
+                xf.sum(),
+                xf.pow(2).sum(),
+                xf.pow(3).sum(),
+                xf.pow(4).sum(),
+            ]
+        ).cpu()
         xq = fake_quantize(x.detach().float(), spec).double().flatten()
         self.err += float((xf - xq).pow(2).sum())
 

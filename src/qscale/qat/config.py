@@ -119,24 +119,30 @@ class QATRecipeConfig:
         _check_bits(self.w_bits, "w_bits")
         _check_bits(self.a_bits, "a_bits")
         for name, g in (("group_size", self.group_size), ("act_group_size", self.act_group_size)):
-            require(g is None or (isinstance(g, int) and not isinstance(g, bool) and g > 0),
-                    f"{name} must be a positive integer or None, got {g!r}")
+            require(
+                g is None or (isinstance(g, int) and not isinstance(g, bool) and g > 0),
+                f"{name} must be a positive integer or None, got {g!r}",
+            )
         require(self.act_group_size is None or self.recipe == "ste", "act_group_size applies to the ste recipe only")
         require(isinstance(self.lsq_plus, bool), "lsq_plus must be a bool")
         require(not self.lsq_plus or self.recipe == "lsq", "lsq_plus applies to the lsq recipe only")
-        require(0.0 <= self.salient_fraction < 1.0,
-                f"salient_fraction must be in [0, 1), got {self.salient_fraction}")
+        require(0.0 <= self.salient_fraction < 1.0, f"salient_fraction must be in [0, 1), got {self.salient_fraction}")
         for p in self.exclude:
             check_pattern(p)
         require(all(isinstance(r, LayerRule) for r in self.rules), "rules must be LayerRule objects")
-        require(self.distill is None or isinstance(self.distill, DistillConfig),
-                "distill must be a DistillConfig or None")
+        require(
+            self.distill is None or isinstance(self.distill, DistillConfig), "distill must be a DistillConfig or None"
+        )
         require(isinstance(self.rank, int) and self.rank >= 1, f"rank must be a positive integer, got {self.rank!r}")
         require(self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}")
-        require(self.intervention is None or isinstance(self.intervention, InterventionConfig),
-                "intervention must be an InterventionConfig or None")
-        require(self.intervention is None or self.distill is None,
-                "Teacher Intervention trains on its own distillation loss (TernaryBERT's): leave distill unset")
+        require(
+            self.intervention is None or isinstance(self.intervention, InterventionConfig),
+            "intervention must be an InterventionConfig or None",
+        )
+        require(
+            self.intervention is None or self.distill is None,
+            "Teacher Intervention trains on its own distillation loss (TernaryBERT's): leave distill unset",
+        )
         RECIPES[self.recipe].check_bits(*self.default_bits)
         kind = RECIPES[self.recipe].options_type
         if kind is None:

@@ -111,8 +111,11 @@ class DoubleRoundingRecipe(Recipe):
 
 
 def _quantizers(model: nn.Module) -> dict[str, DoubleRoundingWeightQuantizer]:
-    found = {n: m.weight_quantizer for n, m in model.named_modules()
-             if isinstance(m, QuantLinear) and isinstance(m.weight_quantizer, DoubleRoundingWeightQuantizer)}
+    found = {
+        n: m.weight_quantizer
+        for n, m in model.named_modules()
+        if isinstance(m, QuantLinear) and isinstance(m.weight_quantizer, DoubleRoundingWeightQuantizer)
+    }
     require(found, "the model has no double-rounding layers: prepare it with the double-rounding recipe first")
     return found
 
@@ -128,8 +131,9 @@ class ALRSHooks(TrainHooks):
     ``bits[k % len(bits)]``: its backward, the engine's weight step, then the scales' step at the ALRS rate
     (``rates[b]``). Without (Algorithm A.1) one engine step runs every precision's backward."""
 
-    def __init__(self, model: nn.Module, bits: tuple[int, ...], alrs: bool, betas: tuple[float, float],
-                 lam: float = 1.0):
+    def __init__(
+        self, model: nn.Module, bits: tuple[int, ...], alrs: bool, betas: tuple[float, float], lam: float = 1.0
+    ):
         self.bits, self.alrs, self.lam = bits, alrs, lam
         quantizers = _quantizers(model)
         self.high = max(q.spec.bits for q in quantizers.values())
@@ -191,10 +195,21 @@ class _Optimizers:
         self.hooks.load_state_dict(state["alrs"])
 
 
-def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int, lr: float,
-                   bits: tuple[int, ...] = (8, 6, 4, 2), alrs: bool = True, alrs_lambda: float = 1.0,
-                   warmup_steps: int = 0, grad_clip: float = 1.0, state_dir: Path | None = None,
-                   save_every: int = 50, fingerprint: str = "", progress: bool = False) -> dict[int, list[float]]:
+def joint_finetune(
+    model: nn.Module,
+    batches: Callable[[int], Tensor],
+    steps: int,
+    lr: float,
+    bits: tuple[int, ...] = (8, 6, 4, 2),
+    alrs: bool = True,
+    alrs_lambda: float = 1.0,
+    warmup_steps: int = 0,
+    grad_clip: float = 1.0,
+    state_dir: Path | None = None,
+    save_every: int = 50,
+    fingerprint: str = "",
+    progress: bool = False,
+) -> dict[int, list[float]]:
     """One-shot joint training of ``bits`` on a prepared model for ``steps`` iterations (one batch each); the
     training loss of each precision per iteration.
 
@@ -214,7 +229,7 @@ def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: in
     hooks = ALRSHooks(model, tuple(bits), alrs, optim.betas, alrs_lambda)
     states = _Optimizers(opt, hooks)
     start, flat = _resume(state_dir, model, states, fingerprint)
-    losses: dict[int, list[float]] = {b: flat[i::len(bits)] for i, b in enumerate(bits)}
+    losses: dict[int, list[float]] = {b: flat[i :: len(bits)] for i, b in enumerate(bits)}
 
     def precision_loss(forward: nn.Module, batch: Tensor, step: int) -> Tensor:
         b = next(iter(quantizers.values())).bits
@@ -234,7 +249,16 @@ def joint_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: in
             if state_dir is not None and (it % save_every == 0 or it == steps):
                 _save(state_dir, model, states, it, [x for row in zip(*losses.values()) for x in row], fingerprint)
 
-        train_steps(model, lambda k: batches(k // per), optim, steps * per, opt=opt, loss_fn=precision_loss,
-                    start=start * per, on_step=on_step, hooks=hooks)
+        train_steps(
+            model,
+            lambda k: batches(k // per),
+            optim,
+            steps * per,
+            opt=opt,
+            loss_fn=precision_loss,
+            start=start * per,
+            on_step=on_step,
+            hooks=hooks,
+        )
     set_bits(model, high)
     return losses

@@ -35,7 +35,6 @@ with the quantization and the records) installed on the Llama-family models whos
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -68,8 +67,10 @@ class EdgeQATOptions:
     ce_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        require(isinstance(self.high_bits, int) and 2 <= self.high_bits <= 8,
-                f"edgeqat high_bits must be in 2..8, got {self.high_bits!r}")
+        require(
+            isinstance(self.high_bits, int) and 2 <= self.high_bits <= 8,
+            f"edgeqat high_bits must be in 2..8, got {self.high_bits!r}",
+        )
         require(0 <= self.low_fraction <= 1, f"edgeqat low_fraction must be in [0, 1], got {self.low_fraction}")
         require(self.entropy_weight >= 0 and self.distribution_weight >= 0, "edgeqat loss weights must be >= 0")
         require(self.temperature > 0, f"edgeqat temperature must be positive, got {self.temperature}")
@@ -103,7 +104,7 @@ def absmax_fake_quant(x: Tensor, bits: Tensor | int) -> Tensor:
     """Symmetric absmax per row of the last dimension, restricted grid ``s = absmax/(2^(b−1) − 1)``, STE;
     ``bits`` an int or a tensor broadcasting to ``x[..., :1]``."""
     xd = x.detach().float()
-    qmax = (2.0 ** (torch.as_tensor(bits, device=x.device).float() - 1) - 1)
+    qmax = 2.0 ** (torch.as_tensor(bits, device=x.device).float() - 1) - 1
     scale = xd.abs().amax(-1, keepdim=True) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return straight_through(x, (torch.round(xd / scale) * scale).to(x.dtype))
@@ -124,8 +125,10 @@ def entropy_term(qk: list[tuple[Tensor, Tensor]]) -> Tensor:
 
 def distribution_term(fp_scores: list[Tensor], q_scores: list[Tensor]) -> Tensor:
     """``−log Σ_{l,b,h} cos(S_q[b, h], S_fp[b, h])`` over score maps ``[B, H, T, T]`` flattened per (b, h)."""
-    total = sum(F.cosine_similarity(sq.float().flatten(2), sf.float().flatten(2), dim=2, eps=1e-6).sum()
-                for sf, sq in zip(fp_scores, q_scores, strict=True))
+    total = sum(
+        F.cosine_similarity(sq.float().flatten(2), sf.float().flatten(2), dim=2, eps=1e-6).sum()
+        for sf, sq in zip(fp_scores, q_scores, strict=True)
+    )
     return -torch.log(total)
 
 
@@ -136,8 +139,16 @@ def logit_distillation(student: Tensor, teacher: Tensor, temperature: float) -> 
     return F.kl_div(s, t, log_target=True, reduction="sum") / student.shape[0] * temperature**2
 
 
-def edgeqat_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-                      scaling: float, dropout: float = 0.0, **kwargs) -> tuple[Tensor, Tensor]:
+def edgeqat_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, Tensor]:
     """Eager attention with q/k fake quantization at the tokens' bits, the records of ``EdgeState`` and the
     new ranking of the tokens."""
     state: EdgeState = module._qscale_edgeqat
@@ -146,8 +157,11 @@ def edgeqat_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
     if state.bits is not None:
         q_bits = state.token_bits(query.shape[2], state.bits, query.device)[:, None]
-        k_bits = state.token_bits(k.shape[2], state.bits, k.device)[:, None] if k.shape[2] == query.shape[2] \
-            else state.high_bits  # with a KV cache the keys of earlier steps have no ranking here
+        k_bits = (
+            state.token_bits(k.shape[2], state.bits, k.device)[:, None]
+            if k.shape[2] == query.shape[2]
+            else state.high_bits
+        )  # with a KV cache the keys of earlier steps have no ranking here
         query, k = absmax_fake_quant(query, q_bits), absmax_fake_quant(k, k_bits)
     scores = torch.matmul(query, k.transpose(2, 3)) * scaling
     if state.record:
@@ -205,7 +219,9 @@ def install(model: nn.Module, bits: int | None, high_bits: int = 8, low_fraction
     if existing is not None:
         return existing
     kind = getattr(getattr(model, "config", None), "model_type", None)
-    require(kind in SUPPORTED, f"edgeqat hooks the attention of {', '.join(SUPPORTED)} models; {kind!r} is not supported")
+    require(
+        kind in SUPPORTED, f"edgeqat hooks the attention of {', '.join(SUPPORTED)} models; {kind!r} is not supported"
+    )
     attns = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "k_proj") and hasattr(m, "scaling")]
     require(attns, f"edgeqat found no attention layer with q_proj/k_proj in this {kind} model")
     state = EdgeState(bits, high_bits, low_fraction)
@@ -261,7 +277,9 @@ class EdgeQATRecipe(LSQRecipe):
         return TokenAdaptiveActQuantizer(bits, max(bits, o.high_bits), o.low_fraction)
 
     def hooks(self, model, cfg, teacher):
-        require(cfg.distill is None and cfg.intervention is None,
-                "edgeqat trains on its own loss (CE + logit distillation + attention terms): drop distill/intervention")
+        require(
+            cfg.distill is None and cfg.intervention is None,
+            "edgeqat trains on its own loss (CE + logit distillation + attention terms): drop distill/intervention",
+        )
         a_bits = cfg.default_bits[1]
         return EdgeQATHooks(model, teacher, None if a_bits == 16 else a_bits, cfg.options)

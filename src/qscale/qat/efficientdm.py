@@ -51,7 +51,9 @@ class EfficientDMOptions:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        require(isinstance(self.samples, int) and self.samples >= 1, f"efficientdm samples must be >= 1, got {self.samples}")
+        require(
+            isinstance(self.samples, int) and self.samples >= 1, f"efficientdm samples must be >= 1, got {self.samples}"
+        )
         require(self.temperature > 0, f"efficientdm temperature must be positive, got {self.temperature}")
 
 
@@ -63,8 +65,9 @@ class QALoRAWeightQuantizer(MergedLSQWeightQuantizer):
 
 
 @torch.no_grad()
-def sample_sequences(model: nn.Module, n: int, length: int, seed: int, temperature: float = 1.0,
-                     chunk: int = 32) -> Tensor:
+def sample_sequences(
+    model: nn.Module, n: int, length: int, seed: int, temperature: float = 1.0, chunk: int = 32
+) -> Tensor:
     """``n`` token sequences ``[n, length]`` sampled from ``model`` (first token uniform over its vocabulary)."""
     require(n >= 1 and length >= 2, f"need n >= 1 sequences of length >= 2, got {n} x {length}")
     was_training = model.training
@@ -86,8 +89,9 @@ def sample_sequences(model: nn.Module, n: int, length: int, seed: int, temperatu
     return torch.cat(out)
 
 
-def self_generated_batches(teacher: nn.Module, options: EfficientDMOptions, batch_size: int, seq_len: int,
-                           seed: int) -> Callable[[int], Tensor]:
+def self_generated_batches(
+    teacher: nn.Module, options: EfficientDMOptions, batch_size: int, seq_len: int, seed: int
+) -> Callable[[int], Tensor]:
     """``batches(step)`` over ``options.samples`` sequences of ``seq_len + 1`` tokens sampled from ``teacher``."""
     pool = sample_sequences(teacher, options.samples, seq_len + 1, seed, options.temperature)
 

@@ -49,7 +49,6 @@ from qscale.quant import (
     ungrouped,
 )
 
-
 SCALE_MIN, SCALE_MAX = 1e-4, 1e4  # the authors' clamp of the step size
 
 
@@ -139,15 +138,27 @@ def cosine_lr(lr: float, step: int, steps: int, min_lr_factor: float) -> float:
 def block_trainables(block: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(weights, quantizer parameters) Block-AP trains in ``block``: every parameter named ``weight`` (linear and
     norm weights; not biases), and every weight quantizer's ``s`` and ``z``."""
-    quant = [p for m in block.modules() if isinstance(m, QuantLinear) and m.weight_quantizer is not None
-             for p in m.weight_quantizer.parameters()]
+    quant = [
+        p
+        for m in block.modules()
+        if isinstance(m, QuantLinear) and m.weight_quantizer is not None
+        for p in m.weight_quantizer.parameters()
+    ]
     taken = {id(p) for p in quant}
     weights = [p for n, p in block.named_parameters() if n.rsplit(".", 1)[-1] == "weight" and id(p) not in taken]
     return weights, quant
 
 
-def block_ap(model: nn.Module, cfg: QATRecipeConfig, calib: Tensor, steps: int = 50, lr_weight: float = 2e-5,
-             lr_quant: float = 1e-4, min_lr_factor: float = 20.0, progress: bool = False) -> list[float]:
+def block_ap(
+    model: nn.Module,
+    cfg: QATRecipeConfig,
+    calib: Tensor,
+    steps: int = 50,
+    lr_weight: float = 2e-5,
+    lr_quant: float = 1e-4,
+    min_lr_factor: float = 20.0,
+    progress: bool = False,
+) -> list[float]:
     """Block-AP over every decoder block (in place: the block's planned layers become ``QuantLinear``).
 
     ``steps``: AdamW iterations per block, cycling over the calibration batches, with each group's rate on its
@@ -155,7 +166,10 @@ def block_ap(model: nn.Module, cfg: QATRecipeConfig, calib: Tensor, steps: int =
     ``[n, T]`` from the train split.
     """
     require(cfg.recipe == "efficientqat", f"block_ap runs the efficientqat recipe, not {cfg.recipe!r}")
-    require(steps >= 1 and min_lr_factor >= 1, f"block_ap needs steps >= 1 and min_lr_factor >= 1, got {steps}, {min_lr_factor}")
+    require(
+        steps >= 1 and min_lr_factor >= 1,
+        f"block_ap needs steps >= 1 and min_lr_factor >= 1, got {steps}, {min_lr_factor}",
+    )
     plans = plan_layers(model, cfg)
     blocks_name, blocks = find_blocks(model)
     model.eval()
@@ -171,8 +185,10 @@ def block_ap(model: nn.Module, cfg: QATRecipeConfig, calib: Tensor, steps: int =
         weights, quant = block_trainables(block)
         for p in weights + quant:
             p.requires_grad_(True)
-        groups = [{"params": quant, "lr": lr_quant, "base_lr": lr_quant},
-                  {"params": weights, "lr": lr_weight, "base_lr": lr_weight}]
+        groups = [
+            {"params": quant, "lr": lr_quant, "base_lr": lr_quant},
+            {"params": weights, "lr": lr_weight, "base_lr": lr_weight},
+        ]
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         for step in range(steps):
             for g in opt.param_groups:

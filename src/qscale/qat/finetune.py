@@ -106,15 +106,32 @@ def qat_finetune(
             if state_dir is not None and (done % save_every == 0 or done == steps):
                 _save(state_dir, model, opt, done, losses, fingerprint)
 
-        train_steps(model, batches, optim, steps, opt=opt, loss_fn=qat_loss(cfg, teacher, steps), start=start,
-                    on_step=on_step, hooks=hooks)
+        train_steps(
+            model,
+            batches,
+            optim,
+            steps,
+            opt=opt,
+            loss_fn=qat_loss(cfg, teacher, steps),
+            start=start,
+            on_step=on_step,
+            hooks=hooks,
+        )
     return losses
 
 
 def _save(state_dir: Path, model: nn.Module, opt, step: int, losses: list[float], fingerprint: str) -> None:
     def write(tmp: Path) -> None:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "losses": losses,
-                    "fingerprint": fingerprint}, tmp / "state.pt")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "losses": losses,
+                "fingerprint": fingerprint,
+            },
+            tmp / "state.pt",
+        )
 
     atomic_folder(Path(state_dir), write)
 
@@ -128,9 +145,13 @@ def _resume(state_dir: Path | None, model: nn.Module, opt, fingerprint: str) -> 
     except QscaleError:
         raise
     except Exception as e:
-        raise QscaleError(f"cannot resume from {state_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    require(state.get("fingerprint") == fingerprint,
-            f"{state_dir} holds a QAT run with another model, data or config: remove it or use another --out")
+        raise QscaleError(
+            f"cannot resume from {state_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+    require(
+        state.get("fingerprint") == fingerprint,
+        f"{state_dir} holds a QAT run with another model, data or config: remove it or use another --out",
+    )
     try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -51,16 +51,23 @@ class GAQATOptions:
 
     def __post_init__(self) -> None:
         require(self.rho > 0, f"gaqat rho must be positive, got {self.rho}")
-        require(-1.0 <= self.conflict_threshold <= 1.0,
-                f"gaqat conflict_threshold must be in [-1, 1], got {self.conflict_threshold}")
+        require(
+            -1.0 <= self.conflict_threshold <= 1.0,
+            f"gaqat conflict_threshold must be in [-1, 1], got {self.conflict_threshold}",
+        )
 
 
 def scale_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable quantizer-scale parameters of each ``QuantLinear`` by layer name."""
     out = {}
     for name, layer in quant_layers(model).items():
-        ps = [p for q in (layer.weight_quantizer, layer.act_quantizer) if q is not None
-              for n, p in q.named_parameters() if n.split(".")[-1] in SCALE_NAMES and p.requires_grad]
+        ps = [
+            p
+            for q in (layer.weight_quantizer, layer.act_quantizer)
+            if q is not None
+            for n, p in q.named_parameters()
+            if n.split(".")[-1] in SCALE_NAMES and p.requires_grad
+        ]
         if ps:
             out[name] = ps
     return out
@@ -93,8 +100,10 @@ class GAQATHooks(TrainHooks):
         loss = objective(batch)
         loss.backward()
         g = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-        task = {n: [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in ps]
-                for n, ps in self.scales.items()}
+        task = {
+            n: [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in ps]
+            for n, ps in self.scales.items()
+        }
         norm = torch.sqrt(sum((gi.float() ** 2).sum() for gi in g))
         eps = [self.opts.rho * gi / (norm + 1e-12) for gi in g]
         saved = [p.detach().clone() for p in params]
@@ -107,8 +116,10 @@ class GAQATHooks(TrainHooks):
         with torch.no_grad():
             for p, w in zip(params, saved):  # restore exactly: (w + ε) − ε can differ from w in the last bit
                 p.copy_(w)
-        sharp = {n: [(p.grad if p.grad is not None else torch.zeros_like(p)) - t for p, t in zip(ps, task[n])]
-                 for n, ps in self.scales.items()}
+        sharp = {
+            n: [(p.grad if p.grad is not None else torch.zeros_like(p)) - t for p, t in zip(ps, task[n])]
+            for n, ps in self.scales.items()
+        }
         self.cosines = conflict_cosines(task, sharp)
         self.frozen = {n for n, c in self.cosines.items() if c < self.opts.conflict_threshold}
         for n in self.frozen:

@@ -34,8 +34,9 @@ from qscale.qat.doublerounding import _quantizers, set_bits
 from qscale.train.engine import OptimConfig, lm_loss, train_steps
 
 
-def hessian_traces(loss_fn: Callable[[], Tensor], params: dict[str, Tensor], samples: int = 8,
-                   seed: int = 0) -> dict[str, float]:
+def hessian_traces(
+    loss_fn: Callable[[], Tensor], params: dict[str, Tensor], samples: int = 8, seed: int = 0
+) -> dict[str, float]:
     """Hutchinson's ``tr(∇²_w L) ≈ mean_v vᵀ(∇²_w L)v`` (Rademacher ``v``) of each parameter's diagonal block."""
     gen = torch.Generator().manual_seed(seed)
     sums = dict.fromkeys(params, 0.0)
@@ -62,8 +63,9 @@ def hasb_probabilities(traces: dict[str, float], bits: tuple[int, ...]) -> dict[
     return {n: uniform.clone() if t < mean else proportional.clone() for n, t in traces.items()}
 
 
-def sample_bits(probs: dict[str, Tensor], bits: tuple[int, ...], gen: torch.Generator, base: int | None = None,
-                sigma: float = 1.0) -> dict[str, int]:
+def sample_bits(
+    probs: dict[str, Tensor], bits: tuple[int, ...], gen: torch.Generator, base: int | None = None, sigma: float = 1.0
+) -> dict[str, int]:
     """Every layer's width: with probability ``sigma`` a draw from its HASB distribution (Algorithm 1's
     roulette), else ``base`` (Algorithm A.3, lines 8–11)."""
     widths = sorted(bits)
@@ -74,9 +76,18 @@ def sample_bits(probs: dict[str, Tensor], bits: tuple[int, ...], gen: torch.Gene
     return out
 
 
-def hasb_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int, lr: float,
-                  probs: dict[str, Tensor], bits: tuple[int, ...] = (8, 6, 4, 2), sigma: float = 1.0, seed: int = 0,
-                  grad_clip: float = 1.0, progress: bool = False) -> list[float]:
+def hasb_finetune(
+    model: nn.Module,
+    batches: Callable[[int], Tensor],
+    steps: int,
+    lr: float,
+    probs: dict[str, Tensor],
+    bits: tuple[int, ...] = (8, 6, 4, 2),
+    sigma: float = 1.0,
+    seed: int = 0,
+    grad_clip: float = 1.0,
+    progress: bool = False,
+) -> list[float]:
     """One-shot mixed-precision SuperNet training (Algorithm A.3) for ``steps`` iterations; the loss of each pass.
 
     Each iteration runs one pass per width ``b`` of ``bits`` on the same batch; in a pass every layer runs at a
@@ -95,9 +106,14 @@ def hasb_finetune(model: nn.Module, batches: Callable[[int], Tensor], steps: int
 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("HASB", total=steps)
-        losses = train_steps(model, lambda k: batches(k // per), OptimConfig(lr=lr, grad_clip=grad_clip),
-                             steps * per, loss_fn=hasb_loss,
-                             on_step=lambda done, loss, lr_now: bar.update(task, completed=done // per))
+        losses = train_steps(
+            model,
+            lambda k: batches(k // per),
+            OptimConfig(lr=lr, grad_clip=grad_clip),
+            steps * per,
+            loss_fn=hasb_loss,
+            on_step=lambda done, loss, lr_now: bar.update(task, completed=done // per),
+        )
     set_bits(model, max(_quantizers(model)[n].spec.bits for n in probs))
     return losses
 
@@ -111,21 +127,28 @@ def _solve(weights: np.ndarray, widths: list[int], total: float, fixed: tuple[in
         lower[fixed[0] * k + fixed[1]] = 1
     one = np.kron(np.eye(n), np.ones(k))  # one width per layer
     size = np.tile(np.array(widths, dtype=float), n)
-    res = milp(gain, integrality=np.ones(n * k), bounds=Bounds(lower, 1),
-               constraints=[LinearConstraint(one, 1, 1), LinearConstraint(size[None, :], total, total)])
+    res = milp(
+        gain,
+        integrality=np.ones(n * k),
+        bounds=Bounds(lower, 1),
+        constraints=[LinearConstraint(one, 1, 1), LinearConstraint(size[None, :], total, total)],
+    )
     if res.status != 0 or res.x is None:
         return None
     return np.array(widths)[np.argmax(np.round(res.x).reshape(n, k), axis=1)]
 
 
-def search_subnets(traces: dict[str, float], sizes: dict[str, int], bits: tuple[int, ...],
-                   avg_bits: float) -> list[dict[str, int]]:
+def search_subnets(
+    traces: dict[str, float], sizes: dict[str, int], bits: tuple[int, ...], avg_bits: float
+) -> list[dict[str, int]]:
     """Algorithm 2: the sub-networks (one width per layer) of average width ``avg_bits``, the first the ILP
     optimum of ``Σ_l (t_l/n_l)·b_l``, then the optima with one layer forced to another, narrower width."""
     names = list(traces)
     require(names and set(names) == set(sizes), "traces and sizes must name the same layers")
-    require(all(np.isfinite(t) for t in traces.values()) and all(sizes[n] > 0 for n in names),
-            "Algorithm 2 needs finite Hessian traces and positive layer sizes")
+    require(
+        all(np.isfinite(t) for t in traces.values()) and all(sizes[n] > 0 for n in names),
+        "Algorithm 2 needs finite Hessian traces and positive layer sizes",
+    )
     widths = sorted(bits)
     weights = np.array([traces[n] / sizes[n] for n in names])
     total = avg_bits * len(names)

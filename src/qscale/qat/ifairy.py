@@ -43,9 +43,15 @@ class PhaseWeightQuantizer(WeightQuantizer):
     def freeze(self, w: Tensor) -> QuantizedWeight:
         codes, scale = pack_layout(w)
         out = w.shape[0]
-        return QuantizedWeight(codes, torch.ones(out, 1), torch.zeros(out, 1),
-                               torch.zeros(w.shape[1], dtype=torch.int32), PHASE_SPEC, "complex-phase",
-                               {"phase_scale": scale})
+        return QuantizedWeight(
+            codes,
+            torch.ones(out, 1),
+            torch.zeros(out, 1),
+            torch.zeros(w.shape[1], dtype=torch.int32),
+            PHASE_SPEC,
+            "complex-phase",
+            {"phase_scale": scale},
+        )
 
 
 @register
@@ -55,7 +61,9 @@ class IFairyRecipe(Recipe):
     default_bits = (2, 8)
 
     def check_bits(self, w_bits: int, a_bits: int) -> None:
-        require(w_bits in (2, 16), f"ifairy weights are two 2-bit phase stages (w_bits 2) or unquantized (16), got {w_bits}")
+        require(
+            w_bits in (2, 16), f"ifairy weights are two 2-bit phase stages (w_bits 2) or unquantized (16), got {w_bits}"
+        )
 
     def weight_quantizer(self, weight, bits, cfg):
         check_even(*weight.shape)

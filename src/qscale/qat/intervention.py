@@ -86,8 +86,16 @@ class Signals:
 _ACTIVE: dict[int, tuple[Signals, int, str | None, Signals | None]] = {}  # id(attention module) -> its role
 
 
-def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-               scaling: float, dropout: float = 0.0, **kwargs):
+def _attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
     """Eager attention that records scores, map and context, and substitutes the teacher's map or context."""
     rec, i, phase, teacher = _ACTIVE[id(module)]
     rep = query.shape[1] // key.shape[1]  # grouped-query heads share keys and values
@@ -118,10 +126,17 @@ def _register() -> None:
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
     """Each decoder block's self-attention module (Llama ``self_attn``, GPT-NeoX ``attention``)."""
-    found = [next((m for m in (getattr(b, "self_attn", None), getattr(b, "attention", None))
-                   if isinstance(m, nn.Module)), None) for b in find_blocks(model)[1]]
-    require(all(m is not None for m in found),
-            "Teacher Intervention needs Llama- or GPT-NeoX-style blocks (a self_attn or attention module)")
+    found = [
+        next(
+            (m for m in (getattr(b, "self_attn", None), getattr(b, "attention", None)) if isinstance(m, nn.Module)),
+            None,
+        )
+        for b in find_blocks(model)[1]
+    ]
+    require(
+        all(m is not None for m in found),
+        "Teacher Intervention needs Llama- or GPT-NeoX-style blocks (a self_attn or attention module)",
+    )
     return found
 
 
@@ -134,8 +149,10 @@ def _detach_first(mod, args, kwargs):
 def _stop_qk_grad(attn: nn.Module) -> list:
     """Hooks that detach the q/k projections' input (the authors' stop-gradient under the ``map`` phase)."""
     if hasattr(attn, "q_proj") and hasattr(attn, "k_proj"):
-        return [m.register_forward_pre_hook(lambda mod, args: (args[0].detach(), *args[1:]))
-                for m in (attn.q_proj, attn.k_proj)]
+        return [
+            m.register_forward_pre_hook(lambda mod, args: (args[0].detach(), *args[1:]))
+            for m in (attn.q_proj, attn.k_proj)
+        ]
     require(hasattr(attn, "query_key_value"), "Teacher Intervention knows q_proj/k_proj or query_key_value only")
     d = attn.head_size
 
@@ -166,11 +183,13 @@ def signals(model: nn.Module, phase: str | None = None, teacher: Signals | None 
             inputs[i] = args[0] if args else kwargs["hidden_states"]
             if i == 0:
                 rec.hidden[:] = [inputs[0]]
+
         return hook
 
     def block_post(i):
         def hook(mod, args, out):
             rec.hidden.append(out[0] if isinstance(out, tuple) else out)
+
         return hook
 
     def attn_post(i):
@@ -180,14 +199,18 @@ def signals(model: nn.Module, phase: str | None = None, teacher: Signals | None 
             used = teacher.sa_out[i] if phase == "output" else own
             rec.attn_out[i] = inputs[i] + used
             return (used, *out[1:]) if phase == "output" else None
+
         return hook
 
     configs = {id(a.config): a.config for a in attns}
     saved = {k: c._attn_implementation for k, c in configs.items()}
     with ExitStack() as stack:
         for i, (b, a) in enumerate(zip(blocks, attns)):
-            hooks = [b.register_forward_pre_hook(block_pre(i), with_kwargs=True),
-                     b.register_forward_hook(block_post(i)), a.register_forward_hook(attn_post(i))]
+            hooks = [
+                b.register_forward_pre_hook(block_pre(i), with_kwargs=True),
+                b.register_forward_hook(block_post(i)),
+                a.register_forward_hook(attn_post(i)),
+            ]
             if phase in ("output", "context"):
                 hooks.append(a.register_forward_pre_hook(_detach_first, with_kwargs=True))
             elif phase == "map":
@@ -220,8 +243,10 @@ def _unmasked(scores: Tensor) -> Tensor:
 
 def ti_loss(student: Signals, teacher: Signals, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """TernaryBERT's distillation loss (the authors' ``main.py``): logits soft CE + hidden, score, output MSEs."""
-    require(len(student.hidden) == len(teacher.hidden) and student.scores.keys() == teacher.scores.keys(),
-            "teacher and student have different numbers of blocks")
+    require(
+        len(student.hidden) == len(teacher.hidden) and student.scores.keys() == teacher.scores.keys(),
+        "teacher and student have different numbers of blocks",
+    )
     loss = soft_cross_entropy(student_logits, teacher_logits.detach())
     for a, b in zip(student.hidden, teacher.hidden):
         loss = loss + F.mse_loss(a.float(), b.detach().float())

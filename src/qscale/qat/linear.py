@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from qscale.errors import QscaleError
 from qscale.quant import QuantizedLinear, QuantizedWeight
 from qscale.quant.hadamard import hadamard_transform
-from qscale.quant.ste import ActQuantizer  # noqa: F401  (re-exported)
+from qscale.quant.ste import ActQuantizer
 
 
 class WeightQuantizer(nn.Module):
@@ -104,9 +104,12 @@ class QuantLinear(nn.Module):
             return self
         w = None if self.weight is None else self._rotate(self.weight.detach())
         qweight = self.weight_quantizer.freeze(w)
-        return QuantizedLinear(qweight, self.bias, self.act_quantizer, self.hadamard_group, name=name,
-                               source=self.source)
+        return QuantizedLinear(
+            qweight, self.bias, self.act_quantizer, self.hadamard_group, name=name, source=self.source
+        )
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-                f", hadamard_group={self.hadamard_group}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+            f", hadamard_group={self.hadamard_group}"
+        )

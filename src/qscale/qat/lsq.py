@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from qscale.errors import require
-from qscale.quant.fused import backend_for, compiled, lsq_triton, lsq_triton_applies
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import weight_spec
@@ -42,6 +41,7 @@ from qscale.quant import (
     round_to_grid,
     ungrouped,
 )
+from qscale.quant.fused import backend_for, compiled, lsq_triton, lsq_triton_applies
 
 
 class _LSQ(torch.autograd.Function):
@@ -188,7 +188,12 @@ class LSQActQuantizer(ActQuantizer):
         return lsq_fake_quantize(x, self.spec, step, self.grad_scale, offset)
 
     def describe(self) -> dict:
-        return {"kind": "lsq", "bits": self.spec.bits, "in_features": self.in_features, "offset": self.offset is not None}
+        return {
+            "kind": "lsq",
+            "bits": self.spec.bits,
+            "in_features": self.in_features,
+            "offset": self.offset is not None,
+        }
 
 
 @register

@@ -67,8 +67,15 @@ class PartialBinaryWeightQuantizer(WeightQuantizer):
         codes = torch.where(self.mask, sal.codes.float(), sign).to(torch.int8)
         qt = QTensor(codes, sal.scale, torch.zeros_like(sal.scale), SALIENT_SPEC, w.shape)
         qw = QuantizedWeight.from_qtensor(qt)
-        return QuantizedWeight(qw.codes, qw.scale, qw.zero, qw.g_idx, SALIENT_SPEC, "partial-binary",
-                               {"mask": self.mask.clone(), "alpha": alpha})
+        return QuantizedWeight(
+            qw.codes,
+            qw.scale,
+            qw.zero,
+            qw.g_idx,
+            SALIENT_SPEC,
+            "partial-binary",
+            {"mask": self.mask.clone(), "alpha": alpha},
+        )
 
     def forward(self, w: Tensor) -> Tensor:
         w_hat = self.freeze(w.detach()).dequantize().to(w.dtype)

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from qscale.errors import require
-from qscale.quant.fused import backend_for, quest_triton
 from qscale.qat.linear import ActQuantizer, WeightQuantizer
 from qscale.qat.registry import Recipe, register
 from qscale.qat.ste import straight_through
@@ -37,12 +36,19 @@ from qscale.quant import (
     require_finite,
     round_to_grid,
 )
+from qscale.quant.fused import backend_for, quest_triton
 
 # MSE-optimal clipping scale α*(b) of a b-bit uniform quantizer for N(0, 1) (QuEST, SPEC §4), to the digits of the
 # authors' ``OPTIMAL_GAUSSIAN_SCALES`` (IST-DASLab/QuEST, src/models/quantization/base_linear.py).
 QUEST_ALPHA: dict[int, float] = {
-    1: 0.7978845587140913, 2: 1.4935346200015913, 3: 2.051068354131873, 4: 2.513930578568423,
-    5: 2.9160938834961225, 6: 3.276597282593217, 7: 3.6010497188221655, 8: 3.884938678807525,
+    1: 0.7978845587140913,
+    2: 1.4935346200015913,
+    3: 2.051068354131873,
+    4: 2.513930578568423,
+    5: 2.9160938834961225,
+    6: 3.276597282593217,
+    7: 3.6010497188221655,
+    8: 3.884938678807525,
 }
 _EPS = 1e-8
 

@@ -104,8 +104,10 @@ class QVGenWeightQuantizer(LSQWeightQuantizer):
         self.gamma[:keep] = 1.0
 
     def freeze(self, w: Tensor) -> QuantizedWeight:
-        require(self.rank == 0, f"a QVGen branch still has rank {self.rank}: train to the end of the rank-decay "
-                                "schedule before converting")
+        require(
+            self.rank == 0,
+            f"a QVGen branch still has rank {self.rank}: train to the end of the rank-decay schedule before converting",
+        )
         return super().freeze(w)
 
 
@@ -113,8 +115,11 @@ class QVGenHooks(TrainHooks):
     """Rank decay after every optimizer step."""
 
     def __init__(self, model: nn.Module, rank: int, opts: QVGenOptions):
-        self.quantizers = [m.weight_quantizer for m in quant_layers(model).values()
-                           if isinstance(m.weight_quantizer, QVGenWeightQuantizer)]
+        self.quantizers = [
+            m.weight_quantizer
+            for m in quant_layers(model).values()
+            if isinstance(m.weight_quantizer, QVGenWeightQuantizer)
+        ]
         self.rank, self.opts = rank, opts
         self.targets = rank_phases(rank)
 
@@ -129,7 +134,7 @@ class QVGenHooks(TrainHooks):
                 if phase < n and q.rank:
                     q.refactor(q.rank)
             if phase < n:
-                q.gamma[self.targets[phase]:live] = 0.5 * (1 + math.cos(math.pi * t))
+                q.gamma[self.targets[phase] : live] = 0.5 * (1 + math.cos(math.pi * t))
 
 
 @register

@@ -61,4 +61,3 @@ class STERecipe(Recipe):
 
     def act_quantizer(self, in_features, bits, cfg):
         return STEActQuantizer(act_spec(bits, cfg.act_group_size))
-

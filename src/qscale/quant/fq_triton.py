@@ -51,8 +51,9 @@ def _store(ptr, y, mask, OUT_BF16: tl.constexpr):
 
 
 @triton.jit
-def _absmax_fq_kernel(x_ptr, y_ptr, scale_ptr, G, mult, div, zero, qmin, qmax, OUT_BF16: tl.constexpr,
-                      BLOCK: tl.constexpr):
+def _absmax_fq_kernel(
+    x_ptr, y_ptr, scale_ptr, G, mult, div, zero, qmin, qmax, OUT_BF16: tl.constexpr, BLOCK: tl.constexpr
+):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     m = offs < G
@@ -74,8 +75,19 @@ def absmax_fake_quant(xg: Tensor, mult: float, div: float, zero: float, qmin: in
     R, G = xg.shape
     y = torch.empty_like(xg)
     scale = torch.empty(R, dtype=torch.float32, device=xg.device)
-    _absmax_fq_kernel[(R,)](xg, y, scale, G, float(mult), float(div), float(zero), float(qmin), float(qmax),
-                            OUT_BF16=xg.dtype == torch.bfloat16, BLOCK=triton.next_power_of_2(G))
+    _absmax_fq_kernel[(R,)](
+        xg,
+        y,
+        scale,
+        G,
+        float(mult),
+        float(div),
+        float(zero),
+        float(qmin),
+        float(qmax),
+        OUT_BF16=xg.dtype == torch.bfloat16,
+        BLOCK=triton.next_power_of_2(G),
+    )
     return y, scale
 
 
@@ -92,8 +104,9 @@ def _lsq_codes(v_ptr, s_ptr, b_ptr, row, offs, m, G, qmin, qmax, HAS_BETA: tl.co
 
 
 @triton.jit
-def _lsq_fwd_kernel(v_ptr, s_ptr, b_ptr, y_ptr, G, qmin, qmax, HAS_BETA: tl.constexpr, OUT_BF16: tl.constexpr,
-                    BLOCK: tl.constexpr):
+def _lsq_fwd_kernel(
+    v_ptr, s_ptr, b_ptr, y_ptr, G, qmin, qmax, HAS_BETA: tl.constexpr, OUT_BF16: tl.constexpr, BLOCK: tl.constexpr
+):
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < G
@@ -103,8 +116,22 @@ def _lsq_fwd_kernel(v_ptr, s_ptr, b_ptr, y_ptr, G, qmin, qmax, HAS_BETA: tl.cons
 
 
 @triton.jit
-def _lsq_bwd_kernel(g_ptr, v_ptr, s_ptr, b_ptr, gv_ptr, ps_ptr, pb_ptr, G, C, qmin, qmax,
-                    HAS_BETA: tl.constexpr, OUT_BF16: tl.constexpr, BLOCK: tl.constexpr):
+def _lsq_bwd_kernel(
+    g_ptr,
+    v_ptr,
+    s_ptr,
+    b_ptr,
+    gv_ptr,
+    ps_ptr,
+    pb_ptr,
+    G,
+    C,
+    qmin,
+    qmax,
+    HAS_BETA: tl.constexpr,
+    OUT_BF16: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0)
     blk = tl.program_id(1)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
@@ -124,13 +151,24 @@ def lsq_forward(vg: Tensor, step: Tensor, beta: Tensor | None, qmin: int, qmax: 
     R, G = vg.shape
     y = torch.empty_like(vg)
     grid = (R, triton.cdiv(G, _BLOCK))
-    _lsq_fwd_kernel[grid](vg, step, step if beta is None else beta, y, G, float(qmin), float(qmax),
-                          HAS_BETA=beta is not None, OUT_BF16=vg.dtype == torch.bfloat16, BLOCK=_BLOCK)
+    _lsq_fwd_kernel[grid](
+        vg,
+        step,
+        step if beta is None else beta,
+        y,
+        G,
+        float(qmin),
+        float(qmax),
+        HAS_BETA=beta is not None,
+        OUT_BF16=vg.dtype == torch.bfloat16,
+        BLOCK=_BLOCK,
+    )
     return y
 
 
-def lsq_backward(grad: Tensor, vg: Tensor, step: Tensor, beta: Tensor | None, qmin: int, qmax: int
-                 ) -> tuple[Tensor, Tensor, Tensor | None]:
+def lsq_backward(
+    grad: Tensor, vg: Tensor, step: Tensor, beta: Tensor | None, qmin: int, qmax: int
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Input gradient ``[R, G]`` and, per row, ``Σ g·(v̂ − β) − Σ g_v·(v − β)`` and ``Σ (g − g_v)``
     (float32)."""
     R, G = vg.shape
@@ -138,9 +176,22 @@ def lsq_backward(grad: Tensor, vg: Tensor, step: Tensor, beta: Tensor | None, qm
     grad_v = torch.empty_like(vg)
     ps = torch.empty(R, C, dtype=torch.float32, device=vg.device)
     pb = torch.empty(R, C, dtype=torch.float32, device=vg.device) if beta is not None else ps
-    _lsq_bwd_kernel[(R, C)](grad, vg, step, step if beta is None else beta, grad_v, ps, pb, G, C,
-                            float(qmin), float(qmax), HAS_BETA=beta is not None, OUT_BF16=vg.dtype == torch.bfloat16,
-                            BLOCK=_BLOCK)
+    _lsq_bwd_kernel[(R, C)](
+        grad,
+        vg,
+        step,
+        step if beta is None else beta,
+        grad_v,
+        ps,
+        pb,
+        G,
+        C,
+        float(qmin),
+        float(qmax),
+        HAS_BETA=beta is not None,
+        OUT_BF16=vg.dtype == torch.bfloat16,
+        BLOCK=_BLOCK,
+    )
     return grad_v, ps.sum(-1), (pb.sum(-1) if beta is not None else None)
 
 
@@ -164,6 +215,7 @@ def quest_round(xr: Tensor, step: Tensor, zero: float, qmax: int) -> tuple[Tenso
     R, G = xr.shape
     y = torch.empty_like(xr)
     mask = torch.empty(R, G, dtype=torch.uint8, device=xr.device)
-    _quest_kernel[(R, triton.cdiv(G, _BLOCK))](xr, step, y, mask, G, float(zero), float(qmax),
-                                               OUT_BF16=xr.dtype == torch.bfloat16, BLOCK=_BLOCK)
+    _quest_kernel[(R, triton.cdiv(G, _BLOCK))](
+        xr, step, y, mask, G, float(zero), float(qmax), OUT_BF16=xr.dtype == torch.bfloat16, BLOCK=_BLOCK
+    )
     return y, mask.view(torch.bool)

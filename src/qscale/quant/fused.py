@@ -118,8 +118,9 @@ class _LSQTriton(torch.autograd.Function):
         rows, s, beta = ctx.saved_tensors
         grad_rows = grad.reshape(rows.shape).contiguous()
         b_rows = None if beta is None else beta.reshape(-1).contiguous()
-        grad_v, sum_s, sum_b = _kernels().lsq_backward(grad_rows, rows, s.reshape(-1).contiguous(), b_rows,
-                                                       ctx.spec.qmin, ctx.spec.qmax)
+        grad_v, sum_s, sum_b = _kernels().lsq_backward(
+            grad_rows, rows, s.reshape(-1).contiguous(), b_rows, ctx.spec.qmin, ctx.spec.qmax
+        )
         grad_s = (sum_s.reshape(s.shape) / s.float() * ctx.g).to(s.dtype)
         grad_b = None if beta is None else sum_b.reshape(beta.shape).to(beta.dtype)
         return grad_v.reshape(ctx.shape), grad_s, grad_b, None, None

@@ -42,8 +42,9 @@ def pack_rows(values: Tensor, bits: int) -> Tensor:
     require(not values.is_floating_point(), f"pack_rows needs integer values, got {values.dtype}")
     v = values.to(torch.int64)
     if v.numel() and (int(v.min()) < 0 or int(v.max()) >= 1 << bits):
-        raise QscaleError(f"values to pack must lie in [0, {(1 << bits) - 1}] for {bits} bits, "
-                          f"got [{int(v.min())}, {int(v.max())}]")
+        raise QscaleError(
+            f"values to pack must lie in [0, {(1 << bits) - 1}] for {bits} bits, got [{int(v.min())}, {int(v.max())}]"
+        )
     rows, n = v.shape
     if 32 % bits == 0:  # no value straddles a word: each word is 32/b values side by side
         per = 32 // bits
@@ -66,8 +67,10 @@ def unpack_rows(words: Tensor, bits: int, n: int) -> Tensor:
     _check_bits(bits)
     require(words.dtype == torch.int32, f"packed words must be int32, got {words.dtype}")
     require(words.ndim == 2, f"packed words must be 2-D, got shape {tuple(words.shape)}")
-    require(words.shape[1] == packed_words(n, bits),
-            f"{n} values of {bits} bits need {packed_words(n, bits)} words per row, got {words.shape[1]}")
+    require(
+        words.shape[1] == packed_words(n, bits),
+        f"{n} values of {bits} bits need {packed_words(n, bits)} words per row, got {words.shape[1]}",
+    )
     rows = words.shape[0]
     if 32 % bits == 0:
         shifts = torch.arange(32 // bits, device=words.device, dtype=torch.int32) * bits

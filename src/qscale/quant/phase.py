@@ -76,8 +76,10 @@ def residual_phase_quantize(z: Tensor) -> tuple[list[Tensor], Tensor]:
 
 
 def check_even(out_features: int, in_features: int) -> None:
-    require(out_features % 2 == 0 and in_features % 2 == 0,
-            f"complex layers need even in/out features (real and imaginary halves), got [{out_features}, {in_features}]")
+    require(
+        out_features % 2 == 0 and in_features % 2 == 0,
+        f"complex layers need even in/out features (real and imaginary halves), got [{out_features}, {in_features}]",
+    )
 
 
 def pack_layout(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,7 +96,7 @@ def unpack_layout(codes: Tensor, phase_scale: Tensor) -> tuple[Tensor, Tensor]:
     """``(U, V)`` complex ``[out/2, in/2]`` of a "complex-phase" weight (sum of its stages)."""
     o, i = codes.shape[0] // 2, codes.shape[1] // 2
     c = codes.long()
-    blocks = {(m, s): c[m * o:(m + 1) * o, s * i:(s + 1) * i] for m in range(2) for s in range(STAGES)}
+    blocks = {(m, s): c[m * o : (m + 1) * o, s * i : (s + 1) * i] for m in range(2) for s in range(STAGES)}
     u = sum(phase_values(blocks[0, s], phase_scale[s, 0, 0], phase_scale[s, 0, 1]) for s in range(STAGES))
     v = sum(phase_values(blocks[1, s], phase_scale[s, 1, 0], phase_scale[s, 1, 1]) for s in range(STAGES))
     return u, v
@@ -109,8 +111,9 @@ def _code_sums(xr: Tensor, xi: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
     """``Σ_k c_jk·z_k`` per output ``j`` for unit codes (no scale) using gathers, additions and swaps."""
     out_r = xr.new_zeros(*xr.shape[:-1], codes.shape[0])
     out_i = xr.new_zeros(*xr.shape[:-1], codes.shape[0])
-    for code, (src_r, src_i, sign_r, sign_i) in enumerate(((xr, xi, 1, 1), (xi, xr, -1, 1), (xr, xi, -1, -1),
-                                                           (xi, xr, 1, -1))):
+    for code, (src_r, src_i, sign_r, sign_i) in enumerate(
+        ((xr, xi, 1, 1), (xi, xr, -1, 1), (xr, xi, -1, -1), (xi, xr, 1, -1))
+    ):
         rows, cols = (codes == code).nonzero(as_tuple=True)
         if rows.numel() == 0:
             continue
@@ -140,7 +143,7 @@ def mulfree_linear(x: Tensor, codes: Tensor, phase_scale: Tensor) -> Tensor:
     yi = x.new_zeros(*x.shape[:-1], o)
     for s in range(STAGES):
         for m, (zr, zi) in enumerate(((xr, xi), (xr, -xi))):
-            block = codes[m * o:(m + 1) * o, s * i:(s + 1) * i].long()
+            block = codes[m * o : (m + 1) * o, s * i : (s + 1) * i].long()
             ar, ai = _scaled(block, phase_scale[s, m], zr, zi)
             yr, yi = yr + ar, yi + ai
     return torch.cat([yr, yi], dim=-1)

@@ -26,15 +26,24 @@ from qscale.quant.spec import QuantSpec
 class QuantizedLinear(nn.Module):
     """Packed integer weight + scales, dequantized per forward; drop-in for ``nn.Linear`` (and GPT-2's Conv1D)."""
 
-    def __init__(self, qweight: QuantizedWeight, bias: Tensor | None = None, act_quantizer: nn.Module | None = None,
-                 hadamard_group: int = 0, name: str = "", source: str = "Linear",
-                 reassembly: ChannelReassembly | None = None):
+    def __init__(
+        self,
+        qweight: QuantizedWeight,
+        bias: Tensor | None = None,
+        act_quantizer: nn.Module | None = None,
+        hadamard_group: int = 0,
+        name: str = "",
+        source: str = "Linear",
+        reassembly: ChannelReassembly | None = None,
+    ):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         if reassembly is not None:
             if hadamard_group or reassembly.width != self.in_features:
-                raise QscaleError(f"layer {name or '?'}: a channel reassembly of width {reassembly.width} does not "
-                                  f"fit {self.in_features} weight columns{' with a rotation' if hadamard_group else ''}")
+                raise QscaleError(
+                    f"layer {name or '?'}: a channel reassembly of width {reassembly.width} does not "
+                    f"fit {self.in_features} weight columns{' with a rotation' if hadamard_group else ''}"
+                )
             self.register_buffer("input_src", reassembly.src.to(torch.int32).clone())
             self.register_buffer("input_dst", reassembly.dst.to(torch.int32).clone())
             self.register_buffer("input_coef", reassembly.coef.float().clone())
@@ -60,8 +69,9 @@ class QuantizedLinear(nn.Module):
         codes = unpack_rows(self.weight_packed, self.spec.bits, self.in_features) + self.spec.qmin
         codes = codes.to(torch.int8 if self.spec.symmetric else torch.uint8)
         extras = {k: getattr(self, f"weight_{k}") for k in self.extra_names}
-        return QuantizedWeight(codes, self.weight_scale, self.weight_zero, self.weight_g_idx, self.spec,
-                               self.layout, extras)
+        return QuantizedWeight(
+            codes, self.weight_scale, self.weight_zero, self.weight_g_idx, self.spec, self.layout, extras
+        )
 
     def reassembly(self) -> ChannelReassembly | None:
         """The channel reassembly of the inputs (QLLM), or None."""
@@ -87,9 +97,13 @@ class QuantizedLinear(nn.Module):
 
     def weight_nbytes(self) -> int:
         """Bytes of the packed weight and its parameters (what the layer costs in memory)."""
-        return sum(t.numel() * t.element_size() for n, t in self.named_buffers(recurse=False) if n.startswith("weight_"))
+        return sum(
+            t.numel() * t.element_size() for n, t in self.named_buffers(recurse=False) if n.startswith("weight_")
+        )
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"{self.spec.label}, layout={self.layout}, hadamard_group={self.hadamard_group}"
-                f"{', reassembled' if self.reassembled else ''}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"{self.spec.label}, layout={self.layout}, hadamard_group={self.hadamard_group}"
+            f"{', reassembled' if self.reassembled else ''}"
+        )

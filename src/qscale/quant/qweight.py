@@ -49,14 +49,20 @@ class QuantizedWeight:
 
     def __post_init__(self) -> None:
         require(self.layout in LAYOUTS, f"unknown weight layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
-        require(self.codes.ndim == 2 and not self.codes.is_floating_point(),
-                f"codes must be a 2-D integer tensor, got {tuple(self.codes.shape)} {self.codes.dtype}")
+        require(
+            self.codes.ndim == 2 and not self.codes.is_floating_point(),
+            f"codes must be a 2-D integer tensor, got {tuple(self.codes.shape)} {self.codes.dtype}",
+        )
         out, n_in = self.codes.shape
-        require(self.scale.ndim == 2 and self.scale.shape[0] == out and self.zero.shape == self.scale.shape,
-                f"scale/zero must be [out={out}, n_groups], got {tuple(self.scale.shape)} / {tuple(self.zero.shape)}")
+        require(
+            self.scale.ndim == 2 and self.scale.shape[0] == out and self.zero.shape == self.scale.shape,
+            f"scale/zero must be [out={out}, n_groups], got {tuple(self.scale.shape)} / {tuple(self.zero.shape)}",
+        )
         require(self.g_idx.shape == (n_in,), f"g_idx must have {n_in} entries, got {tuple(self.g_idx.shape)}")
-        require(bool(torch.isfinite(self.scale).all()) and bool(torch.isfinite(self.zero).all()),
-                "quantized weight has non-finite scales or zero points")
+        require(
+            bool(torch.isfinite(self.scale).all()) and bool(torch.isfinite(self.zero).all()),
+            "quantized weight has non-finite scales or zero points",
+        )
 
     @property
     def shape(self) -> torch.Size:

@@ -36,12 +36,18 @@ class ChannelReassembly:
 
     def __post_init__(self) -> None:
         n = self.src.shape
-        require(self.src.ndim == 1 and self.dst.shape == n and self.coef.shape == n,
-                "reassembly src/dst/coef must be 1-D tensors of one length")
-        require(not self.src.is_floating_point() and not self.dst.is_floating_point(),
-                "reassembly src/dst must be integer tensors")
-        require(int(self.dst.min()) >= 0 and int(self.dst.max()) < self.width and int(self.src.min()) >= 0,
-                "reassembly indices out of range")
+        require(
+            self.src.ndim == 1 and self.dst.shape == n and self.coef.shape == n,
+            "reassembly src/dst/coef must be 1-D tensors of one length",
+        )
+        require(
+            not self.src.is_floating_point() and not self.dst.is_floating_point(),
+            "reassembly src/dst must be integer tensors",
+        )
+        require(
+            int(self.dst.min()) >= 0 and int(self.dst.max()) < self.width and int(self.src.min()) >= 0,
+            "reassembly indices out of range",
+        )
         require(bool(torch.isfinite(self.coef).all()), "reassembly coefficients hold NaN or Inf")
 
     def apply(self, x: Tensor) -> Tensor:

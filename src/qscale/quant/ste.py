@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qscale.quant.core import fake_quantize, grouped, round_to_grid, ungrouped
+from qscale.quant.core import grouped, round_to_grid, ungrouped
 from qscale.quant.fused import fused_fake_quantize
 from qscale.quant.spec import QuantSpec
 
@@ -104,5 +104,11 @@ class STEActQuantizer(ActQuantizer):
         return ste_fake_quantize(x, self.spec)
 
     def describe(self) -> dict:
-        return {"kind": "absmax", "bits": self.spec.bits, "granularity": self.spec.granularity,
-                "group_size": self.spec.group_size, "grid": self.spec.grid, "symmetric": self.spec.symmetric}
+        return {
+            "kind": "absmax",
+            "bits": self.spec.bits,
+            "granularity": self.spec.granularity,
+            "group_size": self.spec.group_size,
+            "grid": self.spec.grid,
+            "symmetric": self.spec.symmetric,
+        }

@@ -71,20 +71,28 @@ def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, contex
             lo, hi = (f.ci or {}).get(p, (float("nan"), float("nan")))
             cells.append(f"{_num(f.params[p])} [{_num(lo)}, {_num(hi)}]")
         ex = [_extrap(f.extrapolation.get(h)) for h in ("N", "D")]
-        lines.append(f"| {m} | {' | '.join(cells)} | {f.stats['n_points']} | {f.excluded['total']} | "
-                     f"{f.excluded['nonpositive']} | {_num(f.stats['r2_log'])} | {ex[0]} | {ex[1]} |")
+        lines.append(
+            f"| {m} | {' | '.join(cells)} | {f.stats['n_points']} | {f.excluded['total']} | "
+            f"{f.excluded['nonpositive']} | {_num(f.stats['r2_log'])} | {ex[0]} | {ex[1]} |"
+        )
     paper = get_published("ouyang2024-gptq").params
-    lines += ["", f"Paper (GPTQ, Pythia 160M–12B; published set ouyang2024-gptq): k = {paper['k']:g}, "
-              f"α = {paper['alpha']:g}, β = {paper['beta']:g}, γ = {paper['gamma']:g}.", ""]
+    lines += [
+        "",
+        f"Paper (GPTQ, Pythia 160M–12B; published set ouyang2024-gptq): k = {paper['k']:g}, "
+        f"α = {paper['alpha']:g}, β = {paper['beta']:g}, γ = {paper['gamma']:g}.",
+        "",
+    ]
     lines += ranking_markdown(ranking)
     lines += ["## Noise", ""]
     for m, f in fits.items():
         n = f.noise
         ratio = n.floor_ratio
         eight = "" if n.max_abs_qid_8bit is None else f"; largest |QiD| at 8 bits {_num(n.max_abs_qid_8bit)}"
-        lines.append(f"- {m}: median paired SE {_num(n.median_se)} nats, median floor {_num(n.median_floor)} vs "
-                     f"median fitted QiD {_num(n.median_qid_kept)} (ratio {_num(ratio)}){eight}; excluded by "
-                     f"bit width: {', '.join(f'{p} bits: {c}' for p, c in f.excluded['by_bits'].items())}.")
+        lines.append(
+            f"- {m}: median paired SE {_num(n.median_se)} nats, median floor {_num(n.median_floor)} vs "
+            f"median fitted QiD {_num(n.median_qid_kept)} (ratio {_num(ratio)}){eight}; excluded by "
+            f"bit width: {', '.join(f'{p} bits: {c}' for p, c in f.excluded['by_bits'].items())}."
+        )
     lines += ["", "## Does the paper's finding hold on this suite?", ""]
     for m, f in fits.items():
         t = trend[m]
@@ -96,29 +104,48 @@ def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, contex
             q += _verdict(name, f) if f.params is not None else "not fitted"
             lines.append(q + ". " + _raw_trend(var, t[var]))
         lines.append("")
-    lines += ["## Training tokens to reach a given QiD (fitted law inverted)", "",
-              "D* = (QiD · N^α · P^γ / k)^(1/β); values outside the measured range of D are extrapolations (*).", ""]
+    lines += [
+        "## Training tokens to reach a given QiD (fitted law inverted)",
+        "",
+        "D* = (QiD · N^α · P^γ / k)^(1/β); values outside the measured range of D are extrapolations (*).",
+        "",
+    ]
     for m, rows in inversions.items():
         if not rows:
             lines += [f"**{m}**: no fitted law.", ""]
             continue
-        note = "" if fits[m].params["beta"] > 0 else (
-            f" β = {_num(fits[m].params['beta'])} ≤ 0: QiD does not grow with D on this suite, so no number of "
-            "training tokens makes it reach a threshold from below (n/a).")
-        lines += [f"**{m}**{note}", "", "| model | N | bits | " + " | ".join(f"QiD {q:g}" for q in cfg.thresholds) + " |",
-                  "|---|---|---|" + "---|" * len(cfg.thresholds)]
+        note = (
+            ""
+            if fits[m].params["beta"] > 0
+            else (
+                f" β = {_num(fits[m].params['beta'])} ≤ 0: QiD does not grow with D on this suite, so no number of "
+                "training tokens makes it reach a threshold from below (n/a)."
+            )
+        )
+        lines += [
+            f"**{m}**{note}",
+            "",
+            "| model | N | bits | " + " | ".join(f"QiD {q:g}" for q in cfg.thresholds) + " |",
+            "|---|---|---|" + "---|" * len(cfg.thresholds),
+        ]
         for model, n in sizes.items():
             for p in cfg.inversion_bits:
                 vals = [r["tokens"] for r in rows if r["model"] == model and r["P"] == p]
-                cells = [_tokens(v) + ("*" if math.isfinite(v) and not d_range[0] <= v <= d_range[1] else "")
-                         for v in vals]
+                cells = [
+                    _tokens(v) + ("*" if math.isfinite(v) and not d_range[0] <= v <= d_range[1] else "") for v in vals
+                ]
                 lines.append(f"| {model} | {n:,} | {p} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Files", "", "- `fit.json`: parameters, intervals, fit statistics, extrapolation errors, "
-              "exclusions, noise, inversion table, trend counts.",
-              "- `qid_vs_D_<method>.png`: QiD vs D per model size at each bit width, with the fitted law "
-              "(hollow: excluded by the noise policy).",
-              "- `observed_vs_predicted.png`: observed vs predicted QiD per method.", ""]
+    lines += [
+        "## Files",
+        "",
+        "- `fit.json`: parameters, intervals, fit statistics, extrapolation errors, "
+        "exclusions, noise, inversion table, trend counts.",
+        "- `qid_vs_D_<method>.png`: QiD vs D per model size at each bit width, with the fitted law "
+        "(hollow: excluded by the noise policy).",
+        "- `observed_vs_predicted.png`: observed vs predicted QiD per method.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -131,11 +158,19 @@ def _extrap(e: dict | None) -> str:
 
 def _raw_trend(var: str, t: dict) -> str:
     if var == "D":
-        return (f"Raw points: QiD rises with D in {t['grows']} of {t['grows'] + t['falls'] + t['flat']} "
-                f"(size, bits) series (rank correlation > 0), falls in {t['falls']}")
+        return (
+            f"Raw points: QiD rises with D in {t['grows']} of {t['grows'] + t['falls'] + t['flat']} "
+            f"(size, bits) series (rank correlation > 0), falls in {t['falls']}"
+        )
     if var == "N":
         n = t["falls"] + t["grows"]
-        return (f"Raw points: at equal D and bits, the largest model's QiD is below the smallest's in {t['falls']} "
-                f"of {n} comparisons" if n else "Raw points: no checkpoint D shared by two sizes to compare")
-    return (f"Raw points: QiD falls from one bit width to the next higher one in {t['falls']} of "
-            f"{t['falls'] + t['grows']} comparisons")
+        return (
+            f"Raw points: at equal D and bits, the largest model's QiD is below the smallest's in {t['falls']} "
+            f"of {n} comparisons"
+            if n
+            else "Raw points: no checkpoint D shared by two sizes to compare"
+        )
+    return (
+        f"Raw points: QiD falls from one bit width to the next higher one in {t['falls']} of "
+        f"{t['falls'] + t['grows']} comparisons"
+    )

@@ -94,8 +94,9 @@ def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, pol
         for color, p in zip(distinct_colors(len(levels)), levels):
             s = bits == p
             pts = ax.scatter(pred[s & keep], q[s & keep], s=16, color=color, label=f"{p} bits")
-            ax.scatter(pred[s & pos & ~keep], q[s & pos & ~keep], s=16, facecolors="none",
-                       edgecolors=pts.get_facecolor())
+            ax.scatter(
+                pred[s & pos & ~keep], q[s & pos & ~keep], s=16, facecolors="none", edgecolors=pts.get_facecolor()
+            )
         lo, hi = min(pred.min(), q[pos].min(initial=pred.min())), max(pred.max(), q.max())
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         _log_axes(ax)

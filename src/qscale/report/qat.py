@@ -58,28 +58,36 @@ class QatReport:
     control: dict
 
 
-def fit_scheme(rows: list[dict], scheme: str, metric: str, n_boot: int, seed: int,
-               policy: NoisePolicy = NoisePolicy()) -> SchemeFit:
+def fit_scheme(
+    rows: list[dict], scheme: str, metric: str, n_boot: int, seed: int, policy: NoisePolicy = NoisePolicy()
+) -> SchemeFit:
     """Fit the QAT law to one scheme's rows on ``delta`` (noise policy) or ``delta_train`` (δ > 0)."""
     y = np.array([r[metric] for r in rows], dtype=np.float64)
     keep = policy.keep(y, np.array([r["delta_se"] for r in rows])) if metric == "delta" else np.isfinite(y) & (y > 0)
     f = SchemeFit(scheme, metric, len(rows), int((~keep).sum()), int((y <= 0).sum()))
-    data = {"N": np.array([r["N"] for r in rows], dtype=np.float64)[keep],
-            "D": np.array([r["D"] for r in rows], dtype=np.float64)[keep],
-            "G": np.array([r["G_eff"] for r in rows], dtype=np.float64)[keep], "delta": y[keep]}
+    data = {
+        "N": np.array([r["N"] for r in rows], dtype=np.float64)[keep],
+        "D": np.array([r["D"] for r in rows], dtype=np.float64)[keep],
+        "G": np.array([r["G_eff"] for r in rows], dtype=np.float64)[keep],
+        "delta": y[keep],
+    }
     distinct = {c: len(set(data[c].tolist())) for c in ("N", "D", "G")}
     if keep.sum() < MIN_FIT_POINTS or min(distinct.values()) < 2:
-        f.error = (f"not fitted: {int(keep.sum())} usable points (need >= {MIN_FIT_POINTS}) with distinct "
-                   f"N/D/G counts {distinct} (need >= 2 each)")
+        f.error = (
+            f"not fitted: {int(keep.sum())} usable points (need >= {MIN_FIT_POINTS}) with distinct "
+            f"N/D/G counts {distinct} (need >= 2 each)"
+        )
         return f
     try:
         fit = fit_law(law_name(scheme), data, "delta")
         f.params = {p: float(fit.params[p]) for p in PARAMS}
-        f.stats = {"n_points": fit.n_points, "r2_log": fit.r2_log, "rmse_log": fit.rmse_log,
-                   "converged": fit.converged}
+        f.stats = {"n_points": fit.n_points, "r2_log": fit.r2_log, "rmse_log": fit.rmse_log, "converged": fit.converged}
         if n_boot:
-            f.ci = {p: tuple(map(float, v)) for p, v in bootstrap_ci(law_name(scheme), data, "delta", n_boot=n_boot,
-                                                                     seed=seed, fit=fit).items() if p in PARAMS}
+            f.ci = {
+                p: tuple(map(float, v))
+                for p, v in bootstrap_ci(law_name(scheme), data, "delta", n_boot=n_boot, seed=seed, fit=fit).items()
+                if p in PARAMS
+            }
     except (ConvergenceError, QscaleError) as e:
         f.params, f.error = None, f"fit failed: {e}"
     return f
@@ -95,11 +103,15 @@ def c_factor(rows: list[dict], metric: str = "delta") -> dict:
         return {"n": 0, "c": None, "median_ratio": None, "paper": PAPER_C}
     a, b = np.array(pairs).T
     ratios = a[b > 0] / b[b > 0]
-    return {"n": len(pairs), "c": float((a @ b) / (b @ b)) if (b @ b) > 0 else None,
-            "median_ratio": float(np.median(ratios)) if ratios.size else None,
-            "r2": float(1 - np.sum((a - (a @ b) / (b @ b) * b) ** 2) / np.sum((a - a.mean()) ** 2))
-            if len(a) > 1 and np.sum((a - a.mean()) ** 2) > 0 and (b @ b) > 0 else None,
-            "paper": PAPER_C}
+    return {
+        "n": len(pairs),
+        "c": float((a @ b) / (b @ b)) if (b @ b) > 0 else None,
+        "median_ratio": float(np.median(ratios)) if ratios.size else None,
+        "r2": float(1 - np.sum((a - (a @ b) / (b @ b) * b) ** 2) / np.sum((a - a.mean()) ** 2))
+        if len(a) > 1 and np.sum((a - a.mean()) ** 2) > 0 and (b @ b) > 0
+        else None,
+        "paper": PAPER_C,
+    }
 
 
 def layer_type(name: str) -> str:
@@ -118,16 +130,26 @@ def attribution_table(attr: list[dict]) -> dict:
         types = defaultdict(list)
         for r in rows:
             types[layer_type(r["layer"])].append(r)
-        table = {t: {"kurtosis": float(np.mean([r["kurtosis"] for r in rs])),
-                     "max_kurtosis": float(np.max([r["kurtosis"] for r in rs])),
-                     "rel_mse": float(np.mean([r["rel_mse"] for r in rs])), "n_layers": len(rs)}
-                 for t, rs in sorted(types.items())}
+        table = {
+            t: {
+                "kurtosis": float(np.mean([r["kurtosis"] for r in rs])),
+                "max_kurtosis": float(np.max([r["kurtosis"] for r in rs])),
+                "rel_mse": float(np.mean([r["rel_mse"] for r in rs])),
+                "n_layers": len(rs),
+            }
+            for t, rs in sorted(types.items())
+        }
         rank_k = sorted(table, key=lambda t: -table[t]["kurtosis"])
         rank_m = sorted(table, key=lambda t: -table[t]["rel_mse"])
-        out[scheme] = {"model": rows[0]["model"], "D": rows[0]["D"], "G": rows[0]["G"], "by_type": table,
-                       "layers": {r["layer"]: {k: r[k] for k in ("mse", "rel_mse", "kurtosis")} for r in rows},
-                       "down_proj_rank_kurtosis": rank_k.index("down_proj") + 1 if "down_proj" in table else None,
-                       "down_proj_rank_rel_mse": rank_m.index("down_proj") + 1 if "down_proj" in table else None}
+        out[scheme] = {
+            "model": rows[0]["model"],
+            "D": rows[0]["D"],
+            "G": rows[0]["G"],
+            "by_type": table,
+            "layers": {r["layer"]: {k: r[k] for k in ("mse", "rel_mse", "kurtosis")} for r in rows},
+            "down_proj_rank_kurtosis": rank_k.index("down_proj") + 1 if "down_proj" in table else None,
+            "down_proj_rank_rel_mse": rank_m.index("down_proj") + 1 if "down_proj" in table else None,
+        }
     return out
 
 
@@ -144,13 +166,26 @@ def fc2_reduction(rows: list[dict], policy: NoisePolicy = NoisePolicy()) -> dict
             if not policy.keep(np.array([b["delta"]]), np.array([b["delta_se"]]))[0]:
                 skipped += 1
                 continue
-            per_g[g].append({"model": m, "D": d, "delta": b["delta"], "delta_fc2a8": r["delta"],
-                             "reduction": (b["delta"] - r["delta"]) / b["delta"]})
+            per_g[g].append(
+                {
+                    "model": m,
+                    "D": d,
+                    "delta": b["delta"],
+                    "delta_fc2a8": r["delta"],
+                    "reduction": (b["delta"] - r["delta"]) / b["delta"],
+                }
+            )
         if per_g or skipped:
-            out[base] = {"by_G": {str(g): {"mean_reduction": float(np.mean([c["reduction"] for c in cs])),
-                                           "cells": cs} for g, cs in sorted(per_g.items())},
-                         "mean_reduction": float(np.mean([c["reduction"] for cs in per_g.values() for c in cs]))
-                         if per_g else None, "n_below_floor": skipped}
+            out[base] = {
+                "by_G": {
+                    str(g): {"mean_reduction": float(np.mean([c["reduction"] for c in cs])), "cells": cs}
+                    for g, cs in sorted(per_g.items())
+                },
+                "mean_reduction": float(np.mean([c["reduction"] for cs in per_g.values() for c in cs]))
+                if per_g
+                else None,
+                "n_below_floor": skipped,
+            }
     out["paper"] = PAPER_FC2
     return out
 
@@ -167,9 +202,11 @@ def control_summary(rows: list[dict]) -> dict:
         if r["scheme"] != CONTROL and (r["model"], r["D"]) in ctrl:
             within[r["scheme"]][1] += 1
             within[r["scheme"]][0] += int(r["delta"] <= 2 * abs(ctrl[(r["model"], r["D"])]))
-    return {"per_cell": [{"model": m, "D": d, "delta": v} for (m, d), v in ctrl.items()],
-            "median_abs_delta": float(np.median(np.abs(list(ctrl.values())))),
-            "within_2x_control": {s: {"n": w[0], "of": w[1]} for s, w in within.items()}}
+    return {
+        "per_cell": [{"model": m, "D": d, "delta": v} for (m, d), v in ctrl.items()],
+        "median_abs_delta": float(np.median(np.abs(list(ctrl.values())))),
+        "within_2x_control": {s: {"n": w[0], "of": w[1]} for s, w in within.items()},
+    }
 
 
 def qat_vs_ptq(ptq: list[dict]) -> dict:
@@ -194,44 +231,90 @@ def qat_vs_ptq(ptq: list[dict]) -> dict:
         for rec in ("lsq", "quest", "ste"):
             q = table.get(f"{rec} W4A16")
             if g is not None and q is not None:
-                verdict[rec] = {"beats_gptq_vs_checkpoint": q["delta_ckpt"] < g["delta_ckpt"],
-                                "beats_gptq_vs_control": q.get("delta_ctrl", math.inf) < g["delta_ckpt"]}
-        out[model] = {"N": ck["N"], "D": ck["D"], "G": ck["G"], "loss_checkpoint": ck["loss"], "rows": table,
-                      "w4a16_vs_gptq": verdict}
+                verdict[rec] = {
+                    "beats_gptq_vs_checkpoint": q["delta_ckpt"] < g["delta_ckpt"],
+                    "beats_gptq_vs_control": q.get("delta_ctrl", math.inf) < g["delta_ckpt"],
+                }
+        out[model] = {
+            "N": ck["N"],
+            "D": ck["D"],
+            "G": ck["G"],
+            "loss_checkpoint": ck["loss"],
+            "rows": table,
+            "w4a16_vs_gptq": verdict,
+        }
     return out
 
 
-def write_qat_report(cells: list[dict], fps: list[dict], attr: list[dict], ptq: list[dict], folder: str | Path,
-                     n_boot: int = 200, seed: int = 0, title: str = "QAT study", context: dict | None = None,
-                     policy: NoisePolicy = NoisePolicy()) -> QatReport:
+def write_qat_report(
+    cells: list[dict],
+    fps: list[dict],
+    attr: list[dict],
+    ptq: list[dict],
+    folder: str | Path,
+    n_boot: int = 200,
+    seed: int = 0,
+    title: str = "QAT study",
+    context: dict | None = None,
+    policy: NoisePolicy = NoisePolicy(),
+) -> QatReport:
     """Fit, tabulate and write ``fit.json``, ``summary.md`` and the PNG plots into ``folder``."""
     folder = Path(folder)
     schemes = list(dict.fromkeys(r["scheme"] for r in cells if r["scheme"] != CONTROL))
     by_scheme = {s: [r for r in cells if r["scheme"] == s] for s in schemes}
-    fits = {f"{s} {m}": fit_scheme(by_scheme[s], s, m, n_boot, seed, policy)
-            for s in schemes for m in ("delta", "delta_train")}
-    report = QatReport(folder, fits, {"held_out": c_factor(cells, "delta"), "train": c_factor(cells, "delta_train")},
-                       attribution_table(attr), fc2_reduction(cells, policy), qat_vs_ptq(ptq), control_summary(cells))
+    fits = {
+        f"{s} {m}": fit_scheme(by_scheme[s], s, m, n_boot, seed, policy)
+        for s in schemes
+        for m in ("delta", "delta_train")
+    }
+    report = QatReport(
+        folder,
+        fits,
+        {"held_out": c_factor(cells, "delta"), "train": c_factor(cells, "delta_train")},
+        attribution_table(attr),
+        fc2_reduction(cells, policy),
+        qat_vs_ptq(ptq),
+        control_summary(cells),
+    )
     payload = {
         "law": "delta = k * D^gamma_D * (log2 G)^gamma_G / N^gamma_N (Chen et al. 2025, arXiv 2505.14302)",
         "noise_policy": noise_text(policy),
         "n_boot": n_boot,
-        "fits": {k: {"scheme": f.scheme, "metric": f.metric, "params": f.params, "ci": f.ci, "stats": f.stats,
-                     "n_rows": f.n_rows, "n_excluded": f.n_excluded, "n_nonpositive": f.n_nonpositive,
-                     "error": f.error, "paper": paper_params(f.scheme)}
-                 for k, f in fits.items()},
-        "c_factor": report.c_factor, "attribution": report.attribution, "fc2_int8": report.fc2,
-        "qat_vs_ptq": report.qat_vs_ptq, "training_noise_control": report.control, "context": context or {},
+        "fits": {
+            k: {
+                "scheme": f.scheme,
+                "metric": f.metric,
+                "params": f.params,
+                "ci": f.ci,
+                "stats": f.stats,
+                "n_rows": f.n_rows,
+                "n_excluded": f.n_excluded,
+                "n_nonpositive": f.n_nonpositive,
+                "error": f.error,
+                "paper": paper_params(f.scheme),
+            }
+            for k, f in fits.items()
+        },
+        "c_factor": report.c_factor,
+        "attribution": report.attribution,
+        "fc2_int8": report.fc2,
+        "qat_vs_ptq": report.qat_vs_ptq,
+        "training_noise_control": report.control,
+        "context": context or {},
         "cells": [{k: v for k, v in r.items() if k not in ("per_window", "versions")} for r in cells],
         "fp_runs": [{k: v for k, v in r.items() if k != "per_window"} for r in fps],
     }
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "fit.json", to_jsonable(payload))
     for s in schemes:
-        atomic_write_bytes(folder / f"delta_vs_D_{s}.png", qat_plots.delta_vs_d(by_scheme[s], fits[f"{s} delta"], policy))
+        atomic_write_bytes(
+            folder / f"delta_vs_D_{s}.png", qat_plots.delta_vs_d(by_scheme[s], fits[f"{s} delta"], policy)
+        )
     if cells:
-        atomic_write_bytes(folder / "observed_vs_predicted.png",
-                           qat_plots.observed_vs_predicted(by_scheme, {s: fits[f"{s} delta"] for s in schemes}, policy))
+        atomic_write_bytes(
+            folder / "observed_vs_predicted.png",
+            qat_plots.observed_vs_predicted(by_scheme, {s: fits[f"{s} delta"] for s in schemes}, policy),
+        )
     if report.attribution:
         atomic_write_bytes(folder / "attribution.png", qat_plots.attribution_bars(report.attribution))
     atomic_write_bytes(folder / "summary.md", summary_markdown(title, report, context or {}, policy).encode())

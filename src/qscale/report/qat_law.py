@@ -10,11 +10,17 @@ from qscale.laws import LAWS, PUBLISHED, predict
 from qscale.laws.published import CHEN_DECOMPOSITION_C, CHEN_FC2_REDUCTION_W4A4
 
 PARAMS = ("k", "gamma_N", "gamma_D", "gamma_G")
-PUBLISHED_SET = {"W4A4": "chen2025-w4a4", "W4A16": "chen2025-w4a16", "W16A4": "chen2025-w16a4",
-                 "W4A4-fc2a8": "chen2025-w4a4-fc2int8", "W16A4-fc2a8": "chen2025-w16a4-fc2int8"}
+PUBLISHED_SET = {
+    "W4A4": "chen2025-w4a4",
+    "W4A16": "chen2025-w4a16",
+    "W16A4": "chen2025-w16a4",
+    "W4A4-fc2a8": "chen2025-w4a4-fc2int8",
+    "W16A4-fc2a8": "chen2025-w16a4-fc2int8",
+}
 PAPER_C = CHEN_DECOMPOSITION_C
-PAPER_FC2 = (f"W4A4: {100 * CHEN_FC2_REDUCTION_W4A4[32]:.1f}% (G = 32) to "
-             f"{100 * CHEN_FC2_REDUCTION_W4A4[256]:.1f}% (G = 256)")
+PAPER_FC2 = (
+    f"W4A4: {100 * CHEN_FC2_REDUCTION_W4A4[32]:.1f}% (G = 32) to {100 * CHEN_FC2_REDUCTION_W4A4[256]:.1f}% (G = 256)"
+)
 
 
 def paper_params(scheme: str) -> dict[str, float] | None:
@@ -35,5 +41,7 @@ def predict_delta(params: dict[str, float], N, D, G) -> np.ndarray:
 
 
 def noise_text(policy: NoisePolicy) -> str:
-    return (f"held-out points with δ <= {policy.k:g} x their paired standard error (every δ <= 0 included) are "
-            "excluded from the log-space fit and counted, never clipped; training-loss points with δ <= 0 likewise")
+    return (
+        f"held-out points with δ <= {policy.k:g} x their paired standard error (every δ <= 0 included) are "
+        "excluded from the log-space fit and counted, never clipped; training-loss points with δ <= 0 likewise"
+    )

@@ -57,8 +57,9 @@ def delta_vs_d(rows: list[dict], fit, policy: NoisePolicy) -> bytes:
         _loglog(ax, n_pos > 0)
         ax.set_xlabel("training tokens D")
         ax.set_ylabel("δ = loss_QAT − loss_fp (nats)")
-        ax.set_title(f"{scheme}, G = {g or 'per channel'}" + (f" ({n_nonpos} pts <= 0)" if n_nonpos else ""),
-                     fontsize=9)
+        ax.set_title(
+            f"{scheme}, G = {g or 'per channel'}" + (f" ({n_nonpos} pts <= 0)" if n_nonpos else ""), fontsize=9
+        )
     axes[0][0].legend(fontsize=7)
     return to_png(plt, fig)
 
@@ -102,8 +103,9 @@ def attribution_bars(attribution: dict) -> bytes:
         for ax, key in zip(axes[0], ("kurtosis", "rel_mse")):
             ax.bar(x + i * width, [bt[t][key] if t in bt else np.nan for t in types], width, label=m, color=color)
     axes[0][0].set_yscale("log")  # kurtosis spans 3 (Gaussian) to ~100 (FC2 outliers)
-    for ax, label in zip(axes[0], ("input kurtosis (mean over layers; 3 = Gaussian)",
-                                   "relative input quantization MSE (A4)")):
+    for ax, label in zip(
+        axes[0], ("input kurtosis (mean over layers; 3 = Gaussian)", "relative input quantization MSE (A4)")
+    ):
         ax.set_xticks(x + width * (len(models) - 1) / 2, types, rotation=30, fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)

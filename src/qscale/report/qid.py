@@ -116,8 +116,11 @@ def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
     data = {k: c[k][keep] for k in ("N", "D", "P", "qid")}
     varying = [k for k in ("N", "D", "P") if len(np.unique(data[k])) < 2]
     if keep.sum() < MIN_FIT_POINTS or varying:
-        why = f"only {int(keep.sum())} points above the noise floor" if keep.sum() < MIN_FIT_POINTS else \
-            f"the points above the noise floor have a single value of {', '.join(varying)}"
+        why = (
+            f"only {int(keep.sum())} points above the noise floor"
+            if keep.sum() < MIN_FIT_POINTS
+            else f"the points above the noise floor have a single value of {', '.join(varying)}"
+        )
         out.error = f"not fitted: {why}"
         return out
     out.params, out.ci, out.stats, out.extrapolation, out.bootstrap = _fit_law(data, cfg)
@@ -130,7 +133,9 @@ def inversion_table(fit: MethodFit, sizes: dict[str, int], cfg: ReportConfig) ->
         return []
     return [
         {"model": m, "N": n, "P": p, "qid": q, "tokens": tokens_for_qid(fit.params, q, n, p)}
-        for m, n in sizes.items() for p in cfg.inversion_bits for q in cfg.thresholds
+        for m, n in sizes.items()
+        for p in cfg.inversion_bits
+        for q in cfg.thresholds
     ]
 
 
@@ -189,8 +194,13 @@ class Report:
     files: tuple[Path, ...]
 
 
-def write_qid_report(rows: list[dict], out_dir: str | Path, cfg: ReportConfig | None = None,
-                     title: str = "QiD study", context: dict | None = None) -> Report:
+def write_qid_report(
+    rows: list[dict],
+    out_dir: str | Path,
+    cfg: ReportConfig | None = None,
+    title: str = "QiD study",
+    context: dict | None = None,
+) -> Report:
     """Fit every method in ``rows`` and write ``fit.json``, ``summary.md`` and PNG plots to ``out_dir``."""
     cfg = cfg or ReportConfig()
     if not rows:

@@ -36,11 +36,16 @@ def ranking_markdown(ranking: dict | None) -> list[str]:
     if ranking is None:
         return []
     t = ranking["target"]
-    lines = ["## Methods ranked at the target", "",
-             f"Each method's fitted law at N = {t['N']:.3g}, D = {t['D']:.3g}, P = {t['P']:g} bits, with the 95% "
-             "interval of its bootstrap refits. Lower QiD is less damage; two methods are separated when their "
-             "intervals do not overlap.", "",
-             "| rank | method | predicted QiD | 95% interval | separated from the one above? |", "|---|---|---|---|---|"]
+    lines = [
+        "## Methods ranked at the target",
+        "",
+        f"Each method's fitted law at N = {t['N']:.3g}, D = {t['D']:.3g}, P = {t['P']:g} bits, with the 95% "
+        "interval of its bootstrap refits. Lower QiD is less damage; two methods are separated when their "
+        "intervals do not overlap.",
+        "",
+        "| rank | method | predicted QiD | 95% interval | separated from the one above? |",
+        "|---|---|---|---|---|",
+    ]
     for i, r in enumerate(ranking["methods"], start=1):
         ci = f"[{r['lo']:.3g}, {r['hi']:.3g}]" if math.isfinite(r["lo"]) else "n/a (too few bootstrap refits)"
         sep = {None: "—", True: "yes", False: "no (overlap)"}[r["separated_from_previous"]]
@@ -48,7 +53,10 @@ def ranking_markdown(ranking: dict | None) -> list[str]:
     if ranking["not_fitted"]:
         lines += ["", f"Not ranked (no fitted law): {', '.join(ranking['not_fitted'])}."]
     if len(ranking["methods"]) >= 2:
-        verdict = ("its interval lies below every other method's: resolved" if ranking["resolved"]
-                   else "its interval overlaps another method's: the data do not separate them at this scale")
+        verdict = (
+            "its interval lies below every other method's: resolved"
+            if ranking["resolved"]
+            else "its interval overlaps another method's: the data do not separate them at this scale"
+        )
         lines += ["", f"Best at the target: **{ranking['best']}**; {verdict}."]
     return lines + [""]

@@ -20,7 +20,6 @@ LOCK_FILE = ".study.lock"
 EXECUTORS = ("local", "ray")
 
 
-
 def open_store(target: str | Path, tables: Sequence[Table] = ()) -> Store:
     """The store at ``target``: ``postgresql://...`` (or ``postgres://``) or a path to a SQLite file."""
     text = str(target)

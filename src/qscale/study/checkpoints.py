@@ -67,7 +67,8 @@ def _find(spec: str) -> tuple[list[Path], dict[Path, dict]]:
         return [path], {}
     level1 = sorted(p for p in path.iterdir() if p.is_dir())
     return [p for p in level1 if _is_checkpoint(p)] + sorted(
-        q for p in level1 if not _is_checkpoint(p) for q in p.iterdir() if _is_checkpoint(q)), {}
+        q for p in level1 if not _is_checkpoint(p) for q in p.iterdir() if _is_checkpoint(q)
+    ), {}
 
 
 def _number(row: dict, col: str, where: str) -> int | None:
@@ -98,8 +99,10 @@ def _tokens(p: Path, row: dict, tokens_per_step: int | None) -> int:
         return int(m.group(1)) * tokens_per_step
     if m:
         raise QscaleError(f"cannot derive D for {p}: pass --tokens-per-step (D = step {m.group(1)} x tokens per step)")
-    raise QscaleError(f"cannot derive D for {p}: no qscale.json, no D column in a manifest, and the folder is not "
-                      "named step<N> (for --tokens-per-step)")
+    raise QscaleError(
+        f"cannot derive D for {p}: no qscale.json, no D column in a manifest, and the folder is not "
+        "named step<N> (for --tokens-per-step)"
+    )
 
 
 def _arch(p: Path) -> tuple[str, str]:
@@ -140,8 +143,15 @@ def discover(spec: str | Path, tokens_per_step: int | None = None) -> tuple[Suit
             tok = folder_tokenizer(p)
             require(tok is not None, f"checkpoint {p} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
             row = manifest.get(p, {})
-            out.append(SuiteCheckpoint(str(p.resolve()), labels[k], _tokens(p, row, tokens_per_step),
-                                       _number(row, "N", f"manifest row of {p}"), str(Path(tok).resolve())))
+            out.append(
+                SuiteCheckpoint(
+                    str(p.resolve()),
+                    labels[k],
+                    _tokens(p, row, tokens_per_step),
+                    _number(row, "N", f"manifest row of {p}"),
+                    str(Path(tok).resolve()),
+                )
+            )
     seen = defaultdict(list)
     for c in out:
         seen[(c.size, c.D)].append(c.path)

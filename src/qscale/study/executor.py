@@ -42,8 +42,14 @@ class Executor(ABC):
     """Runs tasks and reports each result (with the seconds it took) back to the caller."""
 
     @abstractmethod
-    def run(self, tasks: Sequence[Task], inputs: Mapping[str, Any], on_done: OnDone,
-            on_start: OnStart | None = None, on_failed: OnFailed | None = None) -> None:
+    def run(
+        self,
+        tasks: Sequence[Task],
+        inputs: Mapping[str, Any],
+        on_done: OnDone,
+        on_start: OnStart | None = None,
+        on_failed: OnFailed | None = None,
+    ) -> None:
         """Run ``tasks`` (dependencies first). ``inputs`` holds the values of dependencies that are not in
         ``tasks`` (already stored); ``on_done(task, result, seconds)`` is called in this process as each
         task finishes, so rows are committed one by one. A task that raises stops the run, unless the
@@ -54,8 +60,14 @@ class Executor(ABC):
 class LocalExecutor(Executor):
     """In process, one task at a time, in the given order (deterministic on CPU)."""
 
-    def run(self, tasks: Sequence[Task], inputs: Mapping[str, Any], on_done: OnDone,
-            on_start: OnStart | None = None, on_failed: OnFailed | None = None) -> None:
+    def run(
+        self,
+        tasks: Sequence[Task],
+        inputs: Mapping[str, Any],
+        on_done: OnDone,
+        on_start: OnStart | None = None,
+        on_failed: OnFailed | None = None,
+    ) -> None:
         values = dict(inputs)
         for task in tasks:
             if on_start is not None:

@@ -44,8 +44,10 @@ class QidGrid:
     def __post_init__(self) -> None:
         require(len(self.methods) > 0, "at least one PTQ method is needed")
         require(len(set(self.methods)) == len(self.methods), f"repeated PTQ method in {self.methods}")
-        require(len(self.bits) > 0 and all(isinstance(b, int) and 1 <= b <= 8 for b in self.bits),
-                f"bit widths must be integers in 1..8, got {self.bits}")
+        require(
+            len(self.bits) > 0 and all(isinstance(b, int) and 1 <= b <= 8 for b in self.bits),
+            f"bit widths must be integers in 1..8, got {self.bits}",
+        )
         require(len(set(self.bits)) == len(self.bits), f"repeated bit width in {self.bits}")
         require(self.group_size >= 0, f"group size must be >= 0 (0 = per channel), got {self.group_size}")
         require(self.grid in GRIDS, f"unknown grid {self.grid!r} (choose from {', '.join(GRIDS)})")
@@ -95,8 +97,15 @@ QID_PRESETS: dict[str, QidPreset] = {
     # tests: seconds on one core; a capped corpus with a small vocabulary
     "tiny": QidPreset(
         suite="tiny",
-        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 4), group_size=32, eval_windows=8, eval_seq_len=32,
-                     n_calib=4, calib_seq_len=32),
+        grid=QidGrid(
+            methods=("rtn", "gptq"),
+            bits=(2, 4),
+            group_size=32,
+            eval_windows=8,
+            eval_seq_len=32,
+            n_calib=4,
+            calib_seq_len=32,
+        ),
         report=ReportConfig(thresholds=DEFAULT_THRESHOLDS, inversion_bits=(2, 4), n_boot=20),
         max_files=60,
     ),
@@ -104,15 +113,32 @@ QID_PRESETS: dict[str, QidPreset] = {
     # (4 sizes x 7 checkpoints from 8K to 524K tokens x 4 bit widths = 112)
     "quick": QidPreset(
         suite="quick",
-        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 3, 4, 8), group_size=32, eval_windows=192,
-                     eval_seq_len=128, eval_batch_size=32, n_calib=32, calib_seq_len=128, min_tokens=8192),
+        grid=QidGrid(
+            methods=("rtn", "gptq"),
+            bits=(2, 3, 4, 8),
+            group_size=32,
+            eval_windows=192,
+            eval_seq_len=128,
+            eval_batch_size=32,
+            n_calib=32,
+            calib_seq_len=128,
+            min_tokens=8192,
+        ),
         report=ReportConfig(n_boot=200),
     ),
     # the device: larger models, longer training, more held-out tokens
     "gpu": QidPreset(
         suite="gpu",
-        grid=QidGrid(methods=("rtn", "gptq"), bits=(2, 3, 4, 8), group_size=32, eval_windows=256,
-                     eval_seq_len=256, eval_batch_size=32, n_calib=128, calib_seq_len=256),
+        grid=QidGrid(
+            methods=("rtn", "gptq"),
+            bits=(2, 3, 4, 8),
+            group_size=32,
+            eval_windows=256,
+            eval_seq_len=256,
+            eval_batch_size=32,
+            n_calib=128,
+            calib_seq_len=256,
+        ),
         report=ReportConfig(n_boot=500),
     ),
 }

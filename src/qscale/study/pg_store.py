@@ -37,8 +37,13 @@ def _redact(url: str) -> str:
 class PostgresStore(SqlStore):
     """A PostgreSQL database; tables created on :meth:`create` (also from ``tables`` at open)."""
 
-    types: ClassVar[dict[str, str]] = {"int": "BIGINT", "float": "DOUBLE PRECISION", "text": "TEXT", "json": "TEXT",
-                                       "array": "BYTEA"}
+    types: ClassVar[dict[str, str]] = {
+        "int": "BIGINT",
+        "float": "DOUBLE PRECISION",
+        "text": "TEXT",
+        "json": "TEXT",
+        "array": "BYTEA",
+    }
     mark = "%s"
 
     def __init__(self, url: str, tables: Sequence[Table] = ()):
@@ -73,8 +78,9 @@ class PostgresStore(SqlStore):
             raise self._fail(e) from e
 
     def _insert_ignore(self, table: str, cols: Sequence[str]) -> str:
-        return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-                "ON CONFLICT DO NOTHING")
+        return (
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) ON CONFLICT DO NOTHING"
+        )
 
     def _ddl_extra(self) -> str:
         return "rowid BIGSERIAL PRIMARY KEY, "

@@ -39,18 +39,30 @@ from qscale.train.suite import SuiteConfig
 
 SMOOTH_FRAC = 0.1  # the smoothed final training loss averages the last 10% of steps
 _RUN = "run:text model:text D:int"
-FP_TABLE = Table("qat_fp", columns(f"{_RUN} seed:int config_hash:text"),
-                 columns("N:int N_total:int steps:int loss:float per_window:array train_loss:float train_s:float "
-                         "eval_s:float"))
-QAT_TABLE = Table("qat", columns(f"{_RUN} scheme:text G:int seed:int config_hash:text"),
-                  columns("N:int N_total:int steps:int w_bits:int a_bits:int G_eff:int loss_fp:float loss_q:float "
-                          "delta:float delta_se:float train_loss_fp:float train_loss_q:float delta_train:float "
-                          "per_window:array eval_tokens:int versions:json train_s:float eval_s:float"))
-ATTR_TABLE = Table("qat_attr", columns(f"{_RUN} scheme:text G:int seed:int config_hash:text layer:text"),
-                   columns("mse:float rel_mse:float kurtosis:float n:int"))
-PTQ_TABLE = Table("qat_ptq", columns(f"{_RUN} method:text scheme:text seed:int config_hash:text"),
-                  columns("N:int G:int steps:int loss:float per_window:array train_loss:float? seconds:float "
-                          "checkpoint:text"))
+FP_TABLE = Table(
+    "qat_fp",
+    columns(f"{_RUN} seed:int config_hash:text"),
+    columns("N:int N_total:int steps:int loss:float per_window:array train_loss:float train_s:float eval_s:float"),
+)
+QAT_TABLE = Table(
+    "qat",
+    columns(f"{_RUN} scheme:text G:int seed:int config_hash:text"),
+    columns(
+        "N:int N_total:int steps:int w_bits:int a_bits:int G_eff:int loss_fp:float loss_q:float "
+        "delta:float delta_se:float train_loss_fp:float train_loss_q:float delta_train:float "
+        "per_window:array eval_tokens:int versions:json train_s:float eval_s:float"
+    ),
+)
+ATTR_TABLE = Table(
+    "qat_attr",
+    columns(f"{_RUN} scheme:text G:int seed:int config_hash:text layer:text"),
+    columns("mse:float rel_mse:float kurtosis:float n:int"),
+)
+PTQ_TABLE = Table(
+    "qat_ptq",
+    columns(f"{_RUN} method:text scheme:text seed:int config_hash:text"),
+    columns("N:int G:int steps:int loss:float per_window:array train_loss:float? seconds:float checkpoint:text"),
+)
 TABLES = (FP_TABLE, QAT_TABLE, ATTR_TABLE, PTQ_TABLE)
 
 
@@ -108,8 +120,15 @@ class PtqRow(Row):
     checkpoint: str
 
 
-def train_model(model: nn.Module, recipe: QATRecipeConfig | None, batches: Callable[[int], Tensor], steps: int,
-                lr: float, warmup_steps: int, weight_decay: float) -> list[float]:
+def train_model(
+    model: nn.Module,
+    recipe: QATRecipeConfig | None,
+    batches: Callable[[int], Tensor],
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float,
+) -> list[float]:
     """Train ``model`` in place for ``steps`` steps on ``batches(step)``; ``recipe`` None = full precision.
 
     The one code path of every model in the study, so fp and QAT differ only by ``prepare``: qscale's
@@ -123,8 +142,9 @@ def train_model(model: nn.Module, recipe: QATRecipeConfig | None, batches: Calla
         teacher = copy.deepcopy(model).eval().requires_grad_(False) if kind.needs_teacher else None
         prepare(model, recipe)
         hooks = kind.hooks(model, recipe, teacher)  # the recipe's own step (SAM, extra loss terms, rank decay)
-    return engine_train(model, OptimConfig(lr=lr, warmup=warmup_steps, weight_decay=weight_decay), batches, steps,
-                        hooks=hooks)
+    return engine_train(
+        model, OptimConfig(lr=lr, warmup=warmup_steps, weight_decay=weight_decay), batches, steps, hooks=hooks
+    )
 
 
 def smoothed(losses: list[float], frac: float = SMOOTH_FRAC) -> float:
@@ -136,38 +156,77 @@ def smoothed(losses: list[float], frac: float = SMOOTH_FRAC) -> float:
 
 def _attribution(model: nn.Module, windows: Tensor, G: int, key: CellKey) -> list[AttrRow]:
     """Per-layer input statistics (quantization MSE at A4, kurtosis) of a trained model."""
-    stats = input_stats(model, [windows[i:i + 1].to(device()) for i in range(len(windows))], act_spec(4, G or None))
-    return [AttrRow(key.with_(layer=name), mse=s.mse, rel_mse=s.rel_mse, kurtosis=s.kurtosis, n=s.n)
-            for name, s in stats.items()]
+    stats = input_stats(model, [windows[i : i + 1].to(device()) for i in range(len(windows))], act_spec(4, G or None))
+    return [
+        AttrRow(key.with_(layer=name), mse=s.mse, rel_mse=s.rel_mse, kurtosis=s.kurtosis, n=s.n)
+        for name, s in stats.items()
+    ]
 
 
-def _train_fresh(g: QatGrid, size: str, steps: int, vocab: int, train_tokens: np.ndarray,
-                 recipe: QATRecipeConfig | None) -> tuple[nn.Module, list[float], float]:
+def _train_fresh(
+    g: QatGrid, size: str, steps: int, vocab: int, train_tokens: np.ndarray, recipe: QATRecipeConfig | None
+) -> tuple[nn.Module, list[float], float]:
     seed_everything(g.seed)
     model = build_model(size, vocab, max_seq_len=max(1024, g.seq_len), seed=g.seed).to(device())
     t = time.perf_counter()
-    losses = train_model(model, recipe, lambda s: train_batch(train_tokens, s, g.batch_size, g.seq_len, g.seed),
-                         steps, g.lr, g.warmup_steps, g.weight_decay)
+    losses = train_model(
+        model,
+        recipe,
+        lambda s: train_batch(train_tokens, s, g.batch_size, g.seq_len, g.seed),
+        steps,
+        g.lr,
+        g.warmup_steps,
+        g.weight_decay,
+    )
     return model, losses, time.perf_counter() - t
 
 
-def fp_cell(g: QatGrid, size: str, steps: int, vocab: int, train_tokens: np.ndarray, windows: Tensor,
-            key: CellKey, attr_key: CellKey | None) -> list[Row]:
+def fp_cell(
+    g: QatGrid,
+    size: str,
+    steps: int,
+    vocab: int,
+    train_tokens: np.ndarray,
+    windows: Tensor,
+    key: CellKey,
+    attr_key: CellKey | None,
+) -> list[Row]:
     """Train the full-precision model of one (N, D) and measure it (and its attribution, if asked)."""
     model, losses, train_s = _train_fresh(g, size, steps, vocab, train_tokens, None)
     rows: list[Row] = []
     t = time.perf_counter()
     res = evaluate(model, windows, batch_size=g.eval_batch_size)
     pc = count_params(model)
-    rows.append(FpRow(key, N=pc.non_embedding, N_total=pc.total, steps=steps, loss=res.loss, per_window=res.per_window,
-                      train_loss=smoothed(losses), train_s=train_s, eval_s=time.perf_counter() - t))
+    rows.append(
+        FpRow(
+            key,
+            N=pc.non_embedding,
+            N_total=pc.total,
+            steps=steps,
+            loss=res.loss,
+            per_window=res.per_window,
+            train_loss=smoothed(losses),
+            train_s=train_s,
+            eval_s=time.perf_counter() - t,
+        )
+    )
     if attr_key is not None:
         rows += _attribution(model, windows[: g.attribution_windows, :-1], attr_key["G"], attr_key)
     return rows
 
 
-def qat_cell(g: QatGrid, size: str, steps: int, scheme_name: str, vocab: int, train_tokens: np.ndarray,
-             windows: Tensor, key: CellKey, attr_key: CellKey | None, fp: dict) -> list[Row]:
+def qat_cell(
+    g: QatGrid,
+    size: str,
+    steps: int,
+    scheme_name: str,
+    vocab: int,
+    train_tokens: np.ndarray,
+    windows: Tensor,
+    key: CellKey,
+    attr_key: CellKey | None,
+    fp: dict,
+) -> list[Row]:
     """Train one QAT model from scratch and store δ against the fp model of its (N, D) on the same windows."""
     scheme, G = get_scheme(scheme_name), key["G"]
     model, losses, train_s = _train_fresh(g, size, steps, vocab, train_tokens, scheme.recipe(G))
@@ -175,19 +234,45 @@ def qat_cell(g: QatGrid, size: str, steps: int, scheme_name: str, vocab: int, tr
     res = evaluate(model, windows, batch_size=g.eval_batch_size)
     delta, se = paired_delta(fp["per_window"], res.per_window)
     train_q = smoothed(losses)
-    rows: list[Row] = [QatRow(
-        key, N=fp["N"], N_total=fp["N_total"], steps=steps, w_bits=scheme.w_bits, a_bits=scheme.a_bits,
-        G_eff=G or get_size(size).d_model, loss_fp=fp["loss"], loss_q=res.loss, delta=delta, delta_se=se,
-        train_loss_fp=fp["train_loss"], train_loss_q=train_q, delta_train=train_q - fp["train_loss"],
-        per_window=res.per_window, eval_tokens=res.n_tokens, versions=versions(), train_s=train_s,
-        eval_s=time.perf_counter() - t)]
+    rows: list[Row] = [
+        QatRow(
+            key,
+            N=fp["N"],
+            N_total=fp["N_total"],
+            steps=steps,
+            w_bits=scheme.w_bits,
+            a_bits=scheme.a_bits,
+            G_eff=G or get_size(size).d_model,
+            loss_fp=fp["loss"],
+            loss_q=res.loss,
+            delta=delta,
+            delta_se=se,
+            train_loss_fp=fp["train_loss"],
+            train_loss_q=train_q,
+            delta_train=train_q - fp["train_loss"],
+            per_window=res.per_window,
+            eval_tokens=res.n_tokens,
+            versions=versions(),
+            train_s=train_s,
+            eval_s=time.perf_counter() - t,
+        )
+    ]
     if attr_key is not None:
         rows += _attribution(model, windows[: g.attribution_windows, :-1], G, attr_key)
     return rows
 
 
-def compare_job(c: PtqCompare, method: str, scheme: str, windows: Tensor, calib: Tensor, train_tokens: np.ndarray,
-                seed: int, key: CellKey, ck: dict) -> PtqRow:
+def compare_job(
+    c: PtqCompare,
+    method: str,
+    scheme: str,
+    windows: Tensor,
+    calib: Tensor,
+    train_tokens: np.ndarray,
+    seed: int,
+    key: CellKey,
+    ck: dict,
+) -> PtqRow:
     """One QAT-vs-PTQ measurement on a final checkpoint: as is, GPTQ W4, fp fine-tune, or a QAT fine-tune."""
     base = checkpoint_model(ck["path"])
     seed_everything(seed)
@@ -200,14 +285,28 @@ def compare_job(c: PtqCompare, method: str, scheme: str, windows: Tensor, calib:
         model = copy.deepcopy(base)
         recipe = None if method == "fp-finetune" else get_scheme(scheme).recipe(c.group_size, method, group_acts=False)
         start = int(ck["step"])
-        losses = train_model(model, recipe,
-                             lambda s: train_batch(train_tokens, start + s, c.batch_size, c.seq_len, seed),
-                             c.steps, c.lr, c.warmup_steps, 0.0)
+        losses = train_model(
+            model,
+            recipe,
+            lambda s: train_batch(train_tokens, start + s, c.batch_size, c.seq_len, seed),
+            c.steps,
+            c.lr,
+            c.warmup_steps,
+            0.0,
+        )
         train_loss, steps = smoothed(losses), c.steps
     res = evaluate(model, windows, batch_size=c.eval_batch_size)
-    return PtqRow(key, N=ck["N"] or count_params(base).non_embedding, G=c.group_size, steps=steps, loss=res.loss,
-                  per_window=res.per_window, train_loss=train_loss, seconds=time.perf_counter() - t,
-                  checkpoint=str(ck["path"]))
+    return PtqRow(
+        key,
+        N=ck["N"] or count_params(base).non_embedding,
+        G=c.group_size,
+        steps=steps,
+        loss=res.loss,
+        per_window=res.per_window,
+        train_loss=train_loss,
+        seconds=time.perf_counter() - t,
+        checkpoint=str(ck["path"]),
+    )
 
 
 def suite_checkpoint(qid_dir: str, out_dir: str, suite: SuiteConfig, size: str, streams: TokenStreams) -> dict:

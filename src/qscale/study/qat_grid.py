@@ -46,14 +46,22 @@ class Scheme:
         g = group_size or None
         rules = (LayerRule(FC2, a_bits=8),) if self.fc2_a8 else ()
         act_g = g if group_acts and recipe == "ste" and self.a_bits != UNQUANTIZED else None
-        return QATRecipeConfig(recipe, w_bits=self.w_bits, a_bits=self.a_bits, group_size=g, act_group_size=act_g,
-                               rules=rules)
+        return QATRecipeConfig(
+            recipe, w_bits=self.w_bits, a_bits=self.a_bits, group_size=g, act_group_size=act_g, rules=rules
+        )
 
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (
-    Scheme("W4A4", 4, 4), Scheme("W4A16", 4, 16), Scheme("W16A4", 16, 4),
-    Scheme("W4A4-fc2a8", 4, 4, fc2_a8=True), Scheme("W16A4-fc2a8", 16, 4, fc2_a8=True), Scheme("W8A8", 8, 8),
-)}
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        Scheme("W4A4", 4, 4),
+        Scheme("W4A16", 4, 16),
+        Scheme("W16A4", 16, 4),
+        Scheme("W4A4-fc2a8", 4, 4, fc2_a8=True),
+        Scheme("W16A4-fc2a8", 16, 4, fc2_a8=True),
+        Scheme("W8A8", 8, 8),
+    )
+}
 CONTROL = "W8A8"  # near-lossless: its δ measures the run-to-run (trajectory) noise of training, not quantization
 MAIN_SCHEMES = ("W4A4", "W4A16", "W16A4")
 
@@ -95,15 +103,25 @@ class QatGrid:
         require(len(self.sizes) >= 1 and len(set(self.sizes)) == len(self.sizes), f"bad model sizes {self.sizes}")
         for s in self.sizes:
             get_size(s)
-        require(len(self.steps) >= 1 and all(isinstance(s, int) and s >= 1 for s in self.steps)
-                and len(set(self.steps)) == len(self.steps), f"training steps must be distinct integers >= 1, got {self.steps}")
-        require(len(self.groups) >= 1 and all(isinstance(g, int) and g >= 0 for g in self.groups)
-                and len(set(self.groups)) == len(self.groups), f"group sizes must be distinct integers >= 0, got {self.groups}")
+        require(
+            len(self.steps) >= 1
+            and all(isinstance(s, int) and s >= 1 for s in self.steps)
+            and len(set(self.steps)) == len(self.steps),
+            f"training steps must be distinct integers >= 1, got {self.steps}",
+        )
+        require(
+            len(self.groups) >= 1
+            and all(isinstance(g, int) and g >= 0 for g in self.groups)
+            and len(set(self.groups)) == len(self.groups),
+            f"group sizes must be distinct integers >= 0, got {self.groups}",
+        )
         require(all(g != 1 for g in self.groups), "group size 1 has log2 G = 0 and cannot enter the QAT law")
         require(len(self.schemes) >= 1, "at least one scheme is needed")
         for s in self.schemes:
-            require(not get_scheme(s).fc2_a8 and s != CONTROL,
-                    f"scheme {s!r} is run through fc2_steps / control, not listed in schemes")
+            require(
+                not get_scheme(s).fc2_a8 and s != CONTROL,
+                f"scheme {s!r} is run through fc2_steps / control, not listed in schemes",
+            )
         require(set(self.fc2_steps) <= set(self.steps), f"fc2_steps {self.fc2_steps} must be among steps {self.steps}")
         for name in ("batch_size", "seq_len", "eval_batch_size", "attribution_windows"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
@@ -111,8 +129,10 @@ class QatGrid:
         require(self.lr > 0 and self.warmup_steps >= 0 and self.weight_decay >= 0, "bad optimiser settings")
         require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         size, steps, g = self.attribution
-        require(size in self.sizes and steps in self.steps and g in self.groups,
-                f"attribution cell {self.attribution} must be in the grid (size, steps, G)")
+        require(
+            size in self.sizes and steps in self.steps and g in self.groups,
+            f"attribution cell {self.attribution} must be in the grid (size, steps, G)",
+        )
 
     def fc2_schemes(self) -> tuple[str, ...]:
         return tuple(f"{s}-fc2a8" for s in self.schemes if f"{s}-fc2a8" in SCHEMES)
@@ -148,8 +168,10 @@ class PtqCompare:
     def __post_init__(self) -> None:
         require(self.suite in SUITE_PRESETS, f"unknown suite {self.suite!r} (choose from {', '.join(SUITE_PRESETS)})")
         suite = SUITE_PRESETS[self.suite]
-        require(len(self.sizes) >= 1 and set(self.sizes) <= set(suite.sizes),
-                f"compare sizes {self.sizes} must be sizes of suite {self.suite!r} ({', '.join(suite.sizes)})")
+        require(
+            len(self.sizes) >= 1 and set(self.sizes) <= set(suite.sizes),
+            f"compare sizes {self.sizes} must be sizes of suite {self.suite!r} ({', '.join(suite.sizes)})",
+        )
         for r in self.recipes:
             require(r in RECIPES, f"unknown QAT recipe {r!r} (choose from {', '.join(sorted(RECIPES))})")
         for s in self.schemes:
@@ -158,12 +180,17 @@ class PtqCompare:
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         require(self.eval_windows >= 2, f"need >= 2 evaluation windows, got {self.eval_windows}")
         require(self.group_size >= 0 and self.group_size != 1, f"bad group size {self.group_size}")
-        require(self.seq_len <= suite.base.seq_len and self.calib_seq_len <= suite.base.seq_len,
-                f"compare windows must not be longer than the suite's sequences ({suite.base.seq_len})")
+        require(
+            self.seq_len <= suite.base.seq_len and self.calib_seq_len <= suite.base.seq_len,
+            f"compare windows must not be longer than the suite's sequences ({suite.base.seq_len})",
+        )
 
     def gptq_config(self):
-        spec = (QuantSpec(4, symmetric=True, granularity="group", group_size=self.group_size) if self.group_size
-                else QuantSpec(4, symmetric=True, granularity="channel", group_size=None))
+        spec = (
+            QuantSpec(4, symmetric=True, granularity="group", group_size=self.group_size)
+            if self.group_size
+            else QuantSpec(4, symmetric=True, granularity="channel", group_size=None)
+        )
         return PTQConfig(method="gptq", spec=spec, n_calib=self.n_calib, calib_seq_len=self.calib_seq_len)
 
 
@@ -182,11 +209,34 @@ class QatPreset:
 QAT_PRESETS: dict[str, QatPreset] = {
     # tests: seconds on one core
     "tiny": QatPreset(
-        grid=QatGrid(sizes=("xs", "s"), steps=(2, 4), groups=(16, 0), fc2_steps=(4,), batch_size=2, seq_len=16,
-                     warmup_steps=1, eval_windows=6, attribution=("s", 4, 16), attribution_windows=2),
-        compare=PtqCompare(suite="tiny", sizes=("xs", "s"), recipes=("ste", "lsq", "quest"), steps=2, batch_size=2,
-                           seq_len=16, warmup_steps=1, group_size=16, eval_windows=6, n_calib=2, calib_seq_len=16),
-        vocab_size=512, max_files=60, n_boot=10,
+        grid=QatGrid(
+            sizes=("xs", "s"),
+            steps=(2, 4),
+            groups=(16, 0),
+            fc2_steps=(4,),
+            batch_size=2,
+            seq_len=16,
+            warmup_steps=1,
+            eval_windows=6,
+            attribution=("s", 4, 16),
+            attribution_windows=2,
+        ),
+        compare=PtqCompare(
+            suite="tiny",
+            sizes=("xs", "s"),
+            recipes=("ste", "lsq", "quest"),
+            steps=2,
+            batch_size=2,
+            seq_len=16,
+            warmup_steps=1,
+            group_size=16,
+            eval_windows=6,
+            n_calib=2,
+            calib_seq_len=16,
+        ),
+        vocab_size=512,
+        max_files=60,
+        n_boot=10,
     ),
     # < 15 minutes on 2 CPU cores: 3 sizes x 3 D x 3 G = 27 points per scheme. A 512-token vocabulary makes
     # the tiny models learn far enough in 25k-100k tokens for δ to stand above the run-to-run noise.
@@ -195,11 +245,31 @@ QAT_PRESETS: dict[str, QatPreset] = {
     # yet measured): 4 sizes x 3 D x (3 schemes x 3 G + fp + control) + the fc2 fix at the longest D is
     # ~104k steps of 32 x 256 tokens, ~17-35 min at 10-20 ms a step for these launch-bound models
     "gpu": QatPreset(
-        grid=QatGrid(sizes=("s", "m", "l", "xl"), steps=(256, 512, 1024), groups=(32, 128, 0),
-                     fc2_steps=(1024,), batch_size=32, seq_len=256, lr=2e-3, warmup_steps=50,
-                     eval_windows=256, attribution=("xl", 1024, 32), attribution_windows=32),
-        compare=PtqCompare(suite="gpu", sizes=("m", "xl"), steps=256, batch_size=32, seq_len=256, lr=5e-4,
-                           warmup_steps=20, eval_windows=256, n_calib=128, calib_seq_len=256),
+        grid=QatGrid(
+            sizes=("s", "m", "l", "xl"),
+            steps=(256, 512, 1024),
+            groups=(32, 128, 0),
+            fc2_steps=(1024,),
+            batch_size=32,
+            seq_len=256,
+            lr=2e-3,
+            warmup_steps=50,
+            eval_windows=256,
+            attribution=("xl", 1024, 32),
+            attribution_windows=32,
+        ),
+        compare=PtqCompare(
+            suite="gpu",
+            sizes=("m", "xl"),
+            steps=256,
+            batch_size=32,
+            seq_len=256,
+            lr=5e-4,
+            warmup_steps=20,
+            eval_windows=256,
+            n_calib=128,
+            calib_seq_len=256,
+        ),
         n_boot=500,
     ),
 }

@@ -32,13 +32,22 @@ from qscale.train import TrainConfig, train
 from qscale.train.engine import device_for
 
 KEY = "run:text model:text D:int"
-TRAIN_TABLE = Table("qid_train", columns("run:text model:text seed:int config_hash:text"),
-                    columns("steps:int seconds:float"))
-FP_TABLE = Table("qid_fp", columns(f"{KEY} seed:int config_hash:text"),
-                 columns("N:int N_total:int loss_fp:float per_window:array eval_tokens:int eval_s:float path:text"))
-QID_TABLE = Table("qid", columns(f"{KEY} method:text P:int G:int seed:int config_hash:text"),
-                  columns("N:int N_total:int loss_fp:float loss_q:float qid:float qid_se:float eval_tokens:int "
-                          "versions:json train_s:float quantize_s:float eval_s:float"))
+TRAIN_TABLE = Table(
+    "qid_train", columns("run:text model:text seed:int config_hash:text"), columns("steps:int seconds:float")
+)
+FP_TABLE = Table(
+    "qid_fp",
+    columns(f"{KEY} seed:int config_hash:text"),
+    columns("N:int N_total:int loss_fp:float per_window:array eval_tokens:int eval_s:float path:text"),
+)
+QID_TABLE = Table(
+    "qid",
+    columns(f"{KEY} method:text P:int G:int seed:int config_hash:text"),
+    columns(
+        "N:int N_total:int loss_fp:float loss_q:float qid:float qid_se:float eval_tokens:int "
+        "versions:json train_s:float quantize_s:float eval_s:float"
+    ),
+)
 TABLES = (TRAIN_TABLE, FP_TABLE, QID_TABLE)
 
 
@@ -108,25 +117,47 @@ def train_size(cfg: TrainConfig, streams, folder: str, key: CellKey, progress: b
     return TrainRow(key, steps=cfg.total_steps, seconds=time.perf_counter() - t0)
 
 
-def eval_checkpoint(path: str, windows: torch.Tensor, batch_size: int, key: CellKey, N: int | None = None,
-                    *_after) -> FpRow:
+def eval_checkpoint(
+    path: str, windows: torch.Tensor, batch_size: int, key: CellKey, N: int | None = None, *_after
+) -> FpRow:
     """Full-precision loss and per-window losses of the checkpoint at ``path`` (N counted unless given)."""
     model = checkpoint_model(path)
     positions = model_positions(model)
-    require(positions is None or positions >= windows.shape[1] - 1,
-            f"checkpoint {path} handles {positions} positions, shorter than the evaluation windows "
-            f"({windows.shape[1] - 1}); lower the preset's window length")
-    require(int(windows.max()) < model.get_input_embeddings().num_embeddings,
-            f"the held-out tokens do not fit the vocabulary of {path}: is the tokenizer the checkpoint's own?")
+    require(
+        positions is None or positions >= windows.shape[1] - 1,
+        f"checkpoint {path} handles {positions} positions, shorter than the evaluation windows "
+        f"({windows.shape[1] - 1}); lower the preset's window length",
+    )
+    require(
+        int(windows.max()) < model.get_input_embeddings().num_embeddings,
+        f"the held-out tokens do not fit the vocabulary of {path}: is the tokenizer the checkpoint's own?",
+    )
     t = time.perf_counter()
     res = evaluate(model, windows, batch_size=batch_size)
     pc = count_params(model)
-    return FpRow(key, N=N or pc.non_embedding, N_total=pc.total, loss_fp=res.loss, per_window=res.per_window,
-                 eval_tokens=res.n_tokens, eval_s=time.perf_counter() - t, path=path)
+    return FpRow(
+        key,
+        N=N or pc.non_embedding,
+        N_total=pc.total,
+        loss_fp=res.loss,
+        per_window=res.per_window,
+        eval_tokens=res.n_tokens,
+        eval_s=time.perf_counter() - t,
+        path=path,
+    )
 
 
-def quantize_cell(path: str, cfg: PTQConfig, calib: torch.Tensor, windows: torch.Tensor, batch_size: int,
-                  seed: int, key: CellKey, fp: dict, trained: dict | None = None) -> QidRow:
+def quantize_cell(
+    path: str,
+    cfg: PTQConfig,
+    calib: torch.Tensor,
+    windows: torch.Tensor,
+    batch_size: int,
+    seed: int,
+    key: CellKey,
+    fp: dict,
+    trained: dict | None = None,
+) -> QidRow:
     """Quantize a copy of the checkpoint per ``cfg``, evaluate it on the fp windows, return its QiD row."""
     seed_everything(seed)
     model = copy.deepcopy(checkpoint_model(path))
@@ -136,6 +167,16 @@ def quantize_cell(path: str, cfg: PTQConfig, calib: torch.Tensor, windows: torch
     t = time.perf_counter()
     res = evaluate(model, windows, batch_size=batch_size)
     eval_s = time.perf_counter() - t
-    return QidRow(key, N=fp["N"], N_total=fp["N_total"], loss_fp=fp["loss_fp"], loss_q=res.loss,
-                  qid_se=paired_se(fp["per_window"], res.per_window), eval_tokens=res.n_tokens, versions=versions(),
-                  train_s=trained["seconds"] if trained else 0.0, quantize_s=quantize_s, eval_s=eval_s)
+    return QidRow(
+        key,
+        N=fp["N"],
+        N_total=fp["N_total"],
+        loss_fp=fp["loss_fp"],
+        loss_q=res.loss,
+        qid_se=paired_se(fp["per_window"], res.per_window),
+        eval_tokens=res.n_tokens,
+        versions=versions(),
+        train_s=trained["seconds"] if trained else 0.0,
+        quantize_s=quantize_s,
+        eval_s=eval_s,
+    )

@@ -60,8 +60,9 @@ class RayExecutor(Executor):
     task reserves its own ``cpus``/``gpus``, at least ``gpus_per_task`` GPUs, and runs with ``threads`` torch
     threads (default: the driver's ``torch.get_num_threads()`` when :meth:`run` starts)."""
 
-    def __init__(self, address: str | None = None, retries: int = 2, gpus_per_task: float = 0.0,
-                 threads: int | None = None):
+    def __init__(
+        self, address: str | None = None, retries: int = 2, gpus_per_task: float = 0.0, threads: int | None = None
+    ):
         if ray is None:
             raise QscaleError("--executor ray needs Ray: pip install 'qscale[ray]'")
         require(retries >= 0, f"retries must be >= 0, got {retries}")
@@ -74,10 +75,18 @@ class RayExecutor(Executor):
         try:
             ray.init(address=None if self.address in (None, "local") else self.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise QscaleError(f"cannot connect to the Ray cluster at {self.address or '(ray.init default)'}: {str(e).splitlines()[0]}") from e
+            raise QscaleError(
+                f"cannot connect to the Ray cluster at {self.address or '(ray.init default)'}: {str(e).splitlines()[0]}"
+            ) from e
 
-    def run(self, tasks: Sequence[Task], inputs: Mapping[str, Any], on_done: OnDone,
-            on_start: OnStart | None = None, on_failed: OnFailed | None = None) -> None:
+    def run(
+        self,
+        tasks: Sequence[Task],
+        inputs: Mapping[str, Any],
+        on_done: OnDone,
+        on_start: OnStart | None = None,
+        on_failed: OnFailed | None = None,
+    ) -> None:
         self._connect()
         remote = ray.remote(_run)
         threads = self.threads or torch.get_num_threads()
@@ -88,9 +97,13 @@ class RayExecutor(Executor):
             if missing:
                 raise QscaleError(f"task {task.id!r} runs before its dependencies {', '.join(missing)}")
             deps = [refs[d] if d in refs else (None, inputs[d], 0.0) for d in task.deps]
-            ref = remote.options(num_cpus=task.cpus, num_gpus=max(task.gpus, self.gpus_per_task),
-                                 max_retries=self.retries, retry_exceptions=True,
-                                 name=task.label or task.id).remote(task, threads, *deps)
+            ref = remote.options(
+                num_cpus=task.cpus,
+                num_gpus=max(task.gpus, self.gpus_per_task),
+                max_retries=self.retries,
+                retry_exceptions=True,
+                name=task.label or task.id,
+            ).remote(task, threads, *deps)
             refs[task.id], owner[ref] = ref, task
             if on_start is not None:
                 on_start(task)

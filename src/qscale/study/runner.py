@@ -53,8 +53,7 @@ def plan(tasks: list[Task], store: Store) -> tuple[list[Task], dict[str, Any], l
     return [t for t in ordered if t.id in needed], inputs, [t for t in ordered if t.id in stored]
 
 
-def run_study(study: StudyDefinition, store: Store, executor: Executor | None = None,
-              progress: bool = True) -> Outcome:
+def run_study(study: StudyDefinition, store: Store, executor: Executor | None = None, progress: bool = True) -> Outcome:
     """Run (or resume) ``study`` against ``store`` and write its report; returns counts and timings."""
     out = Outcome()
     store.create(study.tables())
@@ -69,8 +68,9 @@ def run_study(study: StudyDefinition, store: Store, executor: Executor | None = 
     out.skipped = len(stored)
     out.seconds["plan"] += time.perf_counter() - t0
     n_rows = sum(1 for t in tasks if t.keys)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress
+    ) as bar:
         task_id = bar.add_task(f"{study.name} cells", total=n_rows, completed=out.skipped)
 
         def on_start(task: Task) -> None:

@@ -124,12 +124,16 @@ class SqlStore(Store):
         """Apply the migrations newer than the stored ``schema_version``, each in its own transaction."""
         known = migrations()
         with self._tx(exclusive=True):
-            self._exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                       "applied_at DOUBLE PRECISION NOT NULL)")
+            self._exec(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                "applied_at DOUBLE PRECISION NOT NULL)"
+            )
             current = self._exec("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
         if known and current > known[-1][0]:
-            raise QscaleError(f"study store {self.where} has schema version {current}, newer than this qscale's "
-                              f"{known[-1][0]}: upgrade qscale")
+            raise QscaleError(
+                f"study store {self.where} has schema version {current}, newer than this qscale's "
+                f"{known[-1][0]}: upgrade qscale"
+            )
         for version, name, sql in known:
             with self._tx(exclusive=True):
                 if self._exec(f"SELECT 1 FROM schema_version WHERE version={self.mark}", [version]).fetchone():
@@ -137,8 +141,10 @@ class SqlStore(Store):
                 for statement in (s.strip() for s in sql.split(";")):
                     if statement and not all(line.startswith("--") for line in statement.splitlines()):
                         self._exec(statement)
-                self._exec(f"INSERT INTO schema_version VALUES ({self.mark}, {self.mark}, {self.mark})",
-                           [version, name, time.time()])
+                self._exec(
+                    f"INSERT INTO schema_version VALUES ({self.mark}, {self.mark}, {self.mark})",
+                    [version, name, time.time()],
+                )
 
     def schema_version(self) -> int:
         return int(self._exec("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
@@ -146,8 +152,10 @@ class SqlStore(Store):
     def create(self, tables: Sequence[Table]) -> None:
         for t in tables:
             cols = [f"{c.name} {self.types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in t.columns]
-            ddl = (f"CREATE TABLE IF NOT EXISTS {t.name} ({self._ddl_extra()}{', '.join(cols)}, "
-                   f"created_at DOUBLE PRECISION NOT NULL, UNIQUE ({', '.join(t.key_names)}))")
+            ddl = (
+                f"CREATE TABLE IF NOT EXISTS {t.name} ({self._ddl_extra()}{', '.join(cols)}, "
+                f"created_at DOUBLE PRECISION NOT NULL, UNIQUE ({', '.join(t.key_names)}))"
+            )
             with self._tx(exclusive=True):
                 self._exec(ddl)
             self._tables[t.name] = t
@@ -196,8 +204,10 @@ class SqlStore(Store):
     def record_failure(self, task_id: str, label: str, error: str, attempts: int) -> None:
         with self._tx():
             self._exec(f"DELETE FROM task_failures WHERE task_id={self.mark}", [task_id])
-            self._exec(f"INSERT INTO task_failures VALUES ({', '.join([self.mark] * 5)})",
-                       [task_id, label, error, attempts, time.time()])
+            self._exec(
+                f"INSERT INTO task_failures VALUES ({', '.join([self.mark] * 5)})",
+                [task_id, label, error, attempts, time.time()],
+            )
 
     def clear_failure(self, task_id: str) -> None:
         with self._tx():
@@ -213,8 +223,13 @@ class SqlStore(Store):
 class SqliteStore(SqlStore):
     """One SQLite file in WAL mode; tables created on :meth:`create` (also from ``tables`` at open)."""
 
-    types: ClassVar[dict[str, str]] = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "json": "TEXT",
-                                       "array": "BLOB"}
+    types: ClassVar[dict[str, str]] = {
+        "int": "INTEGER",
+        "float": "REAL",
+        "text": "TEXT",
+        "json": "TEXT",
+        "array": "BLOB",
+    }
 
     def __init__(self, path: str | Path, tables: Sequence[Table] = ()):
         self.path = Path(path)

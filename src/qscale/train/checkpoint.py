@@ -86,8 +86,10 @@ def load_state_file(path: Path):
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f" (it names {found.group(1)})" if found else ""
-        raise QscaleError(f"refusing to load {path}: it holds more than tensors and plain values{what}, and "
-                          "unpickling it could run code; delete the run's state folder to start afresh") from None
+        raise QscaleError(
+            f"refusing to load {path}: it holds more than tensors and plain values{what}, and "
+            "unpickling it could run code; delete the run's state folder to start afresh"
+        ) from None
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -52,17 +52,27 @@ class TrainConfig:
             require(getattr(self, name) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
         require(self.ckpt_every is None or self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}")
         require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        require(self.batch_size % self.grad_accum == 0,
-                f"batch size {self.batch_size} is not divisible by grad accumulation {self.grad_accum}")
+        require(
+            self.batch_size % self.grad_accum == 0,
+            f"batch size {self.batch_size} is not divisible by grad accumulation {self.grad_accum}",
+        )
         _ = self.optim  # validates the optimiser and schedule fields (one place: OptimConfig)
         require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r} (auto, cpu or cuda)")
 
     @property
     def optim(self) -> OptimConfig:
         """The engine's optimiser/schedule settings of this run."""
-        return OptimConfig(lr=self.lr, min_lr_ratio=self.min_lr_ratio, warmup=self.warmup_steps, schedule=self.schedule,
-                           decay_frac=self.decay_frac, weight_decay=self.weight_decay, betas=(self.beta1, self.beta2),
-                           grad_clip=self.grad_clip, embed_lr=self.embed_lr)
+        return OptimConfig(
+            lr=self.lr,
+            min_lr_ratio=self.min_lr_ratio,
+            warmup=self.warmup_steps,
+            schedule=self.schedule,
+            decay_frac=self.decay_frac,
+            weight_decay=self.weight_decay,
+            betas=(self.beta1, self.beta2),
+            grad_clip=self.grad_clip,
+            embed_lr=self.embed_lr,
+        )
 
     @property
     def tokens_per_step(self) -> int:

@@ -65,10 +65,12 @@ def local_slice(batch: Tensor, info: Dist) -> Tensor:
     """This rank's contiguous share of the global batch (the batch size must divide by the world size)."""
     if not info.enabled:
         return batch
-    require(batch.shape[0] % info.world == 0,
-            f"batch size {batch.shape[0]} is not divisible by the {info.world} data-parallel processes")
+    require(
+        batch.shape[0] % info.world == 0,
+        f"batch size {batch.shape[0]} is not divisible by the {info.world} data-parallel processes",
+    )
     n = batch.shape[0] // info.world
-    return batch[info.rank * n:(info.rank + 1) * n]
+    return batch[info.rank * n : (info.rank + 1) * n]
 
 
 def mean_over_ranks(value: float, info: Dist, device: torch.device) -> float:

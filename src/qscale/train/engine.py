@@ -57,9 +57,13 @@ class OptimConfig:
         require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
         require(0 < self.decay_frac <= 1, f"decay_frac must be in (0, 1], got {self.decay_frac}")
         require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight decay and grad clip must be >= 0")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1), got {self.betas}")
-        require(self.embed_lr is None or (math.isfinite(self.embed_lr) and self.embed_lr > 0),
-                f"embedding learning rate must be > 0, got {self.embed_lr}")
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1), got {self.betas}"
+        )
+        require(
+            self.embed_lr is None or (math.isfinite(self.embed_lr) and self.embed_lr > 0),
+            f"embedding learning rate must be > 0, got {self.embed_lr}",
+        )
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based) of ``total``."""
@@ -103,8 +107,9 @@ class StepHooks:
     Recipes with their own procedure (``qscale.qat.hooks``: SAM, attention terms, rank decay) subclass it.
     """
 
-    def backward(self, model: nn.Module, batch: Tensor, objective: Callable[[Tensor], Tensor], step: int,
-                 total: int) -> Tensor:
+    def backward(
+        self, model: nn.Module, batch: Tensor, objective: Callable[[Tensor], Tensor], step: int, total: int
+    ) -> Tensor:
         loss = objective(batch)
         loss.backward()
         return loss.detach()
@@ -166,12 +171,16 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     require(decay or rest, "the model has no trainable parameters")
     device = (decay or rest)[0].device
     embed = _embedding_ids(model) if cfg.embed_lr is not None else set()
-    groups = [{"params": [p for p in decay if id(p) not in embed], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in rest if id(p) not in embed], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in decay if id(p) not in embed], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in rest if id(p) not in embed], "weight_decay": 0.0},
+    ]
     if embed:
         scale = cfg.embed_lr / cfg.lr
-        extra = [{"params": [p for p in decay if id(p) in embed], "weight_decay": cfg.weight_decay, "lr_scale": scale},
-                 {"params": [p for p in rest if id(p) in embed], "weight_decay": 0.0, "lr_scale": scale}]
+        extra = [
+            {"params": [p for p in decay if id(p) in embed], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+            {"params": [p for p in rest if id(p) in embed], "weight_decay": 0.0, "lr_scale": scale},
+        ]
         groups += [g for g in extra if g["params"]]
     groups += _own_lr_groups(model, groups)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
@@ -181,8 +190,12 @@ def _own_lr_groups(model: nn.Module, groups: list[dict]) -> list[dict]:
     """Move the parameters a module names in ``param_lr_scales`` out of ``groups`` (in place) into groups of their
     own whose ``lr_scale`` is the group's times the module's factor; the new groups (appended, so the order of
     the groups is unchanged for models without such parameters)."""
-    factor = {id(getattr(m, name)): f for m in model.modules() for name, f in getattr(m, LR_SCALES_ATTR, {}).items()
-              if getattr(m, name, None) is not None}
+    factor = {
+        id(getattr(m, name)): f
+        for m in model.modules()
+        for name, f in getattr(m, LR_SCALES_ATTR, {}).items()
+        if getattr(m, name, None) is not None
+    }
     extra: list[dict] = []
     for g in list(groups):
         own = [p for p in g["params"] if id(p) in factor]
@@ -190,7 +203,9 @@ def _own_lr_groups(model: nn.Module, groups: list[dict]) -> list[dict]:
             continue
         g["params"] = [p for p in g["params"] if id(p) not in factor]
         for f in sorted({factor[id(p)] for p in own}):
-            extra.append({**g, "params": [p for p in own if factor[id(p)] == f], "lr_scale": g.get("lr_scale", 1.0) * f})
+            extra.append(
+                {**g, "params": [p for p in own if factor[id(p)] == f], "lr_scale": g.get("lr_scale", 1.0) * f}
+            )
     return extra
 
 
@@ -237,9 +252,12 @@ def train_steps(
         for group in opt.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         batch = local_slice(batches(step), parallel).to(device)
-        require(batch.shape[0] % grad_accum == 0,
-                f"batch of {batch.shape[0]} sequences is not divisible by grad accumulation {grad_accum}")
+        require(
+            batch.shape[0] % grad_accum == 0,
+            f"batch of {batch.shape[0]} sequences is not divisible by grad accumulation {grad_accum}",
+        )
         loss_sum = 0.0
+
         def objective(b: Tensor) -> Tensor:
             return loss_fn(forward, b, step)
 
@@ -260,8 +278,14 @@ def train_steps(
     return losses
 
 
-def train_model(model: nn.Module, cfg: OptimConfig, batches: Callable[[int], Tensor], steps: int,
-                loss_fn: LossFn = _plain_loss, hooks: StepHooks | None = None) -> list[float]:
+def train_model(
+    model: nn.Module,
+    cfg: OptimConfig,
+    batches: Callable[[int], Tensor],
+    steps: int,
+    loss_fn: LossFn = _plain_loss,
+    hooks: StepHooks | None = None,
+) -> list[float]:
     """Train ``model`` in place for ``steps`` steps from a fresh optimizer, leave it in eval mode; the step losses."""
     losses = train_steps(model, batches, cfg, steps, loss_fn=loss_fn, hooks=hooks)
     model.eval()

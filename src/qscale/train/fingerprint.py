@@ -41,9 +41,11 @@ def check_resume(out_dir: Path, meta: dict) -> None:
         raise QscaleError(f"{path} is corrupt: delete the run folder {out_dir} or choose another --out") from None
     for key, (what, flag) in _WHAT.items():
         have, want = recorded.get(key), meta["fingerprints"][key]
-        require(have is None or have == want,
-                f"{out_dir} holds a run with a different {what} (fingerprint {have}, now {want}): "
-                f"re-run with {flag} to resume it, or choose another --out folder")
+        require(
+            have is None or have == want,
+            f"{out_dir} holds a run with a different {what} (fingerprint {have}, now {want}): "
+            f"re-run with {flag} to resume it, or choose another --out folder",
+        )
 
 
 @dataclass(frozen=True)
@@ -70,5 +72,7 @@ def check_parent_tokenizer(parent: Parent | None, tokenizer_hash: str) -> None:
     """A continued run must use the tokenizer its parent checkpoint was trained with."""
     if parent is None or parent.tokenizer_hash in (None, tokenizer_hash):
         return
-    raise QscaleError(f"checkpoint {parent.path} was trained with another tokenizer: omit --tokenizer to use "
-                      f"{parent.path / 'tokenizer.json'}, or pass the tokenizer it was trained with")
+    raise QscaleError(
+        f"checkpoint {parent.path} was trained with another tokenizer: omit --tokenizer to use "
+        f"{parent.path / 'tokenizer.json'}, or pass the tokenizer it was trained with"
+    )

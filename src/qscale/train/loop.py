@@ -29,8 +29,15 @@ from qscale.evaluate.loss import evaluate
 from qscale.models import build_model, count_params, load_model
 from qscale.models.load import model_positions
 from qscale.provenance import config_hash, to_jsonable, versions
-from qscale.train.checkpoint import (META, CheckpointInfo, atomic_folder, checkpoint_dir, list_checkpoints,
-                                     load_state_file, read_checkpoint)
+from qscale.train.checkpoint import (
+    META,
+    CheckpointInfo,
+    atomic_folder,
+    checkpoint_dir,
+    list_checkpoints,
+    load_state_file,
+    read_checkpoint,
+)
 from qscale.train.config import TrainConfig
 from qscale.train.distributed import barrier, setup
 from qscale.train.engine import autocast, device_for, make_optimizer, train_steps
@@ -44,16 +51,24 @@ def _init_model(cfg: TrainConfig, vocab_size: int):
         return build_model(cfg.size, vocab_size, max_seq_len=max(1024, cfg.seq_len), seed=cfg.seed)
     model = load_model(cfg.model)
     n_emb = model.get_input_embeddings().num_embeddings
-    require(n_emb >= vocab_size, f"model {cfg.model} has {n_emb} token embeddings but the tokenizer has {vocab_size} tokens")
+    require(
+        n_emb >= vocab_size, f"model {cfg.model} has {n_emb} token embeddings but the tokenizer has {vocab_size} tokens"
+    )
     positions = model_positions(model)
-    require(positions is None or positions >= cfg.seq_len,
-            f"model {cfg.model} supports {positions} positions, fewer than --seq-len {cfg.seq_len}")
+    require(
+        positions is None or positions >= cfg.seq_len,
+        f"model {cfg.model} supports {positions} positions, fewer than --seq-len {cfg.seq_len}",
+    )
     return model
 
 
 def _run_meta(cfg: TrainConfig, streams) -> dict:
-    return {"config": to_jsonable(cfg), "config_hash": config_hash(cfg), "tokenizer_hash": streams.tokenizer_hash,
-            "fingerprints": run_fingerprints(cfg, streams)}
+    return {
+        "config": to_jsonable(cfg),
+        "config_hash": config_hash(cfg),
+        "tokenizer_hash": streams.tokenizer_hash,
+        "fingerprints": run_fingerprints(cfg, streams),
+    }
 
 
 def _fresh(cfg: TrainConfig, vocab_size: int, device: torch.device):
@@ -67,8 +82,10 @@ def _save_state(out_dir: Path, model, opt, step: int, recent: list[float]) -> No
     def write(tmp: Path) -> None:
         save_safetensors(model, str(tmp / "model.safetensors"))
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                   tmp / "rng.pt")
+        torch.save(
+            {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            tmp / "rng.pt",
+        )
         (tmp / "trainer.json").write_text(json.dumps({"step": step, "recent_losses": recent}))
 
     atomic_folder(out_dir / "state", write)
@@ -85,7 +102,9 @@ def _load_state(out_dir: Path, model, opt) -> tuple[int, list[float]]:
         rng = load_state_file(folder / "rng.pt")
         trainer = json.loads((folder / "trainer.json").read_text())
     except Exception as e:
-        raise QscaleError(f"cannot resume from {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise QscaleError(
+            f"cannot resume from {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
@@ -123,12 +142,20 @@ def _save_checkpoint(out_dir: Path, model, streams, cfg: TrainConfig, step: int,
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"), disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not enabled,
+        transient=False,
+    )
 
 
-def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
-          stop_after_steps: int | None = None) -> list[CheckpointInfo]:
+def train(
+    cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True, stop_after_steps: int | None = None
+) -> list[CheckpointInfo]:
     """Train per ``cfg`` on ``streams``, writing checkpoints to ``out_dir``; resume from its state if any.
 
     ``stop_after_steps`` ends the process-local run after that global step without saving anything
@@ -150,17 +177,24 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
     total, ckpts = cfg.total_steps, set(cfg.checkpoint_steps())
     missing = [s for s in sorted(ckpts) if s <= start and read_checkpoint(checkpoint_dir(out_dir, s)) is None]
     if missing:  # deleted after it was written: re-create it (training is deterministic) rather than skip it
-        print(f"qscale: {len(missing)} checkpoint(s) of {out_dir} are missing (first: step {missing[0]}): "
-              "re-creating them by training this run again from step 0", file=sys.stderr)
+        print(
+            f"qscale: {len(missing)} checkpoint(s) of {out_dir} are missing (first: step {missing[0]}): "
+            "re-creating them by training this run again from step 0",
+            file=sys.stderr,
+        )
         model, opt = _fresh(cfg, streams.vocab_size, device)
         start, recent = 0, []
     end = total if stop_after_steps is None else min(total, stop_after_steps)
     if info.enabled and info.is_main and progress:
-        print(f"qscale: data-parallel training on {info.world} processes ({cfg.batch_size // info.world} sequences "
-              "each per step); rank 0 writes", file=sys.stderr)
+        print(
+            f"qscale: data-parallel training on {info.world} processes ({cfg.batch_size // info.world} sequences "
+            "each per step); rank 0 writes",
+            file=sys.stderr,
+        )
     with _progress(progress and info.is_main) as bar:
-        task = bar.add_task(escape(f"train {cfg.size if cfg.model is None else cfg.model.name}"), total=total,
-                            completed=start, info="")
+        task = bar.add_task(
+            escape(f"train {cfg.size if cfg.model is None else cfg.model.name}"), total=total, completed=start, info=""
+        )
         t0 = time.perf_counter()
 
         def on_step(done: int, loss: float, lr: float) -> None:
@@ -171,9 +205,15 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
             if done in ckpts and info.is_main:
                 with autocast(device):
                     val_loss = evaluate(model, val, batch_size=16).loss
-                extra = {"val_loss": val_loss, "train_loss": float(np.mean(recent)), "lr": lr,
-                         "tokens": offset + done * cfg.tokens_per_step, "start_tokens": offset,
-                         "fingerprints": run_meta["fingerprints"], "eval_windows": cfg.eval_windows}
+                extra = {
+                    "val_loss": val_loss,
+                    "train_loss": float(np.mean(recent)),
+                    "lr": lr,
+                    "tokens": offset + done * cfg.tokens_per_step,
+                    "start_tokens": offset,
+                    "fingerprints": run_meta["fingerprints"],
+                    "eval_windows": cfg.eval_windows,
+                }
                 _save_checkpoint(out_dir, model, streams, cfg, done, extra)
                 bar.update(task, info=f"loss {loss:.3f}  val {val_loss:.3f}  {tps:,.0f} tok/s")
             if (done in ckpts or done % STATE_EVERY == 0) and info.is_main:
@@ -181,7 +221,17 @@ def train(cfg: TrainConfig, streams, out_dir: str | Path, progress: bool = True,
             if done in ckpts:
                 barrier(info)  # the other ranks wait for the checkpoint
 
-        train_steps(model, lambda step: train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed),
-                    schedule, total, opt=opt, start=start, end=end, grad_accum=cfg.grad_accum, compile=cfg.compile,
-                    on_step=on_step, parallel=info)
+        train_steps(
+            model,
+            lambda step: train_batch(streams.train, step, cfg.batch_size, cfg.seq_len, cfg.seed),
+            schedule,
+            total,
+            opt=opt,
+            start=start,
+            end=end,
+            grad_accum=cfg.grad_accum,
+            compile=cfg.compile,
+            on_step=on_step,
+            parallel=info,
+        )
     return list_checkpoints(out_dir)

@@ -69,14 +69,43 @@ class SuiteConfig:
 
 
 SUITE_PRESETS: dict[str, SuiteConfig] = {
-    "tiny": SuiteConfig("tiny", ("xs", "s"), TrainConfig(
-        tokens=24 * 8 * 32, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=4, eval_windows=8), vocab_size=512),
-    "quick": SuiteConfig("quick", ("xs", "s", "m", "l"), TrainConfig(
-        tokens=384 * 8 * 128, batch_size=8, seq_len=128, lr=3e-3, embed_lr=1e-2, warmup_steps=20, ckpt_base=2,
-        eval_windows=32), vocab_size=1024, lr_ref_width=64),
-    "gpu": SuiteConfig("gpu", ("xs", "s", "m", "l", "xl"), TrainConfig(
-        tokens=2048 * 64 * 256, batch_size=64, seq_len=256, lr=3e-3, embed_lr=1e-2, warmup_steps=100, ckpt_base=8,
-        eval_windows=256), lr_ref_width=64),
+    "tiny": SuiteConfig(
+        "tiny",
+        ("xs", "s"),
+        TrainConfig(tokens=24 * 8 * 32, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=4, eval_windows=8),
+        vocab_size=512,
+    ),
+    "quick": SuiteConfig(
+        "quick",
+        ("xs", "s", "m", "l"),
+        TrainConfig(
+            tokens=384 * 8 * 128,
+            batch_size=8,
+            seq_len=128,
+            lr=3e-3,
+            embed_lr=1e-2,
+            warmup_steps=20,
+            ckpt_base=2,
+            eval_windows=32,
+        ),
+        vocab_size=1024,
+        lr_ref_width=64,
+    ),
+    "gpu": SuiteConfig(
+        "gpu",
+        ("xs", "s", "m", "l", "xl"),
+        TrainConfig(
+            tokens=2048 * 64 * 256,
+            batch_size=64,
+            seq_len=256,
+            lr=3e-3,
+            embed_lr=1e-2,
+            warmup_steps=100,
+            ckpt_base=8,
+            eval_windows=256,
+        ),
+        lr_ref_width=64,
+    ),
 }
 
 
@@ -85,7 +114,9 @@ def get_preset(name: str) -> SuiteConfig:
     return SUITE_PRESETS[name]
 
 
-def train_suite(suite: SuiteConfig, streams, out_dir: str | Path, progress: bool = True) -> dict[str, list[CheckpointInfo]]:
+def train_suite(
+    suite: SuiteConfig, streams, out_dir: str | Path, progress: bool = True
+) -> dict[str, list[CheckpointInfo]]:
     """Train every size of ``suite`` into ``out_dir/<size>`` (each resumable); size -> its checkpoints."""
     out_dir = Path(out_dir)
     return {size: train(suite.train_config(size), streams, out_dir / size, progress=progress) for size in suite.sizes}

@@ -10,21 +10,17 @@ re-run with the same command resumes where it stopped; a different model, data o
 from __future__ import annotations
 
 import copy
-import json
-import re
 import shutil
 import time
 from pathlib import Path
 
 import typer
-from transformers.pytorch_utils import Conv1D
 
 from qscale.cli.common import console as make_console
 from qscale.cli.output import report
 from qscale.cli.pipeline import (
     EVAL_DATA_HELP,
     FORMAT_CHOICES,
-    check_group_widths,
     check_out,
     check_vocab,
     export_and_evaluate,
@@ -33,13 +29,20 @@ from qscale.cli.pipeline import (
     token_streams,
     write_record,
 )
+from qscale.cli.qat_checks import (
+    REQUEST,
+    auto_format,
+    check_format,
+    finished,
+    parse_joint_bits,
+    parse_rule,
+    recipe_options,
+)
 from qscale.data.batches import calibration_windows, train_batch
 from qscale.data.tokenizer import model_tokenizer
-from qscale.errors import QscaleError, require
+from qscale.errors import require
 from qscale.evaluate.loss import evaluate
 from qscale.export import folder_bytes
-from qscale.export.compressed_tensors import check_layer
-from qscale.export.folder import quantized_layers
 from qscale.models import count_params, load_model
 from qscale.paths import check_out_folder
 from qscale.provenance import config_hash, seed_everything, to_jsonable
@@ -47,7 +50,6 @@ from qscale.qat import (
     RECIPES,
     DistillConfig,
     InterventionConfig,
-    LayerRule,
     QATRecipeConfig,
     convert,
     prepare,
@@ -56,119 +58,6 @@ from qscale.qat import (
 from qscale.qat.doublerounding import joint_finetune
 from qscale.qat.efficientdm import EfficientDMOptions, self_generated_batches
 from qscale.qat.efficientqat import block_ap, freeze_codes
-from qscale.qat.prepare import plan_layers
-
-_RULE = re.compile(r"^(?P<pattern>[^=]+)=(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?$|^(?P<skip>[^=]+)=skip$")
-
-
-def parse_rule(text: str) -> LayerRule:
-    """``PATTERN=w8a8`` / ``PATTERN=a8`` / ``PATTERN=skip`` → ``LayerRule`` (mixed precision)."""
-    m = _RULE.match(text.strip())
-    if not m or not (m["w"] or m["a"] or m["skip"]):
-        raise QscaleError(f"--rule must look like PATTERN=w8a8, PATTERN=a8 or PATTERN=skip, got {text!r}")
-    if m["skip"]:
-        return LayerRule(m["skip"], skip=True)
-    return LayerRule(
-        m["pattern"], w_bits=None if m["w"] is None else int(m["w"]), a_bits=None if m["a"] is None else int(m["a"])
-    )
-
-
-def _joint_bits(text: str, high: int) -> tuple[int, ...]:
-    """``--joint-bits 8,6,4,2`` → (8, 6, 4, 2); the highest must be the stored precision ``--w-bits``."""
-    try:
-        bits = tuple(sorted({int(b) for b in text.split(",")}, reverse=True))
-    except ValueError:
-        raise QscaleError(f"--joint-bits must be comma-separated integers, got {text!r}") from None
-    require(
-        bits and bits[0] == high and bits[-1] >= 2,
-        f"--joint-bits must lie in 2..{high} and include the stored precision --w-bits {high}, got {text!r}",
-    )
-    return bits
-
-
-def _auto_format(model, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    try:
-        for name, layer in quantized_layers(model).items():
-            check_layer(name, layer)
-    except QscaleError:
-        return "qscale"
-    return "compressed-tensors"
-
-
-_REQUEST = (
-    "recipe",
-    "tokens",
-    "w_bits",
-    "a_bits",
-    "group_size",
-    "rule",
-    "rank",
-    "lora_alpha",
-    "samples",
-    "lr",
-    "batch_size",
-    "seq_len",
-    "data",
-    "eval_data",
-    "eval_windows",
-    "tokenizer",
-    "fmt",
-    "dtype",
-    "block_steps",
-    "calib_windows",
-    "joint_bits",
-    "seed",
-    "distill",
-    "intervention",
-)
-_RECIPE_OPTIONS = {  # flag -> (recipes that read it, default)
-    "--rank": (("lrqat", "l4q", "efficientdm", "qvgen"), 16),
-    "--lora-alpha": (("lrqat", "l4q", "efficientdm"), 16.0),
-    "--samples": (("efficientdm",), 256),
-    "--block-steps": (("efficientqat",), 50),
-    "--calib-windows": (("efficientqat",), 32),
-    "--joint-bits": (("double-rounding",), "8,6,4,2"),
-}
-
-
-def _recipe_options(recipe: str, given: dict) -> dict:
-    """Recipe-specific flags: refused when the recipe would ignore them, else given or their default."""
-    out = {}
-    for flag, value in given.items():
-        recipes, default = _RECIPE_OPTIONS[flag]
-        require(
-            value is None or recipe in recipes,
-            f"{flag} applies to --recipe {' / '.join(recipes)} only; {recipe} would ignore it",
-        )
-        out[flag] = default if value is None else value
-    return out
-
-
-def _finished(out: Path, request: dict) -> bool:
-    """Whether ``out`` holds the record of a finished run with these very flags."""
-    try:
-        return json.loads((out / "qscale-qat.json").read_text()).get("request") == request
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _check_format(model, cfg: QATRecipeConfig, fmt: str) -> None:
-    """Before training: a standard format (compressed-tensors, gptq) can hold the layers QAT will produce."""
-    plans = plan_layers(model, cfg)
-    require(
-        all(p.a_bits == 16 for p in plans.values()),
-        f"quantized activations (--a-bits, --rule ...a<N>) are stored by --format qscale only, not {fmt}",
-    )
-    if fmt in ("compressed-tensors", "all"):
-        layers = {name: model.get_submodule(name) for name in plans}
-        require(
-            not any(isinstance(m, Conv1D) for m in layers.values()),
-            "compressed-tensors only replaces nn.Linear modules; this model's linear layers are GPT-2 style "
-            "Conv1D: use --format gptq or qscale",
-        )
-        check_group_widths(layers, cfg.group_size)
 
 
 def qat_command(
@@ -256,7 +145,7 @@ def qat_command(
         fmt in (*FORMAT_CHOICES, "auto"), f"--format must be one of {', '.join(FORMAT_CHOICES)} or auto, got {fmt!r}"
     )
     require(recipe in RECIPES, f"unknown QAT recipe {recipe!r}; choose from {', '.join(sorted(RECIPES))}")
-    opts = _recipe_options(
+    opts = recipe_options(
         recipe,
         {
             "--rank": rank,
@@ -270,9 +159,9 @@ def qat_command(
     rank, lora_alpha, samples = opts["--rank"], opts["--lora-alpha"], opts["--samples"]
     block_steps, calib_windows, joint_bits = opts["--block-steps"], opts["--calib-windows"], opts["--joint-bits"]
     given = locals()
-    request = {k: str(given[k]) if isinstance(given[k], Path) else given[k] for k in _REQUEST}
+    request = {k: str(given[k]) if isinstance(given[k], Path) else given[k] for k in REQUEST}
     request["model_dir"] = str(model_dir.resolve())
-    if not redo and _finished(out, request):
+    if not redo and finished(out, request):
         typer.echo(
             f"{out} already holds this finished run (qscale-qat.json, same flags): nothing to do; "
             "pass --redo to train it again",
@@ -298,7 +187,7 @@ def qat_command(
     model = load_model(model_dir)
     counts = count_params(model)
     if fmt in ("compressed-tensors", "gptq", "all"):
-        _check_format(model, cfg, fmt)
+        check_format(model, cfg, fmt)
     tok = model_tokenizer(model_dir, tokenizer)
     train_streams = token_streams(data, tok, progress)
     eval_streams = train_streams if eval_data in (None, data) else token_streams(eval_data, tok, progress)
@@ -336,7 +225,7 @@ def qat_command(
             return train_batch(train_streams.train, step, batch_size, seq_len, seed)
 
     if recipe == "double-rounding":  # one-shot joint training of every precision (ALRS), one stored model
-        bits = _joint_bits(joint_bits, cfg.default_bits[0])
+        bits = parse_joint_bits(joint_bits, cfg.default_bits[0])
         run["joint_bits"] = list(bits)
         prepare(model, cfg)
         per_bits = joint_finetune(
@@ -367,7 +256,7 @@ def qat_command(
             progress=progress,
         )
     convert(model)
-    chosen = _auto_format(model, fmt)
+    chosen = auto_format(model, fmt)
     fmts = ["compressed-tensors", "gptq"] if chosen == "all" else [chosen]
     results = export_and_evaluate(model, out, fmts, model_dir, out_dtype, windows, fp, progress)
     extra = " + teacher intervention" if intervention else " + distill" if distill else ""

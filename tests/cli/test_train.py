@@ -159,52 +159,7 @@ def test_train_and_eval_a_local_hf_folder(cache_env, streams, tmp_path, capsys):
     assert after < before
 
 
-def test_train_model_keeps_the_tokenizer_side_files_and_runs_without_progress(cache_env, streams, tmp_path, capfd):
-    """AutoTokenizer on a checkpoint of ``train --model`` has the source's BOS/EOS (tokenizer_config.json)."""
-    from transformers import (
-        AutoTokenizer,
-        GPT2Config,
-        GPT2LMHeadModel,
-        PreTrainedTokenizerFast,
-    )
-
-    src = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(src)
-    PreTrainedTokenizerFast(
-        tokenizer_object=streams.tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    ).save_pretrained(src)
-    assert (src / "tokenizer_config.json").is_file()
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                str(src),
-                "--tokens",
-                str(2 * 8 * 16),
-                "--batch-size",
-                "8",
-                "--seq-len",
-                "16",
-                "--warmup-steps",
-                "1",
-                "--out",
-                str(tmp_path / "run"),
-                "--max-files",
-                "40",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert "train gpt2" not in capfd.readouterr().err  # no progress bar
-    ckpt = tmp_path / "run" / "step-000002"
-    assert (ckpt / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
-    tok = AutoTokenizer.from_pretrained(ckpt)
-    assert tok.eos_token == tok.bos_token == "<|endoftext|>"
-
-
-def test_train_model_checkpoints_keep_the_tokenizer_files(cache_env, streams, tmp_path, capsys):
+def test_train_model_checkpoints_keep_the_tokenizer_files_and_run_without_progress(cache_env, streams, tmp_path, capfd):
     """AutoTokenizer on a ``train --model`` checkpoint has the source folder's BOS/EOS (its tokenizer_config.json)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -233,10 +188,12 @@ def test_train_model_checkpoints_keep_the_tokenizer_files(cache_env, streams, tm
                 "40",
                 "--out",
                 str(tmp_path / "run"),
+                "--no-progress",
             ]
         )
         == 0
     )
+    assert "train gpt2" not in capfd.readouterr().err  # no progress bar
     step = tmp_path / "run" / "step-000002"
     assert (step / "tokenizer_config.json").read_text() == (src / "tokenizer_config.json").read_text()
     tok = AutoTokenizer.from_pretrained(step)

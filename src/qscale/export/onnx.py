@@ -1,12 +1,20 @@
 """Edge export: an ONNX graph whose quantized weights are integer initializers behind DequantizeLinear (QDQ).
 
-The form TensorRT and ONNX Runtime consume (the wildfire-detection seed deploys QAT models with TensorRT on a
-Jetson). The model is traced with ``torch.onnx.export`` (opset 21) with each ``QuantizedLinear`` standing in
-as a plain linear layer, then every such weight initializer is replaced by its integer codes — int4/uint4 for
-up to 4 bits (opset 21's 4-bit types), int8/uint8 otherwise — its scales and zero points, and a
-``DequantizeLinear`` node producing the weight under its old name: per output channel (``axis = 0``) or
-blocked per group of G input columns (``axis = 1``, ``block_size = G``, opset 21). Weight-only: activation
-quantizers (dynamic per token), PB-LLM's layout, QuEST's rotation and half-integer zeros have no QDQ form here.
+The model is traced with ``torch.onnx.export`` (opset 21) with each ``QuantizedLinear`` standing in as a plain
+linear layer; every such weight initializer is then replaced by its integer codes — int4/uint4 for up to 4 bits
+(opset 21's 4-bit types), int8/uint8 otherwise — its scales and zero points, and a ``DequantizeLinear`` node.
+The traced graph reads a linear weight ``[out, in]`` through ``Transpose`` into ``MatMul``; the exporter drops
+that ``Transpose`` and stores the codes as ``[in, out]``, the matrix ``MatMul`` consumes, dequantized blocked
+per group of G input rows (``axis = 0``, ``block_size = G``) or per output column (``axis = 1``). That
+``DequantizeLinear → MatMul`` pair is what ONNX Runtime's QDQ optimizer fuses into its ``MatMulNBits`` kernel
+(com.microsoft), which keeps the weight packed (1.32: every width 2–8 bits, groups and per-channel; blocks must
+be a power of two ≥ 16). A weight read any other way keeps the ``[out, in]`` layout (``axis = 1`` blocks /
+``axis = 0`` channels), which ONNX Runtime runs by dequantizing the weight to fp32 on every call.
+
+TensorRT's Dequantize layer takes only zero points of 0 (symmetric exports; asymmetric ones carry the
+zero points of the unsigned codes) and block scales only for INT4 (NVIDIA, TensorRT Operators: Dequantize).
+Weight-only: activation quantizers (dynamic per token), PB-LLM's layout, QuEST's rotation and half-integer
+zeros have no QDQ form here.
 """
 
 from __future__ import annotations
@@ -14,7 +22,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -58,32 +65,52 @@ def _float_view(model: nn.Module) -> nn.Module:
     return view.float().eval()
 
 
-def _qdq(onnx, name: str, layer: QuantizedLinear) -> tuple[list, object]:
-    """Initializers (codes, scale, zero) and the DequantizeLinear node producing tensor ``name``."""
+def _qdq(onnx, name: str, out: str, layer: QuantizedLinear, transposed: bool) -> tuple[list, object]:
+    """Initializers (codes, scale, zero) named after ``name`` and the DequantizeLinear node producing ``out``:
+    the weight as ``[in, out]`` (``transposed``: what MatMul consumes, fused by ONNX Runtime) or ``[out, in]``."""
     helper, TP = onnx.helper, onnx.TensorProto
     qw = layer.qweight()
     spec = qw.spec
     small = spec.bits <= 4
     elem = (TP.INT4 if small else TP.INT8) if spec.symmetric else (TP.UINT4 if small else TP.UINT8)
-    codes = qw.codes.to(torch.int32).numpy()
-    if spec.granularity == "group":
-        scale, zero, attrs = qw.scale, qw.zero, {"axis": 1, "block_size": spec.group_size}
+    codes, scale, zero = qw.codes, qw.scale, qw.zero  # [out, in], [out, n_groups]
+    if spec.symmetric:
+        zero = torch.zeros_like(scale)
+    group = spec.granularity == "group"
+    if transposed:
+        codes, scale, zero = codes.T, scale.T, zero.T  # [in, out], [n_groups, out]
+        attrs = {"axis": 0, "block_size": spec.group_size} if group else {"axis": 1}
     else:
-        scale, zero, attrs = qw.scale[:, 0], qw.zero[:, 0], {"axis": 0}
-    zero = zero.to(torch.int32).numpy() if not spec.symmetric else np.zeros(tuple(scale.shape), dtype=np.int32)
+        attrs = {"axis": 1, "block_size": spec.group_size} if group else {"axis": 0}
+    if not group:
+        scale, zero = scale.reshape(-1), zero.reshape(-1)  # one per output channel
+
+    def tensor(suffix, dtype, t):
+        a = t.contiguous().numpy()
+        return helper.make_tensor(f"{name}_{suffix}", dtype, a.shape, a.flatten().tolist())
+
     inits = [
-        helper.make_tensor(f"{name}_q", elem, codes.shape, codes.flatten().tolist()),
-        helper.make_tensor(f"{name}_scale", TP.FLOAT, tuple(scale.shape), scale.float().flatten().tolist()),
-        helper.make_tensor(f"{name}_zero", elem, zero.shape, zero.flatten().tolist()),
+        tensor("q", elem, codes.to(torch.int32)),
+        tensor("scale", TP.FLOAT, scale.float()),
+        tensor("zero", elem, zero.round().to(torch.int32)),
     ]
     node = helper.make_node(
         "DequantizeLinear",
         [f"{name}_q", f"{name}_scale", f"{name}_zero"],
-        [name],
+        [out],
         name=f"{name}_DequantizeLinear",
         **attrs,
     )
     return inits, node
+
+
+def _only_transpose(graph, key: str):
+    """The single ``Transpose(perm = [1, 0])`` that reads initializer ``key``, or None if it is read otherwise."""
+    readers = [n for n in graph.node if key in n.input]
+    if len(readers) != 1 or readers[0].op_type != "Transpose":
+        return None
+    perm = [list(a.ints) for a in readers[0].attribute if a.name == "perm"]
+    return readers[0] if perm in ([], [[1, 0]]) else None
 
 
 def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
@@ -120,7 +147,11 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
         key = f"model.{name}.weight"
         require(key in by_name, f"ONNX graph has no initializer {key} for layer {name}")
         graph.initializer.remove(by_name[key])
-        inits, node = _qdq(onnx, key, layer)
+        transpose = _only_transpose(graph, key)
+        if transpose is not None:
+            graph.node.remove(transpose)
+        out = transpose.output[0] if transpose is not None else key
+        inits, node = _qdq(onnx, key, out, layer, transposed=transpose is not None)
         graph.initializer.extend(inits)
         new_nodes.append(node)
     nodes = new_nodes + list(graph.node)

@@ -3,8 +3,8 @@
 Every format module turns one ``QuantizedLinear`` into its own tensors; everything else (embeddings, norms,
 the head, biases of unquantized layers) is written as it is, cast to the export dtype. Tensors are produced
 layer by layer and each goes to disk as it comes (``qscale.export.stream``), so the peak memory is the
-model itself plus one layer's new tensors, never two copies of the model. The folder is written under a temporary name and renamed when
-complete, with the tokenizer and generation files of the source folder copied beside it.
+model itself plus one layer's new tensors, never two copies of the model. The folder is written under a temporary name
+and renamed when complete, with the tokenizer and generation files of the source folder copied beside it.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ def _ct_scheme(qcfg: dict, name: str, module: nn.Module) -> dict:
 
 
 def read_compressed_tensors(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dict[str, QuantizedLinear]:
-    """compressed-tensors ``pack-quantized``: ``weight_packed``/``weight_scale``/``weight_shape``(/``weight_zero_point``)."""
+    """compressed-tensors ``pack-quantized``: ``weight_packed``, ``weight_scale``, ``weight_shape`` and, when
+    asymmetric, ``weight_zero_point``."""
     require(
         qcfg.get("format") == "pack-quantized",
         f"compressed-tensors format {qcfg.get('format')!r} is not read; only pack-quantized",

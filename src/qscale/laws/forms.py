@@ -129,7 +129,7 @@ class LawForm:
         return theta
 
     def to_natural(self, theta: np.ndarray) -> Params:
-        return self.nest({p.name: p.to_natural(t) for p, t in zip(self.params, theta)})
+        return self.nest({p.name: p.to_natural(t) for p, t in zip(self.params, theta, strict=True)})
 
     def bounds(self) -> list[tuple[float, float]]:
         return [p.bounds for p in self.params]

@@ -113,7 +113,7 @@ class LawSamples:
 
     def sample_params(self) -> list[dict[str, object]]:
         form = self.form()
-        return [form.nest(dict(zip(self.names, row))) for row in self.samples]
+        return [form.nest(dict(zip(self.names, row, strict=True))) for row in self.samples]
 
 
 def _summarise(point: float, values: np.ndarray, level: float) -> Estimate:

@@ -39,14 +39,14 @@ def fisher_diagonal(model: nn.Module, layers: dict[str, nn.Module], calib: Tenso
     fisher = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in layers.items()}
     device = next(model.parameters()).device
     try:
-        for n, m in layers.items():
+        for m in layers.values():
             m.weight.requires_grad_(True)
         for ids in calib.split(1):
             ids = ids.to(device)
             logits = model(input_ids=ids[:, :-1], use_cache=False).logits
             loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
             grads = torch.autograd.grad(loss, [m.weight for m in layers.values()])
-            for n, g in zip(layers, grads):
+            for n, g in zip(layers, grads, strict=True):
                 fisher[n] += g.float() ** 2 / calib.shape[0]
     finally:
         for n, m in layers.items():

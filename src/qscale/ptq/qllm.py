@@ -231,7 +231,7 @@ def block_error(block: nn.Module, inputs: list, targets: list[Tensor]) -> float:
     with torch.no_grad():
         return sum(
             float(F.mse_loss(run_block(block, i).float(), t.float()) / t.float().pow(2).mean().clamp_min(1e-12))
-            for i, t in zip(inputs, targets)
+            for i, t in zip(inputs, targets, strict=True)
         ) / len(inputs)
 
 

@@ -157,7 +157,7 @@ def _gptq_layers(
     """
     t0 = time.perf_counter()
     Ws = [get_weight(layers[n]).float() for n in names]
-    for n, W in zip(names, Ws):
+    for n, W in zip(names, Ws, strict=True):
         require(bool(torch.isfinite(W).all()), f"layer {prefix + n}: weight holds NaN or Inf")
     require(
         bool(torch.isfinite(H).all()),
@@ -167,7 +167,7 @@ def _gptq_layers(
     res = gptq_quantize(torch.cat(Ws), H, cfg.spec, cfg.block_size, cfg.damp, cfg.act_order, row_splits=splits)
     seconds = time.perf_counter() - t0
     stats = {}
-    for n, W, qw in zip(names, Ws, split_rows(res.qweight, splits)):
+    for n, W, qw in zip(names, Ws, split_rows(res.qweight, splits), strict=True):
         layers[n] = to_quantized_linear(model, prefix + n, qw)
         Q = qw.dequantize()
         D = W - Q
@@ -198,7 +198,7 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
         prefix = f"{blocks_name}.{b}."
         layers = {n[len(prefix) :]: m for n, m in targets.items() if n.startswith(prefix)}
 
-        def run_inputs(block=block):
+        def run_inputs(block=block, inputs=inputs):
             for inp in inputs:
                 try:
                     run_block(block, inp)

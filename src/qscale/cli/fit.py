@@ -35,9 +35,7 @@ def print_json(obj: object) -> None:
 def fit_command(
     law: Annotated[str, typer.Option("--law", help=LAW_HELP)],
     data: Annotated[Path, typer.Option("--data", help="Observations: .csv, .parquet or a SQLite store (.sqlite/.db).")],
-    target: Annotated[
-        str | None, typer.Option(help="Target column (default: the law's: qid, delta or loss).")
-    ] = None,
+    target: Annotated[str | None, typer.Option(help="Target column (default: the law's: qid, delta or loss).")] = None,
     table: Annotated[str | None, typer.Option(help="SQLite table (default: the only one, or 'qid').")] = None,
     where: Annotated[str | None, typer.Option(help="SQLite row filter, e.g. \"method = 'gptq'\".")] = None,
     col: Annotated[

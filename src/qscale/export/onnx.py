@@ -43,7 +43,7 @@ class _Logits(nn.Module):
 
 def _check(name: str, layer: QuantizedLinear) -> None:
     why = weight_only_problem(layer)
-    if why is None and layer.spec.granularity == "group" and layer.in_features % layer.spec.group_size:
+    if why is None and layer.spec.granularity == "group" and layer.in_features % layer.spec.G:
         why = f"its {layer.in_features} input columns are not a multiple of the group size {layer.spec.group_size}"
     if why is None and not layer.qweight().contiguous_groups:
         why = "its groups are not contiguous"
@@ -79,9 +79,9 @@ def _qdq(onnx, name: str, out: str, layer: QuantizedLinear, transposed: bool) ->
     group = spec.granularity == "group"
     if transposed:
         codes, scale, zero = codes.T, scale.T, zero.T  # [in, out], [n_groups, out]
-        attrs = {"axis": 0, "block_size": spec.group_size} if group else {"axis": 1}
+        attrs = {"axis": 0, "block_size": spec.G} if group else {"axis": 1}
     else:
-        attrs = {"axis": 1, "block_size": spec.group_size} if group else {"axis": 0}
+        attrs = {"axis": 1, "block_size": spec.G} if group else {"axis": 0}
     if not group:
         scale, zero = scale.reshape(-1), zero.reshape(-1)  # one per output channel
 
@@ -120,7 +120,7 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
     except ImportError:
         raise QscaleError("ONNX export needs the onnx extra: pip install 'qscale[onnx]'") from None
     layers = quantized_layers(model)
-    require(layers, "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
+    require(bool(layers), "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
     for name, layer in layers.items():
         _check(name, layer)
     ids = torch.zeros(2, seq_len, dtype=torch.long)  # sizes of 1 would be specialised by torch.export
@@ -139,6 +139,7 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
         )
     except Exception as e:
         raise QscaleError(f"ONNX tracing failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    assert program is not None  # torch.onnx.export(dynamo=True) returns the program
     proto = program.model_proto
     graph = proto.graph
     by_name = {init.name: init for init in graph.initializer}

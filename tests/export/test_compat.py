@@ -137,7 +137,7 @@ def test_gptqmodel_load(kit, written, arch):
 @SYM
 def test_onnx_runtime_reads_every_architecture(kit, quantized, tmp_path, arch, sym):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the onnx extra) is not installed")
-    pytest.importorskip("onnx", reason="onnx (the onnx extra) is not installed")
+    onnx = pytest.importorskip("onnx", reason="onnx (the onnx extra) is not installed")
     from qscale.export.onnx import export_onnx
 
     model = quantized[arch][sym]
@@ -151,6 +151,12 @@ def test_onnx_runtime_reads_every_architecture(kit, quantized, tmp_path, arch, s
     )[0]
     with torch.no_grad():
         assert np.abs(theirs - model(input_ids=ids).logits.numpy()).max() < 1e-4
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    assert sum(n.op_type == "MatMulNBits" for n in nodes) == len(kit.qlayers(model))  # every layer fused
 
 
 def test_every_cell_names_its_evidence_and_the_tests_exist():

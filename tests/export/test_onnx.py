@@ -1,18 +1,22 @@
 """ONNX QDQ export: ONNX Runtime (CPU) runs the graph with qscale's logits, through its MatMulNBits kernel."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from qscale.cli import main
 from qscale.errors import QscaleError
-from qscale.export import export_model
+from qscale.export import compat, export_model
 from qscale.export.onnx import export_onnx
 from qscale.qat import QATRecipeConfig, convert, prepare
 from qscale.quant import QuantSpec
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the onnx extra) is not installed")
 onnx = pytest.importorskip("onnx", reason="onnx (the onnx extra) is not installed")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(path, ids, optimize=True, accuracy=None, save=None):
@@ -106,6 +110,33 @@ def test_a_weight_not_read_by_one_transpose_keeps_the_out_in_layout(kit, llama, 
     assert np.abs(_run(path, ids, optimize=False) - ref).max() < 2e-6
     fused, ops = _fused(path, ids, tmp_path)
     assert not fused and "DequantizeLinear" in ops  # ORT dequantizes this layout on every run
+
+
+def _units(text: str):
+    """Paragraphs of a Markdown page, each table row its own unit."""
+    for para in re.split(r"\n\s*\n", text):
+        rows = [line for line in para.splitlines() if line.lstrip().startswith("|")]
+        yield from rows if rows else [para]
+
+
+def test_tensorrt_is_promised_for_symmetric_exports_only(kit, llama, tmp_path, capsys):
+    """TensorRT's Dequantize takes zero points of 0 only: an asymmetric export must not be sold as TensorRT's."""
+    for sym in (True, False):
+        model = kit.ptq(llama, method="rtn", spec=QuantSpec(4, sym, "group", 32))
+        export_model(model, tmp_path / f"ct{sym}", "compressed-tensors")
+        capsys.readouterr()
+        assert main(["export", str(tmp_path / f"ct{sym}"), "--format", "onnx", "--out", str(tmp_path / f"e{sym}")]) == 0
+        trt = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("TensorRT"))
+        assert trt.strip().startswith("TensorRT: yes" if sym else "TensorRT: no"), trt
+        assert sym or "--sym" in trt
+        assert compat.notes("onnx", sym, "llama", 4, 32)[1].reads == ("yes" if sym else "no")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for page in pages:
+        for unit in _units(page.read_text()):
+            if "TensorRT" in unit:  # every promise of TensorRT names the symmetric limit
+                assert re.search(r"\bsym|zero-valued", unit), f"{page.name}: {unit[:200]}"
+    assert main(["export", "--help"]) == 0
+    assert "TensorRT reads symmetric" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cli_export_onnx_and_what_has_no_qdq_form(kit, llama, tmp_path, capsys):

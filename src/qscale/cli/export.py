@@ -16,11 +16,20 @@ from qscale.cli.pipeline import (
     write_record,
 )
 from qscale.errors import require
-from qscale.export import export_model, load_quantized
-from qscale.export.folder import copy_aux_files
+from qscale.export import compat, export_model, load_quantized
+from qscale.export.folder import copy_aux_files, quantized_layers
 from qscale.export.onnx import OPSET, export_onnx
 
 EXPORT_FORMATS = (*FORMAT_CHOICES, "onnx")
+
+
+def _settings(model) -> tuple[bool, str, int | None, int | None]:
+    """(symmetric, architecture, bits or None if mixed, group size or None) of a loaded quantized model."""
+    specs = [layer.spec for layer in quantized_layers(model).values()]
+    bits = {s.bits for s in specs}
+    group = next((s.group_size for s in specs if s.granularity == "group"), None)
+    arch = getattr(getattr(model, "config", None), "model_type", "unknown")
+    return all(s.symmetric for s in specs), arch, bits.pop() if len(bits) == 1 else None, group
 
 
 def export_command(
@@ -30,7 +39,8 @@ def export_command(
         "compressed-tensors",
         "--format",
         help="compressed-tensors, gptq, qscale, all, or onnx "
-        "(a QDQ graph input_ids → logits for ONNX Runtime / TensorRT; needs the onnx extra).",
+        "(a QDQ graph input_ids → logits for ONNX Runtime, fused into MatMulNBits; TensorRT reads symmetric "
+        "exports only; needs the onnx extra).",
     ),
     dtype: str = typer.Option(
         "auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."
@@ -45,6 +55,8 @@ def export_command(
         copy_aux_files(src, out)
         console = make_console()
         console.print(f"onnx: {path} ({path.stat().st_size / 1e6:,.2f} MB, QDQ weights, opset {OPSET})")
+        for line in compat.lines("onnx", *_settings(model)):  # TensorRT refuses asymmetric graphs
+            typer.echo(line)
         write_record(
             out / "qscale-export.json",
             {

@@ -160,7 +160,7 @@ def _cell(fmt: str, sym: bool, arch: str | None, bits: int | None, G: int | None
         return Note(
             loader,
             "yes",
-            "InferenceSession(model.onnx): the QDQ graph as written",
+            "InferenceSession(model.onnx): each DequantizeLinear + MatMul fused into MatMulNBits",
             "tested: test_onnx_runtime_reads_every_architecture" if arch else untested,
         )
     if loader == TRT:

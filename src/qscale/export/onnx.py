@@ -113,16 +113,10 @@ def _only_transpose(graph, key: str):
     return readers[0] if perm in ([], [[1, 0]]) else None
 
 
-def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
-    """Write ``model`` (with ``QuantizedLinear`` layers) as an ONNX QDQ graph ``input_ids → logits``."""
-    try:
-        import onnx
-    except ImportError:
-        raise QscaleError("ONNX export needs the onnx extra: pip install 'qscale[onnx]'") from None
-    layers = quantized_layers(model)
-    require(bool(layers), "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
-    for name, layer in layers.items():
-        _check(name, layer)
+def trace_onnx(model: nn.Module, seq_len: int = 16):
+    """The float ONNX graph ``input_ids → logits`` (batch and sequence dynamic) of ``model``, its quantized
+    layers as plain linear layers with the dequantized weight: what :func:`export_onnx` rewrites (and, of an
+    unquantized model, the fp32 baseline)."""
     ids = torch.zeros(2, seq_len, dtype=torch.long)  # sizes of 1 would be specialised by torch.export
     dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", min=2)},)
     try:
@@ -140,7 +134,20 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
     except Exception as e:
         raise QscaleError(f"ONNX tracing failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     assert program is not None  # torch.onnx.export(dynamo=True) returns the program
-    proto = program.model_proto
+    return program.model_proto
+
+
+def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
+    """Write ``model`` (with ``QuantizedLinear`` layers) as an ONNX QDQ graph ``input_ids → logits``."""
+    try:
+        import onnx
+    except ImportError:
+        raise QscaleError("ONNX export needs the onnx extra: pip install 'qscale[onnx]'") from None
+    layers = quantized_layers(model)
+    require(bool(layers), "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
+    for name, layer in layers.items():
+        _check(name, layer)
+    proto = trace_onnx(model, seq_len)
     graph = proto.graph
     by_name = {init.name: init for init in graph.initializer}
     new_nodes = []

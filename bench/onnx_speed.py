@@ -5,7 +5,9 @@ The model: a Llama built in code with random weights, hidden 768, 6 layers, FFN 
 groups of 32 (``--group``), ``lm_head`` kept in fp32 as ``qscale quantize`` does. Both graphs are traced the
 same way (``qscale.export.onnx``: ``input_ids → logits``, no KV cache) and run with ONNX Runtime's default
 optimizations; the 4-bit graph's DequantizeLinear + MatMul pairs are fused into ``MatMulNBits`` (counted and
-printed), at accuracy level 4 (ORT's default: int8 activations) and 0 (fp32 activations).
+printed), at accuracy level 4 (ORT's default: int8 activations) and 0 (fp32 activations). "unfused (old)"
+is the layout qscale wrote before (codes ``[out, in]`` behind DequantizeLinear + Transpose), which ORT runs by
+dequantizing every weight to fp32 on each forward.
 
 Two shapes: a full-sequence forward of 1 × ``--seq`` tokens (prefill) and a forward of 1 × 2 tokens, the
 smallest the graph takes: a decode step's matmul shapes, weight-bound, without a KV cache (its tokens/s
@@ -21,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnx
@@ -28,6 +31,7 @@ import onnxruntime as ort
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import qscale.export.onnx
 from qscale.export.onnx import export_onnx, trace_onnx
 from qscale.ptq import PTQConfig, quantize_model
 from qscale.quant import QuantSpec
@@ -112,7 +116,15 @@ def run(model, tmp: Path, args) -> None:
     for acc in (4, 0):
         out = session(q_path, 1, acc).run(["logits"], {"input_ids": ids_check})[0]
         print(f"4-bit graph, accuracy level {acc}: max |logits - qscale's| = {np.abs(out - ref).max():.2e}")
-    graphs = [("fp32", fp_path, None), ("4-bit acc 4 (int8 act.)", q_path, 4), ("4-bit acc 0 (fp32 act.)", q_path, 0)]
+    old_path = tmp / "w4-unfused.onnx"
+    with mock.patch.object(qscale.export.onnx, "_only_transpose", lambda graph, key: None):
+        export_onnx(model, old_path)  # the layout before MatMulNBits: [out, in] codes behind DQ + Transpose
+    graphs = [
+        ("fp32", fp_path, None),
+        ("4-bit acc 4 (int8 act.)", q_path, 4),
+        ("4-bit acc 0 (fp32 act.)", q_path, 0),
+        ("4-bit unfused (old)", old_path, None),
+    ]
     shapes = [(f"prefill 1x{args.seq}", args.seq), ("1x2 (decode-sized)", 2)]
     print(f"\nCPU: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; median of {args.reps} runs")
     print(f"{'graph':<26}{'threads':>8}" + "".join(f"{s:>26}" for s, _ in shapes))

@@ -62,7 +62,8 @@ def layer_config(layer: QuantizedLinear) -> dict:
         "source": layer.source,
         "extras": list(layer.extra_names),
         "reassembly": layer.reassembled,
-        "act": None if layer.act_quantizer is None else layer.act_quantizer.describe(),
+        # the activation quantizers (qscale.qat) describe themselves; nn.Module types the method as a tensor
+        "act": None if layer.act_quantizer is None else layer.act_quantizer.describe(),  # type: ignore[operator]
     }
 
 

@@ -33,10 +33,13 @@ class Bootstrap:
         q = 100 * np.array([(1 - self.level) / 2, (1 + self.level) / 2])
         lo, hi = np.percentile(self.samples, q, axis=0)
         out: dict[str, object] = {}
+        groups: dict[str, dict[str, tuple[float, float]]] = {}
         for name, a, b in zip(self.names, lo, hi, strict=True):
             if "[" in name:
                 base, label = name[:-1].split("[", 1)
-                out.setdefault(base, {})[label] = (float(a), float(b))  # type: ignore[union-attr]
+                group = groups.setdefault(base, {})
+                out.setdefault(base, group)
+                group[label] = (float(a), float(b))
             else:
                 out[name] = (float(a), float(b))
         return out

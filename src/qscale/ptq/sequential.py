@@ -37,19 +37,24 @@ from qscale.ptq.layers import find_blocks, get_weight, quantizable, to_quantized
 from qscale.ptq.registry import register
 from qscale.ptq.replay import BlockReplay, Trace, trace_block
 from qscale.ptq.rtn import weight_stats
+from qscale.quant import QuantizedLinear
 
 __all__ = ["CALIB_BATCH", "BlockInput", "block_layers", "capture_block_inputs", "gptq_model", "run_block"]
 
 
+def require_calib(calib: Tensor | None, method: str) -> Tensor:
+    """``calib`` if it holds calibration token windows ``[n, T]``; otherwise the error naming ``method``."""
+    if calib is None or calib.ndim != 2 or calib.numel() == 0:
+        raise QscaleError(f"{method} needs calibration token windows [n, T] drawn from the train split")
+    return calib
+
+
 def block_layers(
     model: nn.Module, cfg: PTQConfig, calib: Tensor | None, method: str
-) -> tuple[dict[str, nn.Module], str, list[nn.Module]]:
+) -> tuple[dict[str, nn.Module], str, nn.ModuleList]:
     """The selected layers, the blocks' name and the blocks of a block-wise method (learned-round, qllm),
     after its checks: calibration windows given and every selected layer inside a decoder block."""
-    require(
-        calib is not None and calib.ndim == 2 and calib.numel() > 0,
-        f"{method} needs calibration token windows [n, T] drawn from the train split",
-    )
+    require_calib(calib, method)
     targets = quantizable(model, cfg.skip)
     blocks_name, blocks = find_blocks(model)
     outside = [n for n in targets if not n.startswith(blocks_name + ".")]
@@ -88,12 +93,12 @@ def _hessians(layers: dict[str, nn.Module], run_all: Callable[[], None], stop_af
 
     If ``stop_after`` names a layer, each forward pass is cut short right after that layer.
     """
-    sums = {n: None for n in layers}
+    sums: dict[str, Tensor] = {}
     rows = dict.fromkeys(layers, 0)
 
     def hook(name, mod, args, out):
         x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        if sums[name] is None:
+        if name not in sums:
             sums[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
         sums[name].addmm_(x.t(), x)
         rows[name] += x.shape[0]
@@ -163,7 +168,9 @@ def _gptq_block(
                 H = replay.hessians([stage[0]], stop=True, keep=True)
             stats.update(_gptq_layers(model, list(stage), prefix, layers, H.pop(stage[0]), cfg))
             for n in stage:
-                held.enter_context(layers[n].hold())
+                layer = layers[n]
+                assert isinstance(layer, QuantizedLinear)  # made by _gptq_layers
+                held.enter_context(layer.hold())
             replay.mark_quantized(list(stage))
         replay.advance()
     return stats
@@ -173,10 +180,7 @@ def _gptq_block(
 @torch.no_grad()
 def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """GPTQ-quantize ``model`` in place, block by block, on ``calib`` token windows ``[n, T]``."""
-    require(
-        calib is not None and calib.ndim == 2 and calib.numel() > 0,
-        "GPTQ needs calibration token windows [n, T] drawn from the train split",
-    )
+    calib = require_calib(calib, "GPTQ")
     was_training = model.training
     model.eval()
     targets = quantizable(model, cfg.skip)
@@ -200,8 +204,8 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
             for ids in calib.split(CALIB_BATCH):
                 model(input_ids=ids.to(device), use_cache=False)
 
-        H = _hessians(heads, run_model, stop_after=None)
+        Hs = _hessians(heads, run_model, stop_after=None)
         for n in list(heads):
-            stats.update(_gptq_layers(model, [n], "", heads, H[n], cfg))
+            stats.update(_gptq_layers(model, [n], "", heads, Hs[n], cfg))
     model.train(was_training)
     return stats

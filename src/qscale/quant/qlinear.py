@@ -29,6 +29,14 @@ from qscale.quant.spec import QuantSpec
 class QuantizedLinear(nn.Module):
     """Packed integer weight + scales, dequantized per forward; drop-in for ``nn.Linear`` (and GPT-2's Conv1D)."""
 
+    # buffers registered in __init__ (``input_*`` only with a channel reassembly)
+    weight_packed: Tensor
+    weight_scale: Tensor
+    weight_zero: Tensor
+    weight_g_idx: Tensor
+    input_src: Tensor
+    input_dst: Tensor
+    input_coef: Tensor
     _held: Tensor | None = None  # the dequantized weight while inside ``hold()``
 
     def __init__(

@@ -232,6 +232,15 @@ ISSUE20 = [  # refused before any work: nothing at all is written, not even unde
     ),
     (["quantize", "{run}/step-000002", "--avg-bits", "3", "--out", "{out}", *QDATA], "--avg-bits (mixed precision)"),
     (["export", "{compressed-tensors}", "--format", "foo", "--out", "{out}"], "qscale, all, onnx"),
+    (
+        ["quantize", "{run}/step-000002", "--gptq-order", "layer", "--out", "{out}", *G32, *QDATA],
+        "--gptq-order must be one of sequential, block, got 'layer'",
+    ),
+    (
+        ["quantize", "{run}/step-000002", "--method", "rtn", "--gptq-order", "block", "--out", "{out}", *G32, *QDATA],
+        "--gptq-order applies to --method gptq only",
+    ),
+    (["study", "qid", "--preset", "tiny", "--gptq-order", "layer", "--out", "{out}"], "GPTQ order (--gptq-order)"),
 ]
 CASES += ISSUE20
 

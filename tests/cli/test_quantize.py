@@ -88,6 +88,15 @@ def test_gpt2_rtn_asym_gptq_format_and_ct_refused(user_models, corpus, cache, tm
     assert rc == 2 and "Conv1D" in capsys.readouterr().err and not (tmp_path / "ct").exists()
 
 
+def test_gptq_block_order_is_recorded(user_models, corpus, cache, tmp_path, capsys):
+    out = tmp_path / "b"
+    argv = ["quantize", str(user_models["neox"]), "--out", str(out), "-g", "32", "--format", "qscale"]
+    assert main([*argv, "--gptq-order", "block", *_data(corpus), *FAST]) == 0
+    assert "gptq w4g32-sym block-order:" in capsys.readouterr().out
+    record = json.loads((out / "qscale-quantize.json").read_text())
+    assert record["config"]["gptq_order"] == "block" and record["config"]["method"] == "gptq"
+
+
 @pytest.mark.parametrize(
     "args,match",
     [

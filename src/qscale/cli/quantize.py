@@ -32,18 +32,25 @@ from qscale.export.gptq import GPTQ_BITS
 from qscale.models import count_params, load_model
 from qscale.provenance import seed_everything, to_jsonable
 from qscale.ptq import PTQConfig, quantize_model
+from qscale.ptq.config import GPTQ_ORDERS
 from qscale.ptq.layers import quantizable
 from qscale.ptq.registry import PTQ_METHODS
 from qscale.quant import QuantSpec
 
 
-def _check_flags(method: str, act_order: bool, avg_bits: float | None) -> None:
+def _check_flags(method: str, act_order: bool, avg_bits: float | None, gptq_order: str | None) -> None:
     """Options the chosen method would ignore are refused, by their flag names."""
     require(method in PTQ_METHODS, f"--method must be one of {', '.join(PTQ_METHODS)}, got {method!r}")
     require(
         not act_order or method == "gptq",
         f"--act-order applies to --method gptq only (it orders GPTQ's column updates); {method} would ignore it",
     )
+    if gptq_order is not None:
+        require(
+            gptq_order in GPTQ_ORDERS,
+            f"--gptq-order must be one of {', '.join(GPTQ_ORDERS)}, got {gptq_order!r}",
+        )
+        require(method == "gptq", f"--gptq-order applies to --method gptq only; {method} would ignore it")
     if avg_bits is not None:
         require(
             method == "learned-round",
@@ -114,6 +121,15 @@ def quantize_command(
         "--act-order/--no-act-order",
         help="GPTQ only: quantize columns by decreasing Hessian diagonal (static groups).",
     ),
+    gptq_order: str = typer.Option(
+        None,
+        "--gptq-order",
+        help=(
+            "GPTQ only: sequential (default; each of q/k/v, o, gate/up, down calibrated on the block with the "
+            "earlier ones quantized) or block (one calibration pass per block, llm-compressor's)."
+        ),
+        show_default=False,
+    ),
     skip: list[str] = typer.Option(
         ["*lm_head"],
         "--skip",
@@ -153,7 +169,7 @@ def quantize_command(
     require(seq_len >= 1, f"--seq-len must be >= 1, got {seq_len}")
     require(seed >= 0, f"--seed must be >= 0, got {seed}")
     check_out(out, model_dir, "model")
-    _check_flags(method, act_order, avg_bits)
+    _check_flags(method, act_order, avg_bits, gptq_order)
     fmts = formats(fmt)
     spec = QuantSpec(bits, sym, "group" if group_size else "channel", group_size or None)
     cfg = PTQConfig(
@@ -162,6 +178,7 @@ def quantize_command(
         n_calib=calib_windows,
         calib_seq_len=seq_len,
         act_order=act_order,
+        gptq_order=gptq_order or "sequential",
         skip=tuple(skip),
         act_bits=act_bits,
         avg_bits=avg_bits,
@@ -186,7 +203,8 @@ def quantize_command(
 
     acts = (f" a{act_bits}" if act_bits != 16 else "") + (f" avg {avg_bits:g} bits" if avg_bits else "")
     label = spec.label.replace(f"w{bits}", "wmix", 1) if avg_bits else spec.label
-    title = f"{method} {label}{acts}{' act-order' if act_order else ''}: {model_dir}"
+    orders = (" act-order" if act_order else "") + (" block-order" if cfg.gptq_order == "block" else "")
+    title = f"{method} {label}{acts}{orders}: {model_dir}"
     report(title, counts, fp, results, folder_bytes(model_dir))
     for r in results:  # which loader reads what was written, and what to use where one cannot
         for line in compat.lines(

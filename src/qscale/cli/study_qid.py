@@ -56,6 +56,12 @@ def study_qid_command(
         help="Symmetric grid: full (GPTQ / compressed-tensors, all 2^b codes) "
         "or restricted (absmax/(2^(b-1)-1)). Default: the preset's (full).",
     ),
+    gptq_order: str = typer.Option(
+        None,
+        "--gptq-order",
+        help="GPTQ calibration order: sequential (each stage on the already quantized ones) or block (one pass "
+        "per block, llm-compressor's). Default: the preset's (sequential).",
+    ),
     eval_windows: int = typer.Option(
         None,
         "--eval-windows",
@@ -101,6 +107,7 @@ def study_qid_command(
         "bits": ints(bits, "--bits"),
         "group_size": group_size,
         "grid": grid,
+        "gptq_order": gptq_order,
         "eval_windows": eval_windows,
     }
     study = build_study(

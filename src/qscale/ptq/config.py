@@ -9,6 +9,8 @@ from qscale.models.select import check_pattern
 from qscale.ptq.registry import PTQ_METHODS
 from qscale.quant import QuantSpec
 
+GPTQ_ORDERS = ("sequential", "block")
+
 
 @dataclass(frozen=True)
 class PTQConfig:
@@ -22,6 +24,10 @@ class PTQConfig:
     damp:          GPTQ dampening, λ = damp·mean(diag H).
     block_size:    GPTQ lazy-batch block width (columns).
     act_order:     GPTQ: quantize columns by decreasing Hessian diagonal.
+    gptq_order:    GPTQ: "sequential" (each stage of a block's layers, q/k/v then o then gate/up then down, is
+                   calibrated on the block with the earlier stages quantized: the authors' true-sequential) or
+                   "block" (every layer of a block calibrated in one pass on the unquantized block, as
+                   llm-compressor does); either way the next block's inputs come from the quantized block.
     round_steps, round_lr, learn_scale: learned-round: Adam steps per block, its learning rate, and
                    whether the per-group scales learn with the rounding variables.
     avg_bits:      learned-round only: importance-based mixed precision (``qscale.ptq.mixed``): each layer gets
@@ -44,6 +50,7 @@ class PTQConfig:
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
+    gptq_order: str = "sequential"
     skip: tuple[str, ...] = ("*lm_head",)
     round_steps: int = 200
     round_lr: float = 3e-2
@@ -61,6 +68,10 @@ class PTQConfig:
         require(self.n_calib > 0 and self.calib_seq_len > 0, "n_calib and calib_seq_len must be positive")
         require(self.damp > 0, f"damp must be positive, got {self.damp}")
         require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
+        require(
+            self.gptq_order in GPTQ_ORDERS,
+            f"gptq_order must be one of {', '.join(GPTQ_ORDERS)}, got {self.gptq_order!r}",
+        )
         require(self.round_steps >= 1 and self.round_lr > 0, "round_steps must be >= 1 and round_lr positive")
         require(isinstance(self.learn_scale, bool), "learn_scale must be a bool")
         require(

@@ -2,20 +2,27 @@
 
 The inputs of the first decoder block (hidden states plus keyword arguments such as the attention
 mask, position ids or rotary embeddings) are captured once with a hook. Then, for each block, its
-linear layers are quantized in forward order, in stages of layers that read the same tensor (q/k/v,
-then o, then gate/up, then down): each stage's Hessian is collected by re-running the block on
-the current inputs up to that stage, so later layers see the already-quantized earlier ones; the
-layers of a stage share that Hessian and are quantized together as one stacked matrix. The block's outputs,
-recomputed with quantized weights, are the next block's inputs. Linear layers outside the blocks
-that are not skipped (e.g. an LM head) are calibrated last on the quantized model. Each quantized layer
-is replaced by its ``QuantizedLinear`` (integer codes kept, packed).
+linear layers are quantized in stages of layers that read the same tensor (q/k/v, then o, then gate/up,
+then down); the layers of a stage share one Hessian and are quantized together as one stacked matrix.
+``PTQConfig.gptq_order`` says what each stage's Hessian is collected on:
+
+- "sequential" (default, the authors' true-sequential): the block with the earlier stages already quantized.
+  Each stage's pass starts from what the pass before left (``qscale.ptq.replay``: attention and MLP outputs
+  that did not change are reused, a changed o_proj or down_proj is applied to its kept input), so a block
+  costs about one forward pass over the calibration rows, not one per stage;
+- "block" (llm-compressor's): one pass over the unquantized block for every stage's Hessian.
+
+Quantized layers keep their dequantized weight while their block is calibrated (``QuantizedLinear.hold``).
+The block's outputs, recomputed with quantized weights, are the next block's inputs. Linear layers outside
+the blocks that are not skipped (e.g. an LM head) are calibrated last on the quantized model. Each quantized
+layer is replaced by its ``QuantizedLinear`` (integer codes kept, packed).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import ExitStack
 from functools import partial
 
 import torch
@@ -23,39 +30,16 @@ from rich.progress import track
 from torch import Tensor, nn
 
 from qscale.errors import QscaleError, require
+from qscale.ptq.block_io import CALIB_BATCH, BlockInput, Stop, capture_block_inputs, run_block
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.gptq import gptq_quantize, split_rows
 from qscale.ptq.layers import find_blocks, get_weight, quantizable, to_quantized_linear
 from qscale.ptq.registry import register
+from qscale.ptq.replay import BlockReplay, Trace, trace_block
 from qscale.ptq.rtn import weight_stats
+from qscale.quant import QuantizedLinear
 
-CALIB_BATCH = 16  # calibration windows per forward pass
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a forward pass early."""
-
-
-@dataclass
-class BlockInput:
-    """One calibration batch's inputs to the current block."""
-
-    args: tuple
-    kwargs: dict
-
-    def hidden(self) -> Tensor:
-        return self.args[0] if self.args else self.kwargs["hidden_states"]
-
-    def with_hidden(self, h: Tensor) -> BlockInput:
-        if self.args:
-            return BlockInput((h, *self.args[1:]), self.kwargs)
-        return BlockInput(self.args, {**self.kwargs, "hidden_states": h})
-
-
-def run_block(block: nn.Module, inp: BlockInput) -> Tensor:
-    """The block's hidden-state output for one captured batch of its inputs."""
-    out = block(*inp.args, **inp.kwargs)
-    return out[0] if isinstance(out, tuple) else out
+__all__ = ["CALIB_BATCH", "BlockInput", "block_layers", "capture_block_inputs", "gptq_model", "run_block"]
 
 
 def require_calib(calib: Tensor | None, method: str) -> Tensor:
@@ -77,26 +61,6 @@ def block_layers(
     if outside:
         raise QscaleError(f"{method} quantizes decoder-block layers only: skip {outside[0]} (--skip)")
     return targets, blocks_name, blocks
-
-
-def capture_block_inputs(model: nn.Module, block: nn.Module, calib: Tensor, progress: bool) -> list[BlockInput]:
-    captured = []
-
-    def pre_hook(mod, args, kwargs):
-        captured.append(BlockInput(args, dict(kwargs)))
-        raise _Stop
-
-    device = next(model.parameters()).device
-    handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        for ids in track(calib.split(CALIB_BATCH), description="calibration", disable=not progress, transient=True):
-            try:
-                model(input_ids=ids.to(device), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
 
 
 def _stages(block: nn.Module, inp: BlockInput, layers: dict[str, nn.Module]) -> list[list[str]]:
@@ -139,7 +103,7 @@ def _hessians(layers: dict[str, nn.Module], run_all: Callable[[], None], stop_af
         sums[name].addmm_(x.t(), x)
         rows[name] += x.shape[0]
         if name == stop_after:
-            raise _Stop
+            raise Stop
 
     handles = [m.register_forward_hook(partial(hook, n)) for n, m in layers.items()]
     try:
@@ -184,6 +148,34 @@ def _gptq_layers(
     return stats
 
 
+def _gptq_block(
+    model: nn.Module,
+    block: nn.Module,
+    prefix: str,
+    layers: dict[str, nn.Module],
+    inputs: list[BlockInput],
+    trace: Trace,
+    cfg: PTQConfig,
+) -> dict:
+    """Quantize one block's ``layers`` stage by stage and replace ``inputs`` by the block's outputs; its stats."""
+    replay = BlockReplay(block, inputs, trace)
+    stats: dict = {}
+    with ExitStack() as held:
+        if cfg.gptq_order == "block":
+            H = replay.hessians([stage[0] for stage in trace.stages], stop=False, keep=False)
+        for stage in trace.stages:
+            if cfg.gptq_order == "sequential":
+                H = replay.hessians([stage[0]], stop=True, keep=True)
+            stats.update(_gptq_layers(model, list(stage), prefix, layers, H.pop(stage[0]), cfg))
+            for n in stage:
+                layer = layers[n]
+                assert isinstance(layer, QuantizedLinear)  # made by _gptq_layers
+                held.enter_context(layer.hold())
+            replay.mark_quantized(list(stage))
+        replay.advance()
+    return stats
+
+
 @register("gptq")
 @torch.no_grad()
 def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
@@ -194,23 +186,15 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
     targets = quantizable(model, cfg.skip)
     blocks_name, blocks = find_blocks(model)
     inputs = capture_block_inputs(model, blocks[0], calib, progress)
+    traces: dict[tuple, Trace] = {}  # blocks of one class with the same selected layers are called alike
     stats = {}
     for b, block in track(list(enumerate(blocks)), description="GPTQ blocks", disable=not progress, transient=True):
         prefix = f"{blocks_name}.{b}."
         layers = {n[len(prefix) :]: m for n, m in targets.items() if n.startswith(prefix)}
-
-        def run_inputs(block=block, inputs=inputs):
-            for inp in inputs:
-                try:
-                    run_block(block, inp)
-                except _Stop:
-                    pass
-
-        for stage in _stages(block, inputs[0], layers):
-            first = stage[0]  # the stage's layers all read this layer's input
-            H = _hessians({first: layers[first]}, run_inputs, stop_after=first)[first]
-            stats.update(_gptq_layers(model, stage, prefix, layers, H, cfg))
-        inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
+        key = (type(block), tuple(layers))
+        if key not in traces:
+            traces[key] = trace_block(block, inputs[0], layers)
+        stats.update(_gptq_block(model, block, prefix, layers, inputs, traces[key], cfg))
 
     heads = {n: m for n, m in targets.items() if not n.startswith(blocks_name + ".")}
     if heads:

@@ -11,6 +11,9 @@ layer carries the channel reassembly of its inputs (``input_src``/``input_dst``/
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,6 +37,7 @@ class QuantizedLinear(nn.Module):
     input_src: Tensor
     input_dst: Tensor
     input_coef: Tensor
+    _held: Tensor | None = None  # the dequantized weight while inside ``hold()``
 
     def __init__(
         self,
@@ -92,6 +96,19 @@ class QuantizedLinear(nn.Module):
         """The weight ``[out, in]`` the matmul uses (in the rotated basis when ``hadamard_group``)."""
         return self.qweight().dequantize()
 
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Dequantize once and reuse that weight in every forward until the block exits (calibration passes).
+
+        The held weight is the one ``forward`` computes anyway, so outputs are unchanged; on exit the layer
+        holds only its packed weight again.
+        """
+        self._held = self.dequantized_weight()
+        try:
+            yield
+        finally:
+            self._held = None
+
     def forward(self, x: Tensor) -> Tensor:
         if self.hadamard_group:
             x = hadamard_transform(x, self.hadamard_group)
@@ -102,7 +119,8 @@ class QuantizedLinear(nn.Module):
                 x = self.act_quantizer(x)
             except QscaleError as e:
                 raise QscaleError(f"layer {self.name or '?'}: input activations: {e}") from None
-        return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        weight = self._held if self._held is not None else self.dequantized_weight()
+        return F.linear(x, weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def weight_nbytes(self) -> int:
         """Bytes of the packed weight and its parameters (what the layer costs in memory)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from qscale.errors import QscaleError, require
 from qscale.ptq import PTQ_METHODS, PTQConfig
+from qscale.ptq.config import GPTQ_ORDERS
 from qscale.quant import GRIDS, QuantSpec
 from qscale.report.qid import DEFAULT_THRESHOLDS, ReportConfig
 from qscale.train.suite import SUITE_PRESETS
@@ -27,6 +28,7 @@ class QidGrid:
     eval_windows x eval_seq_len held-out tokens per loss; n_calib x calib_seq_len calibration tokens.
     min_tokens: checkpoints trained on fewer tokens are not measured (the first log-spaced steps of a
     small suite are near-random models, and skipping them keeps the quick preset inside its budget).
+    gptq_order: GPTQ's calibration order, "sequential" or "block" (:class:`qscale.ptq.PTQConfig`).
     """
 
     methods: tuple[str, ...] = ("rtn", "gptq")
@@ -40,6 +42,7 @@ class QidGrid:
     calib_seq_len: int = 256
     seed: int = 0
     min_tokens: int = 0
+    gptq_order: str = "sequential"
 
     def __post_init__(self) -> None:
         require(len(self.methods) > 0, "at least one PTQ method is needed")
@@ -58,6 +61,10 @@ class QidGrid:
         require(self.calib_seq_len >= 2, f"calibration sequence length must be >= 2, got {self.calib_seq_len}")
         require(self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}")
         require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        require(
+            self.gptq_order in GPTQ_ORDERS,
+            f"GPTQ order (--gptq-order) must be one of {', '.join(GPTQ_ORDERS)}, got {self.gptq_order!r}",
+        )
 
     def check_methods(self) -> None:
         """Fail early, naming the problem, if a method is not in the PTQ registry."""
@@ -71,7 +78,13 @@ class QidGrid:
             spec = QuantSpec(bits=bits, symmetric=True, granularity="group", group_size=self.group_size, grid=self.grid)
         else:
             spec = QuantSpec(bits=bits, symmetric=True, granularity="channel", group_size=None, grid=self.grid)
-        return PTQConfig(method=method, spec=spec, n_calib=self.n_calib, calib_seq_len=self.calib_seq_len)
+        return PTQConfig(
+            method=method,
+            spec=spec,
+            n_calib=self.n_calib,
+            calib_seq_len=self.calib_seq_len,
+            gptq_order=self.gptq_order,
+        )
 
     @property
     def eval_tokens(self) -> int:

@@ -10,8 +10,8 @@ the form plus the measurement noise of the fitted points) and the new point's ow
 
 where ``log ŷ_s`` runs over the bootstrap samples. Its quantiles are those of the mixture of the samples'
 (scaled Student-t) distributions, solved exactly. ``s_total² = Σ r² / (n − p)`` is the residual variance
-of the fit (r = log residuals); when each fitted point's standard error is known, ``s_model² = max(0,
-s_total² − mean((SE/y)²))`` is the part that is not measurement noise, and a point of known SE adds its
+of the fit (r = log residuals); when each fitted point's standard error is known, ``s_model²`` is the part
+that is not measurement noise (the Paule-Mandel τ², :func:`fit_scatter`), and a point of known SE adds its
 own ``(SE/y)²``. Without a point's SE (a prediction at a new input) the whole ``s_total`` is used.
 """
 
@@ -34,7 +34,7 @@ class Scatter:
     """Residual scatter of a fit in log space: total (dof-corrected), the part beyond measurement noise."""
 
     sd_log: float  # sqrt(Σ r² / (n − p))
-    sd_model: float  # sqrt(max(0, sd_log² − mean measurement variance)); = sd_log when SEs are unknown
+    sd_model: float  # the scatter beyond measurement noise (Paule-Mandel); = sd_log when SEs are unknown
     dof: int  # n − p
     mean_meas_var: float | None = None  # mean (SE/y)² of the fitted points, when known
 
@@ -72,14 +72,23 @@ class Scatter:
 
 
 def fit_scatter(log_residuals: np.ndarray, n_params: int, rel_se: np.ndarray | None = None) -> Scatter:
-    """The :class:`Scatter` of a fit from its log residuals (and the fitted points' SE/y, when known)."""
+    """The :class:`Scatter` of a fit from its log residuals (and the fitted points' SE/y, when known).
+
+    With SEs, the scatter beyond measurement noise is the Paule-Mandel estimate (DerSimonian & Kacker 2007):
+    the τ² at which Σ r²/((SE/y)² + τ²) equals its expectation n − p (0 when the SEs explain all the scatter).
+    """
     r = np.asarray(log_residuals, dtype=float)
     dof = max(1, r.size - n_params)
     total = float((r**2).sum() / dof)
     if rel_se is None:
         return Scatter(float(np.sqrt(total)), float(np.sqrt(total)), dof)
-    mv = float(np.mean(np.asarray(rel_se, dtype=float) ** 2))
-    return Scatter(float(np.sqrt(total)), float(np.sqrt(max(0.0, total - mv))), dof, mv)
+    v = np.asarray(rel_se, dtype=float) ** 2
+
+    def excess(tau2: float) -> float:
+        return float((r**2 / (v + tau2)).sum()) - dof
+
+    tau2 = 0.0 if excess(0.0) <= 0 or total == 0 else float(brentq(excess, 0.0, total, xtol=1e-14))
+    return Scatter(float(np.sqrt(total)), float(np.sqrt(tau2)), dof, float(v.mean()))
 
 
 def mixture_interval(centres: np.ndarray, sd: float, dof: int, level: float) -> tuple[float, float]:

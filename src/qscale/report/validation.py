@@ -7,6 +7,7 @@ points and how many of them fall inside the 95% prediction interval, beside the 
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -70,18 +71,22 @@ def markdown_lines(validations: dict[str, dict], what: str = "QiD") -> list[str]
     return [*lines, ""]
 
 
-def plot_parity(validations: dict[str, dict], target: str = "QiD") -> bytes:
-    """Rows: methods; columns: largest N / largest D held out. Observed vs predicted with the 95% PI."""
+def plot_parity(
+    validations: dict[str, dict], target: str = "QiD", holds: tuple[str, ...] = HOLDS, fmt: str = "png"
+) -> bytes:
+    """Rows: methods; columns: largest N / largest D held out. Observed vs predicted with the 95% PI.
+
+    Returns the figure's bytes in ``fmt`` (png, pdf or svg)."""
     methods = list(validations) or ["(none)"]
-    plt, fig, axes = new_figure(len(methods), len(HOLDS), (4.4 * len(HOLDS), 3.9 * len(methods)))
+    plt, fig, axes = new_figure(len(methods), len(holds), (4.4 * len(holds), 3.9 * len(methods)))
     for row, m in zip(axes, methods, strict=True):
-        for ax, h in zip(row, HOLDS, strict=True):
+        for ax, h in zip(row, holds, strict=True):
             v = (validations.get(m) or {}).get(h) or {}
             pairs = v.get("pairs") or []
             if not pairs:
                 ax.text(0.5, 0.5, _short(v.get("error") or "no held-out point", 80), ha="center", va="center",
                         wrap=True, fontsize=8, transform=ax.transAxes)  # fmt: skip
-                ax.set_title(f"{m}: largest {h} held out", fontsize=9)
+                ax.set_title(f"{m + ': ' if m else ''}largest {h} held out", fontsize=9)
                 ax.axis("off")
                 continue
             obs = np.array([p["observed"] for p in pairs])
@@ -105,10 +110,16 @@ def plot_parity(validations: dict[str, dict], target: str = "QiD") -> bytes:
             ax.set_xlabel(f"observed {target}")
             ax.set_ylabel(f"predicted {target} (95% PI)")
             ax.set_title(
-                f"{m}: largest {h} held out; median err {_pct(v['median_abs_rel_error'])}, "
+                f"{m + ': ' if m else ''}largest {h} held out; median err {_pct(v['median_abs_rel_error'])}, "
                 f"{v['covered']}/{v['n_test']} in PI",
                 fontsize=8,
             )
             if key:
                 ax.legend(fontsize=7)
-    return to_png(plt, fig)
+    if fmt == "png":
+        return to_png(plt, fig)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format=fmt)
+    plt.close(fig)
+    return buf.getvalue()

@@ -5,7 +5,8 @@ linear weights + 49M embedding/head parameters). Each run is a fresh process (``
 RSS (``ru_maxrss``) is its own: build the fp32 model, RTN-quantize its linear layers (G = 128, symmetric),
 export. Theory = bits·weights/8 + scales + zero points (asymmetric) + GPTQ's g_idx + full-precision parts.
 Peak RSS (MB) is printed for the fp32 model alone (built only), after quantization, and after the export:
-the export should add about one layer, not a second copy of the model. Example: ``python bench/export_size.py --bits 2,3,4,8``.
+the export should add about one layer, not a second copy of the model.
+Example: ``python bench/export_size.py --bits 2,3,4,8``.
 """
 
 from __future__ import annotations

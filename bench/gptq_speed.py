@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 
@@ -33,6 +34,11 @@ SHAPES = {
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _output_error(D: torch.Tensor, H: torch.Tensor) -> float:
+    """The layer output error ``tr(D H Dᵀ)`` of a weight error ``D`` (GPTQ's objective)."""
+    return float((D @ H * D).sum())
 
 
 def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
@@ -81,7 +87,10 @@ def main() -> None:
         f"{'' if cuda else 'threads'}) torch={torch.__version__} spec={spec.label} rows={rows} "
         f"block={args.block_size} act_order={args.act_order} repeats={repeats}"
     )
-    header = f"{'model':6} {'layer':8} {'shape':>10} {'H s':>8} {'GPTQ s':>8} {'RTN s':>8} {'GPTQ/RTN':>9} {'out err GPTQ/RTN':>17}"
+    header = (
+        f"{'model':6} {'layer':8} {'shape':>10} {'H s':>8} {'GPTQ s':>8} {'RTN s':>8} {'GPTQ/RTN':>9} "
+        f"{'out err GPTQ/RTN':>17}"
+    )
     print(header)
     print("-" * len(header))
     # warm up once (CUDA context, kernels, LAPACK)
@@ -89,13 +98,11 @@ def main() -> None:
     for model in models:
         for layer, (n_out, n_in) in SHAPES[model].items():
             W = torch.randn(n_out, n_in, device=device) * 0.02
-            t_h, H = _timed(lambda: hessian(n_in, rows, device), device, 1)
-            t_g, res = _timed(
-                lambda: gptq_quantize(W, H, spec, args.block_size, act_order=args.act_order), device, repeats
-            )
-            t_r, Q = _timed(lambda: fake_quantize(W, spec), device, repeats)
-            err = lambda D: float((D @ H * D).sum())  # noqa: E731  (output error tr(ΔHΔᵀ))
-            ratio = err(W - res.weight) / err(W - Q)
+            t_h, H = _timed(partial(hessian, n_in, rows, device), device, 1)
+            gptq = partial(gptq_quantize, W, H, spec, args.block_size, act_order=args.act_order)
+            t_g, res = _timed(gptq, device, repeats)
+            t_r, Q = _timed(partial(fake_quantize, W, spec), device, repeats)
+            ratio = _output_error(W - res.weight, H) / _output_error(W - Q, H)
             shape = f"{n_out}x{n_in}"
             print(f"{model:6} {layer:8} {shape:>10} {t_h:8.3f} {t_g:8.3f} {t_r:8.4f} {t_g / t_r:9.0f} {ratio:17.3f}")
 

@@ -81,7 +81,10 @@ def main() -> None:
     calib = calibration_windows(streams.train, args.calib_windows, args.seq_len, 0)
     base = evaluate(fp, windows).loss
     G = args.group_size
-    spec = lambda b: QuantSpec(b, True, "group", G)  # noqa: E731
+
+    def spec(b: int) -> QuantSpec:
+        return QuantSpec(b, True, "group", G)
+
     print(
         f"checkpoint {args.ckpt}: loss {base:.4f} ({args.eval_windows} windows x {args.seq_len}); "
         f"calibration {args.calib_windows} x {args.seq_len} train windows"
@@ -145,7 +148,10 @@ def main() -> None:
         stored = {"GPTQ 8-bit": Path(tmp) / "m8"}
         bases = {"GPTQ 8-bit": base}
         if args.dr_steps:
-            batches = lambda s: train_batch(streams.train, s, 4, args.seq_len, 0)  # noqa: E731
+
+            def batches(s: int) -> torch.Tensor:
+                return train_batch(streams.train, s, 4, args.seq_len, 0)
+
             dr = prepare(copy.deepcopy(fp), QATRecipeConfig("double-rounding", group_size=G))
             t0 = time.perf_counter()
             joint_finetune(dr, batches, args.dr_steps, args.dr_lr, bits=(8, 6, 4, 2))

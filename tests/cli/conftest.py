@@ -126,7 +126,7 @@ def inputs(tmp_path_factory, streams, data_cfg):
     (d / "bad-params.json").write_text(
         json.dumps({"law": "qid", "params": {"k": "abc", "alpha": 0.2, "beta": 0.5, "gamma": 5.0}})
     )
-    bad_rows = rows[:3] + [rows[3].rsplit(",", 1)[0] + ",abc"] + rows[4:]  # data row 3 (line 4 of the file)
+    bad_rows = [*rows[:3], rows[3].rsplit(",", 1)[0] + ",abc", *rows[4:]]  # data row 3 (line 4 of the file)
     (d / "bad-row.csv").write_text("\n".join(bad_rows) + "\n")
     shutil.copytree(ckpt, d / "lying")
     config = json.loads((d / "lying" / "config.json").read_text())

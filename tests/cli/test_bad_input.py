@@ -44,6 +44,7 @@ CASES = [  # (argv with {name} = inputs/name and {out} = a folder under the work
     (["train", "--data", "{empty.txt}"], "no text"),
     (["train", "--tokenizer", "{bad-tok.json}", *COMMON], "cannot read tokenizer"),
     (["train", "--preset", "nope", *COMMON], "unknown suite preset"),
+    (["train", "--preset", "tiny", "--tokens", "999", "--lr", "1e-3", *COMMON], "--tokens, --lr: a --preset suite"),
     (["train", "--model", "{no-tokenizer}", "--out", "{out}", *COMMON], "pass --tokenizer PATH"),
     (
         ["train", "--model", "{run}/step-000002", "--tokenizer", "{other-tok.json}", "--out", "{out}", *COMMON],

@@ -39,7 +39,7 @@ def test_qat_weight_only_exports_compressed_tensors_then_converts(user_models, c
     assert "one bit width" in capsys.readouterr().err
     assert main(["export", str(out), "--format", "qscale", "--out", str(tmp_path / "n")]) == 0
     a, b = load_quantized(out), load_quantized(tmp_path / "n")
-    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (_, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert x.shape == y.shape
 
 

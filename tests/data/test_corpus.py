@@ -60,7 +60,7 @@ def test_bad_data_raises(tmp_path, name):
 
 def test_folder_without_data_files_raises(tmp_path):
     (tmp_path / "notes.md").write_text("# not a data file")
-    with pytest.raises(QscaleError, match="no .txt"):
+    with pytest.raises(QscaleError, match=r"no \.txt"):
         load_corpus(tmp_path)
 
 

@@ -44,7 +44,7 @@ def test_bad_tokenizer_and_vocab(tmp_path):
     with pytest.raises(QscaleError, match="cannot read tokenizer"):
         load_tokenizer(tmp_path / "tokenizer.json")
     (tmp_path / "empty_folder").mkdir()
-    with pytest.raises(QscaleError, match="no tokenizer.json"):
+    with pytest.raises(QscaleError, match=r"no tokenizer\.json"):
         load_tokenizer(tmp_path / "empty_folder")
     with pytest.raises(QscaleError, match="does not exist"):
         load_tokenizer(tmp_path / "missing.json")

@@ -36,7 +36,7 @@ def test_transformers_loaders_raise(folder):
         AutoConfig.from_pretrained(out)
     with pytest.raises(Exception, match="qscale_packed"):
         AutoModelForCausalLM.from_pretrained(out)
-    with pytest.raises(OSError, match="model.safetensors|pytorch_model.bin"):  # architecture given by the caller
+    with pytest.raises(OSError, match=r"model\.safetensors|pytorch_model\.bin"):  # architecture given by the caller
         LlamaForCausalLM.from_pretrained(out)
     with pytest.raises(QscaleError, match="already quantized"):  # qscale's full-precision loader refuses it
         load_model(out)

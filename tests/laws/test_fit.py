@@ -99,7 +99,7 @@ def test_other_bad_inputs(qid_data):
     data = qid_data(0, 4)
     with pytest.raises(QscaleError, match="4 parameters but the data has only 4 points"):
         fit_law("qid", data)
-    with pytest.raises(QscaleError, match="needs column.*P"):
+    with pytest.raises(QscaleError, match=r"needs column.*P"):
         fit_law("qid", {k: v for k, v in data.items() if k != "P"})
     with pytest.raises(QscaleError, match="target column 'loss' not found"):
         fit_law("qid", data, target="loss")
@@ -107,7 +107,7 @@ def test_other_bad_inputs(qid_data):
         fit_law("qidd", data)
     with pytest.raises(QscaleError, match="data row 2: 'x' is not a number"):
         fit_law("qid", {**data, "N": np.array([1e9, "x", 1e9, 1e9], dtype=object)})
-    with pytest.raises(QscaleError, match="G.*must be > 1"):
+    with pytest.raises(QscaleError, match=r"G.*must be > 1"):
         fit_law("qat", {"N": np.ones(9) * 1e8, "D": np.ones(9) * 1e10, "G": np.ones(9), "delta": np.ones(9)})
     with pytest.raises(QscaleError, match="reference rows with precision = '16'"):
         fit_law(

@@ -110,7 +110,7 @@ def test_registry():
 
 
 def test_missing_parameter_and_column_are_named():
-    with pytest.raises(QscaleError, match="missing parameter.*gamma"):
+    with pytest.raises(QscaleError, match=r"missing parameter.*gamma"):
         get_law("qid").predict({"k": 1, "alpha": 1, "beta": 1}, {"N": N, "D": D, "P": P})
-    with pytest.raises(QscaleError, match="needs column.*P"):
+    with pytest.raises(QscaleError, match=r"needs column.*P"):
         get_law("qid").predict({"k": 1, "alpha": 1, "beta": 1, "gamma": 1}, {"N": N, "D": D})

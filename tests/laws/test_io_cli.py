@@ -17,7 +17,7 @@ def rows(qid_data):
     d = qid_data(0, 30, noise=0.02)
     return [
         {"n_params": n, "D": t, "P": p, "qid": q, "method": "gptq" if i % 3 else "rtn"}
-        for i, (n, t, p, q) in enumerate(zip(d["N"], d["D"], d["P"], d["qid"]))
+        for i, (n, t, p, q) in enumerate(zip(d["N"], d["D"], d["P"], d["qid"], strict=True))
     ]
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_effective_params_on_quest_runs(data_dir):
     assert eff["16"] == 1.0 and fit.rmse_log < 0.01
     for family in ("HalfHadamardTrust", "Trust"):  # more bits -> eff closer to 1, W8A8 about 1
         chain = [eff[f"w{b}a{b}-{family}"] for b in (2, 3, 4, 8)]
-        assert all(a < b for a, b in zip(chain, chain[1:])) and chain[-1] == pytest.approx(1.0, abs=0.1)
+        assert all(a < b for a, b in pairwise(chain)) and chain[-1] == pytest.approx(1.0, abs=0.1)
     weight_only = [eff[f"w{b}a16-HalfHadamardTrust"] for b in (2, 3, 4)]
-    assert all(a < b < 1 for a, b in zip(weight_only, weight_only[1:]))
+    assert all(a < b < 1 for a, b in pairwise(weight_only))
     assert eff["w4a16-HalfHadamardTrust"] > eff["w4a4-HalfHadamardTrust"]  # weight-only beats W4A4

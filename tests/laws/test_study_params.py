@@ -16,7 +16,7 @@ def _store(path, qid_data, qid_true):
     """A QiD store like a study's: two methods, per-row paired SE, 8-bit rows within noise (some <= 0)."""
     d = qid_data(0, 60, noise=0.03)
     rows, n_noise = [], 0
-    for i, (n, t, p, q) in enumerate(zip(d["N"], d["D"], d["P"], d["qid"])):
+    for i, (n, t, p, q) in enumerate(zip(d["N"], d["D"], d["P"], d["qid"], strict=True)):
         se = 0.05 * q
         if p == 8:  # within the noise: QiD of +-SE, like the quick study's "value -3.8e-05"
             q, se, n_noise = (-3.8e-05 if i % 2 else 1e-5), 1e-4, n_noise + 1

@@ -27,7 +27,7 @@ def test_ladder_counts_match_definition_and_span_30x():
 
 def test_build_is_seeded():
     a, b = build_model("xs", 300, seed=1), build_model("xs", 300, seed=1)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     c = build_model("xs", 300, seed=2)
     assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, c.model.layers[0].mlp.up_proj.weight)
     with pytest.raises(QscaleError, match="unknown model size"):
@@ -57,12 +57,12 @@ def test_load_model_round_trip_and_corruption(tmp_path):
 
     weights = tmp_path / "ok" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(QscaleError, match="cannot load checkpoint .*ok"):
+    with pytest.raises(QscaleError, match=r"cannot load checkpoint .*ok"):
         load_model(tmp_path / "ok")
     with pytest.raises(QscaleError, match="does not exist"):
         load_model(tmp_path / "missing")
     (tmp_path / "noconfig").mkdir()
-    with pytest.raises(QscaleError, match="no config.json"):
+    with pytest.raises(QscaleError, match=r"no config\.json"):
         load_model(tmp_path / "noconfig")
     model.save_pretrained(tmp_path / "badcfg")
     (tmp_path / "badcfg" / "config.json").write_text(json.dumps({"model_type": "nonexistent-arch"}))
@@ -86,11 +86,11 @@ def test_missing_unexpected_or_non_finite_weights_are_errors(tmp_path):
     _resave(tmp_path / "ok", tmp_path / "missing", lambda t: t.pop("model.norm.weight"))
     _resave(tmp_path / "ok", tmp_path / "extra", lambda t: t.update({"model.extra": torch.ones(3)}))
     _resave(tmp_path / "ok", tmp_path / "inf", lambda t: t["model.norm.weight"].__setitem__(0, float("inf")))
-    with pytest.raises(QscaleError, match="lacks 1 weight.*model.norm.weight"):
+    with pytest.raises(QscaleError, match=r"lacks 1 weight.*model\.norm\.weight"):
         load_model(tmp_path / "missing")
-    with pytest.raises(QscaleError, match="does not use: model.extra"):
+    with pytest.raises(QscaleError, match=r"does not use: model\.extra"):
         load_model(tmp_path / "extra")
-    with pytest.raises(QscaleError, match="corrupt: tensor model.norm.weight holds NaN or Inf"):
+    with pytest.raises(QscaleError, match=r"corrupt: tensor model\.norm\.weight holds NaN or Inf"):
         load_model(tmp_path / "inf")
 
 

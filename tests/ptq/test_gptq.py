@@ -69,7 +69,7 @@ CASES = [
 
 @pytest.mark.parametrize("spec,block,act_order", CASES)
 def test_equals_plain_reference(spec, block, act_order):
-    X, W, H = _correlated(seed=1)
+    _, W, H = _correlated(seed=1)
     H[5, :] = H[:, 5] = 0  # a dead input column
     res = gptq_quantize(W, H, spec, block_size=block, act_order=act_order)
     ref = reference_gptq(W, H, spec, act_order=act_order)
@@ -79,7 +79,7 @@ def test_equals_plain_reference(spec, block, act_order):
 
 @pytest.mark.parametrize("spec,block,act_order", CASES)
 def test_codes_scales_gidx_reproduce_weight(spec, block, act_order):
-    X, W, H = _correlated(seed=2)
+    _, W, H = _correlated(seed=2)
     res = gptq_quantize(W, H, spec, block_size=block, act_order=act_order)
     qw = res.qweight
     g = qw.g_idx.long()
@@ -92,7 +92,7 @@ def test_codes_scales_gidx_reproduce_weight(spec, block, act_order):
 
 
 def test_full_grid_uses_all_codes_and_stacked_tensor_scales_stay_per_layer():
-    X, W, H = _correlated(seed=5)
+    _, W, H = _correlated(seed=5)
     res = gptq_quantize(W, H, QuantSpec(2, granularity="channel"), block_size=16)
     assert sorted(res.qweight.codes.unique().tolist()) == [-2, -1, 0, 1]
     W2 = torch.cat([W, W * 10])  # two layers read the same input, one ten times larger
@@ -102,11 +102,11 @@ def test_full_grid_uses_all_codes_and_stacked_tensor_scales_stay_per_layer():
 
 
 def test_non_finite_weight_or_hessian_is_an_error():
-    X, W, H = _correlated()
+    _, W, H = _correlated()
     W[0, 0] = float("nan")
     with pytest.raises(QscaleError, match="NaN or Inf"):
         gptq_quantize(W, H, QuantSpec(4))
-    X, W, H = _correlated()
+    _, W, H = _correlated()
     H[1, 1] = float("inf")
     with pytest.raises(QscaleError, match="Hessian"):
         gptq_quantize(W, H, QuantSpec(4))
@@ -146,7 +146,7 @@ def test_singular_hessian_is_rescued_by_dampening():
 
 
 def test_rejects_bad_shapes_and_token_granularity():
-    X, W, H = _correlated()
+    _, W, H = _correlated()
     with pytest.raises(QscaleError):
         gptq_quantize(W, H[:10, :10], QuantSpec(4))
     with pytest.raises(QscaleError):

@@ -115,7 +115,10 @@ def test_one_layer_ends_binary_and_beats_rtn_on_correlated_inputs():
     assert ((h < 1e-3) | (h > 1 - 1e-3)).float().mean() > 0.95  # the regulariser drove h to 0/1
     learned = layer.freeze(X).dequantize()
     rtn = fake_quantize(W, spec)
-    err = lambda Q: float(((X @ (W - Q).t()) ** 2).sum())  # noqa: E731
+
+    def err(Q: torch.Tensor) -> float:
+        return float(((X @ (W - Q).t()) ** 2).sum())
+
     assert err(learned) < err(rtn)
 
 

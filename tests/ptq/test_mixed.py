@@ -152,7 +152,9 @@ def test_learned_round_with_an_average_bit_budget():
     calib = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
     layers = quantizable(model, ("*lm_head",))
     fisher = fisher_diagonal(model, layers, calib)
-    assert all(bool((f > 0).any()) and f.shape == m.weight.shape for f, m in zip(fisher.values(), layers.values()))
+    assert all(
+        bool((f > 0).any()) and f.shape == m.weight.shape for f, m in zip(fisher.values(), layers.values(), strict=True)
+    )
     assert not any(m.weight.requires_grad and m.weight.grad is not None for m in layers.values())
     sizes = {n: m.weight.numel() for n, m in layers.items()}
     stats = quantize_model(model, PTQConfig("learned-round", SPEC, avg_bits=3, round_steps=10), calib)

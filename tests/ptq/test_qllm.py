@@ -492,7 +492,10 @@ def test_one_reassembly_per_shared_input_none_on_o_proj_capped_and_asymmetric_pe
     model = _outlier_llama()
     stats = quantize_model(model, PTQConfig("qllm", SPEC, act_bits=4, qllm_steps=0), CALIB)
     for b in (0, 1):
-        layer = lambda n: model.get_submodule(f"model.layers.{b}.{n}")  # noqa: E731
+
+        def layer(n: str, b: int = b) -> torch.nn.Module:
+            return model.get_submodule(f"model.layers.{b}.{n}")
+
         for group in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")):
             first = layer(group[0]).reassembly()
             assert first is not None
@@ -563,4 +566,4 @@ def test_gradient_flow_low_rank_terms_learn_and_the_quantized_weight_stays_bit_i
     tune_block(block, layers, inputs, targets, steps=3, lr=1e-3)  # the last batch is held out
     for n, m in layers.items():
         assert not torch.equal(m.a, ab0[n][0]) and not torch.equal(m.b, ab0[n][1])
-        assert all(torch.equal(x, y) for x, y in zip((m.w, m.scale, m.zero), frozen[n]))
+        assert all(torch.equal(x, y) for x, y in zip((m.w, m.scale, m.zero), frozen[n], strict=True))

@@ -115,7 +115,9 @@ def test_each_layer_is_calibrated_on_already_quantized_layers():
     modules = dict(ref.named_modules())
     for name in stats:  # stats are in forward order
         inputs = []
-        handle = modules[name].register_forward_hook(lambda m, a, o: inputs.append(a[0].reshape(-1, a[0].shape[-1])))
+        handle = modules[name].register_forward_hook(
+            lambda m, a, o, inputs=inputs: inputs.append(a[0].reshape(-1, a[0].shape[-1]))
+        )
         loss(ref, calib)
         handle.remove()
         X = torch.cat(inputs)

@@ -69,7 +69,7 @@ def test_alrs_algorithm_a2_each_precision_updates_weights_then_scales_at_its_rat
         w_opt.step()
         s_opt.step()
     joint_finetune(model, batches, steps=1, lr=lr, bits=BITS, grad_clip=0.0)
-    for (n, a), (_, e) in zip(model.named_parameters(), ref.named_parameters()):
+    for (n, a), (_, e) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
         assert torch.allclose(a, e, rtol=1e-5, atol=1e-7), n
 
 
@@ -139,5 +139,5 @@ def test_joint_training_resumes_to_the_same_model(llama, batches, tmp_path):
     again = prepare(copy.deepcopy(llama), cfg)
     got = joint_finetune(again, batches, steps=4, lr=1e-3, bits=(8, 4), state_dir=tmp_path / "s", save_every=2)
     assert got == ref
-    for (n, a), (_, b) in zip(whole.state_dict().items(), again.state_dict().items()):
+    for (n, a), (_, b) in zip(whole.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), n

@@ -50,7 +50,7 @@ def _authors_inputs():
 
 def test_loss_terms_match_the_authors_code():
     q, k, s_attn, t_attn, s_logits, t_logits = _authors_inputs()
-    assert 0.5 * float(entropy_term(list(zip(q, k)))) == pytest.approx(AUTHORS["loss_entropy"], rel=1e-6)
+    assert 0.5 * float(entropy_term(list(zip(q, k, strict=True)))) == pytest.approx(AUTHORS["loss_entropy"], rel=1e-6)
     # the sign of the distribution term is reversed on purpose (module docstring): -log sum cos, not +log sum cos
     assert float(distribution_term(t_attn, s_attn)) == pytest.approx(-AUTHORS["loss_attn"], rel=1e-6)
     assert float(logit_distillation(s_logits, t_logits, 2.0)) == pytest.approx(AUTHORS["loss_logits"], rel=1e-6)

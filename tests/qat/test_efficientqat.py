@@ -126,10 +126,10 @@ def _block_errors(model, fp, calib):
     errs = []
     with torch.no_grad():
         inputs = capture_block_inputs(fp, fp_blocks[0], calib, progress=False)
-        for blk, ref in zip(blocks, fp_blocks):
+        for blk, ref in zip(blocks, fp_blocks, strict=True):
             outs = [run_block(ref, i) for i in inputs]
-            errs.append(sum(float(F.mse_loss(run_block(blk, i), o)) for i, o in zip(inputs, outs)))
-            inputs = [i.with_hidden(o) for i, o in zip(inputs, outs)]
+            errs.append(sum(float(F.mse_loss(run_block(blk, i), o)) for i, o in zip(inputs, outs, strict=True)))
+            inputs = [i.with_hidden(o) for i, o in zip(inputs, outs, strict=True)]
     return errs
 
 
@@ -150,7 +150,7 @@ def test_block_ap_lowers_each_blocks_error_below_rtn(llama, batches):
     quantize_model(rtn, PTQConfig("rtn", QuantSpec(2, False, "group", 32)), None)
     block_ap(llama, cfg, calib, steps=40, lr_weight=1e-3, lr_quant=1e-3)
     ours, base = _block_errors(llama, fp, calib), _block_errors(rtn, fp, calib)
-    assert all(o < b for o, b in zip(ours, base)), (ours, base)
+    assert all(o < b for o, b in zip(ours, base, strict=True)), (ours, base)
 
 
 def test_block_ap_gradient_flow_every_block_weight_and_quantizer_trains(llama, batches, monkeypatch):

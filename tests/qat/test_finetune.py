@@ -143,7 +143,7 @@ def test_killed_run_resumes_to_the_same_weights(llama, batches, tmp_path):
         again, cfg, batches, steps=8, lr=1e-3, state_dir=tmp_path / "b", save_every=3, fingerprint="x"
     )
     assert losses == ref
-    for (n, p), (_, q) in zip(whole.state_dict().items(), again.state_dict().items()):
+    for (n, p), (_, q) in zip(whole.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(p, q), n
     with pytest.raises(QscaleError, match="another model, data or config"):
         qat_finetune(copy.deepcopy(llama), cfg, batches, steps=8, lr=1e-3, state_dir=tmp_path / "b", fingerprint="y")

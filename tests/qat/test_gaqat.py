@@ -32,12 +32,12 @@ def test_freezes_exactly_the_layers_in_conflict(llama, batches):
     task = {n: [p.grad.clone() for p in ps] for n, ps in scale_params(ref).items()}
     norm = torch.sqrt(sum((x**2).sum() for x in g))
     with torch.no_grad():
-        for p, x in zip(params, g):
+        for p, x in zip(params, g, strict=True):
             p.add_(0.05 * x / norm)
             p.grad = None
     lm_loss(ref, batch)[0].backward()
     sam = {n: [p.grad.clone() for p in ps] for n, ps in scale_params(ref).items()}
-    cos = {n: _cosine(task[n], [s - t for s, t in zip(sam[n], task[n])]) for n in task}
+    cos = {n: _cosine(task[n], [s - t for s, t in zip(sam[n], task[n], strict=True)]) for n in task}
     threshold = sorted(cos.values())[len(cos) // 2]  # about half the layers conflict
     expected = {n for n, c in cos.items() if c < threshold}
     assert 0 < len(expected) < len(cos)
@@ -92,7 +92,7 @@ class _Probe:
     def after_step(self, model, opt, step, total):
         frozen = set(self.hooks.frozen)
         for n, ps in self.hooks.scales.items():
-            for p, (w, state) in zip(ps, self.before[n]):
+            for p, (w, state) in zip(ps, self.before[n], strict=True):
                 now = opt.state.get(p, {})
                 if n in frozen:
                     assert torch.equal(p.detach(), w), (step, n)  # bit-identical

@@ -71,7 +71,7 @@ def _best(weights, total, fixed=None):
     best = (-math.inf, None)
     for combo in itertools.product(sorted(BITS), repeat=len(weights)):
         if sum(combo) == total and (fixed is None or combo[fixed[0]] == fixed[1]):
-            best = max(best, (sum(w * b for w, b in zip(weights, combo)), combo))
+            best = max(best, (sum(w * b for w, b in zip(weights, combo, strict=True)), combo))
     return best[1]
 
 

@@ -1,4 +1,5 @@
-"""iFairy recipe: QAT lowers its loss, converts to the complex-phase layout, exports (qscale), equal storage to BitNet."""
+"""iFairy recipe: QAT lowers its loss, converts to the complex-phase layout, exports (qscale), equal storage to
+BitNet."""
 
 import copy
 

@@ -85,7 +85,7 @@ def test_each_phase_replaces_its_signal_in_every_layer(llama, batches, phase, by
     # an unchanged student under intervention reproduces the teacher exactly
     with torch.no_grad(), signals(llama, phase, t_sig) as s_sig:
         assert torch.allclose(logits_of(llama, ids), logits_of(teacher, ids), atol=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(s_sig.hidden, t_sig.hidden))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(s_sig.hidden, t_sig.hidden, strict=True))
 
 
 # the parameters the authors' stop-gradient and substitution leave without gradient in each phase (GPT-NeoX: o_proj is

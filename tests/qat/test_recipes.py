@@ -69,7 +69,7 @@ def test_quest_alpha_is_mse_optimal_for_gaussian():
     x = torch.randn(1, 100_000, dtype=torch.float64)
     for bits in (1, 2, 3, 4):
 
-        def mse(alpha):
+        def mse(alpha, bits=bits):
             levels = 2**bits - 1
             step = 2 * alpha / levels
             k = torch.clamp(torch.round(x / step + levels / 2), 0, levels)

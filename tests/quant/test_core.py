@@ -18,7 +18,7 @@ GRANS = [
 
 def _x(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g) * torch.rand(shape[:-1] + (1,), generator=g) * 3 + 0.3
+    return torch.randn(shape, generator=g) * torch.rand((*shape[:-1], 1), generator=g) * 3 + 0.3
 
 
 def _expand(x, spec, scale):

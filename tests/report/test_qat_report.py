@@ -62,7 +62,7 @@ def test_points_under_the_noise_floor_are_excluded_and_counted():
 def test_c_factor_by_definition():
     a16 = _cells("W4A16", scale=1.0)
     a4 = _cells("W16A4", scale=0.5)
-    w4a4 = [dict(r, scheme="W4A4", delta=0.9 * (r["delta"] + s["delta"])) for r, s in zip(a16, a4)]
+    w4a4 = [dict(r, scheme="W4A4", delta=0.9 * (r["delta"] + s["delta"])) for r, s in zip(a16, a4, strict=True)]
     c = c_factor(a16 + a4 + w4a4)
     assert c["n"] == 27 and c["c"] == pytest.approx(0.9) and c["median_ratio"] == pytest.approx(0.9)
 

@@ -90,7 +90,7 @@ def skip_reason() -> str | None:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser: cannot start PostgreSQL as an unprivileged user"
     try:
-        import psycopg  # noqa: F401
+        import psycopg  # noqa: F401  (only whether it imports)
     except ImportError:
         return "psycopg 3 is not installed (pip install 'qscale[postgres]')"
     return None
@@ -107,7 +107,10 @@ def postgres(tmp: Path) -> Iterator[str]:
         shutil.chown(tmp, "postgres")
         shutil.chown(sock, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)
+
     run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
     opts = f"-c listen_addresses='' -k {sock} -c fsync=off -c max_connections=40"
     run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(tmp / "log"), "-w", "-t", "60", "start")

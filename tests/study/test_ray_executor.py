@@ -20,13 +20,13 @@ from qscale.study.executor import LocalExecutor
 from qscale.study.grid import QidGrid, get_preset
 from qscale.study.qid import build_study, run_qid_study
 from qscale.study.qid_cells import TABLES
+from qscale.study.ray_executor import RayExecutor  # imports ray lazily: importable without it
 from qscale.study.runner import run_study
 from qscale.study.store import SqliteStore
 from qscale.train import TrainConfig
 from qscale.train.suite import SuiteConfig
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'qscale[ray]')")
-from qscale.study.ray_executor import RayExecutor
 
 TRAIN = Table("toy_train", columns("run:text model:text config_hash:text"), columns("steps:int"))
 CELLS = Table("toy", columns("run:text model:text P:int config_hash:text"), columns("N:int qid:float"))

@@ -76,7 +76,7 @@ def test_torchrun_two_processes_equal_one_process(streams, data_cfg, tmp_path, m
     assert main([*ARGS, "--out", str(tmp_path / "one")]) == 0
     ddp, one = list_checkpoints(tmp_path / "ddp"), list_checkpoints(tmp_path / "one")
     assert [c.step for c in ddp] == [c.step for c in one] == [1, 2, 4, 6]
-    for a, b in zip(ddp, one):
+    for a, b in zip(ddp, one, strict=True):
         wa, wb = load_file(str(a.path / "model.safetensors")), load_file(str(b.path / "model.safetensors"))
         for k in wb:  # the same math up to the order of floating-point sums
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

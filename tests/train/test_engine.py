@@ -71,14 +71,16 @@ def test_embedding_lr_moves_embeddings_and_head_at_their_own_rate():
     scaled = [g for g in opt.param_groups if g.get("lr_scale")]
     assert {id(p) for g in scaled for p in g["params"]} == embed and scaled[0]["lr_scale"] == pytest.approx(10.0)
     train_steps(model, structured, cfg, 1, opt=opt)
-    moved = {n: (p - q).abs().max().item() for (n, p), q in zip(model.named_parameters(), ref.parameters())}
+    moved = {
+        n: (p - q).abs().max().item() for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True)
+    }
     assert moved["lm_head.weight"] == pytest.approx(1e-2, rel=1e-3)
     assert moved["model.embed_tokens.weight"] == pytest.approx(1e-2, rel=1e-3)
     assert moved["model.layers.0.mlp.up_proj.weight"] == pytest.approx(1e-3, rel=1e-3)
     same_a, same_b = tiny_llama_model(), tiny_llama_model()  # embed_lr = lr is the plain optimiser, bit for bit
     train_steps(same_a, structured, OptimConfig(lr=1e-3, warmup=1), 3)
     train_steps(same_b, structured, OptimConfig(lr=1e-3, warmup=1, embed_lr=1e-3), 3)
-    assert all(torch.equal(p, q) for p, q in zip(same_a.parameters(), same_b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(same_a.parameters(), same_b.parameters(), strict=True))
     with pytest.raises(QscaleError, match="embedding learning rate"):
         OptimConfig(lr=1e-3, embed_lr=0.0)
 
@@ -120,7 +122,7 @@ def test_accumulation_matches_the_full_batch_and_losses_are_the_mean():
     la = train_steps(a, structured, cfg, 3)
     lb = train_steps(b, structured, cfg, 3, grad_accum=2)
     assert la == pytest.approx(lb, rel=1e-5)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5)
     with torch.no_grad():
         assert lm_loss(a, structured(3))[0].item() < la[0]
@@ -141,7 +143,7 @@ def test_accumulation_with_hooks_that_make_their_own_gradients():
     la = train_steps(a, structured, cfg, 3, hooks=OwnLossHooks())
     lb = train_steps(b, structured, cfg, 3, grad_accum=2, hooks=OwnLossHooks())
     assert la == pytest.approx(lb, rel=1e-5)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5)
 
 
@@ -154,7 +156,7 @@ def test_resumed_steps_equal_uninterrupted_ones_and_nan_is_an_error():
     first = train_steps(part, structured, cfg, 6, opt=opt, end=4)
     rest = train_steps(part, structured, cfg, 6, opt=opt, start=4)
     assert first + rest == ref
-    assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), part.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), part.parameters(), strict=True))
     with pytest.raises(QscaleError, match="not finite"):
         train_steps(tiny_llama_model(), structured, cfg, 2, loss_fn=lambda m, b, s: lm_loss(m, b)[0] * float("nan"))
 

@@ -34,7 +34,7 @@ def test_resume_refuses_other_data_tokenizer_or_config(streams, data_cfg, tmp_pa
         replace(data_cfg, data=tmp_path / "other.txt", max_files=None, tokenizer=tmp_path / "tok.json"), progress=False
     )
     assert other_data.tokenizer_hash == streams.tokenizer_hash
-    with pytest.raises(QscaleError, match="different data .*re-run with the same --data"):
+    with pytest.raises(QscaleError, match=r"different data .*re-run with the same --data"):
         train(cfg, other_data, tmp_path, progress=False)
     other_tok = load_token_streams(replace(data_cfg, vocab_size=300), progress=False)
     with pytest.raises(QscaleError, match="different tokenizer"):

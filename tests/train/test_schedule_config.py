@@ -11,7 +11,7 @@ from qscale.train.suite import SUITE_PRESETS, SuiteConfig, width_scaled_lr
 def test_log_spaced_checkpoints_like_pythia():
     cfg = TrainConfig(tokens=1000 * 8 * 4, batch_size=8, seq_len=4, ckpt_every=100)
     assert cfg.total_steps == 1000
-    assert cfg.checkpoint_steps() == [1, 2, 4, 8, 16, 32, 64] + list(range(100, 1001, 100))
+    assert cfg.checkpoint_steps() == [1, 2, 4, 8, 16, 32, 64, *range(100, 1001, 100)]
     assert TrainConfig(tokens=8 * 4 * 10, batch_size=8, seq_len=4, ckpt_base=2).checkpoint_steps() == [2, 4, 8, 10]
 
 

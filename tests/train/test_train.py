@@ -22,7 +22,7 @@ def _weights(path):
 def test_tiny_suite_lowers_validation_loss_and_writes_metadata(streams, tmp_path):
     runs = train_suite(SUITE_PRESETS["tiny"], streams, tmp_path, progress=False)
     assert set(runs) == {"xs", "s"}
-    for size, ckpts in runs.items():
+    for ckpts in runs.values():
         assert [c.step for c in ckpts] == [1, 2, 4, 8, 16, 24]
         assert ckpts[-1].meta["val_loss"] < ckpts[0].meta["val_loss"] - 0.5
         meta = ckpts[-1].meta
@@ -49,7 +49,7 @@ def test_killed_and_resumed_run_is_bit_identical(streams, tmp_path):
         torch.use_deterministic_algorithms(prev)
     full, resumed = list_checkpoints(tmp_path / "full"), list_checkpoints(tmp_path / "killed")
     assert [c.step for c in full] == [c.step for c in resumed] == [1, 2, 4, 8, 12]
-    for a, b in zip(full, resumed):
+    for a, b in zip(full, resumed, strict=True):
         wa, wb = _weights(a.path), _weights(b.path)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
         assert (a.meta["val_loss"], a.meta["train_loss"]) == (b.meta["val_loss"], b.meta["train_loss"])

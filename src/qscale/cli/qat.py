@@ -59,6 +59,9 @@ from qscale.qat.doublerounding import joint_finetune
 from qscale.qat.efficientdm import EfficientDMOptions, self_generated_batches
 from qscale.qat.efficientqat import block_ap, freeze_codes
 
+# qat trains on --data, so the held-out default is its validation split
+QAT_EVAL_DATA_HELP = EVAL_DATA_HELP.replace("the embedded corpus", "--data")
+
 
 def qat_command(
     model_dir: Path = typer.Argument(..., help="Local Hugging Face causal-LM folder to fine-tune."),
@@ -81,12 +84,19 @@ def qat_command(
     intervention: bool = typer.Option(
         False,
         "--intervention/--no-intervention",
-        help="Teacher Intervention (Kim et al. 2023): over the first half of the steps the full-precision model's self-attention output, context, then attention map replace the student's in every layer, then plain QAT; trains on TernaryBERT's distillation loss (instead of --distill's).",
+        help=(
+            "Teacher Intervention (Kim et al. 2023): over the first half of the steps the full-precision model's "
+            "self-attention output, context, then attention map replace the student's in every layer, then plain QAT; "
+            "trains on TernaryBERT's distillation loss (instead of --distill's)."
+        ),
     ),
     rank: int = typer.Option(
         None,
         "--rank",
-        help="lrqat / l4q / efficientdm: rank r of the trained update (α/r)·A·B; qvgen: initial rank of the auxiliary branches (default 16).",
+        help=(
+            "lrqat / l4q / efficientdm: rank r of the trained update (α/r)·A·B; qvgen: initial rank of the auxiliary "
+            "branches (default 16)."
+        ),
     ),
     lora_alpha: float = typer.Option(
         None, "--lora-alpha", help="lrqat / l4q / efficientdm: α of the update (α/r)·A·B (default 16)."
@@ -100,13 +110,15 @@ def qat_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training and evaluation window."),
     data: Path = typer.Option(None, "--data", help="Training text (train split). Default: the embedded corpus."),
-    eval_data: Path = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP.replace("the embedded corpus", "--data")),
+    eval_data: Path = typer.Option(None, "--eval-data", help=QAT_EVAL_DATA_HELP),
     eval_windows: int = typer.Option(64, "--eval-windows", help="Held-out windows for the loss before and after."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="Tokenizer (default: the model folder's own)."),
     fmt: str = typer.Option(
         "auto",
         "--format",
-        help="compressed-tensors, gptq, qscale, or auto (compressed-tensors where it can hold the layers, else qscale).",
+        help=(
+            "compressed-tensors, gptq, qscale, or auto (compressed-tensors where it can hold the layers, else qscale)."
+        ),
     ),
     dtype: str = typer.Option(
         "auto", "--dtype", help="dtype of full-precision tensors: auto (the source's), float32, bfloat16, float16."
@@ -121,7 +133,10 @@ def qat_command(
     joint_bits: str = typer.Option(
         None,
         "--joint-bits",
-        help="double-rounding: precisions trained jointly, highest = --w-bits (default 8,6,4,2); serve any with qscale eval --bits.",
+        help=(
+            "double-rounding: precisions trained jointly, highest = --w-bits (default 8,6,4,2); serve any with qscale "
+            "eval --bits."
+        ),
     ),
     redo: bool = typer.Option(False, "--redo", help="Train again even if --out already holds this finished run."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
@@ -240,7 +255,7 @@ def qat_command(
             fingerprint=config_hash(run),
             progress=progress,
         )
-        losses = [sum(x) / len(x) for x in zip(*per_bits.values())]
+        losses = [sum(x) / len(x) for x in zip(*per_bits.values(), strict=True)]
     else:
         losses = qat_finetune(
             model,

@@ -88,12 +88,18 @@ def quantize_command(
     avg_bits: float = typer.Option(
         None,
         "--avg-bits",
-        help="learned-round: importance-based mixed precision, 2..8 bits per layer averaging this (replaces --bits); compressed-tensors or qscale.",
+        help=(
+            "learned-round: importance-based mixed precision, 2..8 bits per layer averaging this (replaces --bits); "
+            "compressed-tensors or qscale."
+        ),
     ),
     act_bits: int = typer.Option(
         16,
         "--act-bits",
-        help="Input-activation bits (per-token absmax; qllm: asymmetric min/max; 2..8); 16 = weights only. Needs --format qscale.",
+        help=(
+            "Input-activation bits (per-token absmax; qllm: asymmetric min/max; 2..8); 16 = weights only. Needs "
+            "--format qscale."
+        ),
     ),
     group_size: int = typer.Option(
         128, "--group-size", "-g", help="Input columns per scale; 0 = one scale per output channel."
@@ -131,7 +137,10 @@ def quantize_command(
     dtype: str = typer.Option(
         "auto",
         "--dtype",
-        help="dtype of full-precision tensors and compressed-tensors scales: auto (the source's), float32, bfloat16, float16.",
+        help=(
+            "dtype of full-precision tensors and compressed-tensors scales: auto (the source's), float32, bfloat16, "
+            "float16."
+        ),
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),

@@ -12,6 +12,7 @@ from qscale.cli.common import console as make_console
 from qscale.cli.output import loss_table
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.tokenizer import model_tokenizer
+from qscale.errors import require
 from qscale.models.load import require_full_precision
 from qscale.paths import check_out_folder, outside
 from qscale.train.config import TrainConfig
@@ -20,10 +21,29 @@ from qscale.train.loop import train
 from qscale.train.suite import SUITE_PRESETS, get_preset, train_suite
 
 _QUICK = SUITE_PRESETS["quick"]
+_PER_MODEL = (
+    "size",
+    "tokens",
+    "model",
+    "batch_size",
+    "grad_accum",
+    "seq_len",
+    "lr",
+    "embed_lr",
+    "schedule",
+    "warmup_steps",
+    "ckpt_every",
+)
 _DEFAULT = _QUICK.base
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user typed option ``name`` (typer vendors click: compare the source by name)."""
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+
 def train_command(
+    ctx: typer.Context,
     size: str = typer.Option(_DEFAULT.size, help="Model size from the ladder: xs, s, m, l, xl."),
     tokens: int = typer.Option(_DEFAULT.tokens, help="Training tokens (rounded up to whole steps)."),
     out: Path = typer.Option(None, help="Run folder for checkpoints (default: runs/train-SIZE or runs/suite-PRESET)."),
@@ -76,7 +96,7 @@ def train_command(
     preset: str = typer.Option(
         None,
         help="Train a whole suite preset (tiny, quick, gpu) instead of one model; "
-        "only --seed and the data options apply then.",
+        "only --seed, --device, --compile and the data options apply then.",
     ),
     max_files: int = typer.Option(None, help="Use at most this many documents of the corpus (quick trials)."),
     progress: bool = PROGRESS_OPTION,
@@ -86,6 +106,13 @@ def train_command(
     Under ``torchrun --nproc_per_node K -m qscale.cli train ...`` the batch is split over K data-parallel
     processes (DDP; rank 0 writes)."""
     console = make_console()
+    if preset is not None:  # a suite preset sets every model's own settings: refuse flags it would ignore
+        ignored = [f"--{n.replace('_', '-')}" for n in _PER_MODEL if _given(ctx, n)]
+        require(
+            not ignored,
+            f"{', '.join(ignored)}: a --preset suite sets these for each of its models "
+            "(drop them, or train one model without --preset)",
+        )
     name = size if model is None else model.name
     out = out or Path("runs") / (f"suite-{preset}" if preset is not None else f"train-{name}")
     check_out_folder(out)
@@ -101,6 +128,8 @@ def train_command(
             suite = replace(suite, base=replace(suite.base, seed=seed))
         if compile_model:
             suite = replace(suite, base=replace(suite.base, compile=True))
+        if device != "auto":
+            suite = replace(suite, base=replace(suite.base, device=device))
         runs = train_suite(suite, load_token_streams(data_cfg, progress=progress), out, progress=progress)
         finish()
         if is_main_process():

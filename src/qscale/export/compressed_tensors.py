@@ -29,7 +29,7 @@ def check_layer(name: str, layer: QuantizedLinear) -> None:
         why = "compressed-tensors only replaces nn.Linear modules and GPT-2 style Conv1D layers are not"
     elif why is None and spec.bits < 2:
         why = "compressed-tensors packs 2..8-bit integers here"
-    elif why is None and spec.granularity == "group" and layer.in_features % spec.group_size:
+    elif why is None and spec.granularity == "group" and layer.in_features % spec.G:
         why = f"its {layer.in_features} input columns are not a multiple of the group size {spec.group_size}"
     if why is None and not layer.qweight().contiguous_groups:
         why = "its groups are not contiguous (compressed-tensors 0.20 has no g_idx)"

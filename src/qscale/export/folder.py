@@ -3,8 +3,8 @@
 Every format module turns one ``QuantizedLinear`` into its own tensors; everything else (embeddings, norms,
 the head, biases of unquantized layers) is written as it is, cast to the export dtype. Tensors are produced
 layer by layer and each goes to disk as it comes (``qscale.export.stream``), so the peak memory is the
-model itself plus one layer's new tensors, never two copies of the model. The folder is written under a temporary name and renamed when
-complete, with the tokenizer and generation files of the source folder copied beside it.
+model itself plus one layer's new tensors, never two copies of the model. The folder is written under a temporary name
+and renamed when complete, with the tokenizer and generation files of the source folder copied beside it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from qscale.errors import require
+from qscale.errors import QscaleError, require
 from qscale.export.stream import SafetensorsWriter
 from qscale.quant import QuantizedLinear
 from qscale.train.checkpoint import atomic_folder
@@ -62,7 +63,7 @@ def model_tensors(model: nn.Module, layer_tensors: LayerTensors, dtype: torch.dt
     ``dtype`` (floating tensors only). A tensor shared by several keys (tied embeddings) is written once,
     under its first key, as ``save_pretrained`` does."""
     layers = quantized_layers(model)
-    require(layers, "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
+    require(bool(layers), "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
     done: set[str] = set()
     seen: set[int] = set()
     for key, t in model.state_dict(keep_vars=False).items():
@@ -110,7 +111,8 @@ def write_model_folder(
             writer.add(key, t)
             shards[-1].append(key)
             total += nbytes
-        require(writer is not None, "nothing to write")
+        if writer is None:
+            raise QscaleError("nothing to write")
         writer.close()
         _name_shards(tmp, shards, total, weights_name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -146,7 +148,8 @@ def _name_shards(folder: Path, shards: list[list[str]], total: int, stem: str) -
 
 def base_config(model: nn.Module, dtype: torch.dtype) -> dict:
     """The model's ``config.json`` content with the export dtype and no previous quantization config."""
-    config = model.config.to_dict()
+    hf_config: Any = model.config  # a transformers PretrainedConfig (nn.Module types attributes as tensors)
+    config = hf_config.to_dict()
     config.pop("quantization_config", None)
     name = str(dtype).removeprefix("torch.")
     config["torch_dtype"] = name

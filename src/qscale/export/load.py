@@ -27,7 +27,7 @@ from qscale.quant.switch import switch_bits
 def read_tensors(path: Path) -> dict[str, Tensor]:
     """Every tensor of the folder's safetensors files (one file or an indexed set of shards)."""
     files = sorted(path.glob("*.safetensors"))
-    require(files, f"no .safetensors weights in {path}")
+    require(bool(files), f"no .safetensors weights in {path}")
     tensors: dict[str, Tensor] = {}
     for f in files:
         try:
@@ -131,7 +131,7 @@ def _load_rest(model: nn.Module, tensors: dict[str, Tensor], taken: set[str], pa
         )
     model.load_state_dict(rest, strict=False)
     if hasattr(model, "tie_weights"):
-        model.tie_weights()
+        model.tie_weights()  # type: ignore[operator]  # a transformers method (nn.Module types it as a tensor)
     loaded = {t.data_ptr() for k, t in model.state_dict().items() if k in rest}
     missing = sorted(k for k in expected - set(rest) if model.state_dict()[k].data_ptr() not in loaded)
     if missing:

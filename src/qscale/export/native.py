@@ -1,17 +1,16 @@
 """qscale's own packed layout, for what compressed-tensors and GPTQ cannot express.
 
-PB-LLM's partial binarization, QuEST's Hadamard rotation and half-integer zero points, QLLM's channel
-reassembly, and weight-activation QAT recipes (``ste``/``lsq``/``quest``/``bitnet`` activation quantizers) are written here. A layer's tensors
-are the ``QuantizedLinear`` state as it is: ``weight_packed`` (int32, the dense bitstream of unsigned codes
-``q − qmin``, the compressed-tensors packing), ``weight_scale`` and ``weight_zero`` ``[out, n_groups]``
-(float32), ``weight_g_idx`` (int32 ``[in]``), layout extras (``weight_mask`` bool, ``weight_alpha``),
-``bias``, QLLM's reassembly of the inputs (``input_src``, ``input_dst`` int32 ``[E]`` and ``input_coef``
-float32 ``[E]``: ``x'_j = Σ_{e: dst_e = j} coef_e·x_{src_e}``, ``qscale.quant.reassembly``), and the
-activation quantizer's buffers (``act_quantizer.*``). ``config.json`` carries
-``quantization_config = {quant_method: "qscale", format: "qscale-packed", version: 1, layers: {name: {bits,
-symmetric, granularity, group_size, grid, layout, in_features, out_features, hadamard_group, source, reassembly, act}}}``
-where ``reassembly`` says whether the ``input_*`` tensors are there (absent = false) and ``act`` is the
-activation quantizer's description (or null). Only ``qscale.load_quantized`` reads it.
+PB-LLM's partial binarization, QuEST's Hadamard rotation and half-integer zero points, QLLM's channel reassembly, and
+weight-activation QAT recipes (``ste``/``lsq``/``quest``/``bitnet`` activation quantizers) are written here. A layer's
+tensors are the ``QuantizedLinear`` state as it is: ``weight_packed`` (int32, the dense bitstream of unsigned codes
+``q − qmin``, the compressed-tensors packing), ``weight_scale`` and ``weight_zero`` ``[out, n_groups]`` (float32),
+``weight_g_idx`` (int32 ``[in]``), layout extras (``weight_mask`` bool, ``weight_alpha``), ``bias``, QLLM's reassembly
+of the inputs (``input_src``, ``input_dst`` int32 ``[E]`` and ``input_coef`` float32 ``[E]``:
+``x'_j = Σ_{e: dst_e = j} coef_e·x_{src_e}``, ``qscale.quant.reassembly``), and the activation quantizer's buffers
+(``act_quantizer.*``). ``config.json`` carries ``quantization_config = {quant_method: "qscale", format: "qscale-packed",
+version: 1, layers: {name: {bits, symmetric, granularity, group_size, grid, layout, in_features, out_features,
+hadamard_group, source, reassembly, act}}}`` where ``reassembly`` says whether the ``input_*`` tensors are there (absent
+= false) and ``act`` is the activation quantizer's description (or null). Only ``qscale.load_quantized`` reads it.
 
 No other loader can mistake the folder for a plain model: ``config.json`` says ``model_type: "qscale_packed"``
 (unknown to transformers, so ``AutoConfig``/``AutoModel*.from_pretrained`` and everything built on them raise)
@@ -63,7 +62,8 @@ def layer_config(layer: QuantizedLinear) -> dict:
         "source": layer.source,
         "extras": list(layer.extra_names),
         "reassembly": layer.reassembled,
-        "act": None if layer.act_quantizer is None else layer.act_quantizer.describe(),
+        # the activation quantizers (qscale.qat) describe themselves; nn.Module types the method as a tensor
+        "act": None if layer.act_quantizer is None else layer.act_quantizer.describe(),  # type: ignore[operator]
     }
 
 

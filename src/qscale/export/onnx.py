@@ -36,7 +36,7 @@ class _Logits(nn.Module):
 
 def _check(name: str, layer: QuantizedLinear) -> None:
     why = weight_only_problem(layer)
-    if why is None and layer.spec.granularity == "group" and layer.in_features % layer.spec.group_size:
+    if why is None and layer.spec.granularity == "group" and layer.in_features % layer.spec.G:
         why = f"its {layer.in_features} input columns are not a multiple of the group size {layer.spec.group_size}"
     if why is None and not layer.qweight().contiguous_groups:
         why = "its groups are not contiguous"
@@ -70,11 +70,11 @@ def _qdq(onnx, name: str, layer: QuantizedLinear) -> tuple[list, object]:
         scale, zero, attrs = qw.scale, qw.zero, {"axis": 1, "block_size": spec.group_size}
     else:
         scale, zero, attrs = qw.scale[:, 0], qw.zero[:, 0], {"axis": 0}
-    zero = zero.to(torch.int32).numpy() if not spec.symmetric else np.zeros(tuple(scale.shape), dtype=np.int32)
+    zeros = zero.to(torch.int32).numpy() if not spec.symmetric else np.zeros(tuple(scale.shape), dtype=np.int32)
     inits = [
         helper.make_tensor(f"{name}_q", elem, codes.shape, codes.flatten().tolist()),
         helper.make_tensor(f"{name}_scale", TP.FLOAT, tuple(scale.shape), scale.float().flatten().tolist()),
-        helper.make_tensor(f"{name}_zero", elem, zero.shape, zero.flatten().tolist()),
+        helper.make_tensor(f"{name}_zero", elem, zeros.shape, zeros.flatten().tolist()),
     ]
     node = helper.make_node(
         "DequantizeLinear",
@@ -93,7 +93,7 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
     except ImportError:
         raise QscaleError("ONNX export needs the onnx extra: pip install 'qscale[onnx]'") from None
     layers = quantized_layers(model)
-    require(layers, "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
+    require(bool(layers), "the model has no quantized linear layers: quantize it (qscale quantize) or convert it first")
     for name, layer in layers.items():
         _check(name, layer)
     ids = torch.zeros(2, seq_len, dtype=torch.long)  # sizes of 1 would be specialised by torch.export
@@ -112,6 +112,7 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16) -> Path:
         )
     except Exception as e:
         raise QscaleError(f"ONNX tracing failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    assert program is not None  # torch.onnx.export(dynamo=True) returns the program
     proto = program.model_proto
     graph = proto.graph
     by_name = {init.name: init for init in graph.initializer}

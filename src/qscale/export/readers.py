@@ -59,7 +59,8 @@ def _codes(words: Tensor, spec: QuantSpec, n_in: int, what: str) -> Tensor:
 def _spec_from_ct(args: dict, name: str) -> QuantSpec:
     require(args.get("type", "int") == "int", f"layer {name}: only integer weights are read, got {args.get('type')}")
     strategy = args.get("strategy")
-    require(strategy in ("group", "channel", "tensor"), f"layer {name}: unsupported weight strategy {strategy!r}")
+    if strategy not in ("group", "channel", "tensor"):
+        raise QscaleError(f"layer {name}: unsupported weight strategy {strategy!r}")
     G = args.get("group_size") if strategy == "group" else None
     return QuantSpec(int(args["num_bits"]), bool(args.get("symmetric", True)), strategy, G)
 
@@ -81,7 +82,8 @@ def _ct_scheme(qcfg: dict, name: str, module: nn.Module) -> dict:
 
 
 def read_compressed_tensors(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dict[str, QuantizedLinear]:
-    """compressed-tensors ``pack-quantized``: ``weight_packed``/``weight_scale``/``weight_shape``(/``weight_zero_point``)."""
+    """compressed-tensors ``pack-quantized``: ``weight_packed``, ``weight_scale``, ``weight_shape`` and, when
+    asymmetric, ``weight_zero_point``."""
     require(
         qcfg.get("format") == "pack-quantized",
         f"compressed-tensors format {qcfg.get('format')!r} is not read; only pack-quantized",
@@ -100,7 +102,7 @@ def read_compressed_tensors(model: nn.Module, qcfg: dict, tensors: dict[str, Ten
             f"layer {name}: weight_shape {t['weight_shape'].tolist()} does not match the model's [{out}, {n_in}]",
         )
         _shape(t["weight_packed"], (out, packed_words(n_in, spec.bits)), f"{name}.weight_packed")
-        n_groups = math.ceil(n_in / spec.group_size) if spec.granularity == "group" else 1
+        n_groups = math.ceil(n_in / spec.G) if spec.granularity == "group" else 1
         scale = t["weight_scale"].reshape(1, 1).expand(out, 1) if spec.granularity == "tensor" else t["weight_scale"]
         _shape(scale, (out, n_groups), f"{name}.weight_scale")
         zero = torch.zeros(out, n_groups)
@@ -116,7 +118,7 @@ def read_compressed_tensors(model: nn.Module, qcfg: dict, tensors: dict[str, Ten
             spec,
         )
         layers[name] = QuantizedLinear(qw, t.get("bias"), name=name, source=type(mod).__name__)
-    require(layers, "quantization_config says compressed-tensors but no layer has weight_packed")
+    require(bool(layers), "quantization_config says compressed-tensors but no layer has weight_packed")
     return layers
 
 
@@ -153,7 +155,7 @@ def read_gptq(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dict[
         zero = torch.zeros(out, n_groups) if sym else zeros.float()
         qw = QuantizedWeight(codes, t["scales"].t().contiguous(), zero, g_idx, spec)
         layers[name] = QuantizedLinear(qw, t.get("bias"), name=name, source=type(mod).__name__)
-    require(layers, "quantization_config says gptq but no layer has qweight")
+    require(bool(layers), "quantization_config says gptq but no layer has qweight")
     return layers
 
 
@@ -201,7 +203,7 @@ def read_native(model: nn.Module, qcfg: dict, tensors: dict[str, Tensor]) -> dic
             except RuntimeError as e:
                 raise QscaleError(f"layer {name}: activation quantizer state: {str(e).splitlines()[0]}") from None
         layers[name] = layer
-    require(layers, "quantization_config says qscale but lists no layer")
+    require(bool(layers), "quantization_config says qscale but lists no layer")
     return layers
 
 

@@ -47,7 +47,7 @@ class SafetensorsWriter:
         require(tensor.dtype in DTYPES, f"tensor {key}: dtype {tensor.dtype} cannot be stored in safetensors")
         t = tensor.detach().cpu().contiguous()
         raw = t.reshape(-1).view(torch.uint8)
-        self._data.write(memoryview(raw.numpy()))
+        self._data.write(raw.numpy().data)
         size = raw.numel()
         self._header[key] = {
             "dtype": DTYPES[t.dtype],

@@ -33,10 +33,13 @@ class Bootstrap:
         q = 100 * np.array([(1 - self.level) / 2, (1 + self.level) / 2])
         lo, hi = np.percentile(self.samples, q, axis=0)
         out: dict[str, object] = {}
-        for name, a, b in zip(self.names, lo, hi):
+        groups: dict[str, dict[str, tuple[float, float]]] = {}
+        for name, a, b in zip(self.names, lo, hi, strict=True):
             if "[" in name:
                 base, label = name[:-1].split("[", 1)
-                out.setdefault(base, {})[label] = (float(a), float(b))  # type: ignore[union-attr]
+                group = groups.setdefault(base, {})
+                out.setdefault(base, group)
+                group[label] = (float(a), float(b))
             else:
                 out[name] = (float(a), float(b))
         return out
@@ -69,7 +72,7 @@ def bootstrap_problem(
             if not opt.converged:
                 failed += 1
                 continue
-            samples.append([p.to_natural(t) for p, t in zip(form.params, opt.theta)])
+            samples.append([p.to_natural(t) for p, t in zip(form.params, opt.theta, strict=True)])
     if failed > max_failed * n_boot:
         raise ConvergenceError(f"{failed} of {n_boot} bootstrap refits of law {form.name!r} did not converge")
     return Bootstrap(list(form.param_names), np.array(samples), n_boot, failed, level)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 from qscale.errors import QscaleError
 from qscale.laws.uncertainty import Estimate, LawSamples, predict_interval
@@ -63,6 +64,6 @@ def rank_methods(laws: Mapping[str, LawSamples], target: Mapping[str, float]) ->
     estimates = {m: predict_interval(law, target) for m, law in laws.items()}
     order = sorted(estimates, key=lambda m: (estimates[m].value, m))
     ranked = [Ranked(order[0], estimates[order[0]], None)]
-    for prev, m in zip(order, order[1:]):
+    for prev, m in pairwise(order):
         ranked.append(Ranked(m, estimates[m], not estimates[prev].overlaps(estimates[m])))
     return Ranking({k: float(v) for k, v in target.items()}, tuple(ranked))

@@ -5,7 +5,7 @@ Rows are numbered as a user counts them in a file: ``data row 1`` is the first r
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,12 +26,13 @@ def label_of(value: object) -> str:
     if isinstance(value, (bytes, np.bytes_)):
         value = value.decode()
     try:
-        return f"{float(value):g}"
+        return f"{float(value):g}"  # type: ignore[arg-type]  # any value: a non-number raises, caught below
     except (TypeError, ValueError):
         return str(value).strip()
 
 
-def labels_of(column: Sequence) -> np.ndarray:
+def labels_of(column: object) -> np.ndarray:
+    """Canonical labels (:func:`label_of`) of a column's values, as a 1-D object array."""
     return np.array([label_of(v) for v in np.asarray(column, dtype=object).ravel()], dtype=object)
 
 

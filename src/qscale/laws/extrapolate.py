@@ -40,7 +40,7 @@ def extrapolation_check(
     test = x == top
     if test.all():
         raise QscaleError(f"extrapolation check needs at least two distinct values of {hold_out}")
-    columns = [c for c in data if np.ndim(data[c]) == 1 and len(data[c]) == len(x)]
+    columns = [c for c in data if np.asarray(data[c]).shape == (len(x),)]
     train = {c: np.asarray(data[c])[~test] for c in columns}
     fit = fit_law(form, train, target, huber_delta)
     if form.label_input:

@@ -218,7 +218,9 @@ def fit_problem(
     ss_tot = float(((problem.y - problem.y.mean()) ** 2).sum())
     lo, hi = np.array(form.bounds()).T
     at_bounds = [
-        p.name for p, t, a, b in zip(form.params, best.theta, lo, hi) if min(t - a, b - t) <= 1e-7 * max(1.0, abs(t))
+        p.name
+        for p, t, a, b in zip(form.params, best.theta, lo, hi, strict=True)
+        if min(t - a, b - t) <= 1e-7 * max(1.0, abs(t))
     ]
     return FitResult(
         law=form,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from qscale.laws.forms import LawForm
 FLAGS = {"N": "--N", "D": "--D", "P": "--bits", "G": "--G", "precision": "--precision"}
 
 
-def check_flags(form: LawForm, inputs: Mapping[str, object]) -> None:
+def check_flags(form: LawForm, inputs: Mapping[str, float | str]) -> None:
     """Every numeric input finite and within the law's domain, reported by its flag."""
     for name, value in inputs.items():
         if name == form.label_input and name not in form.log_inputs:
@@ -56,8 +57,8 @@ def fitted_ranges(form: LawForm, data: Mapping[str, object]) -> dict[str, list[f
     return out
 
 
-def recorded_ranges(obj: Mapping[str, object]) -> dict[str, list[float]]:
-    """The fitted ranges a parameter file records (none for published sets)."""
+def recorded_ranges(obj: Mapping[str, Any]) -> dict[str, list[float]]:
+    """The fitted ranges a parameter file (a parsed JSON object) records (none for published sets)."""
     ranges = dict(obj.get("ranges") or {})
     if "D" not in ranges and obj.get("measured_D_range"):
         ranges["D"] = list(obj["measured_D_range"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,7 +104,7 @@ class LawForm:
                 for lab, x in v.items():
                     flat[f"{k}[{label_of(lab)}]"] = float(x)
             else:
-                flat[k] = float(v)
+                flat[k] = float(v)  # type: ignore[arg-type]  # a user's value: a non-number raises here
         missing = [n for n in self.param_names if n not in flat]
         if missing:
             raise QscaleError(f"law {self.name!r}: missing parameter(s) {', '.join(missing)}")
@@ -113,10 +113,13 @@ class LawForm:
     def nest(self, flat: Mapping[str, float]) -> Params:
         """Flat names -> natural nested dictionary (fixed labelled values included)."""
         out: Params = {}
+        groups: dict[str, dict[str, float]] = {}
         for k, v in {**flat, **self.fixed}.items():
             m = _LABELLED.match(k)
             if m:
-                out.setdefault(m.group(1), {})[m.group(2)] = float(v)  # type: ignore[union-attr]
+                group = groups.setdefault(m.group(1), {})
+                out.setdefault(m.group(1), group)
+                group[m.group(2)] = float(v)
             else:
                 out[k] = float(v)
         return out
@@ -129,7 +132,7 @@ class LawForm:
         return theta
 
     def to_natural(self, theta: np.ndarray) -> Params:
-        return self.nest({p.name: p.to_natural(t) for p, t in zip(self.params, theta)})
+        return self.nest({p.name: p.to_natural(t) for p, t in zip(self.params, theta, strict=True)})
 
     def bounds(self) -> list[tuple[float, float]]:
         return [p.bounds for p in self.params]
@@ -149,7 +152,7 @@ class LawForm:
         form = self.for_params(params)
         theta = form.to_internal(params)
         data = check_inputs(form, inputs)
-        shape = np.broadcast_shapes(*(np.shape(inputs[c]) for c in form.inputs))
+        shape = np.broadcast_shapes(*(np.asarray(inputs[c]).shape for c in form.inputs))
         return np.exp(form._log_predict(theta, form.features(data))).reshape(shape)
 
 
@@ -189,21 +192,22 @@ class PerLabelForm(LawForm):
     def __init__(self) -> None:
         self.params = self.base_params
 
-    def with_labels(self, labels: Sequence[str]) -> PerLabelForm:
-        labels = tuple(sorted({label_of(x) for x in labels}, key=_label_sort_key))
+    def with_labels(self, labels: Iterable[object]) -> PerLabelForm:
+        found = tuple(sorted({label_of(x) for x in labels}, key=_label_sort_key))
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new.labels = labels
+        new.labels = found
         spec = self.label_spec
         new.params = self.base_params + tuple(
             Param(f"{self.label_param}[{lab}]", spec.lower, spec.upper, spec.log, spec.grid)
-            for lab in labels
+            for lab in found
             if lab != self.reference
         )
         new.fixed = {f"{self.label_param}[{self.reference}]": 1.0} if self.reference else {}
         return new
 
     def bind(self, data: Mapping[str, np.ndarray]) -> PerLabelForm:
+        assert self.label_input is not None  # every per-label form names its label column
         labels = set(labels_of(data[self.label_input]))
         if self.reference is not None and self.reference not in labels:
             raise QscaleError(
@@ -221,6 +225,7 @@ class PerLabelForm(LawForm):
 
     def features(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = super().features(data)
+        assert self.labels is not None and self.label_input is not None  # a bound form (bind, for_params)
         fitted = [lab for lab in self.labels if lab != self.reference]
         index = {lab: i for i, lab in enumerate(fitted)}
         index.update({self.reference: -1} if self.reference else {})

@@ -60,9 +60,9 @@ def plot_observed_vs_predicted(
     colors = distinct_colors(len(groups)) if lines else distinct_colors(1)
     if lines:
         ax = axes[0][0]
-        for color, key in zip(colors, groups):
+        for color, key in zip(colors, groups, strict=True):
             rows = np.array([k == key for k in keys])
-            label = ", ".join(f"{c}={v}" for c, v in zip(others, key)) or fit.target
+            label = ", ".join(f"{c}={v}" for c, v in zip(others, key, strict=True)) or fit.target
             ax.scatter(xs[rows], y[rows], s=14, color=color, label=label)
             grid = np.geomspace(xs[rows].min(), xs[rows].max(), n_curve) if xs[rows].min() > 0 else np.sort(xs[rows])
             inputs = {c: np.asarray(data[c], dtype=object)[rows][0] for c in others}
@@ -86,7 +86,7 @@ def _parity(ax, fit: FitResult, data, y: np.ndarray, colors, groups, keys) -> No
     if colors is None:
         ax.scatter(pred, y, s=12, color=distinct_colors(1)[0])
     else:
-        for color, key in zip(colors, groups):
+        for color, key in zip(colors, groups, strict=True):
             rows = np.array([k == key for k in keys])
             ax.scatter(pred[rows], y[rows], s=12, color=color)
     pos = y[y > 0]
@@ -124,7 +124,7 @@ def plot_law_curves(
     else:
         fig = ax.figure
     xv = np.asarray(x_values, dtype=float)
-    for color, fixed in zip(distinct_colors(len(series)), series):
+    for color, fixed in zip(distinct_colors(len(series)), series, strict=True):
         label = ", ".join(f"{c}={_fmt(v)}" for c, v in fixed.items())
         ax.plot(xv, form.predict(params, {**fixed, x: xv}), label=label, color=color)
     ax.set_xscale("log")

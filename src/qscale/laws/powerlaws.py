@@ -47,7 +47,7 @@ class PowerLaw(LawForm):
     ) -> None:
         self.name, self.terms, self.target = name, terms, target
         self.description, self.citation, self.variant = description, citation, variant
-        self.params = (_scale(scale),) + tuple(_exponent(e) for e, _, _ in terms)
+        self.params = (_scale(scale), *(_exponent(e) for e, _, _ in terms))
         feats = [f for _, f, _ in terms]
         self.inputs = tuple(dict.fromkeys(_input_of(f) for f in feats))
         self.log_inputs = self.inputs

@@ -46,13 +46,13 @@ def invert(
     if solve_for not in form.inputs or solve_for == form.label_input:
         solvable = [c for c in form.inputs if c != form.label_input]
         raise QscaleError(f"law {form.name!r} can be solved for {', '.join(solvable)}, not {solve_for!r}")
-    others = {c: inputs[c] for c in form.inputs if c != solve_for and c in inputs}
-    missing = [c for c in form.inputs if c != solve_for and c not in others]
+    given = {c: inputs[c] for c in form.inputs if c != solve_for and c in inputs}
+    missing = [c for c in form.inputs if c != solve_for and c not in given]
     if missing:
         raise QscaleError(f"solving law {form.name!r} for {solve_for} needs {', '.join(missing)}")
-    shape = np.broadcast_shapes(np.shape(value), *(np.shape(v) for v in others.values()))
+    shape = np.broadcast_shapes(np.asarray(value).shape, *(np.asarray(v).shape for v in given.values()))
     target = check_column("value", np.broadcast_to(np.asarray(value, dtype=float), shape), greater_than=0.0)
-    others = {c: np.broadcast_to(np.asarray(v), shape).ravel() for c, v in others.items()}
+    others = {c: np.broadcast_to(np.asarray(v), shape).ravel() for c, v in given.items()}
 
     if isinstance(form, (PowerLaw, PrecisionPTQ, QidPerBit)):
         g, g_inv = _feature(form, solve_for)
@@ -78,9 +78,11 @@ def _invert_loss(
     """L = E + A/(N·eff)^α + B/D^β solved for N or D (Hoffmann et al. 2022, eq. 2)."""
     p = {k: v for k, v in params.items()}
     A, B, E, alpha, beta = (float(p[k]) for k in ("A", "B", "E", "alpha", "beta"))  # type: ignore[arg-type]
-    eff = 1.0
+    eff: float | np.ndarray = 1.0
     if isinstance(form, EffectiveParams):
-        table = {str(k): float(v) for k, v in p["eff"].items()}  # type: ignore[union-attr]
+        given = p["eff"]
+        assert isinstance(given, Mapping)  # the per-label form's for_params checked it
+        table = {str(k): float(v) for k, v in given.items()}
         table.setdefault("16", 1.0)
         eff = np.array([table[lab] for lab in labels_of(others["precision"])])
     if var == "N":

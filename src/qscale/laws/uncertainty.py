@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class LawSamples:
         cls,
         law: str,
         params: Mapping[str, object],
-        record: Mapping[str, object] | None,
+        record: Mapping[str, Any] | None,
         where: str = "the parameter file",
     ) -> LawSamples:
         """Validate a stored ``bootstrap`` record; a missing or too small one is an error naming the file."""
@@ -87,9 +88,9 @@ class LawSamples:
                 "(qscale fit --n-boot 200 --json, or re-run the study's report)"
             )
         try:
-            names = tuple(str(n) for n in record["names"])  # type: ignore[union-attr]
+            names = tuple(str(n) for n in record["names"])
             samples = np.asarray(record["samples"], dtype=float)
-            level = float(record.get("level", 0.95))  # type: ignore[union-attr]
+            level = float(record.get("level", 0.95))
         except (KeyError, TypeError, ValueError) as e:
             raise QscaleError(f"{where}: malformed bootstrap record ({type(e).__name__}: {e})") from None
         if samples.ndim != 2 or samples.shape[1] != len(names):
@@ -113,7 +114,7 @@ class LawSamples:
 
     def sample_params(self) -> list[dict[str, object]]:
         form = self.form()
-        return [form.nest(dict(zip(self.names, row))) for row in self.samples]
+        return [form.nest(dict(zip(self.names, row, strict=True))) for row in self.samples]
 
 
 def _summarise(point: float, values: np.ndarray, level: float) -> Estimate:

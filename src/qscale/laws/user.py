@@ -90,7 +90,7 @@ class UserLaw(LawForm):
         self._f = compile_expression(f, [*self.param_names, *self.inputs]) if isinstance(f, str) else f
 
     def _log_predict(self, theta: np.ndarray, X: Mapping[str, np.ndarray]) -> np.ndarray:
-        values = {p.name: p.to_natural(t) for p, t in zip(self.params, theta)}
+        values = {p.name: p.to_natural(t) for p, t in zip(self.params, theta, strict=True)}
         with np.errstate(all="ignore"):
             y = np.asarray(self._f(**{c: X[c] for c in self.inputs}, **values), dtype=float)
             return np.log(np.where(y > 0, y, np.nan)) * np.ones(len(X[self.inputs[0]]))

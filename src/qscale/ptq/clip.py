@@ -27,14 +27,15 @@ def mse_qparams(w: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
     """Scale and zero (grouped-view shapes, as ``compute_qparams``) of least ``Σ|w − ŵ|^2.4`` per scale."""
     w = w.float()
     wg = grouped(w, spec)
-    best_err = best_s = best_z = None
-    for i in range(SHRINKS):
+
+    def candidate(i: int) -> tuple[Tensor, Tensor, Tensor]:
         s, z = compute_qparams(w * (1.0 - 0.01 * i), spec)  # the spec's own range formula on a shrunk copy
         safe = torch.where(s > 0, s, torch.ones_like(s))
-        err = ((grid_codes(wg, safe, z, spec) - z) * s - wg).abs().pow(P_NORM).sum(-1, keepdim=True)
-        if best_err is None:
-            best_err, best_s, best_z = err, s, z
-            continue
+        return ((grid_codes(wg, safe, z, spec) - z) * s - wg).abs().pow(P_NORM).sum(-1, keepdim=True), s, z
+
+    best_err, best_s, best_z = candidate(0)
+    for i in range(1, SHRINKS):
+        err, s, z = candidate(i)
         better = err < best_err  # strict: the first (least clipped) best wins, as in BRECQ
         best_err = torch.where(better, err, best_err)
         best_s = torch.where(better, s, best_s)

@@ -98,7 +98,7 @@ def gptq_quantize(
     H = H.detach().to(torch.float32).clone()
     n_in = Wt.shape[0]
     grouped_cols = spec.granularity == "group"
-    G = spec.group_size if grouped_cols else n_in
+    G = spec.G if grouped_cols else n_in
 
     dead = torch.diagonal(H) == 0  # inputs that are always zero: the weight is irrelevant, set it to 0
     H[dead, dead] = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from qscale.errors import require
+from qscale.errors import QscaleError
 from qscale.models.select import name_matches
 from qscale.quant import QuantizedLinear, QuantizedWeight
 
@@ -24,7 +24,8 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             size = sum(p.numel() for p in mod.parameters())
             if size > best_size:
                 best, best_size = (name, mod), size
-    require(best is not None, f"no list of decoder blocks found in {type(model).__name__}")
+    if best is None:
+        raise QscaleError(f"no list of decoder blocks found in {type(model).__name__}")
     return best
 
 
@@ -57,11 +58,26 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def to_quantized_linear(model: nn.Module, name: str, qweight: QuantizedWeight) -> QuantizedLinear:
     """Replace the linear layer ``name`` by the ``QuantizedLinear`` of ``qweight`` (keeping its bias)."""
     old = model.get_submodule(name)
-    new = QuantizedLinear(qweight, old.bias, name=name, source=type(old).__name__)
+    new = QuantizedLinear(qweight, get_bias(old), name=name, source=type(old).__name__)
     replace_module(model, name, new)
     return new
 
 
+def weight_param(module: nn.Module) -> Tensor:
+    """A linear layer's ``weight`` parameter as stored (GPT-2's Conv1D: ``[in, out]``)."""
+    weight = module.weight
+    assert isinstance(weight, Tensor), f"{type(module).__name__}.weight is not a tensor"
+    return weight
+
+
 def get_weight(module: nn.Module) -> Tensor:
     """The weight as ``[out, in]`` (GPT-2's Conv1D stores it ``[in, out]``)."""
-    return module.weight.data.t() if isinstance(module, Conv1D) else module.weight.data
+    weight = weight_param(module).data
+    return weight.t() if isinstance(module, Conv1D) else weight
+
+
+def get_bias(module: nn.Module) -> Tensor | None:
+    """A linear layer's bias, or None."""
+    bias = module.bias
+    assert bias is None or isinstance(bias, Tensor), f"{type(module).__name__}.bias is not a tensor"
+    return bias

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +34,11 @@ from torch import Tensor, nn
 
 from qscale.ptq.clip import mse_qparams
 from qscale.ptq.config import PTQConfig
-from qscale.ptq.layers import get_weight, replace_module
+from qscale.ptq.layers import get_bias, get_weight, replace_module
 from qscale.ptq.mixed import allocate_bits, fisher_diagonal, sensitivities
 from qscale.ptq.registry import register
 from qscale.ptq.rtn import weight_stats
-from qscale.ptq.sequential import block_layers, capture_block_inputs, run_block
+from qscale.ptq.sequential import block_layers, capture_block_inputs, require_calib, run_block
 from qscale.quant import (
     QTensor,
     QuantizedLinear,
@@ -81,6 +82,9 @@ def regularised(step: int, steps: int) -> bool:
 class LearnedRoundLinear(nn.Module):
     """A linear layer whose weight is ``(clamp(floor(W/s) + z + h(V), qmin, qmax) − z)·s`` during learning."""
 
+    w: Tensor  # buffers registered in __init__
+    zero: Tensor
+
     def __init__(self, weight: Tensor, bias: Tensor | None, spec: QuantSpec, learn_scale: bool):
         super().__init__()
         require_finite(weight, "a weight")
@@ -121,7 +125,7 @@ class LearnedRoundLinear(nn.Module):
         s_abs, z_abs = compute_qparams(self.w, self.spec)
         s_abs = torch.where(s_abs > 0, s_abs, torch.ones_like(s_abs))
         rtn_abs = torch.clamp(torch.round(grouped(self.w, self.spec) / s_abs + z_abs), self.spec.qmin, self.spec.qmax)
-        best = None
+        best: tuple[float, Tensor, Tensor, Tensor] | None = None
         for grouped_codes, s, z in (
             (self.codes(hard=True), self.scale.detach(), self.zero),
             (self.rtn_codes(), self.scale.detach(), self.zero),
@@ -131,12 +135,13 @@ class LearnedRoundLinear(nn.Module):
             err = float(((x @ (self.w - w_hat).t()) ** 2).sum())
             if best is None or err < best[0]:
                 best = (err, grouped_codes, s, z)
+        assert best is not None  # three candidates were scored
         _, grouped_codes, s, z = best
         codes = ungrouped(grouped_codes, self.spec, self.w.shape).to(torch.int8 if self.spec.symmetric else torch.uint8)
         return QuantizedWeight.from_qtensor(QTensor(codes, s.clone(), z.clone(), self.spec, self.w.shape))
 
 
-def layer_inputs(block: nn.Module, layers: dict[str, nn.Module], inputs: list) -> dict[str, Tensor]:
+def layer_inputs(block: nn.Module, layers: Mapping[str, nn.Module], inputs: list) -> dict[str, Tensor]:
     """The rows each layer reads during a forward of ``block`` on ``inputs`` (``[rows, in]``, float32)."""
     seen: dict[str, list[Tensor]] = {n: [] for n in layers}
     hooks = [
@@ -186,6 +191,7 @@ def mixed_specs(model: nn.Module, layers: dict[str, nn.Module], calib: Tensor, c
 @register("learned-round")
 def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """Learned rounding of every selected linear layer of the decoder blocks, block by block; per-layer stats."""
+    calib = require_calib(calib, "learned-round")
     targets_all, blocks_name, blocks = block_layers(model, cfg, calib, "learned-round")
     was_training = model.training
     model.eval()
@@ -204,14 +210,14 @@ def learned_round_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, 
         layers = {}
         for name, mod in targets_all.items():
             if name.startswith(prefix):
-                layers[name] = LearnedRoundLinear(get_weight(mod), mod.bias, specs[name], cfg.learn_scale)
+                layers[name] = LearnedRoundLinear(get_weight(mod), get_bias(mod), specs[name], cfg.learn_scale)
                 replace_module(model, name, layers[name])
         loss = learn_block(block, layers, inputs, targets, cfg.round_steps, cfg.round_lr) if layers else math.nan
         xs = layer_inputs(block, layers, inputs)
         for name, layer in layers.items():
             qw = layer.freeze(xs[name])
             source = targets_all[name]
-            replace_module(model, name, QuantizedLinear(qw, source.bias, name=name, source=type(source).__name__))
+            replace_module(model, name, QuantizedLinear(qw, get_bias(source), name=name, source=type(source).__name__))
             stats[name] = {
                 **weight_stats(layer.w, qw.dequantize(), (time.perf_counter() - t0) / len(layers)),
                 "block_loss": loss,

@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from qscale.errors import require
 from qscale.ptq.clip import mse_qparams
+from qscale.ptq.layers import weight_param
 from qscale.quant import QuantSpec, grid_codes, grouped, ungrouped
 
 MIX_BITS = (2, 3, 4, 5, 6, 7, 8)
@@ -35,22 +36,23 @@ def fisher_diagonal(model: nn.Module, layers: dict[str, nn.Module], calib: Tenso
     """Empirical Fisher diagonal ``(1/N) Σ_n g_n²`` of each layer's weight (``[out, in]``), ``g_n`` the gradient of
     the next-token loss of calibration window ``n`` of ``calib [N, T]`` alone (one backward pass per window)."""
     require(calib.shape[1] >= 2, "mixed precision needs calibration windows of at least 2 tokens")
-    was = {n: m.weight.requires_grad for n, m in layers.items()}
-    fisher = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in layers.items()}
+    weights = {n: weight_param(m) for n, m in layers.items()}
+    was = {n: w.requires_grad for n, w in weights.items()}
+    fisher = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
     device = next(model.parameters()).device
     try:
-        for n, m in layers.items():
-            m.weight.requires_grad_(True)
+        for w in weights.values():
+            w.requires_grad_(True)
         for ids in calib.split(1):
             ids = ids.to(device)
             logits = model(input_ids=ids[:, :-1], use_cache=False).logits
             loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-            grads = torch.autograd.grad(loss, [m.weight for m in layers.values()])
-            for n, g in zip(layers, grads):
+            grads = torch.autograd.grad(loss, list(weights.values()))
+            for n, g in zip(layers, grads, strict=True):
                 fisher[n] += g.float() ** 2 / calib.shape[0]
     finally:
-        for n, m in layers.items():
-            m.weight.requires_grad_(was[n])
+        for n, w in weights.items():
+            w.requires_grad_(was[n])
     return {n: f.t() if isinstance(layers[n], Conv1D) else f for n, f in fisher.items()}
 
 

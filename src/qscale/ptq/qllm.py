@@ -39,12 +39,12 @@ from torch import Tensor, nn
 
 from qscale.errors import require
 from qscale.ptq.config import PTQConfig
-from qscale.ptq.layers import get_weight, replace_module
+from qscale.ptq.layers import get_bias, get_weight, replace_module
 from qscale.ptq.learned_round import layer_inputs
 from qscale.ptq.qllm_search import stage_reassembly
 from qscale.ptq.registry import register
 from qscale.ptq.rtn import weight_stats
-from qscale.ptq.sequential import _stages, block_layers, capture_block_inputs, run_block
+from qscale.ptq.sequential import _stages, block_layers, capture_block_inputs, require_calib, run_block
 from qscale.quant import (
     QTensor,
     QuantizedLinear,
@@ -165,7 +165,7 @@ def search_stage(
 
     def score(r: ChannelReassembly) -> float:
         for n, m in mods.items():
-            replace_module(model, n, _Probe(fake_quantize(r.weight(weights[n]), spec), m.bias, r, aspec))
+            replace_module(model, n, _Probe(fake_quantize(r.weight(weights[n]), spec), get_bias(m), r, aspec))
         try:
             with torch.no_grad():
                 got = _capture(model, block, inp, scored, output)
@@ -179,6 +179,10 @@ def search_stage(
 
 class QLLMLinear(nn.Module):
     """``y = Q_a(M(x)) · Q_w(W' + A·B)ᵀ + b`` during tuning (``quantize=False``: ``M(x) · W'ᵀ + b``, full precision)."""
+
+    w: Tensor  # buffers registered in __init__
+    scale: Tensor
+    zero: Tensor
 
     def __init__(
         self,
@@ -231,7 +235,7 @@ def block_error(block: nn.Module, inputs: list, targets: list[Tensor]) -> float:
     with torch.no_grad():
         return sum(
             float(F.mse_loss(run_block(block, i).float(), t.float()) / t.float().pow(2).mean().clamp_min(1e-12))
-            for i, t in zip(inputs, targets)
+            for i, t in zip(inputs, targets, strict=True)
         ) / len(inputs)
 
 
@@ -268,6 +272,7 @@ def tune_block(
 @register("qllm")
 def qllm_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """QLLM on every selected linear layer of the decoder blocks, block by block; per-layer stats."""
+    calib = require_calib(calib, "qllm")
     targets_all, blocks_name, blocks = block_layers(model, cfg, calib, "qllm")
     was_training = model.training
     model.eval()
@@ -297,7 +302,7 @@ def qllm_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
         layers = {}
         for name, mod in mods.items():
             r, _ = found.get(name, (None, None))
-            layers[name] = QLLMLinear(get_weight(mod).float(), mod.bias, cfg.spec, cfg.act_bits, cfg.qllm_rank, r)
+            layers[name] = QLLMLinear(get_weight(mod).float(), get_bias(mod), cfg.spec, cfg.act_bits, cfg.qllm_rank, r)
             replace_module(model, name, layers[name])
         before, after = tune_block(block, layers, inputs, targets, cfg.qllm_steps, cfg.qllm_lr)
         for name, layer in layers.items():
@@ -308,7 +313,7 @@ def qllm_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
                 model,
                 name,
                 QuantizedLinear(
-                    qw, source.bias, act, name=name, source=type(source).__name__, reassembly=layer.reassembly
+                    qw, get_bias(source), act, name=name, source=type(source).__name__, reassembly=layer.reassembly
                 ),
             )
             st = found.get(name, (None, {"theta": math.inf, "extra_channels": 0, "search_mse": math.nan}))[1]

@@ -58,15 +58,19 @@ def run_block(block: nn.Module, inp: BlockInput) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def require_calib(calib: Tensor | None, method: str) -> Tensor:
+    """``calib`` if it holds calibration token windows ``[n, T]``; otherwise the error naming ``method``."""
+    if calib is None or calib.ndim != 2 or calib.numel() == 0:
+        raise QscaleError(f"{method} needs calibration token windows [n, T] drawn from the train split")
+    return calib
+
+
 def block_layers(
     model: nn.Module, cfg: PTQConfig, calib: Tensor | None, method: str
-) -> tuple[dict[str, nn.Module], str, list[nn.Module]]:
+) -> tuple[dict[str, nn.Module], str, nn.ModuleList]:
     """The selected layers, the blocks' name and the blocks of a block-wise method (learned-round, qllm),
     after its checks: calibration windows given and every selected layer inside a decoder block."""
-    require(
-        calib is not None and calib.ndim == 2 and calib.numel() > 0,
-        f"{method} needs calibration token windows [n, T] drawn from the train split",
-    )
+    require_calib(calib, method)
     targets = quantizable(model, cfg.skip)
     blocks_name, blocks = find_blocks(model)
     outside = [n for n in targets if not n.startswith(blocks_name + ".")]
@@ -125,12 +129,12 @@ def _hessians(layers: dict[str, nn.Module], run_all: Callable[[], None], stop_af
 
     If ``stop_after`` names a layer, each forward pass is cut short right after that layer.
     """
-    sums = {n: None for n in layers}
+    sums: dict[str, Tensor] = {}
     rows = dict.fromkeys(layers, 0)
 
     def hook(name, mod, args, out):
         x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        if sums[name] is None:
+        if name not in sums:
             sums[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
         sums[name].addmm_(x.t(), x)
         rows[name] += x.shape[0]
@@ -157,7 +161,7 @@ def _gptq_layers(
     """
     t0 = time.perf_counter()
     Ws = [get_weight(layers[n]).float() for n in names]
-    for n, W in zip(names, Ws):
+    for n, W in zip(names, Ws, strict=True):
         require(bool(torch.isfinite(W).all()), f"layer {prefix + n}: weight holds NaN or Inf")
     require(
         bool(torch.isfinite(H).all()),
@@ -167,7 +171,7 @@ def _gptq_layers(
     res = gptq_quantize(torch.cat(Ws), H, cfg.spec, cfg.block_size, cfg.damp, cfg.act_order, row_splits=splits)
     seconds = time.perf_counter() - t0
     stats = {}
-    for n, W, qw in zip(names, Ws, split_rows(res.qweight, splits)):
+    for n, W, qw in zip(names, Ws, split_rows(res.qweight, splits), strict=True):
         layers[n] = to_quantized_linear(model, prefix + n, qw)
         Q = qw.dequantize()
         D = W - Q
@@ -184,10 +188,7 @@ def _gptq_layers(
 @torch.no_grad()
 def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress: bool = False) -> dict:
     """GPTQ-quantize ``model`` in place, block by block, on ``calib`` token windows ``[n, T]``."""
-    require(
-        calib is not None and calib.ndim == 2 and calib.numel() > 0,
-        "GPTQ needs calibration token windows [n, T] drawn from the train split",
-    )
+    calib = require_calib(calib, "GPTQ")
     was_training = model.training
     model.eval()
     targets = quantizable(model, cfg.skip)
@@ -198,7 +199,7 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
         prefix = f"{blocks_name}.{b}."
         layers = {n[len(prefix) :]: m for n, m in targets.items() if n.startswith(prefix)}
 
-        def run_inputs(block=block):
+        def run_inputs(block=block, inputs=inputs):
             for inp in inputs:
                 try:
                     run_block(block, inp)
@@ -219,8 +220,8 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
             for ids in calib.split(CALIB_BATCH):
                 model(input_ids=ids.to(device), use_cache=False)
 
-        H = _hessians(heads, run_model, stop_after=None)
+        Hs = _hessians(heads, run_model, stop_after=None)
         for n in list(heads):
-            stats.update(_gptq_layers(model, [n], "", heads, H[n], cfg))
+            stats.update(_gptq_layers(model, [n], "", heads, Hs[n], cfg))
     model.train(was_training)
     return stats

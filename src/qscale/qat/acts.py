@@ -1,4 +1,7 @@
-"""Activation quantizers rebuilt from their ``describe()`` (how ``load_quantized`` restores a QAT layer's input quantizer)."""
+"""Activation quantizers rebuilt from their ``describe()``.
+
+This is how ``load_quantized`` restores a QAT layer's input quantizer.
+"""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ class ALRSHooks(TrainHooks):
         b = self.bits[step % len(self.bits)]
         rate = alrs_rate(opt.param_groups[0]["lr"], b, self.high, self.grads, self.lam)
         self.rates[b].append(rate)
-        for s, g in zip(self.scales, self.grads):
+        for s, g in zip(self.scales, self.grads, strict=True):
             s.grad = g
         self.opt.param_groups[0]["lr"] = rate
         self.opt.step()
@@ -247,7 +247,14 @@ def joint_finetune(
             bar.update(task, completed=done // per)
             it = done // per
             if state_dir is not None and (it % save_every == 0 or it == steps):
-                _save(state_dir, model, states, it, [x for row in zip(*losses.values()) for x in row], fingerprint)
+                _save(
+                    state_dir,
+                    model,
+                    states,
+                    it,
+                    [x for row in zip(*losses.values(), strict=True) for x in row],
+                    fingerprint,
+                )
 
         train_steps(
             model,

@@ -200,9 +200,11 @@ def block_ap(
             opt.step()
         with torch.no_grad():
             outs = [run_block(block, inp) for inp in q_inputs]
-            losses.append(float(sum(F.mse_loss(o.float(), t.float()) for o, t in zip(outs, targets)) / len(outs)))
-        q_inputs = [inp.with_hidden(o) for inp, o in zip(q_inputs, outs)]
-        fp_inputs = [inp.with_hidden(t) for inp, t in zip(fp_inputs, targets)]
+            losses.append(
+                float(sum(F.mse_loss(o.float(), t.float()) for o, t in zip(outs, targets, strict=True)) / len(outs))
+            )
+        q_inputs = [inp.with_hidden(o) for inp, o in zip(q_inputs, outs, strict=True)]
+        fp_inputs = [inp.with_hidden(t) for inp, t in zip(fp_inputs, targets, strict=True)]
     return losses
 
 

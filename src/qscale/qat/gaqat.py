@@ -21,8 +21,8 @@ parameters of its quantizers) ``cos(g_task, g_sharp)``; a layer whose cosine is 
 (default 0: opposing directions) is frozen for the step. Freezing is real freezing under AdamW: the frozen
 parameters' ``.grad`` is set to ``None``, so ``torch.optim.AdamW`` skips them entirely — they do not move, get
 no weight decay, and their ``exp_avg``, ``exp_avg_sq`` and ``step`` do not advance (zeroing ``.grad`` instead
-would let the momentum keep moving them). Under gradient accumulation each micro-batch decides for itself, so a layer frozen in one
-micro-batch still takes the other micro-batches' gradients. ``frozen`` holds the layers frozen at the last
+would let the momentum keep moving them). Under gradient accumulation each micro-batch decides for itself, so a layer
+frozen in one micro-batch still takes the other micro-batches' gradients. ``frozen`` holds the layers frozen at the last
 (micro-)step, ``freeze_counts`` how often each was frozen.
 """
 
@@ -108,16 +108,18 @@ class GAQATHooks(TrainHooks):
         eps = [self.opts.rho * gi / (norm + 1e-12) for gi in g]
         saved = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, e in zip(params, eps):
+            for p, e in zip(params, eps, strict=True):
                 p.add_(e)
         for p in params:
             p.grad = None
         objective(batch).backward()
         with torch.no_grad():
-            for p, w in zip(params, saved):  # restore exactly: (w + ε) − ε can differ from w in the last bit
+            for p, w in zip(
+                params, saved, strict=True
+            ):  # restore exactly: (w + ε) − ε can differ from w in the last bit
                 p.copy_(w)
         sharp = {
-            n: [(p.grad if p.grad is not None else torch.zeros_like(p)) - t for p, t in zip(ps, task[n])]
+            n: [(p.grad if p.grad is not None else torch.zeros_like(p)) - t for p, t in zip(ps, task[n], strict=True)]
             for n, ps in self.scales.items()
         }
         self.cosines = conflict_cosines(task, sharp)

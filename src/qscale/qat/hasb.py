@@ -46,7 +46,7 @@ def hessian_traces(
             grads = torch.autograd.grad(loss_fn(), tensors, create_graph=True)
         vs = [(torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t) for t in tensors]
         hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs)
-        for n, v, hv in zip(names, vs, hvs):
+        for n, v, hv in zip(names, vs, hvs, strict=True):
             sums[n] += float((v * hv).sum())
     return {n: s / samples for n, s in sums.items()}
 
@@ -162,4 +162,4 @@ def search_subnets(
             sol = _solve(weights, widths, total, (i, j))
             if sol is not None and not any(np.array_equal(sol, f) for f in found):
                 found.append(sol)
-    return [{n: int(b) for n, b in zip(names, sol)} for sol in found]
+    return [{n: int(b) for n, b in zip(names, sol, strict=True)} for sol in found]

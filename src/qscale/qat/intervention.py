@@ -205,7 +205,7 @@ def signals(model: nn.Module, phase: str | None = None, teacher: Signals | None 
     configs = {id(a.config): a.config for a in attns}
     saved = {k: c._attn_implementation for k, c in configs.items()}
     with ExitStack() as stack:
-        for i, (b, a) in enumerate(zip(blocks, attns)):
+        for i, (b, a) in enumerate(zip(blocks, attns, strict=True)):
             hooks = [
                 b.register_forward_pre_hook(block_pre(i), with_kwargs=True),
                 b.register_forward_hook(block_post(i)),
@@ -248,7 +248,7 @@ def ti_loss(student: Signals, teacher: Signals, student_logits: Tensor, teacher_
         "teacher and student have different numbers of blocks",
     )
     loss = soft_cross_entropy(student_logits, teacher_logits.detach())
-    for a, b in zip(student.hidden, teacher.hidden):
+    for a, b in zip(student.hidden, teacher.hidden, strict=True):
         loss = loss + F.mse_loss(a.float(), b.detach().float())
     for i in student.scores:
         loss = loss + F.mse_loss(_unmasked(student.scores[i]), _unmasked(teacher.scores[i].detach()))

@@ -19,18 +19,19 @@ ordinary ``QuantizedLinear`` with no extra parameters, the size of a PTQ layer.
 - ``l4q`` — Jeon et al. 2024 (arXiv 2402.04902, "L4Q: Parameter Efficient Quantization-Aware Fine-Tuning on
   Large Language Models"): LSQ+ on the merged weight, ``Ŵ = round(clip((W₀ + (α/r)·A·B − β)/s, −Q_N, Q_P))·s + β``
   with a learned step ``s`` and offset ``β`` per group (LSQ's step gradient, scale and init; LSQ+'s offset
-  gradient, ``qscale.qat.lsq``, times the same gradient scale ``g``; ``β`` starts at 0). Two stages (the paper's Algorithm 1): a warm-up in which
-  only the LoRA factors train on the frozen quantized weight, ``Ŵ = Q(W₀; s, β) + (α/r)·A·B`` (the QLoRA
-  form: ``s`` and ``β`` get no gradient and do not move), for the first :attr:`L4QOptions.warmup_fraction` of
-  the steps; then the joint stage above. The fraction is qscale's choice (the paper gives no number we could
-  find). Because ``β`` is real-valued the frozen weight is asymmetric with non-integer zero points
-  ``z = 2^(b−1) − β/s``: it exports exactly to the qscale format; compressed-tensors and GPTQ refuse it.
+  gradient, ``qscale.qat.lsq``, times the same gradient scale ``g``; ``β`` starts at 0). Two stages (the paper's
+  Algorithm 1): a warm-up in which only the LoRA factors train on the frozen quantized weight,
+  ``Ŵ = Q(W₀; s, β) + (α/r)·A·B`` (the QLoRA form: ``s`` and ``β`` get no gradient and do not move), for the first
+  :attr:`L4QOptions.warmup_fraction` of the steps; then the joint stage above. The fraction is qscale's choice (the
+  paper gives no number we could find). Because ``β`` is real-valued the frozen weight is asymmetric with non-integer
+  zero points ``z = 2^(b−1) − β/s``: it exports exactly to the qscale format; compressed-tensors and GPTQ refuse it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +68,7 @@ class LRQATWeightQuantizer(WeightQuantizer):
     """LR-QAT: int8 fixed-point ``φ(W₀/s₀)`` (clipped to the grid) + trainable ``A``, ``B`` and per-group ``s``."""
 
     owns_weight = True
-    param_lr_scales = {"scale": LRQAT_SCALE_LR_RATIO}
+    param_lr_scales: ClassVar[dict[str, float]] = {"scale": LRQAT_SCALE_LR_RATIO}
 
     def __init__(self, weight: Tensor, spec: QuantSpec, rank: int, alpha: float):
         super().__init__()

@@ -8,8 +8,9 @@ Backward (LSQ eq. 3, straight-through for the rounding): ``∂v̂/∂v = 1`` ins
 ``g = 1/sqrt(N·Q_P)`` (LSQ's gradient scale) where N is the number of values sharing the step (weights: the group or
 row; activations: the layer's input features, the paper's N_F); LSQ+: ``∂v̂/∂β = 0`` inside, 1 outside.
 Grid: LSQ's own signed range ``[−Q_N, Q_P]`` (all 2^b codes) with a learned step, so the frozen codes are
-symmetric codes of the full PTQ grid's layout. Init (LSQ): ``s = 2·mean|v|/sqrt(Q_P)`` — per weight group at ``prepare``, per layer input from the
-first batch seen; LSQ+ (its min/max initialization): ``s = (max − min)/(Q_P + Q_N)``, ``β = min + Q_N·s``.
+symmetric codes of the full PTQ grid's layout. Init (LSQ): ``s = 2·mean|v|/sqrt(Q_P)`` — per weight group at
+``prepare``, per layer input from the first batch seen; LSQ+ (its min/max initialization):
+``s = (max − min)/(Q_P + Q_N)``, ``β = min + Q_N·s``.
 
 LSQ has no official code; forward values, input and step gradients agree with the widely used zhutmost/lsq-net
 (tests/qat/test_lsq.py). One reading differs on purpose: the paper has one step per layer and
@@ -49,7 +50,8 @@ class _LSQ(torch.autograd.Function):
 
     With codes ``q = round(clip(u))``, ``u = (v − β)/s``, the per-element step gradient is
     ``q − u·1[inside]`` (both cases of eq. 3 at once), so per step
-    ``Σ g·∂v̂/∂s = (Σ g·(v̂ − β) − Σ g_v·(v − β))/s`` with ``g_v = g·1[inside]`` the input gradient: two multiply-reduce passes, no per-element temporaries.
+    ``Σ g·∂v̂/∂s = (Σ g·(v̂ − β) − Σ g_v·(v − β))/s`` with ``g_v = g·1[inside]`` the input gradient: two
+    multiply-reduce passes, no per-element temporaries.
     """
 
     @staticmethod

@@ -2,10 +2,10 @@
 
 At ``prepare`` a fraction ``r`` of each layer's weights, the largest by magnitude (exactly
 ``round(r · numel)`` entries), is marked salient: those are kept at 8 bits (symmetric per output row on the
-restricted AbsMax grid ``s = absmax/127``, the shared core) and frozen — their values come from a buffer taken at ``prepare``, so neither the
-gradient nor weight decay can move them (the paper's gradient mask). The rest is binarized,
-``α · sign(w)`` with the per-row optimal scale ``α = mean|w|`` over the row's non-salient weights
-(the L2-optimal scale of a sign quantizer, as in PB-LLM and XNOR-Net), trained with the straight-through estimator.
+restricted AbsMax grid ``s = absmax/127``, the shared core) and frozen — their values come from a buffer taken at
+``prepare``, so neither the gradient nor weight decay can move them (the paper's gradient mask). The rest is binarized,
+``α · sign(w)`` with the per-row optimal scale ``α = mean|w|`` over the row's non-salient weights (the L2-optimal scale
+of a sign quantizer, as in PB-LLM and XNOR-Net), trained with the straight-through estimator.
 Activations are left unquantized by default (``a_bits`` 16; otherwise absmax per token with the STE).
 Frozen form: a "partial-binary" ``QuantizedWeight``: int8 codes (8-bit codes where salient, ±1
 elsewhere), the per-row 8-bit scale, and extras ``mask`` (salient) and per-row ``alpha``; no standard packed

@@ -61,7 +61,7 @@ def plan_layers(model: nn.Module, cfg: QATRecipeConfig) -> dict[str, LayerPlan]:
             continue
         recipe.check_bits(w_bits, a_bits)
         plans[name] = LayerPlan(w_bits, a_bits)
-    for rule, hit in zip(cfg.rules, used):
+    for rule, hit in zip(cfg.rules, used, strict=True):
         require(hit, f"layer rule {rule.pattern!r} matches no quantizable linear layer")
     return plans
 

@@ -68,7 +68,7 @@ def grouped(x: Tensor, spec: QuantSpec) -> Tensor:
         return x.reshape(x.shape[0], -1)
     if g == "token":
         return x
-    G = spec.group_size
+    G = spec.G
     n = x.shape[-1]
     pad = -n % G
     if pad:

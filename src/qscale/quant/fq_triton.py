@@ -110,7 +110,7 @@ def _lsq_fwd_kernel(
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < G
-    shifted, s, beta, q = _lsq_codes(v_ptr, s_ptr, b_ptr, row, offs, m, G, qmin, qmax, HAS_BETA)
+    _, s, beta, q = _lsq_codes(v_ptr, s_ptr, b_ptr, row, offs, m, G, qmin, qmax, HAS_BETA)
     y = q * s + beta
     _store(y_ptr + row * G + offs, y, m, OUT_BF16)
 

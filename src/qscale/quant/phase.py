@@ -19,6 +19,8 @@ negations and real/imaginary swaps only (one multiply per output and scale at th
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -99,7 +101,7 @@ def unpack_layout(codes: Tensor, phase_scale: Tensor) -> tuple[Tensor, Tensor]:
     blocks = {(m, s): c[m * o : (m + 1) * o, s * i : (s + 1) * i] for m in range(2) for s in range(STAGES)}
     u = sum(phase_values(blocks[0, s], phase_scale[s, 0, 0], phase_scale[s, 0, 1]) for s in range(STAGES))
     v = sum(phase_values(blocks[1, s], phase_scale[s, 1, 0], phase_scale[s, 1, 1]) for s in range(STAGES))
-    return u, v
+    return cast(Tensor, u), cast(Tensor, v)  # sums of STAGES >= 1 tensors, never the start value 0
 
 
 def dequantize_layout(codes: Tensor, phase_scale: Tensor) -> Tensor:

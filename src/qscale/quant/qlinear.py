@@ -26,6 +26,15 @@ from qscale.quant.spec import QuantSpec
 class QuantizedLinear(nn.Module):
     """Packed integer weight + scales, dequantized per forward; drop-in for ``nn.Linear`` (and GPT-2's Conv1D)."""
 
+    # buffers registered in __init__ (``input_*`` only with a channel reassembly)
+    weight_packed: Tensor
+    weight_scale: Tensor
+    weight_zero: Tensor
+    weight_g_idx: Tensor
+    input_src: Tensor
+    input_dst: Tensor
+    input_coef: Tensor
+
     def __init__(
         self,
         qweight: QuantizedWeight,

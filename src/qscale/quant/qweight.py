@@ -32,7 +32,7 @@ LAYOUTS = ("uniform", "partial-binary", "complex-phase")
 def default_g_idx(in_features: int, spec: QuantSpec, device: torch.device | str = "cpu") -> Tensor:
     """Group of each input column: ``i // G`` for "group", 0 otherwise (int32 ``[in]``)."""
     idx = torch.arange(in_features, device=device)
-    return (idx // spec.group_size if spec.granularity == "group" else torch.zeros_like(idx)).to(torch.int32)
+    return (idx // spec.G if spec.granularity == "group" else torch.zeros_like(idx)).to(torch.int32)
 
 
 @dataclass

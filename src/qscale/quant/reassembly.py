@@ -27,7 +27,8 @@ def reassemble(x: Tensor, src: Tensor, dst: Tensor, coef: Tensor, width: int) ->
 
 @dataclass
 class ChannelReassembly:
-    """Entries ``src`` (input channel), ``dst`` (reassembled channel), ``coef`` of ``x' = M(x)``; ``width`` of ``x'``."""
+    """Entries ``src`` (input channel), ``dst`` (reassembled channel), ``coef`` of ``x' = M(x)``; ``width`` of
+    ``x'``."""
 
     src: Tensor
     dst: Tensor

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qscale.errors import require
+from qscale.errors import QscaleError, require
 
 GRANULARITIES = ("tensor", "channel", "group", "token")
 GRIDS = ("full", "restricted")
@@ -51,6 +51,13 @@ class QuantSpec:
                 isinstance(self.group_size, int) and not isinstance(self.group_size, bool) and self.group_size > 0,
                 f"group_size must be a positive integer for granularity 'group', got {self.group_size!r}",
             )
+
+    @property
+    def G(self) -> int:
+        """The group size of a "group" spec (a positive integer, checked at construction)."""
+        if self.granularity != "group" or self.group_size is None:
+            raise QscaleError(f"granularity {self.granularity!r} has no group size")
+        return self.group_size
 
     @property
     def qmin(self) -> int:

@@ -32,7 +32,7 @@ def _tokens(x: float) -> str:
 
 
 def _verdict(name: str, fit) -> str:
-    var, meaning = _DIRECTIONS[name]
+    _, meaning = _DIRECTIONS[name]
     v = fit.params[name]
     lo, hi = fit.ci.get(name, (float("nan"), float("nan"))) if fit.ci else (float("nan"), float("nan"))
     if math.isfinite(lo) and math.isfinite(hi):

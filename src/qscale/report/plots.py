@@ -50,9 +50,9 @@ def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> by
     models = sorted({(int(r["N"]), r["model"]) for r in rows})
     plt, fig, axes = new_figure(1, len(bits), (4.2 * len(bits), 3.8))
     colors = distinct_colors(len(models))
-    for ax, p in zip(axes[0], bits):
+    for ax, p in zip(axes[0], bits, strict=True):
         n_nonpos = 0
-        for color, (n, name) in zip(colors, models):
+        for color, (n, name) in zip(colors, models, strict=True):
             pts = sorted((r for r in rows if int(r["P"]) == p and r["model"] == name), key=lambda r: r["D"])
             if not pts:
                 continue
@@ -78,7 +78,7 @@ def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, pol
     """One panel per method: observed QiD against the fitted law's prediction, with the y = x line."""
     methods = list(by_method)
     plt, fig, axes = new_figure(1, len(methods), (4.2 * len(methods), 4.0))
-    for ax, m in zip(axes[0], methods):
+    for ax, m in zip(axes[0], methods, strict=True):
         rows, fit = by_method[m], fits[m]
         ax.set_title(f"{m}" + ("" if fit.params is not None else " (not fitted)"), fontsize=9)
         if fit.params is None:
@@ -91,7 +91,7 @@ def plot_observed_vs_predicted(by_method: dict[str, list[dict]], fits: dict, pol
         keep, pos = policy.keep(q, se), q > 0
         bits = np.array([r["P"] for r in rows])
         levels = sorted(set(bits.tolist()))
-        for color, p in zip(distinct_colors(len(levels)), levels):
+        for color, p in zip(distinct_colors(len(levels)), levels, strict=True):
             s = bits == p
             pts = ax.scatter(pred[s & keep], q[s & keep], s=16, color=color, label=f"{p} bits")
             ax.scatter(

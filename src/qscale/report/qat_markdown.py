@@ -63,10 +63,11 @@ def _attribution(report) -> list[str]:
     lines.append("")
     for m, a in report.attribution.items():
         n = len(a["by_type"])
+        first = a["down_proj_rank_kurtosis"] == 1 and a["down_proj_rank_rel_mse"] == 1
         lines.append(
             f"- {m}: `down_proj` input ranks {a['down_proj_rank_kurtosis']}/{n} by kurtosis and "
             f"{a['down_proj_rank_rel_mse']}/{n} by relative quantization MSE "
-            f"({'dominates' if a['down_proj_rank_kurtosis'] == 1 and a['down_proj_rank_rel_mse'] == 1 else 'does not dominate on both counts'})."
+            f"({'dominates' if first else 'does not dominate on both counts'})."
         )
     return lines
 
@@ -157,7 +158,8 @@ def summary_markdown(title: str, report, context: dict, policy) -> str:
         "## δ_W4A4 ≈ c · (δ_W4A16 + δ_W16A4)",
         "",
         f"- held-out δ: c = {_num(c['c'])} (median ratio {_num(c['median_ratio'])}, R² {_num(c.get('r2'))}, "
-        f"{c['n']} cells); train-loss δ: c = {_num(ct['c'])} (median ratio {_num(ct['median_ratio'])}, {ct['n']} cells). "
+        f"{c['n']} cells); train-loss δ: c = {_num(ct['c'])} (median ratio {_num(ct['median_ratio'])}, "
+        f"{ct['n']} cells). "
         f"Paper: c = {c['paper']}.",
         "",
         "## Per-layer attribution of the activation error",

@@ -34,9 +34,9 @@ def delta_vs_d(rows: list[dict], fit, policy: NoisePolicy) -> bytes:
     plt, fig, axes = new_figure(1, len(groups), (4.0 * len(groups), 3.6))
     colors = distinct_colors(len(models))
     scheme = rows[0]["scheme"] if rows else ""
-    for ax, g in zip(axes[0], groups):
+    for ax, g in zip(axes[0], groups, strict=True):
         n_nonpos, n_pos = 0, 0
-        for color, (n, name) in zip(colors, models):
+        for color, (n, name) in zip(colors, models, strict=True):
             pts = sorted((r for r in rows if int(r["G"]) == g and r["model"] == name), key=lambda r: r["D"])
             if not pts:
                 continue
@@ -68,7 +68,7 @@ def observed_vs_predicted(by_scheme: dict[str, list[dict]], fits: dict, policy: 
     """One panel per scheme: observed δ against the fitted law's prediction, with y = x."""
     schemes = list(by_scheme)
     plt, fig, axes = new_figure(1, len(schemes), (3.8 * len(schemes), 3.8))
-    for ax, s in zip(axes[0], schemes):
+    for ax, s in zip(axes[0], schemes, strict=True):
         rows, fit = by_scheme[s], fits[s]
         ax.set_title(s + ("" if fit.params is not None else " (not fitted)"), fontsize=9)
         if fit.params is None:
@@ -98,13 +98,15 @@ def attribution_bars(attribution: dict) -> bytes:
     plt, fig, axes = new_figure(1, 2, (10, 3.8))
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(types))
-    for i, (m, color) in enumerate(zip(models, distinct_colors(len(models)))):
+    for i, (m, color) in enumerate(zip(models, distinct_colors(len(models)), strict=True)):
         bt = attribution[m]["by_type"]
-        for ax, key in zip(axes[0], ("kurtosis", "rel_mse")):
+        for ax, key in zip(axes[0], ("kurtosis", "rel_mse"), strict=True):
             ax.bar(x + i * width, [bt[t][key] if t in bt else np.nan for t in types], width, label=m, color=color)
     axes[0][0].set_yscale("log")  # kurtosis spans 3 (Gaussian) to ~100 (FC2 outliers)
     for ax, label in zip(
-        axes[0], ("input kurtosis (mean over layers; 3 = Gaussian)", "relative input quantization MSE (A4)")
+        axes[0],
+        ("input kurtosis (mean over layers; 3 = Gaussian)", "relative input quantization MSE (A4)"),
+        strict=True,
     ):
         ax.set_xticks(x + width * (len(models) - 1) / 2, types, rotation=30, fontsize=8)
         ax.set_title(label, fontsize=9)

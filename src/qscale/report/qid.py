@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +178,7 @@ def trends(rows: list[dict]) -> dict:
             s = (c["model"] == m) & (c["D"] == d)
             order = np.argsort(c["P"][s])
             q = c["qid"][s][order]
-            for a, b in zip(q[:-1], q[1:]):
+            for a, b in pairwise(q):
                 out["P"]["falls" if b < a else "grows"] += 1
     return out
 

@@ -18,7 +18,7 @@ def rank_at_target(law: str, fits: dict, target: tuple[float, float, float] | No
     """``fit.json``'s ``ranking``: the target, the fitted methods best first, and those not fitted."""
     if target is None:
         return None
-    point = dict(zip(("N", "D", "P"), map(float, target)))
+    point = dict(zip(("N", "D", "P"), map(float, target), strict=True))
     laws = {}
     for m, f in fits.items():
         if f.params is not None:
@@ -59,4 +59,4 @@ def ranking_markdown(ranking: dict | None) -> list[str]:
             else "its interval overlaps another method's: the data do not separate them at this scale"
         )
         lines += ["", f"Best at the target: **{ranking['best']}**; {verdict}."]
-    return lines + [""]
+    return [*lines, ""]

@@ -131,7 +131,7 @@ def discover(spec: str | Path, tokens_per_step: int | None = None) -> tuple[Suit
         groups[key].append(p)
         labels[key] = given or label
     parents = {k: {p.parent.name for p in ps} for k, ps in groups.items()}
-    for k, ps in groups.items():  # a size's own folder name (suite/pythia-70m/step1000) reads best
+    for k in groups:  # a size's own folder name (suite/pythia-70m/step1000) reads best
         if not k.startswith("size:") and len(parents[k]) == 1 and len(groups) > 1:
             name = next(iter(parents[k]))
             if sum(1 for v in parents.values() if name in v) == 1:

@@ -5,8 +5,8 @@ declares its tables, lists its tasks and writes its report from the stored rows.
 function call: either it measures cells into typed rows (it carries their :class:`CellKey`, and the
 runner skips it when they are stored), or it produces an input other tasks depend on (a trained suite
 size whose checkpoints the cells quantize). The runner (:mod:`qscale.study.runner`) hands the missing
-tasks to an executor (:mod:`qscale.study.executor` in process, :mod:`qscale.study.ray_executor` on Ray) and commits every
-row to a store (:mod:`qscale.study.store`) as soon as it arrives.
+tasks to an executor (:mod:`qscale.study.executor` in process, :mod:`qscale.study.ray_executor` on Ray) and commits
+every row to a store (:mod:`qscale.study.store`) as soon as it arrives.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ class Store(ABC):
     """A result store: tables of rows with a UNIQUE cell key, every ``add`` committed at once.
 
     SQLite (:class:`qscale.study.store.SqliteStore`) or PostgreSQL (:class:`qscale.study.pg_store.PostgresStore`),
-    opened by :func:`qscale.study.backends.open_store`. Rows read back are dicts of column -> value (``json`` as dict, ``array`` as float64 array).
+    opened by :func:`qscale.study.backends.open_store`. Rows read back are dicts of column -> value (``json`` as
+    dict, ``array`` as float64 array).
     """
 
     @abstractmethod

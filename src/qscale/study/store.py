@@ -195,7 +195,7 @@ class SqlStore(Store):
         with self._tx():
             found = self._exec(f"SELECT {', '.join(names)} FROM {t.name}{clause} ORDER BY rowid", args).fetchall()
         cols = {c.name: c for c in t.columns}
-        return [{k: decode(cols.get(k), v) for k, v in zip(names, r)} for r in found]
+        return [{k: decode(cols.get(k), v) for k, v in zip(names, r, strict=True)} for r in found]
 
     def count(self, table: str) -> int:
         with self._tx():
@@ -217,7 +217,7 @@ class SqlStore(Store):
         names = ["task_id", "label", "error", "attempts", "created_at"]
         with self._tx():
             found = self._exec(f"SELECT {', '.join(names)} FROM task_failures ORDER BY task_id").fetchall()
-        return [dict(zip(names, r)) for r in found]
+        return [dict(zip(names, r, strict=True)) for r in found]
 
 
 class SqliteStore(SqlStore):

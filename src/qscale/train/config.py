@@ -83,7 +83,8 @@ class TrainConfig:
         return math.ceil(self.tokens / self.tokens_per_step)
 
     def checkpoint_steps(self) -> list[int]:
-        """Log-spaced ``base, 2·base, 4·base, ...`` (up to ``ckpt_every``), multiples of ``ckpt_every``, the last step."""
+        """Log-spaced ``base, 2·base, 4·base, ...`` (up to ``ckpt_every``), multiples of ``ckpt_every``, the last
+        step."""
         total, steps, s = self.total_steps, set(), self.ckpt_base
         limit = min(total, self.ckpt_every or total)
         while s <= limit:

@@ -21,6 +21,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +119,11 @@ class StepHooks:
         """Called after the optimiser step ``step`` (0-based) of ``total``."""
 
 
+def _at_step(loss_fn: LossFn, forward: nn.Module, step: int) -> Callable[[Tensor], Tensor]:
+    """``loss_fn`` at ``step`` as a function of the batch alone (``step`` bound here, not read from the loop)."""
+    return lambda b: loss_fn(forward, b, step)
+
+
 def accumulate(params: list[nn.Parameter], backward: Callable[[], Tensor], weight: float) -> float:
     """One micro-batch of gradient accumulation: ``backward()`` runs on cleared gradients (so recipe hooks
     with extra loss terms or several passes, e.g. SAM, see only this micro-batch), then ``weight`` times its
@@ -127,7 +133,7 @@ def accumulate(params: list[nn.Parameter], backward: Callable[[], Tensor], weigh
     for p in params:
         p.grad = None
     loss = backward()
-    for p, g in zip(params, earlier):
+    for p, g in zip(params, earlier, strict=True):
         if p.grad is not None and weight != 1:
             p.grad.mul_(weight)
         if g is not None:
@@ -257,12 +263,10 @@ def train_steps(
             f"batch of {batch.shape[0]} sequences is not divisible by grad accumulation {grad_accum}",
         )
         loss_sum = 0.0
-
-        def objective(b: Tensor) -> Tensor:
-            return loss_fn(forward, b, step)
-
+        objective = _at_step(loss_fn, forward, step)
         for chunk in batch.split(batch.shape[0] // grad_accum):
-            loss_sum += accumulate(params, lambda: hooks.backward(model, chunk, objective, step, total), 1 / grad_accum)
+            backward = partial(hooks.backward, model, chunk, objective, step, total)
+            loss_sum += accumulate(params, backward, 1 / grad_accum)
         loss_sum = mean_over_ranks(loss_sum, parallel, device)
         if not math.isfinite(loss_sum):
             raise QscaleError(f"training loss is not finite at step {step + 1}: lower the learning rate")

@@ -199,7 +199,7 @@ def train(
 
         def on_step(done: int, loss: float, lr: float) -> None:
             nonlocal recent
-            recent = (recent + [loss])[-20:]
+            recent = [*recent, loss][-20:]
             tps = (done - start) * cfg.tokens_per_step / (time.perf_counter() - t0)
             bar.update(task, completed=done, info=f"loss {loss:.3f}  {tps:,.0f} tok/s")
             if done in ckpts and info.is_main:

@@ -95,7 +95,7 @@ def train_command(
     ),
     preset: str = typer.Option(
         None,
-        help="Train a whole suite preset (tiny, quick, gpu) instead of one model; "
+        help="Train a whole suite preset (tiny, quick, standard, gpu) instead of one model; "
         "only --seed, --device, --compile and the data options apply then.",
     ),
     max_files: int = typer.Option(None, help="Use at most this many documents of the corpus (quick trials)."),

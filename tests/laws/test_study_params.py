@@ -47,11 +47,11 @@ def test_fit_on_a_study_store_applies_the_noise_policy_and_predict_gives_interva
 
     assert main(["predict", "--params", str(tmp_path / "gptq.json"), "--N", "7e9", "--D", "2e12", "--bits", "4"]) == 0
     line = capsys.readouterr().out
-    m = re.match(r"qid = (\S+)  \(95% CI (\S+) – (\S+), bootstrap\)", line)
+    m = re.match(r"qid = (\S+)  \(95% PI (\S+) – (\S+) for a new measurement; 95% CI (\S+) – (\S+) of the", line)
     assert m, line
-    value, lo, hi = map(float, m.groups())
+    value, plo, phi, lo, hi = map(float, m.groups())
     truth = float(get_law("qid").predict(qid_true, {"N": 7e9, "D": 2e12, "P": 4}))
-    assert lo < value < hi and lo < truth < hi
+    assert lo < value < hi and lo < truth < hi and plo < lo and hi < phi
     assert (
         main(
             ["predict", "--params", str(tmp_path / "gptq.json"), "--N", "7e9", "--bits", "4", "--qid", "0.05", "--json"]

@@ -39,7 +39,12 @@ def test_report_fit_json_feeds_predict_with_intervals(tmp_path, capsys):
     argv = ["predict", "--params", str(tmp_path / "report" / "fit.json"), "--N", "7e9", "--D", "2e12", "--bits", "4"]
     assert main(argv) == 0
     line = capsys.readouterr().out.strip()
-    m = re.match(r"gptq: qid = (\S+)  \(95% CI (\S+) – (\S+), bootstrap\)  \(extrapolation: N = 7e\+09", line)
+    m = re.match(
+        r"gptq: qid = (\S+)  \(95% PI (\S+) – (\S+) for a new measurement; 95% CI (\S+) – (\S+) of the mean law, "
+        r"bootstrap\)  \(extrapolation: N = 7e\+09",
+        line,
+    )
     assert m, line
-    value, lo, hi = map(float, m.groups())
+    value, plo, phi, lo, hi = map(float, m.groups())
     assert lo < value < hi and lo < float(get_law("qid").predict(TRUE, {"N": 7e9, "D": 2e12, "P": 4})) < hi
+    assert plo < lo and hi < phi  # the prediction interval adds the scatter of a new point

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from qscale.report.qat import attribution_table, c_factor, fc2_reduction, fit_scheme, qat_vs_ptq, write_qat_report
+from qscale.report.qat import attribution_table, c_factor, fc2_reduction, qat_vs_ptq, write_qat_report
+from qscale.report.qat_fit import fit_scheme
 from qscale.report.qat_law import predict_delta
 
 TRUE = {"k": 0.15, "gamma_N": 0.22, "gamma_D": 0.075, "gamma_G": 0.78}  # Chen et al. W4A4 (SPEC §2)
@@ -141,3 +142,21 @@ def test_write_report(tmp_path):
     assert set(fit["fits"]["W4A4 delta"]["ci"]) == {"k", "gamma_N", "gamma_D", "gamma_G"}
     assert (tmp_path / "delta_vs_D_W16A4.png").read_bytes()[:4] == b"\x89PNG"
     assert "c = 0.909" in (tmp_path / "summary.md").read_text() and rep.fits["W4A16 delta"].params is not None
+    v = fit["fits"]["W4A4 delta"]["validation"]  # exact law, no noise: the held-out points are predicted exactly
+    assert v["N"]["n_test"] == 9 and v["D"]["n_test"] == 9 and v["N"]["median_abs_rel_error"] < 1e-3
+    assert v["N"]["covered"] == 9 and len(v["N"]["pairs"]) == 9
+    assert fit["fits"]["W4A4 delta_train"]["validation"] is None  # only the held-out δ is validated
+    assert (tmp_path / "heldout_parity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Held-out validation" in (tmp_path / "summary.md").read_text()
+
+
+def test_predict_reads_a_qat_fit_json_with_both_intervals(tmp_path, capsys):
+    from qscale.cli import main
+
+    rng = np.random.default_rng(0)
+    cells = [{**c, "delta": c["delta"] * np.exp(rng.normal(0, 0.05))} for c in _cells("W4A4", se=1e-3)]
+    write_qat_report(cells, [], [], [], tmp_path, n_boot=200)
+    argv = ["predict", "--params", str(tmp_path / "fit.json"), "--N", "3e5", "--D", "3e4", "--G", "32"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "W4A4 delta: delta = " in out and "95% PI" in out and "of the mean law" in out

@@ -78,7 +78,7 @@ def test_report_fits_known_law_counts_exclusions_and_inverts(tmp_path):
         lo, hi = fit.ci[name]
         assert lo <= fit.params[name] <= hi
 
-    for f in ("fit.json", "summary.md", "qid_vs_D_gptq.png", "observed_vs_predicted.png"):
+    for f in ("fit.json", "summary.md", "qid_vs_D_gptq.png", "observed_vs_predicted.png", "heldout_parity.png"):
         assert (tmp_path / "report" / f).stat().st_size > 0
     doc = json.loads((tmp_path / "report" / "fit.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert doc["n_boot"] == 20
@@ -88,6 +88,14 @@ def test_report_fits_known_law_counts_exclusions_and_inverts(tmp_path):
         assert float(predict_qid(fit.params, r["N"], r["tokens"], r["P"])) == pytest.approx(r["qid"], rel=1e-6)
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "QiD grows with D? yes" in md and "excluded" in md
+    for hold, n_top in (("N", 6 * 4), ("D", 3 * 4)):  # the held-out points: the largest size / last checkpoint
+        v = doc["methods"]["gptq"]["validation"][hold]
+        kept_top = [r for r in rows if r["qid"] > 2 * r["qid_se"] and r[hold] == max(x[hold] for x in rows)]
+        assert v["n_test"] == len(kept_top) <= n_top and len(v["pairs"]) == v["n_test"]
+        assert v["median_abs_rel_error"] < 0.06 and v["covered"] >= 0.8 * v["n_test"]  # a 2% scatter, known law
+        assert f"{v['covered']}/{v['n_test']} in PI" in md
+    assert doc["methods"]["gptq"]["scatter"]["sd_log"] == pytest.approx(0.02, rel=0.5)
+    assert "## Held-out validation" in md and doc["fp_losses"][0]["loss_fp"] == 3.0
     for r in inv:
         assert _tokens(r["tokens"]) in md
 

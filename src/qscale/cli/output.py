@@ -79,9 +79,25 @@ def print_fit(result: dict) -> None:
     )
     if result["at_bounds"]:
         console.print(f"parameters at their bounds: {', '.join(result['at_bounds'])}", style="yellow")
-    ex = result["extrapolation"]
-    if ex:
+    sc = result.get("scatter")
+    if sc:
         console.print(
-            f"extrapolation to {ex['hold_out']} = {ex['held_out_value']:.4g} ({ex['n_test']} points): "
-            f"mean |rel. error| {ex['mean_abs_rel_error']:.3%}, max {ex['max_abs_rel_error']:.3%}"
+            f"residual scatter (log): {sc['sd_log']:.3g}, beyond measurement noise {sc['sd_model']:.3g} "
+            "(enters the prediction interval)"
         )
+    for v in (result.get("validation") or {}).values():
+        console.print(validation_text(v))
+
+
+def validation_text(v: dict) -> str:
+    """One line of a held-out check (``qscale.laws.validate``)."""
+    if v.get("error"):
+        return f"largest {v['hold']} held out: {v['error']}"
+    if not v["n_test"]:
+        return f"largest {v['hold']} held out: no held-out point"
+    return (
+        f"largest {v['hold']} = {v['held_out_value']:.4g} held out ({v['n_test']} points, fitted on "
+        f"{v['n_train']}): median |rel. error| {v['median_abs_rel_error']:.1%}, max {v['max_abs_rel_error']:.1%}; "
+        f"{v['covered']}/{v['n_test']} inside the 95% prediction interval "
+        f"({v['covered_mean']}/{v['n_test']} inside the interval on the mean law)"
+    )

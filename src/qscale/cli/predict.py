@@ -9,7 +9,9 @@ import typer
 from qscale.cli.fit import LAW_HELP, print_json
 from qscale.errors import QscaleError
 from qscale.laws.flags import FLAGS, check_flags, extrapolations, flag_message
+from qscale.laws.intervals import prediction_interval
 from qscale.laws.paramfile import ParamEntry, ParamFile, load_params
+from qscale.laws.plausibility import fp_loss_bound, pythia_loss16, range_warnings, sign_warnings, value_warnings
 from qscale.laws.predict import invert, predict
 from qscale.laws.published import PUBLISHED
 from qscale.laws.registry import get_law
@@ -53,11 +55,22 @@ def predict_command(
         float | None,
         typer.Option("--loss", help="Solve for the missing input at which the loss reaches this value."),
     ] = None,
+    loss_fp: Annotated[
+        float | None,
+        typer.Option(
+            "--loss-fp",
+            help="The model's full-precision loss (nats), to flag a predicted QiD/delta above it "
+            "(default: bounded from a study's measured losses, or Pythia's fit for the published sets).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Evaluate a law at (N, D, bits, G, precision), or give a threshold and leave one input out to solve for it.
 
-    With bootstrap samples in the parameter file (qscale fit, a study's fit.json) the value carries its 95% interval.
+    With bootstrap samples in the parameter file (qscale fit, a study's fit.json) the value carries two 95%
+    intervals: the prediction interval (PI), where a new measurement should fall (parameter spread + the fit's
+    residual scatter), and the narrower interval on the mean law (CI). Predictions far outside the fitted range,
+    physically implausible values and exponents of the wrong sign carry a warning.
     """
     pf = load_params(params)
     if law and pf.law and law != pf.law:
@@ -75,7 +88,7 @@ def predict_command(
     entries = _chosen(pf, method)
     try:
         results = {
-            name: _predict_or_solve(form, law, e, pf, inputs, {"qid": qid, "delta": delta, "loss": loss})
+            name: _predict_or_solve(form, law, e, pf, inputs, {"qid": qid, "delta": delta, "loss": loss}, loss_fp)
             for name, e in entries.items()
         }
     except QscaleError as e:
@@ -95,6 +108,8 @@ def predict_command(
         return
     for name, r in results.items():
         typer.echo(f"{name + ': ' if name else ''}{_line(r)}")
+        for w in r["warnings"]:
+            typer.echo(f"{name + ': ' if name else ''}warning: {w}")
     for name, why in pf.unfitted.items():
         if method is None:
             typer.echo(f"{name}: {why}")
@@ -117,10 +132,16 @@ def _chosen(pf: ParamFile, method: str | None) -> dict[str, ParamEntry]:
 
 
 def _line(r: dict) -> str:
-    ci = r["interval"]
+    ci, pi = r["interval"], r.get("prediction_interval")
     text = f"{r['solve_for']} = {r['value']:.6g}" if "solve_for" in r else f"{r['target']} = {r['prediction']:.6g}"
-    if ci and ci["lo"] == ci["lo"]:  # not NaN
-        text += f"  ({ci['level']:.0%} CI {ci['lo']:.4g} – {ci['hi']:.4g}, bootstrap)"
+    if pi and pi["lo"] == pi["lo"] and ci and ci["lo"] == ci["lo"]:
+        text += (
+            f"  ({pi['level']:.0%} PI {pi['lo']:.4g} – {pi['hi']:.4g} for a new measurement; "
+            f"{ci['level']:.0%} CI {ci['lo']:.4g} – {ci['hi']:.4g} of the mean law, bootstrap)"
+        )
+    elif ci and ci["lo"] == ci["lo"]:  # not NaN
+        kind = "of the mean law, " if "solve_for" not in r else ""
+        text += f"  ({ci['level']:.0%} CI {ci['lo']:.4g} – {ci['hi']:.4g}, {kind}bootstrap)"
     elif ci:
         text += (
             f"  (no interval: only {ci['n_samples'] - ci['n_failed']} of {ci['n_samples']} bootstrap samples solvable)"
@@ -129,7 +150,9 @@ def _line(r: dict) -> str:
     return text + mark
 
 
-def _predict_or_solve(form, law: str, entry: ParamEntry, pf: ParamFile, inputs: dict, thresholds: dict) -> dict:
+def _predict_or_solve(
+    form, law: str, entry: ParamEntry, pf: ParamFile, inputs: dict, thresholds: dict, loss_fp: float | None = None
+) -> dict:
     thresholds = {k: v for k, v in thresholds.items() if v is not None}
     if len(thresholds) > 1:
         raise QscaleError("give at most one of --qid, --delta, --loss")
@@ -155,7 +178,32 @@ def _predict_or_solve(form, law: str, entry: ParamEntry, pf: ParamFile, inputs: 
             )
         result.update(prediction=float(predict(form, values, inputs)), target=form.target)
         est = predict_interval(samples, inputs) if samples else None
+        scatter = entry.scatter_of(pf.source)
+        if samples and scatter:
+            result["prediction_interval"] = prediction_interval(samples, scatter, inputs).as_dict()
     result["interval"] = est.as_dict() if est else None
     solved = {result["solve_for"]: result["value"]} if "solve_for" in result else {}
-    result["extrapolation"] = extrapolations(pf.ranges, {**inputs, **solved})
+    point = {**inputs, **solved}
+    result["extrapolation"] = extrapolations(pf.ranges, point)
+    bound, source = _loss_fp(pf, point, loss_fp)
+    result["warnings"] = [
+        *range_warnings(pf.ranges, point),
+        *(value_warnings(form.target, result["prediction"], bound, source) if "prediction" in result else []),
+        *sign_warnings(law, values, entry.ci),
+    ]
     return result
+
+
+def _loss_fp(pf: ParamFile, point: dict, given: float | None) -> tuple[float | None, str]:
+    """The full-precision loss a predicted QiD/δ is checked against, and where it comes from."""
+    if given is not None:
+        return given, ", --loss-fp"
+    N, D = point.get("N"), point.get("D")
+    if N is None or D is None:
+        return None, ""
+    if pf.fp_losses:
+        bound = fp_loss_bound(pf.fp_losses, N, D)
+        return bound, ", at most: the lowest measured at N and D no larger"
+    if pf.published and pf.published.startswith("ouyang2024"):
+        return pythia_loss16(N, D), ", Pythia's Loss16 fit"
+    return None, ""

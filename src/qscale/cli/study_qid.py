@@ -30,7 +30,8 @@ def study_qid_command(
         "quick",
         "--preset",
         "-p",
-        help="Study size: tiny (seconds, tests), quick (< 15 min on 2 CPU cores), gpu (one GPU).",
+        help="Study size: tiny (seconds, tests), quick (minutes on 2 CPU cores), standard (the papers' regime, "
+        "D/N 13-313, ~15 min on 2 CPU cores), gpu (one GPU).",
     ),
     out: Path = typer.Option(
         None,

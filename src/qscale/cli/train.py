@@ -44,7 +44,7 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 def train_command(
     ctx: typer.Context,
-    size: str = typer.Option(_DEFAULT.size, help="Model size from the ladder: xs, s, m, l, xl."),
+    size: str = typer.Option(_DEFAULT.size, help="Model size from the ladder: xxxs, xxs, xs, s, m, l, xl."),
     tokens: int = typer.Option(_DEFAULT.tokens, help="Training tokens (rounded up to whole steps)."),
     out: Path = typer.Option(None, help="Run folder for checkpoints (default: runs/train-SIZE or runs/suite-PRESET)."),
     data: Path = typer.Option(
@@ -95,7 +95,7 @@ def train_command(
     ),
     preset: str = typer.Option(
         None,
-        help="Train a whole suite preset (tiny, quick, gpu) instead of one model; "
+        help="Train a whole suite preset (tiny, quick, standard, gpu) instead of one model; "
         "only --seed, --device, --compile and the data options apply then.",
     ),
     max_files: int = typer.Option(None, help="Use at most this many documents of the corpus (quick trials)."),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from qscale.errors import QscaleError
 from qscale.laws.flags import recorded_ranges
+from qscale.laws.intervals import Scatter
 from qscale.laws.published import PUBLISHED
 from qscale.laws.registry import LAWS
 from qscale.laws.uncertainty import LawSamples
@@ -28,9 +29,14 @@ class ParamEntry:
     params: dict
     bootstrap: Mapping[str, object] | None = None
     law: str | None = None
+    scatter: Mapping[str, object] | None = None  # residual scatter: prediction intervals (qscale.laws.intervals)
+    ci: Mapping[str, object] | None = None  # the parameters' 95% intervals, if recorded
 
     def samples(self, law: str, where: str) -> LawSamples | None:
         return LawSamples.from_record(law, self.params, self.bootstrap, where) if self.bootstrap else None
+
+    def scatter_of(self, where: str) -> Scatter | None:
+        return Scatter.from_record(self.scatter, where)
 
 
 @dataclass
@@ -42,6 +48,8 @@ class ParamFile:
     ranges: dict
     entries: dict[str, ParamEntry]
     unfitted: dict[str, str] = field(default_factory=dict)  # study methods without a fit: the reason
+    fp_losses: list[dict] = field(default_factory=list)  # a QiD study's measured full-precision losses
+    published: str | None = None  # the published set's name, when it is one
 
 
 def _number(value: object) -> bool:
@@ -76,19 +84,26 @@ def _study(obj: Mapping, path: Path) -> ParamFile:
             raise QscaleError(f"{path}: entry {name!r} of '{key}' must be an object")
         if isinstance(e.get("params"), Mapping):
             params = _checked(e["params"], f"{path} ({name})")
-            entries[str(name)] = ParamEntry(params, e.get("bootstrap"), _law_name(e))
+            entries[str(name)] = ParamEntry(params, e.get("bootstrap"), _law_name(e), e.get("scatter"), e.get("ci"))
         else:
             unfitted[str(name)] = str(e.get("error") or "not fitted")
-    return ParamFile(_law_name(obj), str(path), recorded_ranges(obj), entries, unfitted)
+    return ParamFile(_law_name(obj), str(path), recorded_ranges(obj), entries, unfitted, _fp_losses(obj))
+
+
+def _fp_losses(obj: Mapping) -> list[dict]:
+    rows = obj.get("fp_losses")
+    if not isinstance(rows, list):
+        return []
+    keys = ("N", "D", "loss_fp")
+    return [r for r in rows if isinstance(r, Mapping) and all(_number(r.get(k)) for k in keys)]
 
 
 def load_params(spec: str) -> ParamFile:
     """A published set's name or a JSON file from ``qscale fit --json`` or a study's report."""
     if spec in PUBLISHED:
         pub = PUBLISHED[spec]
-        return ParamFile(
-            pub.law_name, pub.citation, {k: list(v) for k, v in pub.ranges.items()}, {"": ParamEntry(dict(pub.params))}
-        )
+        ranges = {k: list(v) for k, v in pub.ranges.items()}
+        return ParamFile(pub.law_name, pub.citation, ranges, {"": ParamEntry(dict(pub.params))}, published=spec)
     path = Path(spec)
     if not path.is_file():
         raise QscaleError(f"--params {spec!r} is neither a published set ({', '.join(sorted(PUBLISHED))}) nor a file")
@@ -106,6 +121,5 @@ def load_params(spec: str) -> ParamFile:
     if not isinstance(params, dict):
         raise QscaleError(f"{path}: 'params' must be an object")
     law = obj.get("law") if isinstance(obj.get("law"), str) else None
-    return ParamFile(
-        law, str(path), recorded_ranges(obj), {"": ParamEntry(_checked(params, str(path)), obj.get("bootstrap"))}
-    )
+    entry = ParamEntry(_checked(params, str(path)), obj.get("bootstrap"), None, obj.get("scatter"), obj.get("ci"))
+    return ParamFile(law, str(path), recorded_ranges(obj), {"": entry}, fp_losses=_fp_losses(obj))

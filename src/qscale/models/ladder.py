@@ -1,6 +1,7 @@
 """The model ladder: Llama-architecture causal LMs (RMSNorm, RoPE, SwiGLU, SDPA attention).
 
-Sizes are named ``xs`` .. ``xl``; their non-embedding parameter counts N span ~48x. Every width
+Sizes are named ``xxxs``, ``xxs``, ``xs`` .. ``xl``; their non-embedding parameter counts N span ~350x (the
+two smallest, N = 13,408 and 40,160, let a CPU suite train its smallest model to D/N of several hundred). Every width
 (model and SwiGLU hidden) is a multiple of 32, so a group size of 32 (or 16, 8) means the same
 thing at every size. Input embeddings
 and the LM head are untied (the Llama default), and neither counts toward N.
@@ -34,6 +35,8 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     s.name: s
     for s in (
+        ModelSize("xxxs", d_model=32, n_layers=1, n_heads=1, ffn=96),
+        ModelSize("xxs", d_model=32, n_layers=3, n_heads=1, ffn=96),
         ModelSize("xs", d_model=64, n_layers=2, n_heads=2, ffn=192),
         ModelSize("s", d_model=96, n_layers=3, n_heads=3, ffn=256),
         ModelSize("m", d_model=128, n_layers=4, n_heads=4, ffn=384),

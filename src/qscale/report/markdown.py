@@ -9,6 +9,8 @@ import math
 
 from qscale.laws import get_published
 from qscale.report.ranking import ranking_markdown
+from qscale.report.validation import cell as validation_cell
+from qscale.report.validation import markdown_lines as validation_lines
 
 # Direction each exponent's sign implies in QiD = k·D^β/(N^α·P^γ): (variable, positive meaning).
 _DIRECTIONS = {"beta": ("D", "grows with D"), "alpha": ("N", "falls with N"), "gamma": ("P", "falls with P")}
@@ -59,7 +61,7 @@ def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, contex
         "## Fitted exponents",
         "",
         "| method | k | α (N) | β (D) | γ (P) | points fitted | excluded (≤ floor) | of which ≤ 0 | R² (log) |"
-        " extrap. err. largest N | extrap. err. largest D |",
+        " held out: largest N | held out: largest D |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, f in fits.items():
@@ -70,7 +72,7 @@ def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, contex
         for p in ("k", "alpha", "beta", "gamma"):
             lo, hi = (f.ci or {}).get(p, (float("nan"), float("nan")))
             cells.append(f"{_num(f.params[p])} [{_num(lo)}, {_num(hi)}]")
-        ex = [_extrap(f.extrapolation.get(h)) for h in ("N", "D")]
+        ex = [validation_cell((f.validation or {}).get(h)) for h in ("N", "D")]
         lines.append(
             f"| {m} | {' | '.join(cells)} | {f.stats['n_points']} | {f.excluded['total']} | "
             f"{f.excluded['nonpositive']} | {_num(f.stats['r2_log'])} | {ex[0]} | {ex[1]} |"
@@ -81,7 +83,11 @@ def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, contex
         f"Paper (GPTQ, Pythia 160M–12B; published set ouyang2024-gptq): k = {paper['k']:g}, "
         f"α = {paper['alpha']:g}, β = {paper['beta']:g}, γ = {paper['gamma']:g}.",
         "",
+        "Held out: the law refitted without the largest N (or D) predicts those points; median |relative error| "
+        "(max) and how many fall inside the 95% prediction interval (details below).",
+        "",
     ]
+    lines += validation_lines({m: f.validation or {} for m, f in fits.items() if f.params is not None})
     lines += ranking_markdown(ranking)
     lines += ["## Noise", ""]
     for m, f in fits.items():
@@ -139,21 +145,16 @@ def summary_markdown(title, fits, inversions, trend, sizes, d_range, cfg, contex
     lines += [
         "## Files",
         "",
-        "- `fit.json`: parameters, intervals, fit statistics, extrapolation errors, "
-        "exclusions, noise, inversion table, trend counts.",
+        "- `fit.json`: parameters, intervals, fit statistics, residual scatter, held-out validation (with the "
+        "held-out pairs), exclusions, noise, inversion table, trend counts, full-precision losses.",
         "- `qid_vs_D_<method>.png`: QiD vs D per model size at each bit width, with the fitted law "
         "(hollow: excluded by the noise policy).",
         "- `observed_vs_predicted.png`: observed vs predicted QiD per method.",
+        "- `heldout_parity.png`: held-out points, observed vs predicted by the law fitted without them, with "
+        "the 95% prediction interval (rows: methods; columns: largest N, largest D held out).",
         "",
     ]
     return "\n".join(lines)
-
-
-def _extrap(e: dict | None) -> str:
-    """Mean |relative error| of the law fitted without the largest value, on the held-out points."""
-    if not e or "error" in e or e.get("n_test", 0) == 0:
-        return "n/a"
-    return f"{_num(100 * e['mean_abs_rel_error'])}% ({e['n_test']} pts)"
 
 
 def _raw_trend(var: str, t: dict) -> str:

@@ -20,31 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from qscale.errors import ConvergenceError, QscaleError
+from qscale.errors import QscaleError
 from qscale.evaluate.noise import NoisePolicy, paired_delta
-from qscale.laws import bootstrap_ci, fit_law
 from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
 from qscale.report import qat_plots
-from qscale.report.qat_law import PAPER_C, PAPER_FC2, PARAMS, law_name, noise_text, paper_params
+from qscale.report.qat_fit import SchemeFit, fit_scheme
+from qscale.report.qat_law import PAPER_C, PAPER_FC2, noise_text, paper_params
 from qscale.report.qat_markdown import summary_markdown
+from qscale.report.validation import HOLDS, plot_parity
 
 CONTROL = "W8A8"
-MIN_FIT_POINTS = 6
-
-
-@dataclass
-class SchemeFit:
-    """The QAT law fitted to one scheme's points (metric ``delta`` or ``delta_train``), or why not."""
-
-    scheme: str
-    metric: str
-    n_rows: int
-    n_excluded: int
-    n_nonpositive: int
-    params: dict[str, float] | None = None
-    ci: dict[str, tuple[float, float]] | None = None
-    stats: dict = field(default_factory=dict)
-    error: str | None = None
 
 
 @dataclass
@@ -56,41 +41,6 @@ class QatReport:
     fc2: dict
     qat_vs_ptq: dict
     control: dict
-
-
-def fit_scheme(
-    rows: list[dict], scheme: str, metric: str, n_boot: int, seed: int, policy: NoisePolicy = NoisePolicy()
-) -> SchemeFit:
-    """Fit the QAT law to one scheme's rows on ``delta`` (noise policy) or ``delta_train`` (δ > 0)."""
-    y = np.array([r[metric] for r in rows], dtype=np.float64)
-    keep = policy.keep(y, np.array([r["delta_se"] for r in rows])) if metric == "delta" else np.isfinite(y) & (y > 0)
-    f = SchemeFit(scheme, metric, len(rows), int((~keep).sum()), int((y <= 0).sum()))
-    data = {
-        "N": np.array([r["N"] for r in rows], dtype=np.float64)[keep],
-        "D": np.array([r["D"] for r in rows], dtype=np.float64)[keep],
-        "G": np.array([r["G_eff"] for r in rows], dtype=np.float64)[keep],
-        "delta": y[keep],
-    }
-    distinct = {c: len(set(data[c].tolist())) for c in ("N", "D", "G")}
-    if keep.sum() < MIN_FIT_POINTS or min(distinct.values()) < 2:
-        f.error = (
-            f"not fitted: {int(keep.sum())} usable points (need >= {MIN_FIT_POINTS}) with distinct "
-            f"N/D/G counts {distinct} (need >= 2 each)"
-        )
-        return f
-    try:
-        fit = fit_law(law_name(scheme), data, "delta")
-        f.params = {p: float(fit.params[p]) for p in PARAMS}
-        f.stats = {"n_points": fit.n_points, "r2_log": fit.r2_log, "rmse_log": fit.rmse_log, "converged": fit.converged}
-        if n_boot:
-            f.ci = {
-                p: tuple(map(float, v))
-                for p, v in bootstrap_ci(law_name(scheme), data, "delta", n_boot=n_boot, seed=seed, fit=fit).items()
-                if p in PARAMS
-            }
-    except (ConvergenceError, QscaleError) as e:
-        f.params, f.error = None, f"fit failed: {e}"
-    return f
 
 
 def c_factor(rows: list[dict], metric: str = "delta") -> dict:
@@ -246,6 +196,16 @@ def qat_vs_ptq(ptq: list[dict]) -> dict:
     return out
 
 
+def fitted_ranges(cells: list[dict]) -> dict[str, list[float]]:
+    """The range of N, D and (effective) G the cells span: what ``qscale predict`` calls extrapolation."""
+    if not cells:
+        return {}
+    return {
+        k: [float(min(r[c] for r in cells)), float(max(r[c] for r in cells))]
+        for k, c in (("N", "N"), ("D", "D"), ("G", "G_eff"))
+    }
+
+
 def write_qat_report(
     cells: list[dict],
     fps: list[dict],
@@ -278,6 +238,8 @@ def write_qat_report(
     )
     payload = {
         "law": "delta = k * D^gamma_D * (log2 G)^gamma_G / N^gamma_N (Chen et al. 2025, arXiv 2505.14302)",
+        "law_name": "qat",
+        "ranges": fitted_ranges(cells),
         "noise_policy": noise_text(policy),
         "n_boot": n_boot,
         "fits": {
@@ -292,6 +254,10 @@ def write_qat_report(
                 "n_nonpositive": f.n_nonpositive,
                 "error": f.error,
                 "paper": paper_params(f.scheme),
+                "law_name": f.law_name,
+                "bootstrap": f.bootstrap,
+                "scatter": f.scatter,
+                "validation": f.validation,
             }
             for k, f in fits.items()
         },
@@ -317,5 +283,7 @@ def write_qat_report(
         )
     if report.attribution:
         atomic_write_bytes(folder / "attribution.png", qat_plots.attribution_bars(report.attribution))
+    held = {s: f.validation or {h: {"error": f.error or "no validation"} for h in HOLDS} for s, f in fits.items()}
+    atomic_write_bytes(folder / "heldout_parity.png", plot_parity(held, "δ"))
     atomic_write_bytes(folder / "summary.md", summary_markdown(title, report, context or {}, policy).encode())
     return report

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 
 from qscale.report.qat_law import PARAMS, noise_text, paper_params
+from qscale.report.validation import cell as validation_cell
+from qscale.report.validation import markdown_lines as validation_lines
 
 
 def _num(x) -> str:
@@ -21,23 +23,25 @@ def _pct(x) -> str:
 
 def _fits(report) -> list[str]:
     lines = [
-        "| scheme | metric | k | γN | γD | γG | points | excluded | R² (log) | paper (k, γN, γD, γG) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scheme | metric | k | γN | γD | γG | points | excluded | R² (log) | held out: largest N |"
+        " held out: largest D | paper (k, γN, γD, γG) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in report.fits.values():
         pp = paper_params(f.scheme)
         paper = ", ".join(_num(pp[p]) for p in PARAMS) if pp else "n/a"
         metric = "held-out δ" if f.metric == "delta" else "train-loss δ"
         if f.params is None:
-            lines.append(f"| {f.scheme} | {metric} | {f.error} | | | | 0 | {f.n_excluded} | | {paper} |")
+            lines.append(f"| {f.scheme} | {metric} | {f.error} | | | | 0 | {f.n_excluded} | | | | {paper} |")
             continue
+        held = [validation_cell((f.validation or {}).get(h)) if f.metric == "delta" else "" for h in ("N", "D")]
         cells = []
         for p in PARAMS:
             lo, hi = (f.ci or {}).get(p, (float("nan"), float("nan")))
             cells.append(f"{_num(f.params[p])} [{_num(lo)}, {_num(hi)}]")
         lines.append(
             f"| {f.scheme} | {metric} | {' | '.join(cells)} | {f.stats['n_points']} | {f.n_excluded} "
-            f"(≤0: {f.n_nonpositive}) | {_num(f.stats['r2_log'])} | {paper} |"
+            f"(≤0: {f.n_nonpositive}) | {_num(f.stats['r2_log'])} | {held[0]} | {held[1]} | {paper} |"
         )
     return lines
 
@@ -146,6 +150,7 @@ def summary_markdown(title: str, report, context: dict, policy) -> str:
         "",
         *_fits(report),
         "",
+        *validation_lines({f.scheme: f.validation for f in report.fits.values() if f.validation}, "δ"),
         "## Training-noise control",
         "",
         *_control(report),

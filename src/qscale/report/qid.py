@@ -18,12 +18,15 @@ from scipy.stats import spearmanr
 
 from qscale.errors import QscaleError
 from qscale.evaluate.noise import NoisePolicy, NoiseSummary, summarize_noise
-from qscale.laws import bootstrap_problem, extrapolation_check, fit_problem, invert, make_problem, predict
-from qscale.laws.uncertainty import samples_record
+from qscale.laws import bootstrap_problem, fit_problem, invert, make_problem, predict
+from qscale.laws.intervals import fit_scatter
+from qscale.laws.uncertainty import MIN_SAMPLES, samples_record
+from qscale.laws.validate import validate_all
 from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
 from qscale.report.markdown import summary_markdown
 from qscale.report.plots import plot_observed_vs_predicted, plot_qid_vs_d
 from qscale.report.ranking import rank_at_target
+from qscale.report.validation import plot_parity
 
 LAW_NAME = "qid"
 LAW_TEXT = "QiD = k * D^beta / (N^alpha * P^gamma)"
@@ -61,9 +64,10 @@ class MethodFit:
     params: dict[str, float] | None = None
     ci: dict[str, tuple[float, float]] | None = None
     stats: dict | None = None
-    extrapolation: dict | None = None
+    validation: dict | None = None  # {"N": ..., "D": ...}: held-out checks (qscale.laws.validate)
     error: str | None = None
     bootstrap: dict | None = None  # bootstrap parameter samples (qscale.laws.uncertainty.samples_record)
+    scatter: dict | None = None  # residual scatter for prediction intervals (qscale.laws.intervals)
 
 
 def predict_qid(params: dict[str, float], N, D, P) -> np.ndarray:
@@ -88,23 +92,26 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
     return cols
 
 
-def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> tuple[dict, dict, dict, dict, dict | None]:
-    """Params, bootstrap CIs, fit stats, held-out extrapolation errors and the bootstrap parameter samples
-    (``qscale.laws.uncertainty``: what ``qscale predict`` and the ranking turn into intervals) from the laws
-    engine (SPEC §5)."""
+def _fit_law(data: dict[str, np.ndarray], cfg: ReportConfig) -> dict:
+    """Params, bootstrap CIs, fit stats, the residual scatter, the bootstrap parameter samples
+    (``qscale.laws.uncertainty``: what ``qscale predict`` and the ranking turn into intervals) and the
+    held-out validation (largest N, then largest D, held out: ``qscale.laws.validate``) from the laws
+    engine (SPEC §5). ``data`` holds the kept points with their ``qid_se``."""
     problem = make_problem(LAW_NAME, data, "qid")
     res = fit_problem(problem, target="qid")
     boot = bootstrap_problem(problem, res, cfg.n_boot, cfg.seed) if cfg.n_boot else None
     ci = boot.ci() if boot else {}
-    extrap = {}
-    for hold in ("N", "D"):
-        try:
-            e = extrapolation_check(LAW_NAME, data, "qid", hold_out=hold)
-        except QscaleError as err:  # e.g. no points left above the noise floor at the smaller values
-            e = {"error": str(err)}
-        extrap[hold] = {k: v for k, v in e.items() if k not in ("params", "rel_errors")}
-    samples = samples_record(boot) if boot else None
-    return dict(res.params), {k: tuple(v) for k, v in ci.items()}, res.stats(), extrap, samples
+    resid = problem.form._log_predict(res.theta, problem.X) - problem.y
+    scatter = fit_scatter(resid, len(problem.form.params), data["qid_se"] / data["qid"])
+    validation = validate_all(data, LAW_NAME, target="qid", n_boot=max(cfg.n_boot, MIN_SAMPLES), seed=cfg.seed)
+    return {
+        "params": dict(res.params),
+        "ci": {k: tuple(v) for k, v in ci.items()},
+        "stats": res.stats(),
+        "validation": validation,
+        "bootstrap": samples_record(boot) if boot else None,
+        "scatter": scatter.as_dict(),
+    }
 
 
 def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
@@ -114,7 +121,7 @@ def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
     by_bits = {int(p): int(((~keep) & (c["P"] == p)).sum()) for p in sorted(set(c["P"].tolist()))}
     excluded = {"total": int((~keep).sum()), "nonpositive": int((c["qid"] <= 0).sum()), "by_bits": by_bits}
     out = MethodFit(method, len(rows), excluded, summarize_noise(c["qid"], c["qid_se"], c["P"], cfg.noise))
-    data = {k: c[k][keep] for k in ("N", "D", "P", "qid")}
+    data = {k: c[k][keep] for k in ("N", "D", "P", "qid", "qid_se")}
     varying = [k for k in ("N", "D", "P") if len(np.unique(data[k])) < 2]
     if keep.sum() < MIN_FIT_POINTS or varying:
         why = (
@@ -124,7 +131,8 @@ def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
         )
         out.error = f"not fitted: {why}"
         return out
-    out.params, out.ci, out.stats, out.extrapolation, out.bootstrap = _fit_law(data, cfg)
+    for name, value in _fit_law(data, cfg).items():
+        setattr(out, name, value)
     return out
 
 
@@ -173,6 +181,12 @@ def trends(rows: list[dict]) -> dict:
             for a, b in pairwise(q):
                 out["P"]["falls" if b < a else "grows"] += 1
     return out
+
+
+def fp_losses(rows: list[dict]) -> list[dict]:
+    """The full-precision loss of every measured checkpoint (what ``qscale predict`` checks a QiD against)."""
+    seen = {(r["model"], int(r["N"]), int(r["D"])): float(r["loss_fp"]) for r in rows if "loss_fp" in r}
+    return [{"model": m, "N": n, "D": d, "loss_fp": v} for (m, n, d), v in sorted(seen.items())]
 
 
 def _strict_json(obj):
@@ -224,6 +238,11 @@ def write_qid_report(
     path = out / "observed_vs_predicted.png"
     atomic_write_bytes(path, plot_observed_vs_predicted(by_method, fits, cfg.noise))
     files.append(path)
+    path = out / "heldout_parity.png"
+    atomic_write_bytes(
+        path, plot_parity({m: f.validation or {h: {"error": f.error} for h in ("N", "D")} for m, f in fits.items()})
+    )
+    files.append(path)
 
     doc = {
         "title": title,
@@ -235,6 +254,7 @@ def write_qid_report(
         "sizes": sizes,
         "measured_D_range": list(d_range),
         "ranges": {c: [min(r[c] for r in rows), max(r[c] for r in rows)] for c in ("N", "D", "P")},
+        "fp_losses": fp_losses(rows),
         "context": context or {},
         "methods": {m: fits[m] for m in methods},
         "inversion": inversions,

@@ -139,6 +139,23 @@ QID_PRESETS: dict[str, QidPreset] = {
         ),
         report=ReportConfig(n_boot=200),
     ),
+    # the papers' regime on 2 CPU cores: D/N from 313 (xxxs) to 12.6 (s) at the last checkpoint, N over 24.8x,
+    # 4 checkpoints x 3 bit widths x 4 sizes = 48 points per method, 131K held-out tokens per loss. Pilot (one
+    # thread): training 631 CPU-s, quantization and evaluation ~200 CPU-s; see docs/reference/presets.md
+    "standard": QidPreset(
+        suite="standard",
+        grid=QidGrid(
+            methods=("rtn", "gptq"),
+            bits=(2, 3, 4),
+            group_size=32,
+            eval_windows=1024,
+            eval_seq_len=128,
+            eval_batch_size=32,
+            n_calib=32,
+            calib_seq_len=128,
+        ),
+        report=ReportConfig(n_boot=200),
+    ),
     # the device: larger models, longer training, more held-out tokens
     "gpu": QidPreset(
         suite="gpu",

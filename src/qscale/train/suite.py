@@ -17,6 +17,11 @@ Presets:
   3.450 at 3e-2). Seed 1: 3.618, 3.537, 3.510, 3.479. Before step 256 (D <= 131K) the larger models are
   still behind the smaller ones. Every width is a multiple of 32 and the QiD preset uses G = 32, so the
   group size is the same at every size.
+* ``standard`` - the papers' regime on a CPU: xxxs, xxs, xs, s (N = 13K-332K, 24.8x), 2048 steps of 16 x 128
+  tokens (4.19M) each, so D/N ends at 313 (xxxs) down to 12.6 (s); checkpoints at steps 512, 1024, 1536, 2048
+  (D = 1.05M-4.19M); the quick suite's LR rule (hidden 3e-3 x 64 / d_model, embeddings 1e-2), 40 warmup steps.
+  Measured final validation losses (32 x 128 tokens): 3.356, 3.215, 2.967, 2.714 nats/token, falling with N.
+  Training on one thread: 67, 109, 153, 302 CPU-s.
 * ``gpu``   - all five sizes, 2048 steps of 64 x 256 tokens (33.5M tokens) each, checkpoints at
   8, 16, ..., 2048 (9 per size), bf16 on one GPU, a 4096-token BPE; the quick suite's LR rule (not yet
   tuned at this batch size: no GPU has been lent to measure it).
@@ -86,6 +91,23 @@ SUITE_PRESETS: dict[str, SuiteConfig] = {
             embed_lr=1e-2,
             warmup_steps=20,
             ckpt_base=2,
+            eval_windows=32,
+        ),
+        vocab_size=1024,
+        lr_ref_width=64,
+    ),
+    "standard": SuiteConfig(
+        "standard",
+        ("xxxs", "xxs", "xs", "s"),
+        TrainConfig(
+            tokens=2048 * 16 * 128,
+            batch_size=16,
+            seq_len=128,
+            lr=3e-3,
+            embed_lr=1e-2,
+            warmup_steps=40,
+            ckpt_base=512,
+            ckpt_every=512,
             eval_windows=32,
         ),
         vocab_size=1024,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import brentq
@@ -53,16 +54,16 @@ class Scatter:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, object] | None, where: str = "the parameter file") -> Scatter | None:
+    def from_record(cls, record: Mapping[str, Any] | None, where: str = "the parameter file") -> Scatter | None:
         if not record:
             return None
         try:
             mv = record.get("mean_meas_var")
             out = cls(
-                float(record["sd_log"]),  # type: ignore[arg-type]
-                float(record["sd_model"]),  # type: ignore[arg-type]
-                int(record["dof"]),  # type: ignore[arg-type]
-                None if mv is None else float(mv),  # type: ignore[arg-type]
+                float(record["sd_log"]),
+                float(record["sd_model"]),
+                int(record["dof"]),
+                None if mv is None else float(mv),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise QscaleError(f"{where}: malformed scatter record ({type(e).__name__}: {e})") from None

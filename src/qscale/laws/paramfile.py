@@ -95,7 +95,7 @@ def _fp_losses(obj: Mapping) -> list[dict]:
     if not isinstance(rows, list):
         return []
     keys = ("N", "D", "loss_fp")
-    return [r for r in rows if isinstance(r, Mapping) and all(_number(r.get(k)) for k in keys)]
+    return [dict(r) for r in rows if isinstance(r, Mapping) and all(_number(r.get(k)) for k in keys)]
 
 
 def load_params(spec: str) -> ParamFile:

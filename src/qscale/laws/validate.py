@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class Validation:
         )
 
 
-def _canonical(rows: Mapping[str, np.ndarray], keys: Sequence[str]) -> dict[str, np.ndarray]:
+def _canonical(rows: Mapping[str, Any], keys: Sequence[str]) -> dict[str, np.ndarray]:
     n = len(np.asarray(rows[keys[0]]))
     cols = {c: np.asarray(v) for c, v in rows.items() if np.ndim(v) == 1 and len(v) == n}
     order = np.lexsort([np.asarray([str(x) for x in cols[k]]) if cols[k].dtype == object else cols[k] for k in keys])

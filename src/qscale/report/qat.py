@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from qscale.errors import QscaleError
 from qscale.evaluate.noise import NoisePolicy, paired_delta
 from qscale.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
 from qscale.report import qat_plots

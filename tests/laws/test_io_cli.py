@@ -61,6 +61,9 @@ def test_load_errors(tmp_path, rows):
         load_table(tmp_path / "two.db")
     with pytest.raises(QscaleError, match="no table 'c'"):
         load_table(tmp_path / "two.db", table="c")
+    sqlite3.connect(tmp_path / "empty.db").close()  # an empty database (or a WAL store copied without its -wal)
+    with pytest.raises(QscaleError, match="has no tables"):
+        load_table(tmp_path / "empty.db")
     with pytest.raises(QscaleError, match="bad --where"):
         load_table(tmp_path / "two.db", table="a", where="nope = 1")
     with pytest.raises(QscaleError, match="not found"):

@@ -55,6 +55,8 @@ def _read_sqlite(path: Path, table: str | None, where: str | None) -> dict[str, 
             tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
         except sqlite3.DatabaseError as e:
             raise QscaleError(f"{path}: not a SQLite database ({e})") from None
+        if not tables:
+            raise QscaleError(f"{path}: the database has no tables (an empty file, or a copy without its -wal file)")
         if table is None:
             if len(tables) == 1:
                 table = tables[0]

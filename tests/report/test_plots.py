@@ -93,3 +93,11 @@ def test_qat_delta_vs_d_has_readable_ticks_and_distinct_colours(figures):
         assert len(labelled(ax)) >= 3
         assert len({to_hex(line.get_color()) for line in ax.lines}) == len(MODELS)
     assert parity_fig.axes[0].get_xlabel() == "predicted δ"
+
+
+def test_qid_vs_d_panel_with_every_qid_at_or_below_zero_renders():
+    """A bit width whose QiD points are all <= 0 (a short own suite) and no fit: the PNG is still written
+    (matplotlib refuses to log-scale an axis with no positive value: that was a traceback)."""
+    rows = [dict(r, qid=-abs(r["qid"]) if r["P"] == 4 else r["qid"]) for r in _qid_rows()]
+    png = plots.plot_qid_vs_d(rows, SimpleNamespace(params=None), NoisePolicy(), "gptq")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -51,7 +51,7 @@ def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> by
     plt, fig, axes = new_figure(1, len(bits), (4.2 * len(bits), 3.8))
     colors = distinct_colors(len(models))
     for ax, p in zip(axes[0], bits, strict=True):
-        n_nonpos = 0
+        n_nonpos = n_pos = 0
         for color, (n, name) in zip(colors, models, strict=True):
             pts = sorted((r for r in rows if int(r["P"]) == p and r["model"] == name), key=lambda r: r["D"])
             if not pts:
@@ -61,12 +61,19 @@ def plot_qid_vs_d(rows: list[dict], fit, policy: NoisePolicy, method: str) -> by
             keep = policy.keep(q, np.array([r["qid_se"] for r in pts], dtype=float))
             pos = q > 0
             n_nonpos += int((~pos).sum())
+            n_pos += int(pos.sum())
             ax.scatter(d[keep], q[keep], color=color, s=18, label=f"{name} (N={n:.2g})")
             ax.scatter(d[pos & ~keep], q[pos & ~keep], facecolors="none", edgecolors=color, s=18)
             if fit.params is not None:
                 grid = np.geomspace(d.min(), d.max(), 50)
                 ax.plot(grid, predict("qid", fit.params, {"N": n, "D": grid, "P": p}), color=color, lw=1)
-        _log_axes(ax)
+        if n_pos or fit.params is not None:
+            _log_axes(ax)
+        else:  # nothing can sit on a log QiD axis: say so instead of drawing an empty one
+            d_all = [float(r["D"]) for r in rows if int(r["P"]) == p]
+            ax.set_xscale("log")
+            ax.set_xlim(min(d_all) / 1.2, max(d_all) * 1.2)
+            ax.text(0.5, 0.5, "every QiD <= 0", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("training tokens D")
         ax.set_ylabel("QiD (nats)")
         ax.set_title(f"{method}, {p} bits" + (f" ({n_nonpos} pts <= 0 not shown)" if n_nonpos else ""), fontsize=9)

@@ -125,7 +125,7 @@ def fit_method(method: str, rows: list[dict], cfg: ReportConfig) -> MethodFit:
     varying = [k for k in ("N", "D", "P") if len(np.unique(data[k])) < 2]
     if keep.sum() < MIN_FIT_POINTS or varying:
         why = (
-            f"only {int(keep.sum())} points above the noise floor"
+            f"only {int(keep.sum())} point{'' if keep.sum() == 1 else 's'} above the noise floor"
             if keep.sum() < MIN_FIT_POINTS
             else f"the points above the noise floor have a single value of {', '.join(varying)}"
         )

@@ -147,8 +147,6 @@ def inputs(tmp_path_factory, streams, data_cfg):
                         fmt,
                         "--out",
                         str(d / fmt),
-                        "--calib-data",
-                        str(d / "other.txt"),
                         "--eval-data",
                         str(d / "other.txt"),
                         "--seq-len",

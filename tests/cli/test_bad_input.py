@@ -198,6 +198,14 @@ ISSUE20 = [  # refused before any work: nothing at all is written, not even unde
         ["quantize", "{run}/step-000002", "--method", "rtn", "--act-order", "--out", "{out}", *G32, *QDATA],
         "--act-order applies to --method gptq only",
     ),
+    (
+        ["quantize", "{run}/step-000002", "--method", "rtn", "--calib-windows", "8", "--out", "{out}", *G32],
+        "--calib-windows: --method rtn uses no calibration data",
+    ),
+    (
+        ["quantize", "{run}/step-000002", "--method", "rtn", "--out", "{out}", *G32, *QDATA],
+        "--calib-data: --method rtn uses no calibration data",
+    ),
     (["quantize", "{run}/step-000002", "--out", "{out}", *QDATA], "--group-size 128 does not divide the 64"),
     (["quantize", "{run}/step-000002", "--format", "all", "-g", "48", "--out", "{out}", *QDATA], "does not divide"),
     (["qat", "{run}/step-000002", "--format", "compressed-tensors", "--out", "{out}"], "does not divide the 64"),

@@ -10,6 +10,7 @@ from qscale.export import load_quantized
 from qscale.quant import QuantizedLinear
 
 FAST = ["--calib-windows", "8", "--eval-windows", "8", "--seq-len", "64", "--no-progress"]
+RTN_FAST = ["--eval-windows", "8", "--seq-len", "64", "--no-progress"]  # rtn refuses calibration flags
 
 
 def _data(corpus):
@@ -72,8 +73,9 @@ def test_gpt2_rtn_asym_gptq_format_and_ct_refused(user_models, corpus, cache, tm
             "0",
             "--format",
             "gptq",
-            *_data(corpus),
-            *FAST,
+            "--eval-data",
+            str(corpus),
+            *RTN_FAST,
         ]
     )
     assert rc == 0
@@ -166,8 +168,9 @@ def test_neox_qllm_w4a4_qscale_format(user_models, corpus, cache, tmp_path, caps
             "4",
             "--method",
             "rtn",
-            *_data(corpus),
-            *FAST,
+            "--eval-data",
+            str(corpus),
+            *RTN_FAST,
         ]
     )
     assert rc == 2 and "--format qscale" in capsys.readouterr().err
@@ -211,8 +214,9 @@ def test_neox_learned_round_mixed_precision_budget(user_models, corpus, cache, t
             "3",
             "--format",
             "gptq",
-            *_data(corpus),
-            *FAST,
+            "--eval-data",
+            str(corpus),
+            *RTN_FAST,
         ]
     )
     assert rc == 2 and "one bit width" in capsys.readouterr().err

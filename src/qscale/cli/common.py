@@ -66,3 +66,8 @@ def run_command(command, argv: list[str] | None) -> int:
     if code == INTERRUPTED:  # typer turns Ctrl-C inside a command into exit code 130
         print(INTERRUPTED_MESSAGE, file=sys.stderr)
     return code if isinstance(code, int) else 0
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user typed option ``name`` (typer vendors click: compare the source by name)."""
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"

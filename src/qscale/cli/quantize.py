@@ -9,6 +9,7 @@ import typer
 from transformers.pytorch_utils import Conv1D
 
 from qscale.cli.common import console as make_console
+from qscale.cli.common import given
 from qscale.cli.output import report
 from qscale.cli.pipeline import (
     EVAL_DATA_HELP,
@@ -86,6 +87,7 @@ def _check_formats(model, cfg: PTQConfig, fmts: list[str]) -> None:
 
 
 def quantize_command(
+    ctx: typer.Context,
     model_dir: Path = typer.Argument(
         ..., help="Local Hugging Face causal-LM folder (Llama, GPT-NeoX/Pythia, GPT-2, ...)."
     ),
@@ -138,9 +140,11 @@ def quantize_command(
     calib_data: Path = typer.Option(
         None,
         "--calib-data",
-        help="Calibration text (.txt/.jsonl/.parquet or folder; train split). Default: the embedded corpus.",
+        help="Calibration text (.txt/.jsonl/.parquet or folder; train split; not for rtn). Default: the embedded corpus.",
     ),
-    calib_windows: int = typer.Option(128, "--calib-windows", help="Calibration windows (GPTQ)."),
+    calib_windows: int = typer.Option(
+        128, "--calib-windows", help="Calibration windows (gptq, learned-round, qllm; rtn takes none)."
+    ),
     eval_data: Path = typer.Option(None, "--eval-data", help=EVAL_DATA_HELP),
     eval_windows: int = typer.Option(64, "--eval-windows", help="Held-out windows for the loss before and after."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration and evaluation window."),
@@ -170,6 +174,8 @@ def quantize_command(
     require(seed >= 0, f"--seed must be >= 0, got {seed}")
     check_out(out, model_dir, "model")
     _check_flags(method, act_order, avg_bits, gptq_order)
+    for flag, name in (("--calib-data", "calib_data"), ("--calib-windows", "calib_windows")):
+        require(method != "rtn" or not given(ctx, name), f"{flag}: --method rtn uses no calibration data")
     fmts = formats(fmt)
     spec = QuantSpec(bits, sym, "group" if group_size else "channel", group_size or None)
     cfg = PTQConfig(
@@ -192,11 +198,13 @@ def quantize_command(
     _check_formats(model, cfg, fmts)
     tok = model_tokenizer(model_dir, tokenizer)
     eval_streams = token_streams(eval_data, tok, progress)
-    calib_streams = eval_streams if calib_data == eval_data else token_streams(calib_data, tok, progress)
+    calib_streams = None
+    if method != "rtn":
+        calib_streams = eval_streams if calib_data == eval_data else token_streams(calib_data, tok, progress)
     check_vocab(model, eval_streams, model_dir)
     windows = held_out(model, eval_streams, eval_windows, seq_len)
     fp = evaluate(model, windows, progress=progress)
-    calib = calibration_windows(calib_streams.train, calib_windows, seq_len, seed)
+    calib = None if calib_streams is None else calibration_windows(calib_streams.train, calib_windows, seq_len, seed)
     stats = quantize_model(model, cfg, calib, progress=progress)
     require(stats, f"no linear layer of {model_dir} was selected for quantization (check --skip)")
     results = export_and_evaluate(model, out, fmts, model_dir, out_dtype, windows, fp, progress)
@@ -220,9 +228,9 @@ def quantize_command(
         "tokenizer": str(tok),
         "tokenizer_hash": eval_streams.tokenizer_hash,
         "data_fingerprint": eval_streams.data_fingerprint,
-        "calib_fingerprint": calib_streams.data_fingerprint,
+        "calib_fingerprint": None if calib_streams is None else calib_streams.data_fingerprint,
         "eval_data": str(eval_data or "embedded"),
-        "calib_data": str(calib_data or "embedded"),
+        "calib_data": None if calib_streams is None else str(calib_data or "embedded"),
         "eval_windows": eval_windows,
         "seq_len": seq_len,
         "loss_fp": fp.loss,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from qscale.cli.common import PROGRESS_OPTION
+from qscale.cli.common import PROGRESS_OPTION, given
 from qscale.cli.common import console as make_console
 from qscale.cli.output import loss_table
 from qscale.data import DataConfig, load_token_streams
@@ -35,11 +35,6 @@ _PER_MODEL = (
     "ckpt_every",
 )
 _DEFAULT = _QUICK.base
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the user typed option ``name`` (typer vendors click: compare the source by name)."""
-    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
 
 
 def train_command(
@@ -107,7 +102,7 @@ def train_command(
     processes (DDP; rank 0 writes)."""
     console = make_console()
     if preset is not None:  # a suite preset sets every model's own settings: refuse flags it would ignore
-        ignored = [f"--{n.replace('_', '-')}" for n in _PER_MODEL if _given(ctx, n)]
+        ignored = [f"--{n.replace('_', '-')}" for n in _PER_MODEL if given(ctx, n)]
         require(
             not ignored,
             f"{', '.join(ignored)}: a --preset suite sets these for each of its models "

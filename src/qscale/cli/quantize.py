@@ -140,7 +140,7 @@ def quantize_command(
     calib_data: Path = typer.Option(
         None,
         "--calib-data",
-        help="Calibration text (.txt/.jsonl/.parquet or folder; train split; not for rtn). Default: the embedded corpus.",
+        help="Calibration text (.txt/.jsonl/.parquet or folder; train split; not for rtn). Default: embedded corpus.",
     ),
     calib_windows: int = typer.Option(
         128, "--calib-windows", help="Calibration windows (gptq, learned-round, qllm; rtn takes none)."

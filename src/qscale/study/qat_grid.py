@@ -241,6 +241,27 @@ QAT_PRESETS: dict[str, QatPreset] = {
     # < 15 minutes on 2 CPU cores: 3 sizes x 3 D x 3 G = 27 points per scheme. A 512-token vocabulary makes
     # the tiny models learn far enough in 25k-100k tokens for δ to stand above the run-to-run noise.
     "quick": QatPreset(grid=QatGrid(), compare=PtqCompare(), vocab_size=512),
+    # further into the paper's regime on 2 CPU cores: the QiD standard suite's three smallest sizes (N 13K-107K)
+    # trained from scratch to 262K-1.05M tokens (D/N 20-78 at xxxs, 2.5-9.8 at xs), G 8 and 32, the fc2a8
+    # variants at two budgets so their laws are fitted. Pilot (one thread): 64 steps of xxxs/xxs/xs take
+    # 1.3/3.0/4.3 s per QAT run; the grid is ~30.7K steps (~25 min on one thread). No QAT-vs-PTQ part (its
+    # suite would be the QiD standard one: run `study qat --preset quick` for that comparison).
+    "standard": QatPreset(
+        grid=QatGrid(
+            sizes=("xxxs", "xxs", "xs"),
+            steps=(128, 256, 512),
+            groups=(8, 32),
+            fc2_steps=(256, 512),
+            batch_size=16,
+            seq_len=128,
+            lr=2e-3,
+            warmup_steps=16,
+            eval_windows=512,
+            attribution=("xs", 512, 8),
+        ),
+        compare=None,
+        vocab_size=512,
+    ),
     # one GPU (bf16 autocast): larger models, longer runs; sized for ~20 minutes of one H100 (estimated, not
     # yet measured): 4 sizes x 3 D x (3 schemes x 3 G + fp + control) + the fc2 fix at the longest D is
     # ~104k steps of 32 x 256 tokens, ~17-35 min at 10-20 ms a step for these launch-bound models

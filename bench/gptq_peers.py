@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TOOLS = ("qscale", "llm-compressor", "gptqmodel")
+TOOLS = ("qscale", "qscale-block", "llm-compressor", "gptqmodel")
 
 
 def window_losses(model, windows, batch: int = 8) -> list[float]:
@@ -56,12 +56,14 @@ def window_losses(model, windows, batch: int = 8) -> list[float]:
 
 def _quantize(tool: str, model, model_dir: str, calib, group: int):
     """Run one tool's GPTQ on ``model`` in place (or return its own quantized model)."""
-    if tool == "qscale":
+    if tool.startswith("qscale"):
         from qscale.ptq import PTQConfig, quantize_model
         from qscale.quant import QuantSpec
 
         spec = QuantSpec(4, True, "group", group)
-        quantize_model(model, PTQConfig("gptq", spec, block_size=128, damp=0.01, skip=("*lm_head",)), calib)
+        order = "block" if tool == "qscale-block" else "sequential"
+        cfg = PTQConfig("gptq", spec, block_size=128, damp=0.01, skip=("*lm_head",), gptq_order=order)
+        quantize_model(model, cfg, calib)
         return model
     if tool == "llm-compressor":
         from datasets import Dataset
@@ -198,7 +200,8 @@ def main() -> None:
         model, data = _prepare(args, folder)
         results = {}
         for tool in args.tools.split(","):
-            python = {"qscale": sys.executable, "gptqmodel": args.gptqmodel_python}.get(tool, args.peers_python)
+            python = {"gptqmodel": args.gptqmodel_python}.get(tool, args.peers_python)
+            python = sys.executable if tool.startswith("qscale") else python
             results[tool] = _run(tool, python, model, data, args.group_size, folder)
             print(f"{tool}: {'done' if 'error' not in results[tool] else results[tool]['error']}", flush=True)
     print(f"\nmodel {args.model}, group {args.group_size}, {args.calib_windows} x {args.seq_len} calibration tokens")
@@ -209,15 +212,16 @@ def main() -> None:
             continue
         qid, se = _mean_se([q - f for q, f in zip(r["q"], r["fp"], strict=True)])
         print(f"{tool:16} {r['wall']:8.1f} {r['cpu']:8.1f} {r['rss_mb']:12.0f} {qid:+12.5f} ± {se:.5f}")
-    ours = results.get("qscale", {})
-    for tool, r in results.items():
-        if tool == "qscale" or "error" in r or "error" in ours or not ours:
-            continue
-        diff, se = _mean_se([a - b for a, b in zip(ours["q"], r["q"], strict=True)])
-        print(
-            f"qscale / {tool}: time {ours['wall'] / r['wall']:.2f}x wall, {ours['cpu'] / r['cpu']:.2f}x CPU; "
-            f"peak RSS {ours['rss_mb'] / r['rss_mb']:.2f}x; QiD difference {diff:+.5f} ± {se:.5f} (paired)"
-        )
+    for mine in ("qscale", "qscale-block"):
+        ours = results.get(mine, {})
+        for tool, r in results.items():
+            if tool.startswith("qscale") or "error" in r or "error" in ours or not ours:
+                continue
+            diff, se = _mean_se([a - b for a, b in zip(ours["q"], r["q"], strict=True)])
+            print(
+                f"{mine} / {tool}: time {ours['wall'] / r['wall']:.2f}x wall, {ours['cpu'] / r['cpu']:.2f}x CPU; "
+                f"peak RSS {ours['rss_mb'] / r['rss_mb']:.2f}x; QiD difference {diff:+.5f} ± {se:.5f} (paired)"
+            )
 
 
 if __name__ == "__main__":

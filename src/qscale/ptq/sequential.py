@@ -190,7 +190,8 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
     stats = {}
     for b, block in track(list(enumerate(blocks)), description="GPTQ blocks", disable=not progress, transient=True):
         prefix = f"{blocks_name}.{b}."
-        layers = {n[len(prefix) :]: m for n, m in targets.items() if n.startswith(prefix)}
+        # taken out of ``targets``: a full-precision layer is freed once its QuantizedLinear replaces it
+        layers = {n[len(prefix) :]: targets.pop(n) for n in [n for n in targets if n.startswith(prefix)]}
         key = (type(block), tuple(layers))
         if key not in traces:
             traces[key] = trace_block(block, inputs[0], layers)

@@ -29,6 +29,7 @@ import torch
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.batches import calibration_windows, eval_windows, train_batch
 from qscale.evaluate.loss import evaluate
+from qscale.evaluate.noise import paired_se
 from qscale.export import export_model, load_quantized
 from qscale.models import load_model
 from qscale.ptq import PTQConfig, quantize_model
@@ -45,7 +46,12 @@ def _row(*cells) -> None:
     print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
 
-def _fp_control(fp, batches, steps: int, lr: float, windows) -> float:
+def _qid(res, ref) -> str:
+    """``loss − reference loss ± paired SE`` over the same held-out windows."""
+    return f"{res.loss - ref.loss:+.4f} ± {paired_se(ref.per_window, res.per_window):.4f}"
+
+
+def _fp_control(fp, batches, steps: int, lr: float, windows):
     """Held-out loss of the full-precision model fine-tuned like the joint QAT run (AdamW, same schedule)."""
     model = copy.deepcopy(fp).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -56,7 +62,7 @@ def _fp_control(fp, batches, steps: int, lr: float, windows) -> float:
         lm_loss(model, batches(step))[0].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    return evaluate(model.eval(), windows).loss
+    return evaluate(model.eval(), windows)
 
 
 def main() -> None:
@@ -79,7 +85,8 @@ def main() -> None:
     streams = load_token_streams(DataConfig(tokenizer=Path(args.ckpt)), progress=False)
     windows = eval_windows(streams.val, args.eval_windows, args.seq_len)
     calib = calibration_windows(streams.train, args.calib_windows, args.seq_len, 0)
-    base = evaluate(fp, windows).loss
+    fp_res = evaluate(fp, windows)
+    base = fp_res.loss
     G = args.group_size
 
     def spec(b: int) -> QuantSpec:
@@ -90,16 +97,17 @@ def main() -> None:
         f"calibration {args.calib_windows} x {args.seq_len} train windows"
     )
 
-    print("\nWeights only (symmetric, group G)")
-    _row("method", "bits", "G", "loss", "QiD", "s")
-    _row(*["---"] * 6)
+    print("\nWeights only (symmetric, group G); QiD ± paired SE; vs RTN: loss − RTN's loss ± paired SE")
+    _row("method", "bits", "G", "loss", "QiD", "vs RTN", "s")
+    _row(*["---"] * 7)
     for bits in map(int, args.bits.split(",")):
+        rtn = None
         for method in args.methods.split(","):
             model = copy.deepcopy(fp)
             t0 = time.perf_counter()
             mix = method == "learned-round-mix"
             if mix and bits == 2:  # the budget's floor: every layer gets 2 bits, the uniform run again
-                _row(method, "2 (avg)", G, "= learned-round (every layer at the 2-bit floor)", "", "")
+                _row(method, "2 (avg)", G, "= learned-round (every layer at the 2-bit floor)", "", "", "")
                 continue
             cfg = PTQConfig(
                 "learned-round" if mix else method,
@@ -108,21 +116,24 @@ def main() -> None:
                 avg_bits=bits if mix else None,
             )
             quantize_model(model, cfg, calib)
-            loss = evaluate(model, windows).loss
+            res = evaluate(model, windows)
+            rtn = res if method == "rtn" else rtn
             _row(
                 method,
                 f"{bits}{' (avg)' if mix else ''}",
                 G,
-                f"{loss:.4f}",
-                f"{loss - base:+.4f}",
+                f"{res.loss:.4f}",
+                _qid(res, fp_res),
+                "(reference)" if method == "rtn" else (_qid(res, rtn) if rtn is not None else ""),
                 f"{time.perf_counter() - t0:.0f}",
             )
 
     if args.act_bits:
         print("\nWeights and activations (per-token activations: absmax for rtn, asymmetric min/max otherwise)")
-        _row("method", "W", "A", "G", "loss", "QiD", "s")
-        _row(*["---"] * 7)
+        _row("method", "W", "A", "G", "loss", "QiD", "vs rtn", "s")
+        _row(*["---"] * 8)
         for a in map(int, args.act_bits.split(",")):
+            rtn = None
             for method, steps in (
                 ("rtn", 0),
                 ("rtn (asym acts)", 0),
@@ -137,8 +148,10 @@ def main() -> None:
                 )
                 for name in stats if asym else ():
                     model.get_submodule(name).act_quantizer = STEActQuantizer(act_quant_spec(a))
-                loss = evaluate(model, windows).loss
-                _row(method, a, a, G, f"{loss:.4f}", f"{loss - base:+.4f}", f"{time.perf_counter() - t0:.0f}")
+                res = evaluate(model, windows)
+                rtn = res if method == "rtn" else rtn
+                vs = "(reference)" if method == "rtn" else _qid(res, rtn)
+                _row(method, a, a, G, f"{res.loss:.4f}", _qid(res, fp_res), vs, f"{time.perf_counter() - t0:.0f}")
 
     print("\nDouble Rounding: one stored 8-bit model, lower precisions by re-rounding its codes")
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +159,7 @@ def main() -> None:
         quantize_model(m8, PTQConfig("gptq", spec(8)), calib)
         export_model(m8, Path(tmp) / "m8", "compressed-tensors")
         stored = {"GPTQ 8-bit": Path(tmp) / "m8"}
-        bases = {"GPTQ 8-bit": base}
+        bases = {"GPTQ 8-bit": fp_res}
         if args.dr_steps:
 
             def batches(s: int) -> torch.Tensor:
@@ -166,16 +179,15 @@ def main() -> None:
             bases[name] = _fp_control(fp, batches, args.dr_steps, args.dr_lr, windows)
             print(
                 f"its QiD is against the fp model fine-tuned the same steps on the same batches "
-                f"(loss {bases[name]:.4f})"
+                f"(loss {bases[name].loss:.4f})"
             )
         _row("bits", *(f"served from {k}: QiD" for k in stored), "GPTQ at these bits: QiD")
         _row(*["---"] * (len(stored) + 2))
         for bits in (8, 6, 4, 2):
-            served = [evaluate(load_quantized(path, bits=bits), windows).loss - bases[k] for k, path in stored.items()]
+            served = [_qid(evaluate(load_quantized(path, bits=bits), windows), bases[k]) for k, path in stored.items()]
             separate = copy.deepcopy(fp)
             quantize_model(separate, PTQConfig("gptq", spec(bits)), calib)
-            own = evaluate(separate, windows).loss
-            _row(bits, *(f"{q:+.4f}" for q in served), f"{own - base:+.4f}")
+            _row(bits, *served, _qid(evaluate(separate, windows), fp_res))
 
 
 if __name__ == "__main__":

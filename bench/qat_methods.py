@@ -24,6 +24,7 @@ import torch
 from qscale.data import DataConfig, load_token_streams
 from qscale.data.batches import calibration_windows, eval_windows, train_batch
 from qscale.evaluate.loss import evaluate
+from qscale.evaluate.noise import paired_se
 from qscale.models import load_model
 from qscale.ptq import PTQConfig, quantize_model
 from qscale.qat import DistillConfig, InterventionConfig, QATRecipeConfig, convert, qat_finetune
@@ -40,7 +41,7 @@ def run(method: str, bits: int, G: int, args) -> dict:
     model = load_model(args.ckpt)
     streams = load_token_streams(DataConfig(data=args.data, tokenizer=args.ckpt), progress=False)
     windows = eval_windows(streams.val, args.eval_windows, args.seq_len)
-    base = evaluate(model, windows).loss
+    base = evaluate(model, windows)
 
     def batches(step):
         return train_batch(streams.train, step, args.batch_size, args.seq_len, args.seed)
@@ -69,13 +70,15 @@ def run(method: str, bits: int, G: int, args) -> dict:
         qat_finetune(model, cfg, batches, args.steps, args.lr, warmup_steps=args.steps // 10)
         convert(model)
     seconds = time.perf_counter() - t0
-    loss = evaluate(model, windows).loss
+    res = evaluate(model, windows)
     return {
         "method": method,
         "bits": bits,
         "G": G,
-        "loss": loss,
-        "ckpt_loss": base,
+        "loss": res.loss,
+        "per_window": res.per_window.tolist(),
+        "ckpt_loss": base.loss,
+        "ckpt_per_window": base.per_window.tolist(),
         "seconds": seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -120,23 +123,26 @@ def main() -> None:
             print(f"{method} w{bits} g{G}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             continue
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]), file=sys.stderr)
-    control = next((r["loss"] for r in results if r["method"] == "fp-finetune"), None)
+        print(json.dumps({k: v for k, v in results[-1].items() if "per_window" not in k}), file=sys.stderr)
+    control = next((r for r in results if r["method"] == "fp-finetune"), None)
     lsq_rss = {(r["bits"], r["G"]): r["peak_rss_mb"] for r in results if r["method"] == "lsq"}
     print(
         f"checkpoint loss {results[0]['ckpt_loss']:.4f}; fp fine-tune ({args.steps} steps) loss "
-        f"{control if control is None else round(control, 4)}"
+        f"{'-' if control is None else round(control['loss'], 4)}; ± = paired SE over the held-out windows"
     )
-    print("| method | bits | G | loss | QiD vs ckpt | QiD vs fp fine-tune | s | peak RSS MB | RSS / lsq |")
+    print("| method | bits | G | loss | QiD vs ckpt | vs fp fine-tune | s | peak RSS MB | RSS / lsq |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         if r["method"] == "fp-finetune":
             continue
-        vs_ft = "" if control is None else f"{r['loss'] - control:+.4f}"
+        qid = f"{r['loss'] - r['ckpt_loss']:+.4f} ± {paired_se(r['ckpt_per_window'], r['per_window']):.4f}"
+        vs_ft = ""
+        if control is not None:
+            vs_ft = f"{r['loss'] - control['loss']:+.4f} ± {paired_se(control['per_window'], r['per_window']):.4f}"
         rel = lsq_rss.get((r["bits"], r["G"]))
         ratio = "" if rel is None else f"{r['peak_rss_mb'] / rel:.2f}"
         print(
-            f"| {r['method']} | {r['bits']} | {r['G']} | {r['loss']:.4f} | {r['loss'] - r['ckpt_loss']:+.4f} | "
+            f"| {r['method']} | {r['bits']} | {r['G']} | {r['loss']:.4f} | {qid} | "
             f"{vs_ft} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | {ratio} |"
         )
 

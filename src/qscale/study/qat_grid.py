@@ -243,15 +243,16 @@ QAT_PRESETS: dict[str, QatPreset] = {
     "quick": QatPreset(grid=QatGrid(), compare=PtqCompare(), vocab_size=512),
     # further into the paper's regime on 2 CPU cores: the QiD standard suite's three smallest sizes (N 13K-107K)
     # trained from scratch to 262K-1.05M tokens (D/N 20-78 at xxxs, 2.5-9.8 at xs), G 8 and 32, the fc2a8
-    # variants at two budgets so their laws are fitted. Pilot (one thread): 64 steps of xxxs/xxs/xs take
-    # 1.3/3.0/4.3 s per QAT run; the grid is ~30.7K steps (~25 min on one thread). No QAT-vs-PTQ part (its
-    # suite would be the QiD standard one: run `study qat --preset quick` for that comparison).
+    # variants at every budget so their laws are fitted and still have two budgets with the largest D held out.
+    # Pilot (one thread): 64 steps of xxxs/xxs/xs take 1.3/3.0/4.3 s per QAT run. Measured fresh on one thread
+    # with fc2a8 at the two longest budgets (30.7K steps): 21 min 2 s; the 128-step fc2a8 cells add ~1.5K steps.
+    # No QAT-vs-PTQ part (its suite would be the QiD standard one: run `study qat --preset quick` for that).
     "standard": QatPreset(
         grid=QatGrid(
             sizes=("xxxs", "xxs", "xs"),
             steps=(128, 256, 512),
             groups=(8, 32),
-            fc2_steps=(256, 512),
+            fc2_steps=(128, 256, 512),
             batch_size=16,
             seq_len=128,
             lr=2e-3,

@@ -122,3 +122,42 @@ def test_frozen_step_sizes_do_not_move_and_their_adam_state_does_not_advance(lla
         assert all(p not in opt.state for ps in probe.hooks.scales.values() for p in ps)
     else:  # a mix: some layers frozen at some steps, trained at others
         assert any(0 < len(f) < len(names) for f in probe.log), probe.log
+
+
+# Golden numbers: SAM (Foret et al. 2021, eq. 2-3) and GAQAT's per-layer conflict cos(g_task, g_sam − g_task) on a
+# closed-form quadratic, computed by a scratch numpy script outside the project (sha1 f1703eff), written from the papers,
+# not from qscale (no authors' code of GAQAT exists to run): θ = [W0 (3x4), s0 (3), W1 (2x3), s1 (2)],
+# L = ½ θᵀAθ + bᵀθ, A = (M + Mᵀ)/2 + 0.1·I, M_jk = sin(j·k + 1), b_j = cos j, θ_j = 0.1·(j+1)·(−1)^j, ρ = 0.05.
+GOLDEN_COS = {"0": 0.9060697335054663, "1": 0.8892791317625612}
+GOLDEN_G_SAM = [
+    2.0182447241651955, -0.7998941384739457, 1.5397920476006453, -19.261036175134574, -0.7630759471575371,
+    -0.37223710389993697, 2.0296599677512197, -0.5913853616258297, 1.6449696443882167, -5.639239510050937,
+    -1.3179336418255518, -0.6812042799921096, 1.9561282606083306, -0.4368819891583221, 1.8350222926618716,
+    -3.7338126813516705, -2.6287676945524097, -0.9851437096527778, 1.8207508820082823, -0.3696468445905483,
+    2.064795124227044, -2.902617967995163, 24.259410005233978,
+]  # fmt: skip
+
+
+def test_golden_sam_step_and_conflict_freeze_on_a_quadratic():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False), torch.nn.Linear(3, 2, bias=False)).double()
+    cfg = QATRecipeConfig("gaqat", w_bits=4, a_bits=16, group_size=None, options=GAQATOptions(0.05, 0.9))
+    prepare(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert [tuple(p.shape) for p in params] == [(3, 4), (3, 1), (2, 3), (2, 1)]
+    j = torch.arange(23, dtype=torch.float64)
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(0.1 * (j + 1) * (-1.0) ** j, params)
+    M = torch.sin(torch.outer(j, j) + 1.0)
+    A, b = (M + M.T) / 2 + 0.1 * torch.eye(23, dtype=torch.float64), torch.cos(j)
+
+    def objective(batch):
+        theta = torch.nn.utils.parameters_to_vector(params)
+        return 0.5 * theta @ A @ theta + b @ theta
+
+    hooks = get_recipe("gaqat").hooks(model, cfg, None)
+    hooks.backward(model, None, objective, 0, 1)
+    assert hooks.cosines == pytest.approx(GOLDEN_COS, rel=1e-9)
+    assert hooks.frozen == {"1"}  # 0.889 < 0.9 <= 0.906
+    assert params[3].grad is None  # the frozen layer's step: no gradient, so AdamW skips it
+    got = torch.cat([p.grad.reshape(-1) for p in params[:3]]).tolist()
+    assert got == pytest.approx(GOLDEN_G_SAM[:21], rel=1e-6)  # SAM's gradient at θ + ε (‖g‖ taken in float32)

@@ -141,3 +141,32 @@ def test_joint_training_resumes_to_the_same_model(llama, batches, tmp_path):
     assert got == ref
     for (n, a), (_, b) in zip(whole.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
+
+
+# Golden numbers: the Double Rounding quantizer (Huang et al. 2025, arXiv 2502.01199, Eq. 3-4: q_h = clamp(⌊W/s⌉),
+# q_b = clamp(⌊q_h / 2^(h−b)⌉), Ŵ_b = q_b·s·2^(h−b)) computed by a scratch numpy script outside the project (sha1
+# d35da214), written from the paper, not from qscale; the authors' repository holds no code to run.
+# W_i = sin(1.7·i + 0.3)·(1 + 0.25·i), i = 0..15, as 2 x 8; group 4; steps 0.011, 0.023, 0.017, 0.031; h = 8.
+GOLDEN_DR = {
+    8: [0.297, 1.133, -0.792, -1.353, 1.449, 1.311, -2.208, -0.989, 2.159, 0.357, -2.176, 0.561, 3.844, -1.705, -3.875,
+        2.945],
+    6: [0.308, 1.144, -0.792, -1.364, 1.472, 1.288, -2.208, -1.012, 2.108, 0.34, -2.176, 0.544, 3.844, -1.736, -3.844,
+        2.976],
+    4: [0.352, 1.056, -0.704, -1.408, 1.472, 1.472, -2.208, -1.104, 1.904, 0.272, -2.176, 0.544, 3.472, -1.488, -3.968,
+        2.976],
+    3: [0.352, 1.056, -0.704, -1.408, 1.472, 1.472, -2.208, -0.736, 1.632, 0.544, -2.176, 0.544, 2.976, -1.984, -3.968,
+        2.976],
+    2: [0.0, 0.704, -0.704, -1.408, 1.472, 1.472, -2.944, -1.472, 1.088, 0.0, -2.176, 1.088, 1.984, -1.984, -3.968,
+        1.984],
+}  # fmt: skip
+
+
+def test_golden_double_rounding_forward_at_each_precision():
+    i = torch.arange(16, dtype=torch.float64)
+    w = (torch.sin(1.7 * i + 0.3) * (1 + 0.25 * i)).reshape(2, 8)
+    q = DoubleRoundingWeightQuantizer(w, QuantSpec(8, True, "group", 4)).double()
+    with torch.no_grad():
+        q.scale.copy_(torch.tensor([0.011, 0.023, 0.017, 0.031], dtype=torch.float64).reshape(q.scale.shape))
+    for b, expected in GOLDEN_DR.items():
+        q.bits = b
+        assert q(w).reshape(-1).tolist() == pytest.approx(expected, abs=1e-12), b

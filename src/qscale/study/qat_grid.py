@@ -245,8 +245,10 @@ QAT_PRESETS: dict[str, QatPreset] = {
     # trained from scratch to 262K-1.05M tokens (D/N 20-78 at xxxs, 2.5-9.8 at xs), G 8 and 32, the fc2a8
     # variants at every budget so their laws are fitted and still have two budgets with the largest D held out.
     # Pilot (one thread): 64 steps of xxxs/xxs/xs take 1.3/3.0/4.3 s per QAT run. Measured fresh on one thread
-    # with fc2a8 at the two longest budgets (30.7K steps): 21 min 2 s; the 128-step fc2a8 cells add ~1.5K steps.
-    # No QAT-vs-PTQ part (its suite would be the QiD standard one: run `study qat --preset quick` for that).
+    # with fc2a8 at the two longest budgets (30.7K steps): 21 min 2 s; the 128-step fc2a8 cells add 1,536 steps
+    # (125 CPU-s): ~23 min. γD > 0 shows, γG > 0 for W16A4; γN < 0 (δ grows with N: at these sizes it tracks how
+    # far a model has learned; docs/reference/presets.md). No QAT-vs-PTQ part (its suite would be the QiD
+    # standard one: run `study qat --preset quick` for that comparison).
     "standard": QatPreset(
         grid=QatGrid(
             sizes=("xxxs", "xxs", "xs"),

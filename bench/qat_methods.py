@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--one", nargs=3, metavar=("METHOD", "BITS", "G"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # OMP_NUM_THREADS=1 on a shared machine
     if args.one:
         print(json.dumps(run(args.one[0], int(args.one[1]), int(args.one[2]), args)))
         return

@@ -59,3 +59,12 @@ def test_validation_errors_are_reported_not_raised():
         validate_law(one_n, "qid", "N")
     with pytest.raises(Exception, match="largest N or D"):
         validate_law(one_n, "qid", "P")
+
+
+def test_validation_refuses_a_fit_left_with_one_value_of_the_held_out_input():
+    """Two D values: without the largest, the fit has one D and its exponent is free (an 88% "miss" before)."""
+    rows = {"N": np.repeat([1e5, 3e5, 1e6], 4), "D": np.tile([1e6, 1e6, 2e6, 2e6], 3), "P": np.tile([2.0, 4.0], 6)}
+    rows["qid"] = get_law("qid").predict(TRUE, rows)
+    with pytest.raises(Exception, match="one value of D"):
+        validate_law(rows, "qid", "D")
+    assert validate_law(rows, "qid", "N").n_test == 4  # P and D vary in the fit: the N check runs

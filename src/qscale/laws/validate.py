@@ -124,6 +124,12 @@ def validate_law(
     if test.all():
         raise QscaleError(f"validation needs at least two distinct values of {hold}")
     train = {c: v[~test] for c, v in rows.items()}
+    for c in form.inputs:  # one value of an input in the fit leaves its exponent free: no test away from that value
+        if c not in train or c == form.label_input:
+            continue
+        seen = np.unique(np.asarray(train[c], dtype=float))
+        if seen.size < 2 and not np.all(np.asarray(rows[c], dtype=float)[test] == seen[0]):
+            raise QscaleError(f"without the largest {hold}, the fit has one value of {c}: its exponent is not fitted")
     problem = make_problem(form, train, target, huber_delta)
     fit = fit_problem(problem, target=target)
     boot = bootstrap_problem(problem, fit, n_boot, seed, level)

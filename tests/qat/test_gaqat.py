@@ -124,9 +124,9 @@ def test_frozen_step_sizes_do_not_move_and_their_adam_state_does_not_advance(lla
         assert any(0 < len(f) < len(names) for f in probe.log), probe.log
 
 
-# Golden numbers: SAM (Foret et al. 2021, eq. 2-3) and GAQAT's per-layer conflict cos(g_task, g_sam − g_task) on a
-# closed-form quadratic, computed by a scratch numpy script outside the project (sha1 f1703eff), written from the papers,
-# not from qscale (no authors' code of GAQAT exists to run): θ = [W0 (3x4), s0 (3), W1 (2x3), s1 (2)],
+# Golden numbers: SAM (Foret et al. 2021, eq. 2-3) and GAQAT's per-layer conflict cos(g_task, g_sam − g_task)
+# on a closed-form quadratic, computed by a scratch numpy script outside the project (sha1 f1703eff), written
+# from the papers, not from qscale (no authors' code of GAQAT exists to run): θ = [W0 (3x4), s0, W1 (2x3), s1],
 # L = ½ θᵀAθ + bᵀθ, A = (M + Mᵀ)/2 + 0.1·I, M_jk = sin(j·k + 1), b_j = cos j, θ_j = 0.1·(j+1)·(−1)^j, ρ = 0.05.
 GOLDEN_COS = {"0": 0.9060697335054663, "1": 0.8892791317625612}
 GOLDEN_G_SAM = [

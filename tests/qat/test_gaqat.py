@@ -166,10 +166,10 @@ def test_golden_sam_step_and_conflict_freeze_on_a_quadratic():
 # Golden numbers: per-layer conflict cos(g_task, g_SAM − g_task) over the layer's concatenated scale gradients and the
 # freeze decision (cos < threshold), for fixed gradients, from a scratch numpy script outside the project (sha1
 # c6951723), written from the abstract's "opposing gradient directions" and SAM eq. 2-3, not from qscale. Searched for
-# the authors' code (Jiang et al., arXiv 2412.05551; also "FQAT", a later abstract with the same
-# disorder-guided freezing): find_repos "gaqat"/"FQAT", code and
-# issue search for GAQAT / gradient disorder; none exists, and the paper's gradient-disorder equations (Eq. 2/4) are
-# not readable here, so the measure pinned is the per-step conflict `qat/gaqat.py` documents instead.
+# the authors' code (Jiang et al., arXiv 2412.05551, and "FQAT", a later abstract with the same disorder-guided
+# freezing): find_repos "gaqat" / "FQAT", code and issue search for GAQAT / gradient disorder; none exists, and the
+# paper's gradient-disorder equations (Eq. 2/4) are not readable here, so the measure pinned is the per-step conflict
+# that `qat/gaqat.py` documents instead.
 GOLDEN_CONFLICT_COS = {"q": -0.9899685880027961, "k": 0.3990165353359028, "v": 0.0, "o": -0.8642629560574281}
 
 

@@ -170,3 +170,32 @@ def test_golden_double_rounding_forward_at_each_precision():
     for b, expected in GOLDEN_DR.items():
         q.bits = b
         assert q(w).reshape(-1).tolist() == pytest.approx(expected, abs=1e-12), b
+
+
+# Golden numbers: ALRS learning rates lr·λ_b (Eq. 6, λ_b = η_b·(λ − (1/L)·Σ_i min(max|clip(∇s_b^i, 1)|, 1)), a negative
+# bracket giving 0) with Eq. 7's η_b (10^(−Δ/2) for even Δ = h − b, 5·10^(−(Δ+1)/2) for odd Δ), h = 8, lr = 2e-3,
+# computed by a scratch numpy script outside the project (sha1 72821e04), written from the paper (Huang et al. 2025,
+# arXiv 2502.01199), not from qscale: the authors' repository haiduo/Double-Rounding holds no code to run (its stored
+# history, through f730312, is README.md, two images and requirements.txt). Three layers' scale gradients: per-layer
+# max|clip| 0.36907, 1 (clipped from 2.5), 0.021.
+GOLDEN_ALRS = {
+    1.0: {8: 0.001073284569971, 7: 0.0005366422849855, 6: 0.00010732845699709999, 5: 5.3664228498549996e-05,
+          4: 1.0732845699709999e-05, 3: 5.3664228498549995e-06, 2: 1.073284569971e-06},
+    1.5: {8: 0.002073284569971, 7: 0.0010366422849855, 6: 0.00020732845699710002, 5: 0.00010366422849855001,
+          4: 2.073284569971e-05, 3: 1.0366422849855e-05, 2: 2.073284569971e-06},
+    0.6: {8: 0.0002732845699709999, 7: 0.00013664228498549996, 6: 2.7328456997099993e-05, 5: 1.3664228498549997e-05,
+          4: 2.7328456997099993e-06, 3: 1.3664228498549997e-06, 2: 2.732845699709999e-07},
+    0.4: {8: 0.0, 4: 0.0},  # λ below the mean penalty 0.4636: the scales stay
+}  # fmt: skip
+
+
+def test_golden_alrs_rates_eq6_eq7():
+    i = torch.arange(12, dtype=torch.float64)
+    grads = [
+        (0.37 * torch.sin(1.3 * i + 0.2)).reshape(4, 3),
+        (2.5 * torch.cos(0.7 * i[:6] - 0.4)).reshape(6, 1),
+        torch.tensor([[-0.013], [0.0042], [0.021]], dtype=torch.float64),
+    ]
+    for lam, rates in GOLDEN_ALRS.items():
+        got = {b: alrs_rate(2e-3, b, 8, grads, lam) for b in rates}
+        assert got == pytest.approx(rates, rel=1e-12, abs=1e-18), lam

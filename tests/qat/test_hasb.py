@@ -106,3 +106,25 @@ def test_algorithm_2_gives_sensitive_layers_more_bits_and_refuses_impossible_ave
     assert first == {"a": 2, "b": 8}  # the sensitive layer gets the widest width
     with pytest.raises(QscaleError, match="average width"):
         search_subnets(traces, sizes, BITS, 1.0)
+
+
+# Golden numbers: HASB's sampling probabilities (Algorithm 1: a layer whose Hessian trace is below the mean of all
+# layers' traces samples uniformly from B, every other layer b with p(b) = b/‖B‖₁), over the ascending widths, from a
+# scratch numpy script outside the project (sha1 72821e04), written from the paper (Huang et al. 2025, arXiv
+# 2502.01199), not from qscale: haiduo/Double-Rounding (through f730312) holds no code. Traces 0.31, 2.7, −0.05, 1.9,
+# 4.4 (mean 1.852: "d" = 1.9 just above it).
+GOLDEN_HASB_TRACES = {"a": 0.31, "b": 2.7, "c": -0.05, "d": 1.9, "e": 4.4}
+GOLDEN_HASB = {
+    (8, 6, 4, 2): ([0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4]),
+    (8, 4, 3, 2): ([0.25, 0.25, 0.25, 0.25], [0.11764705882352941, 0.17647058823529413, 0.23529411764705882,
+                                              0.47058823529411764]),
+}  # fmt: skip
+
+
+def test_golden_hasb_algorithm_1_probabilities():
+    for bits, (uniform, proportional) in GOLDEN_HASB.items():
+        probs = hasb_probabilities(GOLDEN_HASB_TRACES, bits)
+        for n in "ac":
+            assert probs[n].tolist() == pytest.approx(uniform, rel=1e-15), (bits, n)
+        for n in "bde":
+            assert probs[n].tolist() == pytest.approx(proportional, rel=1e-15), (bits, n)

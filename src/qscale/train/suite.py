@@ -17,6 +17,9 @@ Presets:
   3.450 at 3e-2). Seed 1: 3.618, 3.537, 3.510, 3.479. Before step 256 (D <= 131K) the larger models are
   still behind the smaller ones. Every width is a multiple of 32 and the QiD preset uses G = 32, so the
   group size is the same at every size.
+* ``qid-quick`` - the QiD quick preset's suite: the standard suite's sizes (xxxs, xxs, xs, s) and LR rule,
+  256 steps of 16 x 128 tokens (524K) each, 20 warmup steps, checkpoints at steps 64, 128, 256 (D = 131K-524K;
+  D/N at the last: 39 (xxxs) to 1.6 (s)). The ``quick`` suite above stays the QAT study's and the benches'.
 * ``standard`` - the papers' regime on a CPU: xxxs, xxs, xs, s (N = 13K-332K, 24.8x), 2048 steps of 16 x 128
   tokens (4.19M) each, so D/N ends at 313 (xxxs) down to 12.6 (s); checkpoints at steps 512, 1024, 1536, 2048
   (D = 1.05M-4.19M); the quick suite's LR rule (hidden 3e-3 x 64 / d_model, embeddings 1e-2), 40 warmup steps.
@@ -91,6 +94,22 @@ SUITE_PRESETS: dict[str, SuiteConfig] = {
             embed_lr=1e-2,
             warmup_steps=20,
             ckpt_base=2,
+            eval_windows=32,
+        ),
+        vocab_size=1024,
+        lr_ref_width=64,
+    ),
+    "qid-quick": SuiteConfig(
+        "qid-quick",
+        ("xxxs", "xxs", "xs", "s"),
+        TrainConfig(
+            tokens=256 * 16 * 128,
+            batch_size=16,
+            seq_len=128,
+            lr=3e-3,
+            embed_lr=1e-2,
+            warmup_steps=20,
+            ckpt_base=64,
             eval_windows=32,
         ),
         vocab_size=1024,

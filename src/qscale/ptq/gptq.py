@@ -53,14 +53,18 @@ def hessian_inverse_cholesky(
     dtypes = dtypes or INVERSE_DTYPES
     while damp <= 1:
         for dtype in dtypes:
+            # one [in, in] buffer: damped H, then its factor L, then (H + λI)⁻¹, then U (same numbers as
+            # allocating each: the factorisations write their outputs in place)
             A = H.to(dtype, copy=True)
             A.diagonal().add_(damp * A.diagonal().mean())
-            L, info = torch.linalg.cholesky_ex(A)
-            del A
+            info = torch.empty((), dtype=torch.int32, device=A.device)
+            torch.linalg.cholesky_ex(A, out=(A, info))
             if info == 0:
-                U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+                torch.cholesky_inverse(A, out=A)
+                torch.linalg.cholesky_ex(A, upper=True, out=(A, info))
                 if info == 0:
-                    return U, damp
+                    return A, damp
+            del A
         damp *= 10
     raise QscaleError(f"GPTQ: Hessian is not positive definite even with dampening {damp / 10:g}")
 
@@ -112,21 +116,25 @@ def gptq_quantize(
     require(bool(torch.isfinite(H).all()), "GPTQ: the Hessian holds NaN or Inf (non-finite calibration activations)")
     row_splits = row_splits or [W.shape[0]]
     require(sum(row_splits) == W.shape[0], f"row_splits {row_splits} do not add up to {W.shape[0]} rows")
-    Wt = W.detach().to(torch.float32).t().contiguous()  # [in, out]: weight column j is row j (contiguous)
-    H = H.detach().to(torch.float32).clone()
+    Wt = W.detach().t().to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # [in, out], a copy
+    H = H.detach().to(torch.float32)
     n_in = Wt.shape[0]
     grouped_cols = spec.granularity == "group"
     G = spec.G if grouped_cols else n_in
 
     dead = torch.diagonal(H) == 0  # inputs that are always zero: the weight is irrelevant, set it to 0
-    H[dead, dead] = 1
+    if bool(dead.any()):
+        H = H.clone()  # the caller's H is left as it was
+        H[dead, dead] = 1
     Wt[dead] = 0
     fixed = not grouped_cols or act_order
     if fixed:
         scale_all, zero_all = _fixed_params(Wt, spec, row_splits)
     perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(n_in, device=Wt.device)
-    Wt, H = Wt[perm], H[perm][:, perm]
+    if act_order:
+        Wt, H = Wt[perm], H[perm][:, perm]
     U, damp = hessian_inverse_cholesky(H, damp, inverse_dtypes)
+    del H
     U = U.to(torch.float32)
 
     per_row = QuantSpec(spec.bits, spec.symmetric, "channel", grid=spec.grid)  # parameters of a [out, k] slice

@@ -18,7 +18,8 @@ bit for bit the tensors of re-running the block.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qscale.ptq.block_io import BlockInput, Stop, run_block
+from qscale.ptq.block_io import BlockInput, Stop, release_freed_memory, run_block
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,18 @@ class BlockReplay:
         self.quantized: set[str] = set()
         self._out: dict[str, dict[int, _Kept]] = {u.name: {} for u in trace.units}
         self._tail_in: dict[str, dict[int, _Kept]] = {u.tail: {} for u in trace.units if u.tail}
+        self._folded: set[str] = set()  # units whose outputs were added into the inputs (``_fold``)
+        self._unfoldable: set[str] = set()
         self._batch = 0
+        self._span: list[tuple[int, int, int]] = []  # each input's tokens: start, end in its batch; batch's total
+        first = start = 0
+        for i, inp in enumerate(inputs):
+            tokens = inp.hidden().shape[:-1].numel()
+            self._span.append((start, start + tokens, 0))
+            start += tokens
+            if inp.ends_batch or i == len(inputs) - 1:
+                self._span[first:] = [(a, b, start) for a, b, _ in self._span[first:]]
+                first, start = i + 1, 0
 
     def _key(self, layers: frozenset[str]) -> frozenset[str]:
         return frozenset(layers & self.quantized)
@@ -134,20 +146,31 @@ class BlockReplay:
         """``H = (2/n) Σ x xᵀ`` of the input of each layer in ``firsts`` over every calibration row.
 
         ``stop``: each pass ends at the first of them (its stage is next). ``keep``: store what later passes
-        reuse (unit outputs, inputs of tail layers).
+        reuse (unit outputs, inputs of tail layers). A batch captured in chunks adds its rows to ``H`` in one
+        product once its last chunk has run, as the whole batch would.
         """
         sums: dict[str, Tensor] = {}
         rows = dict.fromkeys(firsts, 0)
+        pending: dict[str, Tensor] = {}  # a chunked batch's rows so far (rows = tokens), gathered in one tensor
         tails = {u.tail: u for u in self.trace.units if u.tail}
         stage_of = {n: s for s in self.trace.stages for n in s}
 
         def pre_hook(name, mod, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            if name not in sums:
-                sums[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-            sums[name].addmm_(x.t(), x)
-            rows[name] += x.shape[0]
-            if keep:
+            start, end, total = self._span[self._batch]
+            if end - start < total and x.shape[0] == end - start:  # a chunk of a batch: into the batch's rows
+                if name not in pending:
+                    pending[name] = torch.empty(total, x.shape[1], dtype=x.dtype, device=x.device)
+                pending[name][start:end].copy_(x)
+                x = pending.pop(name) if end == total else None
+            if x is not None:
+                if name not in sums:
+                    sums[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+                sums[name].addmm_(x.t(), x)
+                rows[name] += x.shape[0]
+                del x
+            if keep and args[0].numel() <= self.inputs[self._batch].hidden().numel():
+                # a tail input larger than the block's (down_proj's: FFN/hidden times) is recomputed instead
                 for n in stage_of[name]:
                     if n in tails:
                         key = self._key(tails[n].before_end - {n})
@@ -162,6 +185,8 @@ class BlockReplay:
         finally:
             for h in handles:
                 h.remove()
+        if keep:
+            self._fold()
         return {n: sums[n] * (2 / rows[n]) for n in firsts}
 
     def advance(self) -> None:
@@ -184,6 +209,9 @@ class BlockReplay:
 
     def _unit_forward(self, unit: Unit, original: Callable, keep: bool, *args, **kwargs):
         b = self._batch
+        if unit.name in self._folded:  # its output is in the block's input now: add nothing (x + -0.0 == x)
+            zero = torch.full_like(self.inputs[b].hidden(), -0.0)
+            return (zero, *[None] * (unit.tuple_len - 1)) if unit.tuple_len else zero
         key = self._key(unit.before_end)
         kept = self._out[unit.name].get(b) if keep else self._out[unit.name].pop(b, None)
         if kept is not None and kept.intact(key):
@@ -200,28 +228,80 @@ class BlockReplay:
             self._out[unit.name][b] = _Kept.of(key, out)
         return out
 
-    def _run(self, keep: bool, on_output: Callable[[int, Tensor], None] | None = None) -> None:
-        """One pass over every batch (cut short where a hook raises ``Stop``), units replayed.
-
-        ``keep``: store unit outputs for later passes; otherwise what was stored is dropped as it is used.
+    def _fold(self) -> None:
+        """Fold the first unit's final, kept outputs into the block's inputs: ``h + y`` replaces ``h``, and the
+        unit returns ``-0.0`` (``h + y + -0.0`` is ``h + y`` bit for bit), so one tensor per batch is kept
+        instead of two. Only where the block adds that unit's output to its input and reads the input nowhere
+        else (attention in a pre-norm block; not GPT-NeoX's parallel residual): checked on the first batch
+        with every other unit recomputed, whose output must be bit for bit the unfolded one's, else the unit
+        is never folded.
         """
+        unit = self.trace.units[0] if self.trace.units else None
+        if not self.inputs or unit is None or unit.name in self._folded | self._unfoldable:
+            return
+        key = self._key(unit.before_end)
+        kept = self._out[unit.name]
+        if key != unit.before_end or len(kept) != len(self.inputs):
+            return  # not final yet, or not kept for every batch
+        ys: list[Tensor | None] = []
+        for b in range(len(self.inputs)):
+            y = kept[b].value[0] if unit.tuple_len else kept[b].value
+            h = self.inputs[b].hidden()
+            if not (kept[b].intact(key) and isinstance(y, Tensor) and y.shape == h.shape and y.dtype == h.dtype):
+                self._unfoldable.add(unit.name)
+                return
+            ys.append(y)
+        del y, h
+        before = self._forward(self.inputs[0], unit)
+        self._folded.add(unit.name)
+        after = self._forward(self.inputs[0].with_hidden(self.inputs[0].hidden() + ys[0]), unit)
+        if not torch.equal(after, before):
+            self._folded.discard(unit.name)
+            self._unfoldable.add(unit.name)
+            return
+        del before, after
+        self._out[unit.name] = {}
+        for b, y in enumerate(ys):
+            self.inputs[b] = self.inputs[b].with_hidden(self.inputs[b].hidden() + y)
+            ys[b] = None  # freed as it goes
+
+    def _forward(self, inp: BlockInput, unit: Unit) -> Tensor:
+        """The block's output for the first batch's input ``inp``, ``unit`` replayed, every other recomputed."""
+        with self._patched(keep=True, units=(unit,)):
+            self._batch = 0
+            return run_block(self.block, inp)
+
+    @contextmanager
+    def _patched(self, keep: bool, units: tuple[Unit, ...] | None = None) -> Iterator[None]:
+        """The block's units (or ``units``) replayed (``_unit_forward``) inside the context."""
         patched = []
-        for u in self.trace.units:
+        for u in self.trace.units if units is None else units:
             mod = self.block.get_submodule(u.name)
             saved = mod.__dict__.get("forward")
             mod.forward = partial(self._unit_forward, u, mod.forward, keep)
             patched.append((mod, saved))
         try:
-            for b, inp in enumerate(self.inputs):
-                self._batch = b
-                try:
-                    out = run_block(self.block, inp)
-                except Stop:
-                    continue
-                if on_output is not None:
-                    on_output(b, out)
+            yield
         finally:
             for mod, saved in patched:
                 del mod.forward
                 if saved is not None:
                     mod.forward = saved
+
+    def _run(self, keep: bool, on_output: Callable[[int, Tensor], None] | None = None) -> None:
+        """One pass over every batch (cut short where a hook raises ``Stop``), units replayed.
+
+        ``keep``: store unit outputs for later passes; otherwise what was stored is dropped as it is used.
+        """
+        try:
+            with self._patched(keep):
+                for b, inp in enumerate(self.inputs):
+                    self._batch = b
+                    try:
+                        out = run_block(self.block, inp)
+                    except Stop:
+                        continue
+                    if on_output is not None:
+                        on_output(b, out)
+        finally:
+            release_freed_memory()

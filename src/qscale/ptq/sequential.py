@@ -30,7 +30,7 @@ from rich.progress import track
 from torch import Tensor, nn
 
 from qscale.errors import QscaleError, require
-from qscale.ptq.block_io import CALIB_BATCH, BlockInput, Stop, capture_block_inputs, run_block
+from qscale.ptq.block_io import CALIB_BATCH, BlockInput, Stop, capture_block_inputs, release_freed_memory, run_block
 from qscale.ptq.config import PTQConfig
 from qscale.ptq.gptq import gptq_quantize, split_rows
 from qscale.ptq.layers import find_blocks, get_weight, quantizable, to_quantized_linear
@@ -38,6 +38,8 @@ from qscale.ptq.registry import register
 from qscale.ptq.replay import BlockReplay, Trace, trace_block
 from qscale.ptq.rtn import weight_stats
 from qscale.quant import QuantizedLinear
+
+CHUNK_ROWS = 256  # tokens per calibration forward (whole windows, at least one): a batch is held a chunk at a time
 
 __all__ = ["CALIB_BATCH", "BlockInput", "block_layers", "capture_block_inputs", "gptq_model", "run_block"]
 
@@ -167,6 +169,7 @@ def _gptq_block(
             if cfg.gptq_order == "sequential":
                 H = replay.hessians([stage[0]], stop=True, keep=True)
             stats.update(_gptq_layers(model, list(stage), prefix, layers, H.pop(stage[0]), cfg))
+            release_freed_memory()
             for n in stage:
                 layer = layers[n]
                 assert isinstance(layer, QuantizedLinear)  # made by _gptq_layers
@@ -185,7 +188,7 @@ def gptq_model(model: nn.Module, cfg: PTQConfig, calib: Tensor | None, progress:
     model.eval()
     targets = quantizable(model, cfg.skip)
     blocks_name, blocks = find_blocks(model)
-    inputs = capture_block_inputs(model, blocks[0], calib, progress)
+    inputs = capture_block_inputs(model, blocks[0], calib, progress, chunk_rows=CHUNK_ROWS)
     traces: dict[tuple, Trace] = {}  # blocks of one class with the same selected layers are called alike
     stats = {}
     for b, block in track(list(enumerate(blocks)), description="GPTQ blocks", disable=not progress, transient=True):

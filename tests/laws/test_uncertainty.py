@@ -1,5 +1,7 @@
 """Intervals on predictions and inversions from bootstrap samples, and ranking methods at a target."""
 
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,24 @@ def test_inversion_with_unsolvable_samples_reports_them(qid_true):
     law = LawSamples.from_record("qid", qid_true, rec)
     est = invert_interval(law, {"N": 7e9, "P": 4.0}, 0.01, "D")
     assert est.n_failed == 10 and est.n_samples == 35 and np.isfinite(est.lo)
+
+
+def test_bootstrap_on_several_processes_gives_the_in_process_samples(qid_data, monkeypatch):
+    """The refits run on forked workers (each a share of the resamples); the samples are the same, in order."""
+    problem = make_problem("qid", qid_data(seed=2, n=40), "qid")
+    fit = fit_problem(problem, target="qid")
+    one = bootstrap_problem(problem, fit, 64, seed=3, workers=1)
+    forked = []
+    monkeypatch.setattr(ProcessPoolExecutor, "__init__", _recording(ProcessPoolExecutor.__init__, forked))
+    two = bootstrap_problem(problem, fit, 64, seed=3, workers=2)
+    assert forked == [2]  # the pool ran, with two workers
+    np.testing.assert_array_equal(two.samples, one.samples)
+    assert two.n_failed == one.n_failed
+
+
+def _recording(init, calls):
+    def wrapped(self, max_workers=None, *args, **kwargs):
+        calls.append(max_workers)
+        init(self, max_workers, *args, **kwargs)
+
+    return wrapped

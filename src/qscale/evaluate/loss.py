@@ -45,8 +45,9 @@ def evaluate(model, windows: torch.LongTensor, batch_size: int = 16, progress: b
             for i in range(0, len(windows), batch_size):
                 batch = windows[i : i + batch_size].to(device)
                 logits = model(input_ids=batch[:, :-1], use_cache=False).logits.float()
-                ce = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-                out.append(ce.mean(dim=1).double().cpu())
+                # rows of [B·T, V] (contiguous): ~5x faster on CPU than the class axis of logits.transpose(1, 2)
+                ce = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+                out.append(ce.view(len(batch), -1).mean(dim=1).double().cpu())
                 bar.advance(task, len(batch))
     finally:
         model.train(was_training)

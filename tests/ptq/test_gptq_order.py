@@ -184,6 +184,16 @@ def test_calibration_in_chunks_of_windows_equals_whole_batches(arch, monkeypatch
     assert logits_sq == pytest.approx(ref_logits_sq, abs=1e-5)
 
 
+def test_block_order_in_chunks_of_windows_equals_whole_batches(monkeypatch):
+    """The block order (one Hessian pass per block) gives the same codes whether batches run whole or in chunks."""
+    whole, _ = _quantized("llama", "g16", order="block")
+    monkeypatch.setattr(sequential, "CHUNK_ROWS", 48)
+    chunked, stats = _quantized("llama", "g16", order="block")
+    a, b = dict(whole.named_modules()), dict(chunked.named_modules())
+    for n in stats:
+        assert torch.equal(a[n].qweight().codes, b[n].qweight().codes), n
+
+
 def test_each_quantized_layer_runs_once_per_batch(monkeypatch):
     """The passes start where the previous one left off: no quantized layer is recomputed on a batch, except
     the MLP's gate/up projections, run a second time in down_proj's pass: its input (FFN-wide, several times

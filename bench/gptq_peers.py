@@ -214,6 +214,7 @@ def main() -> None:
         help="interpreter with gptqmodel (default: this one; the project's test extra installs gptqmodel 7.7.0)",
     )
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of " + ", ".join(TOOLS))
+    p.add_argument("--repeats", type=int, default=1, help="runs of each tool (interleaved); medians are printed")
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -224,24 +225,30 @@ def main() -> None:
         fp = _run("fp", sys.executable, model, data, args.group_size, folder)
         if "error" in fp:
             sys.exit(f"full-precision evaluation failed: {fp['error']}")
-        results = {}
-        for tool in args.tools.split(","):
-            python = {"gptqmodel": args.gptqmodel_python}.get(tool, args.peers_python)
-            python = sys.executable if tool.startswith("qscale") else python
-            results[tool] = _run(tool, python, model, data, args.group_size, folder)
-            print(f"{tool}: {'done' if 'error' not in results[tool] else results[tool]['error']}", flush=True)
+        runs: dict[str, list[dict]] = {tool: [] for tool in args.tools.split(",")}
+        for rep in range(args.repeats):  # interleaved, so each tool sees the machine as the others do
+            for tool in runs:
+                python = {"gptqmodel": args.gptqmodel_python}.get(tool, args.peers_python)
+                python = sys.executable if tool.startswith("qscale") else python
+                r = _run(tool, python, model, data, args.group_size, folder)
+                runs[tool].append(r)
+                print(f"{tool} run {rep + 1}: {'done' if 'error' not in r else r['error']}", flush=True)
+    results = {tool: _median_run(rs) for tool, rs in runs.items()}
     print(f"\nmodel {args.model}, group {args.group_size}, {args.calib_windows} x {args.seq_len} calibration tokens")
     print("quant RSS: peak RSS during the quantization call (loaded model included); process RSS: whole process")
+    if args.repeats > 1:
+        print(f"{args.repeats} runs of each tool, interleaved: medians, [min-max] of the quantization RSS")
     print(
-        f"{'tool':16} {'wall s':>8} {'CPU s':>8} {'quant RSS MB':>13} {'process RSS MB':>15} {'held-out QiD ± SE':>22}"
+        f"{'tool':16} {'wall s':>8} {'CPU s':>8} {'quant RSS MB':>19} {'process RSS MB':>15} {'held-out QiD ± SE':>22}"
     )
     for tool, r in results.items():
         if "error" in r:
             print(f"{tool:16} not run: {r['error']}")
             continue
         qid, se = _mean_se([q - f for q, f in zip(r["q"], fp["fp"], strict=True)])
+        span = f"[{r['rss_lo']:.0f}-{r['rss_hi']:.0f}]" if args.repeats > 1 else ""
         print(
-            f"{tool:16} {r['wall']:8.1f} {r['cpu']:8.1f} {r['quant_rss_mb']:13.0f} {r['rss_mb']:15.0f} "
+            f"{tool:16} {r['wall']:8.1f} {r['cpu']:8.1f} {r['quant_rss_mb']:6.0f} {span:>12} {r['rss_mb']:15.0f} "
             f"{qid:+12.5f} ± {se:.5f}"
         )
     for mine in ("qscale", "qscale-block"):
@@ -255,6 +262,18 @@ def main() -> None:
                 f"peak RSS {ours['quant_rss_mb'] / r['quant_rss_mb']:.2f}x (quantization), "
                 f"{ours['rss_mb'] / r['rss_mb']:.2f}x (process); QiD difference {diff:+.5f} ± {se:.5f} (paired)"
             )
+
+
+def _median_run(rs: list[dict]) -> dict:
+    """One tool's runs: the median of each figure and the first run's losses (said when another run's differ)."""
+    ok = [r for r in rs if "error" not in r]
+    if len(ok) < len(rs):
+        return next(r for r in rs if "error" in r)
+    if any(r["q"] != ok[0]["q"] for r in ok):
+        print("note: a tool's held-out losses differ between runs of the same inputs; the first run's are used")
+    med = {k: statistics.median(r[k] for r in ok) for k in ("wall", "cpu", "quant_rss_mb", "rss_mb")}
+    rss = [r["quant_rss_mb"] for r in ok]
+    return {**med, "rss_lo": min(rss), "rss_hi": max(rss), "q": ok[0]["q"]}
 
 
 if __name__ == "__main__":

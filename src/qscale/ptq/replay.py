@@ -243,7 +243,7 @@ class BlockReplay:
         kept = self._out[unit.name]
         if key != unit.before_end or len(kept) != len(self.inputs):
             return  # not final yet, or not kept for every batch
-        ys: list[Tensor | None] = []
+        ys: list[Tensor] = []
         for b in range(len(self.inputs)):
             y = kept[b].value[0] if unit.tuple_len else kept[b].value
             h = self.inputs[b].hidden()
@@ -261,9 +261,9 @@ class BlockReplay:
             return
         del before, after
         self._out[unit.name] = {}
-        for b, y in enumerate(ys):
-            self.inputs[b] = self.inputs[b].with_hidden(self.inputs[b].hidden() + y)
-            ys[b] = None  # freed as it goes
+        ys.reverse()
+        for b in range(len(self.inputs)):  # each output popped, so freed as it goes
+            self.inputs[b] = self.inputs[b].with_hidden(self.inputs[b].hidden() + ys.pop())
 
     def _forward(self, inp: BlockInput, unit: Unit) -> Tensor:
         """The block's output for the first batch's input ``inp``, ``unit`` replayed, every other recomputed."""

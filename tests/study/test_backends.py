@@ -4,6 +4,7 @@ round trips, failures, concurrent writers losing nothing; the one-study-per-fold
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,14 @@ def test_two_processes_writing_at_once_lose_nothing(request, tmp_path):
         )
         for w in (0, 1)
     ]
-    outs = [p.communicate(timeout=300) for p in procs]
+    deadline = time.monotonic() + 300
+    while any(p.poll() is None for p in procs):  # a writer that fails leaves the other waiting: stop both
+        if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            break
+        time.sleep(0.05)
+    outs = [p.communicate() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     new = [[int(x) for x in o[0].split()] for o in outs]
     for i, db in enumerate(dbs):

@@ -269,6 +269,9 @@ def _median_run(rs: list[dict]) -> dict:
     ok = [r for r in rs if "error" not in r]
     if len(ok) < len(rs):
         return next(r for r in rs if "error" in r)
+    bad = sum(not math.isfinite(q) for q in ok[0]["q"])
+    if bad:
+        return {"error": f"{bad} of {len(ok[0]['q'])} held-out losses of its quantized model are not finite"}
     if any(r["q"] != ok[0]["q"] for r in ok):
         print("note: a tool's held-out losses differ between runs of the same inputs; the first run's are used")
     med = {k: statistics.median(r[k] for r in ok) for k in ("wall", "cpu", "quant_rss_mb", "rss_mb")}

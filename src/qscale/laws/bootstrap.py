@@ -70,7 +70,7 @@ def _refit(rows: range) -> list[np.ndarray | None]:
         return [opt.theta if opt.converged else None for opt in (minimise(problem, start, weights[i]) for i in rows)]
 
 
-def usable_cores() -> int:
+def _usable_cores() -> int:
     """CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -114,7 +114,7 @@ def bootstrap_problem(
     for b in range(n_boot):
         for rows in strata:
             np.add.at(weights[b], rows[rng.integers(0, len(rows), len(rows))], 1.0)
-    thetas = _refits(problem, full.theta, weights, usable_cores() if workers is None else workers)
+    thetas = _refits(problem, full.theta, weights, _usable_cores() if workers is None else workers)
     converged = [theta for theta in thetas if theta is not None]
     samples = [[p.to_natural(t) for p, t in zip(form.params, theta, strict=True)] for theta in converged]
     failed = n_boot - len(samples)

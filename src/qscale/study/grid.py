@@ -124,8 +124,8 @@ QID_PRESETS: dict[str, QidPreset] = {
     ),
     # the README's main command, the standard preset's sizes trained 8x shorter: 4 sizes (N 13K-332K, 24.8x) x 3
     # checkpoints (131K, 262K, 524K tokens) x 3 bit widths = 36 points per method, 49K held-out tokens per loss.
-    # Measured fresh on one thread (issues 19, 21): 179 CPU-s (train ~85, fp_eval ~11, quantize ~80, report ~19),
-    # GPTQ 28 of 36 points above the noise floor (all 8 under it at 3-4 bits); see docs/reference/presets.md
+    # Measured fresh on 2 cores with the README's install (issue 21): 2 min 25 s (install 33 s; study 112 s: train 42,
+    # fp_eval 4, quantize 33, report 8), GPTQ 28 of 36 points above the noise floor; see docs/reference/presets.md
     "quick": QidPreset(
         suite="qid-quick",
         grid=QidGrid(
